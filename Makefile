@@ -1,0 +1,65 @@
+# fusechat: `make demo` runs the demo, `make test` runs every test. Both install what they
+# need on a fresh Debian machine (apt packages, .venv, pip packages), idempotently.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
+FUZZ_SECONDS ?= 60
+SAN   := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+CFLAGS_TEST := -std=c11 -g -O1 -Wall -Wextra -Wno-missing-field-initializers -pthread -Icsrc/include $(shell pkg-config --cflags libcjson 2>/dev/null)
+LIBS_TEST   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson) -lm
+CORE_SRC := $(wildcard csrc/core/*.c)
+C_TESTS  := $(patsubst tests/c/%.c,build/ctest/%,$(wildcard tests/c/test_*.c))
+FUZZERS  := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+
+.PHONY: all deps build test ctest fuzz pytest demo bench clean
+
+all: build
+
+# system packages, the virtualenv and the Python dependencies (redone when pyproject changes)
+deps: .venv/.deps-stamp
+.venv/.deps-stamp: pyproject.toml
+	@pkg-config --exists libcjson 2>/dev/null || { $(APT_INSTALL) libcjson-dev pkg-config; }
+	@command -v clang >/dev/null || { $(APT_INSTALL) clang; }
+	@test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel "numpy>=2.0"
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	@touch $@
+
+build: deps
+	$(PY) setup.py -q build_ext --inplace
+
+# C core tests under AddressSanitizer + UndefinedBehaviorSanitizer
+build/ctest/%: tests/c/%.c tests/c/ctest.h $(CORE_SRC) $(wildcard csrc/include/*.h csrc/core/*.h) | deps
+	@mkdir -p $(dir $@)
+	gcc $(CFLAGS_TEST) $(SAN) -o $@ $< $(CORE_SRC) $(LIBS_TEST)
+
+ctest: $(C_TESTS)
+	@set -e; for t in $(C_TESTS); do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1 $$t; done
+
+# libFuzzer targets, each run for FUZZ_SECONDS (make fuzz FUZZ_SECONDS=3600 for a long run)
+build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard csrc/include/*.h csrc/core/*.h) | deps
+	@mkdir -p $(dir $@)
+	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc/include $(shell pkg-config --cflags libcjson) -o $@ $< $(CORE_SRC) $(LIBS_TEST) -pthread
+
+fuzz: $(FUZZERS)
+	@set -eo pipefail; for f in $(FUZZERS); do \
+	  n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+	  echo "== $$f for $(FUZZ_SECONDS)s"; \
+	  seeds=tests/fuzz/seeds-$$n; [ -d $$seeds ] || seeds=; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n $$seeds 2>&1 | tail -n 12; \
+	done
+
+pytest: build
+	$(PY) -m pytest -q tests
+
+test: build ctest fuzz pytest
+
+demo: build
+	$(PY) -m fusechat demo --workdir build/demo
+
+bench: build
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build fusechat/*.so

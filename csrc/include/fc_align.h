@@ -1,0 +1,15 @@
+/* fc_align.h - part of the fusechat C API; include fusechat.h, not this file. */
+#ifndef FC_ALIGN_H
+#define FC_ALIGN_H
+
+#include "fusechat.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

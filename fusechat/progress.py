@@ -1,0 +1,46 @@
+"""Progress bars: tqdm on stderr, off when FUSECHAT_DISABLE_PROGRESS_BARS is set (to anything
+but 0/false), when ``disable=True`` is passed (the CLI's --quiet), or when stderr is no TTY."""
+import os
+
+try:
+    from tqdm.auto import tqdm as _tqdm
+except ImportError:  # tqdm is a dependency, but keep the core importable without it
+    _tqdm = None
+
+
+def bars_disabled():
+    v = os.environ.get("FUSECHAT_DISABLE_PROGRESS_BARS", "")
+    return v.strip().lower() not in ("", "0", "false", "no")
+
+
+class _Silent:
+    """The subset of tqdm's interface fusechat uses, doing nothing."""
+
+    def __init__(self, iterable=None, **kwargs):
+        self.iterable = iterable
+        self.n = 0
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix_str(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def tqdm(iterable=None, disable=None, **kwargs):
+    """A tqdm bar, or a silent stand-in when bars are turned off."""
+    if _tqdm is None or disable is True or bars_disabled():
+        return _Silent(iterable, **kwargs)
+    return _tqdm(iterable, disable=disable, **kwargs)

@@ -1,0 +1,165 @@
+"""Build fusechat's C extensions.
+
+fusechat._C       C11 core + CPython/NumPy bindings, linked to the system cJSON (libcjson-dev).
+fusechat._C_cuda  CUDA kernels, built only when nvcc is found. It links cudart statically,
+                  so it needs only the NVIDIA driver at run time; fusechat._C never links CUDA.
+
+Environment:
+  FUSECHAT_CUDA=auto|0|1   auto (default): build _C_cuda if nvcc works, else say why and skip;
+                           0: never; 1: a missing nvcc or a failed compile is an error.
+  FUSECHAT_CUDA_ARCH       compute capabilities, e.g. "80;90" (default "75;80;90"); PTX for the
+                           highest is embedded too, so newer GPUs JIT-compile it.
+  CUDA_HOME / CUDA_PATH    where to look for bin/nvcc before PATH and /usr/local/cuda.
+  FUSECHAT_DEBUG=1         -O0 -g instead of -O3.
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pkg_config(*args):
+    try:
+        out = subprocess.run(["pkg-config", *args, "libcjson"], check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.split()
+
+
+def cjson_flags():
+    cflags, libs = pkg_config("--cflags"), pkg_config("--libs")
+    if cflags is None or libs is None:
+        # pkg-config missing or not knowing libcjson: fall back to Debian's paths if present
+        if os.path.exists("/usr/include/cjson/cJSON.h"):
+            return ["/usr/include/cjson"], ["cjson"], []
+        sys.exit("fusechat: cJSON not found; install the Debian package libcjson-dev "
+                 "(apt-get install libcjson-dev)")
+    inc = [f[2:] for f in cflags if f.startswith("-I")]
+    libnames = [f[2:] for f in libs if f.startswith("-l")]
+    libdirs = [f[2:] for f in libs if f.startswith("-L")]
+    return inc, libnames, libdirs
+
+
+def find_nvcc():
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if root and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            return os.path.join(root, "bin", "nvcc")
+    return shutil.which("nvcc") or (
+        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+
+def find_cudart(nvcc):
+    """The folder holding libcudart_static.a for this nvcc (layouts differ by installer)."""
+    roots = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
+             os.environ.get("CUDA_HOME", ""), "/usr/local/cuda",
+             *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    for root in filter(None, roots):
+        for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
+            if os.path.exists(os.path.join(root, sub, "libcudart_static.a")):
+                return os.path.join(root, sub)
+    return None
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, HERE) for p in paths)
+
+
+DEBUG = os.environ.get("FUSECHAT_DEBUG") == "1"
+C_FLAGS = ["-std=c11", "-fvisibility=hidden", "-pthread", "-Wall", "-Wextra",
+           "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+C_FLAGS += ["-O0", "-g"] if DEBUG else ["-O3"]
+MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_23_API_VERSION"),
+          ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")]
+CORE = rel(glob.glob(os.path.join(HERE, "csrc", "core", "*.c")))
+PY_ALL = rel(glob.glob(os.path.join(HERE, "csrc", "py", "*.c")))
+PY_CUDA = [p for p in PY_ALL if os.path.basename(p).startswith("cuda_")]
+PY_CPU = [p for p in PY_ALL if p not in PY_CUDA]
+PY_SHARED = [p for p in PY_CPU if os.path.basename(p) in ("py_errors.c", "py_dtype.c")]
+CU = rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
+HEADERS = rel(glob.glob(os.path.join(HERE, "csrc", "**", "*.h"), recursive=True)
+              + glob.glob(os.path.join(HERE, "csrc", "**", "*.cuh"), recursive=True))
+
+
+class BuildExt(build_ext):
+    """Adds NumPy's headers, and compiles the .cu files with nvcc for fusechat._C_cuda."""
+
+    def build_extensions(self):
+        import numpy
+
+        for ext in self.extensions:
+            ext.include_dirs.insert(0, numpy.get_include())
+        cuda_ext = next((e for e in self.extensions if e.name == "fusechat._C_cuda"), None)
+        if cuda_ext is not None and not self._prepare_cuda(cuda_ext):
+            self.extensions.remove(cuda_ext)
+        super().build_extensions()
+
+    def _prepare_cuda(self, ext):
+        mode = os.environ.get("FUSECHAT_CUDA", "auto").lower()
+        if mode in ("0", "off", "no", "false"):
+            return False
+        nvcc = find_nvcc()
+        try:
+            if nvcc is None:
+                raise RuntimeError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+            libdir = find_cudart(nvcc)
+            if libdir is None:
+                raise RuntimeError("libcudart_static.a not found next to " + nvcc)
+            ext.extra_objects += self._nvcc_compile(nvcc)
+            ext.library_dirs.append(libdir)
+            return True
+        except Exception as exc:  # noqa: BLE001 - reported, and fatal only when asked for
+            if mode in ("1", "on", "yes", "true"):
+                raise SystemExit(f"fusechat: FUSECHAT_CUDA=1 but the CUDA build failed: {exc}")
+            print(f"fusechat: building without CUDA kernels: {exc}", file=sys.stderr)
+            return False
+
+    def _nvcc_compile(self, nvcc):
+        archs = [a.strip().replace(".", "") for a in
+                 os.environ.get("FUSECHAT_CUDA_ARCH", "75;80;90").replace(",", ";").split(";")
+                 if a.strip()]
+        gencode = []
+        for a in archs:
+            gencode += ["--generate-code", f"arch=compute_{a},code=sm_{a}"]
+        top = max(archs, key=int)
+        gencode += ["--generate-code", f"arch=compute_{top},code=compute_{top}"]
+        out_dir = os.path.join(self.build_temp, "cuda")
+        os.makedirs(out_dir, exist_ok=True)
+        objects = []
+        for src in CU:
+            obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+            deps = [src] + HEADERS
+            if not self.force and os.path.exists(obj) and all(
+                    os.path.getmtime(obj) >= os.path.getmtime(d) for d in deps):
+                objects.append(obj)
+                continue
+            cmd = [nvcc, "-c", src, "-o", obj, "-std=c++17", "-Xcompiler", "-fPIC",
+                   "-Xcompiler", "-fvisibility=hidden", "-Icsrc/include",
+                   "-O0" if DEBUG else "-O3", *gencode]
+            if os.environ.get("CC"):
+                cmd += ["-ccbin", os.environ["CC"]]
+            print(" ".join(cmd), file=sys.stderr)
+            subprocess.run(cmd, check=True, cwd=HERE)
+            objects.append(obj)
+        return objects
+
+
+cjson_inc, cjson_libs, cjson_dirs = cjson_flags()
+common = dict(include_dirs=["csrc/include", *cjson_inc], libraries=[*cjson_libs, "m"],
+              library_dirs=cjson_dirs, define_macros=MACROS, extra_compile_args=C_FLAGS,
+              extra_link_args=["-pthread"], depends=HEADERS)
+extensions = [
+    Extension("fusechat._C", sources=CORE + PY_CPU, **common),
+    Extension("fusechat._C_cuda", sources=CORE + PY_CUDA + PY_SHARED,
+              **{**common, "libraries": [*cjson_libs, "m", "cudart_static", "dl", "rt",
+                                         "stdc++"],
+                 "library_dirs": list(cjson_dirs)}),
+]
+
+setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})
