@@ -150,8 +150,10 @@ static fc_status check_entry(const cJSON *e, const char *path, fc_st_tensor_info
     return FC_OK;
 }
 
-/* A number token whose text is not an exact plain integer: find the tensor holding a number
- * of that value (cJSON kept only the double) and name it. */
+/* A number token whose text is not an exact plain integer. Every entry passed its
+ * structural checks, so numbers sit only in shape and data_offsets arrays of plain numbers:
+ * the nearest '[' before the token opens the array, and the key before it names which.
+ * The tensor is the first holding a number of that value there (cJSON kept only doubles). */
 static fc_status inexact_number(const char *text, size_t len, size_t at, const cJSON *root,
                                 const char *path, fc_error *err) {
     char tok[40];
@@ -161,24 +163,25 @@ static fc_status inexact_number(const char *text, size_t len, size_t at, const c
         k++;
     }
     tok[k] = '\0';
+    size_t open = at;
+    while (open > 0 && text[open] != '[') open--;
+    size_t q = open;
+    while (q > 0 && strchr(" \t\r\n:", text[q - 1])) q--;
+    int is_shape = q >= 7 && memcmp(text + q - 7, "\"shape\"", 7) == 0;
+    const char *key = is_shape ? "shape" : "data_offsets";
+    const char *rule = is_shape ? "bad_shape" : "bad_offsets";
     double v = strtod(tok, NULL);
     const cJSON *e;
     cJSON_ArrayForEach(e, root) {
-        const char *keys[2] = {"shape", "data_offsets"};
-        for (int j = 0; j < 2; j++) {
-            const cJSON *x, *a = fc_json_get(e, keys[j]);
-            cJSON_ArrayForEach(x, a) {
-                if (cJSON_IsNumber(x) && x->valuedouble == v) {
-                    const char *rule = j == 0 ? "bad_shape" : "bad_offsets";
-                    return FAIL(rule, "%s: tensor '%.200s': %s holds '%s', not an exact plain "
-                                "integer in [0, 2^53] (rule %s)", path, e->string, keys[j], tok,
-                                rule);
-                }
-            }
+        const cJSON *x;
+        cJSON_ArrayForEach(x, fc_json_get(e, key)) {
+            if (cJSON_IsNumber(x) && x->valuedouble == v)
+                return FAIL(rule, "%s: tensor '%.200s': %s holds '%s', not an exact plain "
+                            "integer in [0, 2^53] (rule %s)", path, e->string, key, tok, rule);
         }
     }
-    return FAIL("header_not_json", "%s: number '%s' at byte %zu of the header is not an exact "
-                "plain integer (rule header_not_json)", path, tok, at);
+    return FAIL(rule, "%s: number '%s' at byte %zu of the header is not an exact plain "
+                "integer in [0, 2^53] (rule %s)", path, tok, at, rule);
 }
 
 static fc_status check_sizes(const fc_st_tensor_info *t, const char *path, fc_error *err) {
