@@ -109,7 +109,7 @@ FC_API void        fc_st_prefetch(const fc_st_model_t *m, int64_t i);
 /* Copy tensor i into dst (numel elements of dst_dtype, any alignment), converting between
  * F16, BF16, F32 and F64 with fc_convert on nthreads threads (0 = default; RNE, NaN/inf
  * kept); other dtypes must equal the stored one (a plain copy), else FC_ERR_TYPE. The span
- * is faulted in with one call first (MADV_POPULATE_READ where the kernel has it). */
+ * gets an madvise WILLNEED hint first (readahead when the file is not in the page cache). */
 FC_API fc_status   fc_st_read(const fc_st_model_t *m, int64_t i, void *dst, fc_dtype dst_dtype,
                               int nthreads, fc_error *err);
 
