@@ -451,3 +451,17 @@ def test_errors_are_importable_and_value_errors():
     assert issubclass(fusechat.SafetensorsError, ValueError)
     mod = __import__(fusechat.SafetensorsError.__module__, fromlist=["x"])
     assert getattr(mod, "SafetensorsError") is fusechat.SafetensorsError
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_bf16_to_f32_streaming_path(tmp_path, threads):
+    """Ranges of >= 256k elements take the streaming-store path of fc_convert; the source
+    here is unaligned (odd header length) and the length is not a multiple of 8."""
+    rng = np.random.default_rng(8)
+    a = random_array(ml_dtypes.bfloat16, (3 * 2**20 + 5,), rng)
+    text = json.dumps({"a": entry("BF16", [a.size], 0, a.nbytes)}, separators=(",", ":"))
+    text += " " * ((8 - len(text) % 8) % 8 + 1)
+    path = write(tmp_path / "big.safetensors", text, a.tobytes())
+    with st.open(path) as f:
+        got = f.get("a", dtype=np.float32, threads=threads)
+    assert got.tobytes() == a.astype(np.float32).tobytes()
