@@ -272,12 +272,17 @@ def test_writer_exception_leaves_nothing(tmp_path):
         with st.Writer(out, entries, max_shard_size=8) as w:
             w.write("a", np.ones(4, np.float32))
             raise RuntimeError("boom")
-    assert os.listdir(out) == []  # no final file, no temporary left
+    assert not out.exists()  # no final file, no temporary, not even the folder it made
     path = tmp_path / "single.safetensors"
     with pytest.raises(RuntimeError):
         with st.Writer(path, entries) as w:
             raise RuntimeError("boom")
-    assert os.listdir(tmp_path) == ["o"]
+    assert os.listdir(tmp_path) == []
+    out.mkdir()
+    with pytest.raises(RuntimeError):
+        with st.Writer(out, entries, max_shard_size=8) as w:
+            raise RuntimeError("boom")
+    assert os.listdir(out) == []  # a folder that existed before stays
 
 
 def test_writer_incomplete_or_bad_writes(tmp_path):
