@@ -470,3 +470,13 @@ def test_large_bf16_to_f32_streaming_path(tmp_path, threads):
     with st.open(path) as f:
         got = f.get("a", dtype=np.float32, threads=threads)
     assert got.tobytes() == a.astype(np.float32).tobytes()
+
+
+def test_empty_checkpoint_round_trip(tmp_path):
+    st.save({}, tmp_path / "e.safetensors")
+    raw = (tmp_path / "e.safetensors").read_bytes()
+    assert len(raw) % 8 == 0 and json.loads(raw[8:]) == {}
+    with st.open(tmp_path / "e.safetensors") as f:
+        assert f.keys() == [] and len(f) == 0 and f.metadata == {}
+    from safetensors.numpy import load_file
+    assert load_file(str(tmp_path / "e.safetensors")) == {}
