@@ -480,3 +480,33 @@ def test_empty_checkpoint_round_trip(tmp_path):
         assert f.keys() == [] and len(f) == 0 and f.metadata == {}
     from safetensors.numpy import load_file
     assert load_file(str(tmp_path / "e.safetensors")) == {}
+
+
+def test_no_leak_over_many_calls(tmp_path):
+    """bottleneck's memory test: peak RSS stays put over many open/get/save/error calls."""
+    import resource
+
+    path, out = str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")
+    st.save({"a": np.ones((64, 64), np.float32), "b": np.ones(10, np.int8)}, path)
+
+    def once():
+        with st.open(path) as f:
+            f.get("a")
+            w = f.get("a", dtype=np.float64)
+            f.info("b"), f.metadata, f.keys()
+            with pytest.raises(KeyError):
+                f.get("zz")
+        st.save({"x": w}, out, overwrite=True)
+        with pytest.raises(FileExistsError):
+            st.save({"x": w}, out)
+        with pytest.raises(OSError):
+            st.open(path + ".missing")
+
+    for _ in range(200):
+        once()
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(1000):
+        once()
+    gc.collect()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 4096  # KiB
