@@ -23,12 +23,6 @@ uint64_t st_read_u64le(const uint8_t *p) {
     return v;
 }
 
-uint64_t st_hash_name(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 void st_header_free(st_header *h) {
     if (!h) return;
     for (int64_t i = 0; i < h->n; i++) {
@@ -43,39 +37,6 @@ void st_header_free(st_header *h) {
     free(h->meta_keys);
     free(h->meta_values);
     memset(h, 0, sizeof *h);
-}
-
-int st_string_map(const cJSON *obj, int skip_other, char ***keys, char ***values, int64_t *n,
-                  const char **bad) {
-    int64_t cap = cJSON_GetArraySize(obj);
-    *n = 0;
-    *keys = calloc((size_t)cap + 1, sizeof(char *));
-    *values = calloc((size_t)cap + 1, sizeof(char *));
-    if (!*keys || !*values) return -1;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, obj) {
-        if (!cJSON_IsString(it)) {
-            if (skip_other) continue;
-            *bad = it->string;
-            return 1;
-        }
-        char *k = strdup(it->string), *v = strdup(it->valuestring);
-        (*keys)[*n] = k;
-        (*values)[*n] = v;
-        if (k || v) (*n)++; /* so that the caller frees a half-made pair */
-        if (!k || !v) return -1;
-    }
-    return 0;
-}
-
-char *st_join_path(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    if (a == 0 || p[a - 1] != '/') p[a++] = '/';
-    memcpy(p + a, name, b + 1);
-    return p;
 }
 
 #define FAIL(rule, ...) fc_error_set_rule(err, FC_ERR_SAFETENSORS, path, rule, __VA_ARGS__)

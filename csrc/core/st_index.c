@@ -20,51 +20,6 @@
 
 #define FAIL(rule, ...) fc_error_set_rule(err, FC_ERR_SAFETENSORS, path, rule, __VA_ARGS__)
 
-fc_status st_read_small_file(const char *path, uint64_t max, char **out, size_t *len,
-                             fc_error *err) {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fc_error_set_io(err, errno, path, "cannot open %s", path);
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return fc_error_set_io(err, e, path, "cannot stat %s", path);
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return fc_error_set_io(err, S_ISDIR(sb.st_mode) ? EISDIR : EINVAL, path,
-                               "%s is not a regular file", path);
-    }
-    if ((uint64_t)sb.st_size > max) {
-        close(fd);
-        return fc_error_set(err, FC_ERR_VALUE, "%s: %lld bytes, larger than the %llu allowed",
-                            path, (long long)sb.st_size, (unsigned long long)max);
-    }
-    size_t n = (size_t)sb.st_size, got = 0;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        close(fd);
-        return fc_error_set(err, FC_ERR_NOMEM, "%s: out of memory", path);
-    }
-    while (got < n) {
-        ssize_t r = read(fd, buf + got, n - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            int e = r < 0 ? errno : EIO; /* r == 0: the file shrank under us */
-            free(buf);
-            close(fd);
-            return fc_error_set_io(err, e, path, "cannot read %s", path);
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return FC_OK;
-}
-
 void st_index_free(st_index *ix) {
     if (!ix) return;
     for (int i = 0; i < ix->n_shards; i++) free(ix->shards[i]);
