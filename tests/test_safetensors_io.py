@@ -510,3 +510,16 @@ def test_no_leak_over_many_calls(tmp_path):
         once()
     gc.collect()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 4096  # KiB
+
+
+def test_special_files_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError) as info:
+        st.open(fifo)  # a reader must not block waiting for a writer
+    assert info.value.filename == str(fifo)
+    with pytest.raises(OSError):
+        st.open(tmp_path)  # a folder whose model.safetensors is a FIFO
+    (tmp_path / "model.safetensors.index.json").mkdir()
+    with pytest.raises(OSError):
+        st.open(tmp_path)

@@ -221,3 +221,34 @@ def test_mutated_headers_fail_cleanly():
             assert 0 <= n <= 3
 
     check()
+
+
+def test_mutated_indexes_fail_cleanly(tmp_path):
+    """Random byte edits of a valid index: the folder opens, or a named rule is broken
+    (SafetensorsError), or a file is missing (OSError); never anything else."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as s
+
+    d = _sharded(tmp_path)
+    index_path = d / "model.safetensors.index.json"
+    base = json.dumps({"metadata": {"total_size": 3}, "weight_map": {"a": S1, "b": S2}}).encode()
+
+    @hypothesis.settings(max_examples=200, deadline=None, derandomize=True)
+    @hypothesis.given(s.lists(s.tuples(s.integers(0, len(base) - 1), s.integers(0, 255)),
+                              min_size=1, max_size=3))
+    def check(edits):
+        data = bytearray(base)
+        for pos, byte in edits:
+            data[pos] = byte
+        index_path.write_bytes(bytes(data))
+        try:
+            f = st.open(d)
+        except fusechat.SafetensorsError as exc:
+            assert exc.rule and exc.rule in str(exc) and exc.filename
+        except OSError as exc:
+            assert exc.errno and exc.filename
+        else:
+            assert set(f.keys()) <= {"a", "b"}
+            f.close()
+
+    check()

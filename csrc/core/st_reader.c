@@ -71,7 +71,8 @@ static fc_status map_shard(fc_st_model_t *m, const char *path, st_header *h, fc_
     memset(h, 0, sizeof *h);
     if (!(sh->path = strdup(path))) return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
     m->n_shards++;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not hang the open; it is refused below as not regular */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return fc_error_set_io(err, errno, path, "cannot open %s", path);
     struct stat sb;
     int bad = fstat(fd, &sb) != 0 ? errno : !S_ISREG(sb.st_mode) ? EINVAL : 0;

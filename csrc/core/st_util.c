@@ -52,7 +52,7 @@ char *st_join_path(const char *dir, const char *name) {
 fc_status st_read_small_file(const char *path, uint64_t max, char **out, size_t *len,
                              fc_error *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return fc_error_set_io(err, errno, path, "cannot open %s", path);
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
