@@ -16,27 +16,35 @@
  *   header_out_of_file   8 + N is past the end of the file
  *   header_not_utf8      the header is not valid UTF-8 (a BOM is refused too)
  *   header_not_json      the header is not one JSON value followed only by whitespace
+ *   header_too_deep      the JSON nests deeper than 3 levels (refused before parsing)
  *   header_not_object    the header's JSON value is not an object
- *   duplicate_key        a key appears twice at the top level or inside an entry
+ *   duplicate_key        a key appears twice at the top level, in an entry or in
+ *                        __metadata__ (also at the top level or in "metadata" of an index)
  *   bad_metadata         __metadata__ is not an object of string values
  *   bad_entry            an entry is not an object with exactly dtype, shape, data_offsets
  *   unknown_dtype        dtype is not one of the fc_dtype names
- *   bad_shape            shape is not an array of integers in [0, 2^53]
- *   bad_offsets          data_offsets is not [begin, end], integers, begin <= end <= 2^53
+ *   bad_shape            shape is not an array of integers in [0, 2^53] written plainly
+ *                        (1.0, 1e3, 01 and -1 are refused)
+ *   bad_offsets          data_offsets is not [begin, end], plain integers, begin <= end <= 2^53
  *   size_overflow        the element count or byte count overflows 64 bits
  *   size_mismatch        end - begin != product(shape) * dtype size
  *   offsets_not_contiguous  sorted by begin, tensors do not start at 0 and follow each
  *                        other without gap or overlap
  *   buffer_size_mismatch the last tensor does not end exactly at the end of the file
  * Index files (model.safetensors.index.json):
- *   index_not_json       not a UTF-8 JSON object
- *   index_bad_weight_map weight_map missing, not an object, or a value not a string
+ *   index_not_utf8       the index is not valid UTF-8
+ *   index_not_json       the index is not one JSON object
+ *   index_too_deep       the index nests deeper than 16 levels
+ *   index_bad_metadata   "metadata" is present and not an object
+ *   index_bad_weight_map weight_map missing, not an object, empty, a tensor listed twice,
+ *                        or a value not a string
  *   index_bad_filename   a shard name that is not a bare file name (/, \, .., absolute, empty)
  *   index_missing_shard  a shard named in weight_map does not exist
  *   index_tensor_missing a tensor in weight_map is not in its shard's header
  *   index_duplicate_tensor  a tensor appears in the headers of two shards
  * Shards may hold tensors the index does not list: they are reported by
- * fc_st_unlisted_count() (the Python layer warns), not refused.
+ * fc_st_unlisted_count() (the Python layer warns), not refused. Shards the index does not
+ * name are not opened. "total_size" is advisory and not checked.
  *
  * Integers are parsed exactly from the JSON text (never through cJSON's valueint or a
  * double): up to 2^53, as the safetensors JSON schema allows.
@@ -73,7 +81,9 @@ typedef struct fc_st_tensor_info {
 } fc_st_tensor_info;
 
 /* Open a .safetensors file, or a folder holding model.safetensors or a sharded checkpoint
- * with model.safetensors.index.json. Every shard is mapped read-only and validated. */
+ * with model.safetensors.index.json (the index wins when both exist). Every shard is
+ * mapped read-only and validated; shards are ordered by file name. I/O failures are
+ * FC_ERR_IO with errno and the path; a folder without either file is ENOENT. */
 FC_API fc_status fc_st_open(const char *path, fc_st_model_t **out, fc_error *err);
 FC_API void      fc_st_close(fc_st_model_t *m);
 
@@ -97,6 +107,13 @@ FC_API int64_t     fc_st_unlisted_count(const fc_st_model_t *m);
 
 /* Advise the kernel that tensor i will be read soon (madvise WILLNEED); never fails. */
 FC_API void        fc_st_prefetch(const fc_st_model_t *m, int64_t i);
+
+/* Copy tensor i into dst (numel elements of dst_dtype, any alignment), converting between
+ * F16, BF16, F32 and F64 with fc_convert on nthreads threads (0 = default; RNE, NaN/inf
+ * kept); other dtypes must equal the stored one (a plain copy), else FC_ERR_TYPE. The span
+ * gets an madvise WILLNEED hint first (readahead when the file is not in the page cache). */
+FC_API fc_status   fc_st_read(const fc_st_model_t *m, int64_t i, void *dst, fc_dtype dst_dtype,
+                              int nthreads, fc_error *err);
 
 /* Validate one header given the first bytes of a file: buf holds at least
  * min(file_size, 8 + N) bytes. Used by fc_st_open and by the fuzz target. On success,
@@ -126,10 +143,18 @@ typedef struct fc_st_entry {
  * greedily in layout order as model-00001-of-0000N.safetensors plus
  * model.safetensors.index.json ({"metadata": {"total_size": bytes}, "weight_map": {..}}).
  *
+ * A tensor larger than max_shard_size gets a shard of its own. Metadata goes into every
+ * shard's __metadata__; the index holds only total_size (the sum of tensor bytes).
+ *
  * Nothing appears at a final path before fc_st_writer_finish: every file is written under
- * a temporary name in the same directory and renamed at the end. An existing output file
- * is an FC_ERR_EXISTS error unless overwrite is set. The header (integers printed exactly)
- * and the file sizes are fixed at open. metadata: n_meta key/value string pairs. */
+ * a temporary name in the same directory and renamed at the end (shards first, the index
+ * last). An existing output file is an FC_ERR_EXISTS error unless overwrite is set; in a
+ * folder, the other kind of output (an index where model.safetensors is to be written, or
+ * the reverse) counts as existing and is removed at finish when overwriting. A folder the
+ * writer created is removed again if it is freed unfinished. The header (integers printed
+ * exactly) and the file sizes are fixed at open. metadata: n_meta key/value string pairs.
+ * Refused (FC_ERR_VALUE/FC_ERR_TYPE): duplicate names, "__metadata__", names or metadata
+ * that are not UTF-8, dimensions outside [0, 2^53], invalid dtypes, a header > 100 MB. */
 FC_API fc_status fc_st_writer_open(const char *path, const fc_st_entry *entries, int64_t n,
                                    const char *const *meta_keys,
                                    const char *const *meta_values, int64_t n_meta,
@@ -137,11 +162,13 @@ FC_API fc_status fc_st_writer_open(const char *path, const fc_st_entry *entries,
                                    fc_st_writer_t **out, fc_error *err);
 
 /* Write bytes [offset, offset + nbytes) of tensor `index` (its position in `entries`).
- * Tensors and chunks may come in any order and from several threads at once. */
+ * Tensors and chunks may come in any order and from several threads at once; a chunk
+ * overlapping bytes already written is an FC_ERR_VALUE error. */
 FC_API fc_status fc_st_writer_write(fc_st_writer_t *w, int64_t index, uint64_t offset,
                                     const void *data, uint64_t nbytes, fc_error *err);
 
-/* Check every byte of every tensor was written, flush, rename into place. */
+/* Check every byte of every tensor was written, close, rename into place. Files are not
+ * fsync'ed: the guarantee is against a failing process, not a power loss. */
 FC_API fc_status fc_st_writer_finish(fc_st_writer_t *w, fc_error *err);
 /* Free the writer; if it was not finished, remove its temporary files. */
 FC_API void      fc_st_writer_free(fc_st_writer_t *w);
