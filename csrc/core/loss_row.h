@@ -1,0 +1,175 @@
+/* loss_row.h - vectorised row primitives shared by the loss and top-k kernels
+ * (loss_fusion.c, loss_topk.c): load a chunk of logits as float32, block max, exp-sum, and
+ * store float32 values rounded once to F32/F16/BF16.
+ *
+ * Written with GCC/Clang vector extensions (8 x float32) so the same source gives SSE2 code
+ * by default and AVX2/FMA code in the x86-64-v3 clone (FC_ROW_CLONES); no -ffast-math is
+ * needed because every reduction is spelled out lane by lane. exp is a Cody-Waite range
+ * reduction plus a degree-6 polynomial: relative error below 2e-7 (about 2 ulp) for results
+ * above FLT_MIN, 0 below, exp(-inf) = 0, NaN stays NaN.
+ */
+#ifndef FC_LOSS_ROW_H
+#define FC_LOSS_ROW_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "fp_convert.h"
+#include "fusechat.h"
+
+/* the helpers below are static inline: the AVX vector-return ABI note does not apply */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define FC_CHUNK 512 /* elements per chunk: 2 KiB of float32, stays in L1 */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define FC_ROW_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FC_ROW_CLONES
+#endif
+
+typedef float    fcv_f32 __attribute__((vector_size(32)));
+typedef int32_t  fcv_i32 __attribute__((vector_size(32)));
+typedef uint32_t fcv_u32 __attribute__((vector_size(32)));
+
+static inline fcv_f32 fcv_splat(float x) { return (fcv_f32){x, x, x, x, x, x, x, x}; }
+static inline fcv_i32 fcv_splati(int32_t x) { return (fcv_i32){x, x, x, x, x, x, x, x}; }
+/* lanes where mask is all-ones take a, others b */
+static inline fcv_f32 fcv_select(fcv_i32 mask, fcv_f32 a, fcv_f32 b) {
+    return (fcv_f32)((mask & (fcv_i32)a) | (~mask & (fcv_i32)b));
+}
+
+static inline fcv_f32 fcv_exp(fcv_f32 x) {
+    fcv_i32 is_nan = x != x;
+    fcv_i32 tiny = x < fcv_splat(-87.33654f); /* below FLT_MIN, and -inf */
+    fcv_f32 xc = fcv_select(is_nan | tiny, fcv_splat(0.0f), x);
+    xc = fcv_select(xc > fcv_splat(88.37626f), fcv_splat(88.37626f), xc);
+    /* n = round(x / ln2) by the 1.5 * 2^23 trick (round to nearest in the default mode) */
+    fcv_f32 n = (xc * fcv_splat(1.44269504f) + fcv_splat(12582912.0f)) - fcv_splat(12582912.0f);
+    fcv_f32 r = xc - n * fcv_splat(0.693145752f);
+    r = r - n * fcv_splat(1.42860677e-06f);
+    fcv_f32 p = fcv_splat(1.0f / 720.0f);
+    p = p * r + fcv_splat(1.0f / 120.0f);
+    p = p * r + fcv_splat(1.0f / 24.0f);
+    p = p * r + fcv_splat(1.0f / 6.0f);
+    p = p * r + fcv_splat(0.5f);
+    p = p * r + fcv_splat(1.0f);
+    p = p * r + fcv_splat(1.0f);
+    fcv_i32 ni = __builtin_convertvector(n, fcv_i32);
+    fcv_f32 scale = (fcv_f32)((ni + fcv_splati(127)) << 23);
+    fcv_f32 res = p * scale;
+    res = fcv_select(tiny, fcv_splat(0.0f), res);
+    return fcv_select(is_nan, x, res);
+}
+
+/* Convert len <= FC_CHUNK logits starting at element `off` of a row into buf (float32);
+ * lanes up to the next multiple of 8 are filled with `pad`. */
+static inline void fc_row_load(const void *row, fc_dtype dt, int64_t off, int len, float *buf,
+                               float pad) {
+    if (dt == FC_F32) {
+        memcpy(buf, (const float *)row + off, (size_t)len * 4);
+    } else {
+        const uint16_t *h = (const uint16_t *)row + off;
+        if (dt == FC_BF16) {
+            for (int i = 0; i < len; i++) {
+                uint32_t u = (uint32_t)h[i] << 16;
+                memcpy(buf + i, &u, 4);
+            }
+        } else {
+            for (int i = 0; i < len; i++) buf[i] = fcx_f16_to_f32(h[i]);
+        }
+    }
+    for (int i = len; i < ((len + 7) & ~7); i++) buf[i] = pad;
+}
+
+/* max over buf[0, n8), n8 a multiple of 8; NaN if any element is NaN */
+static inline float fc_buf_max(const float *buf, int n8) {
+    fcv_f32 m = fcv_splat(-INFINITY);
+    for (int i = 0; i < n8; i += 8) {
+        fcv_f32 x;
+        memcpy(&x, buf + i, 32);
+        m = fcv_select((x > m) | (x != x), x, m); /* a NaN lane stays NaN */
+    }
+    float r = m[0];
+    for (int j = 1; j < 8; j++) r = (m[j] > r || m[j] != m[j]) ? m[j] : r;
+    return r;
+}
+
+/* sum of exp(buf[i] - shift) over [0, n8) (padding lanes hold -inf and add 0) */
+static inline double fc_buf_expsum(const float *buf, int n8, float shift) {
+    fcv_f32 s = fcv_splat(0.0f), sh = fcv_splat(shift);
+    for (int i = 0; i < n8; i += 8) {
+        fcv_f32 x;
+        memcpy(&x, buf + i, 32);
+        s += fcv_exp(x - sh);
+    }
+    double r = 0.0;
+    for (int j = 0; j < 8; j++) r += s[j];
+    return r;
+}
+
+/* buf[i] = exp(buf[i] - shift) * mul over [0, n8) */
+static inline void fc_buf_softmax(float *buf, int n8, float shift, float mul) {
+    fcv_f32 sh = fcv_splat(shift), mu = fcv_splat(mul);
+    for (int i = 0; i < n8; i += 8) {
+        fcv_f32 x;
+        memcpy(&x, buf + i, 32);
+        x = fcv_exp(x - sh) * mu;
+        memcpy(buf + i, &x, 32);
+    }
+}
+
+/* Store len float32 values at element `off` of a row of dtype dt, rounding once. */
+static inline void fc_row_store(void *row, fc_dtype dt, int64_t off, int len, const float *buf) {
+    if (dt == FC_F32) {
+        memcpy((float *)row + off, buf, (size_t)len * 4);
+    } else if (dt == FC_BF16) {
+        uint16_t *h = (uint16_t *)row + off;
+        for (int i = 0; i < len; i++) {
+            uint32_t u;
+            memcpy(&u, buf + i, 4);
+            uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
+            uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+            h[i] = (uint16_t)(nan ? (((u >> 16) & 0x8000u) | 0x7fc0u) : r);
+        }
+    } else {
+        uint16_t *h = (uint16_t *)row + off;
+        for (int i = 0; i < len; i++) h[i] = fcx_f32_to_f16(buf[i]);
+    }
+}
+
+/* One logit as float32. */
+static inline float fc_row_get(const void *row, fc_dtype dt, int64_t i) {
+    if (dt == FC_F32) return ((const float *)row)[i];
+    uint16_t h = ((const uint16_t *)row)[i];
+    return dt == FC_BF16 ? fcx_bf16_to_f32(h) : fcx_f16_to_f32(h);
+}
+
+/* Store one float32 value, rounded once. */
+static inline void fc_row_put(void *row, fc_dtype dt, int64_t i, float x) {
+    fc_row_store(row, dt, i, 1, &x);
+}
+
+/* Online logsumexp of a whole row in fp32 chunks: returns m + log(sum exp(z - m)). */
+static inline float fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *buf) {
+    float m = -INFINITY;
+    double d = 0.0;
+    for (int64_t off = 0; off < v; off += FC_CHUNK) {
+        int len = (int)(v - off < FC_CHUNK ? v - off : FC_CHUNK), n8 = (len + 7) & ~7;
+        fc_row_load(row, dt, off, len, buf, -INFINITY);
+        float bm = fc_buf_max(buf, n8);
+        if (bm != bm) return bm; /* NaN logit: the loss is NaN */
+        if (bm == -INFINITY) continue;
+        if (bm > m) {
+            d = d * exp((double)m - (double)bm);
+            m = bm;
+        }
+        d += fc_buf_expsum(buf, n8, m);
+    }
+    if (m == INFINITY) return NAN;
+    return (float)((double)m + log(d));
+}
+
+#endif
