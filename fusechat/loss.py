@@ -69,7 +69,7 @@ def _sparse(ids, values, n, name):
     ids = ids.reshape(-1, k)
     if ids.shape[0] != n:
         raise ValueError(f"{name}_ids has {ids.shape[0]} rows, logits have {n}")
-    big = (ids < -1) | (ids > np.iinfo(np.int32).max)
+    big = (ids < np.iinfo(np.int32).min) | (ids > np.iinfo(np.int32).max)
     if big.any():  # would wrap in the int32 cast: report the original value
         row = int(np.argmax(big.any(axis=1)))
         raise ValueError(f"fusion_loss: {name}_ids row {row}: id {ids[row][big[row]][0]} is "

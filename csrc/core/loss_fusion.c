@@ -176,21 +176,24 @@ static fc_status loss_rows(void *arg, int64_t begin, int64_t end) {
         float zy = fc_row_get(row, c->dt, y);
         for (int j = 0; j < cnt; j++) zk[j] = fc_row_get(row, c->dt, ids[j]);
 
-        float lse = fc_row_lse(row, c->dt, c->v, buf);
-        double ce_gold = (double)lse - zy, cross = 0.0, negent = 0.0;
+        float m;
+        double logd = fc_row_lse(row, c->dt, c->v, buf, &m);
+        /* -log q_i = (m - z_i) + log d, in double */
+        double ce_gold = ((double)m - zy) + logd, cross = 0.0, negent = 0.0;
         for (int j = 0; j < cnt; j++) {
-            cross += p[j] * ((double)lse - zk[j]);
+            cross += p[j] * (((double)m - zk[j]) + logd);
             if (p[j] > 0.0) negent += p[j] * log(p[j]);
         }
         double fusion = o->kind == FC_FUSION_KL ? cross + negent : cross;
         c->row_loss[r] = (float)(w * ce_gold + (1.0 - w) * fusion);
         if (!grow) continue;
 
-        /* pass 2: dense softmax part */
+        /* pass 2: dense softmax part, exp(z - m) * (s / d) */
+        float mul = (float)(c->gscale * exp(-logd));
         for (int64_t off = 0; off < c->v; off += FC_CHUNK) {
             int len = (int)(c->v - off < FC_CHUNK ? c->v - off : FC_CHUNK), n8 = (len + 7) & ~7;
             fc_row_load(row, c->dt, off, len, buf, -INFINITY);
-            fc_buf_softmax(buf, n8, lse, c->gscale);
+            fc_buf_softmax(buf, n8, m, mul);
             fc_row_store(grow, c->dt, off, len, buf);
         }
         /* sparse corrections in fp32: label (weight w) and targets (weight (1-w) p) */
@@ -201,11 +204,11 @@ static fc_status loss_rows(void *arg, int64_t begin, int64_t end) {
                 coef += w;
                 label_in_target = 1;
             }
-            double q = exp((double)zk[j] - lse);
+            double q = exp(((double)zk[j] - m) - logd);
             fc_row_put(grow, c->dt, ids[j], (float)((q - coef) * c->gscale));
         }
         if (!label_in_target) {
-            double q = exp((double)zy - lse);
+            double q = exp(((double)zy - m) - logd);
             fc_row_put(grow, c->dt, y, (float)((q - w) * c->gscale));
         }
     }

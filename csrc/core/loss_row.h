@@ -152,15 +152,21 @@ static inline void fc_row_put(void *row, fc_dtype dt, int64_t i, float x) {
     fc_row_store(row, dt, i, 1, &x);
 }
 
-/* Online logsumexp of a whole row in fp32 chunks: returns m + log(sum exp(z - m)). */
-static inline float fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *buf) {
+/* Online logsumexp of a whole row in fp32 chunks, kept as max m and log d with
+ * d = sum exp(z - m): then z - lse = (z - m) - log d loses nothing to the magnitude of m
+ * (at |z| ~ 1e4 an fp32 lse alone would carry an error of ~1e-3). Returns log d; NaN in
+ * *m or the result when a logit is NaN or +inf. */
+static inline double fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *buf, float *m_out) {
     float m = -INFINITY;
     double d = 0.0;
     for (int64_t off = 0; off < v; off += FC_CHUNK) {
         int len = (int)(v - off < FC_CHUNK ? v - off : FC_CHUNK), n8 = (len + 7) & ~7;
         fc_row_load(row, dt, off, len, buf, -INFINITY);
         float bm = fc_buf_max(buf, n8);
-        if (bm != bm) return bm; /* NaN logit: the loss is NaN */
+        if (bm != bm || bm == INFINITY) {
+            *m_out = NAN;
+            return NAN;
+        }
         if (bm == -INFINITY) continue;
         if (bm > m) {
             d = d * exp((double)m - (double)bm);
@@ -168,8 +174,8 @@ static inline float fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *b
         }
         d += fc_buf_expsum(buf, n8, m);
     }
-    if (m == INFINITY) return NAN;
-    return (float)((double)m + log(d));
+    *m_out = m;
+    return log(d);
 }
 
 #endif

@@ -84,8 +84,8 @@ static fc_status topk_rows(void *arg, int64_t begin, int64_t end) {
             c->token_ce[r] = 0.0f;
             continue;
         }
-        double lse = (nan_seen || m == INFINITY) ? NAN : (double)m + log(d);
-        c->token_ce[r] = (float)(lse - (double)fc_row_get(row, c->dt, y));
+        double logd = (nan_seen || m == INFINITY) ? NAN : log(d);
+        c->token_ce[r] = (float)(((double)m - fc_row_get(row, c->dt, y)) + logd);
     }
     free(keys);
     return FC_OK;
