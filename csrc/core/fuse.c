@@ -26,10 +26,15 @@ static fc_status check_dists(const fc_ragged_dists *d, const int64_t *seq_offset
             if (ip[t + 1] < ip[t])
                 return fc_error_set(err, FC_ERR_VALUE, "%s: model %lld: indptr decreases at "
                                     "position %lld", fn, (long long)m, (long long)t);
-        for (int64_t j = 0; j < ip[d->n_pos]; j++)
+        for (int64_t j = 0; j < ip[d->n_pos]; j++) {
             if (d->ids[m][j] < 0)
                 return fc_error_set(err, FC_ERR_VALUE, "%s: model %lld: negative id %d at entry "
                                     "%lld", fn, (long long)m, d->ids[m][j], (long long)j);
+            if (!isfinite(d->values[m][j]))
+                return fc_error_set(err, FC_ERR_VALUE, "%s: model %lld: value %g at entry %lld "
+                                    "is not finite", fn, (long long)m, (double)d->values[m][j],
+                                    (long long)j);
+        }
     }
     if (level == 0) {
         if (!seq_offsets || n_seq < 0 || seq_offsets[0] != 0 || seq_offsets[n_seq] != d->n_pos)
