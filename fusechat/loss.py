@@ -22,6 +22,7 @@ KINDS = {"ce": 0, "kl": 1}
 REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 REDUCE_NORMALIZER = 3
 _LOGIT_DTYPES = ("float32", "float16", "bfloat16")
+_LOSS_DTYPES = _LOGIT_DTYPES + ("float64",)  # float64: exact, for gradient checks
 
 
 def loss_options(lm_weight=0.9, temperature=1.0, kind="ce", reduction="mean", normalizer=None,
@@ -43,11 +44,12 @@ def loss_options(lm_weight=0.9, temperature=1.0, kind="ce", reduction="mean", no
                 ignore_index=int(ignore_index), validate=bool(validate), threads=int(threads))
 
 
-def _logits_2d(logits, name="logits"):
+def _logits_2d(logits, dtypes=_LOGIT_DTYPES, name="logits"):
     if not isinstance(logits, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray (use fusechat.torch for tensors)")
-    if logits.dtype.name not in _LOGIT_DTYPES:
-        raise TypeError(f"{name}: dtype {logits.dtype} is not float32, float16 or bfloat16")
+    if logits.dtype.name not in dtypes:
+        raise TypeError(f"{name}: dtype {logits.dtype} is not {', '.join(dtypes[:-1])} or "
+                        f"{dtypes[-1]}")
     if logits.ndim < 2:
         raise ValueError(f"{name}: expected [..., V], got shape {logits.shape}")
     return np.ascontiguousarray(logits).reshape(-1, logits.shape[-1])
@@ -106,7 +108,8 @@ def fusion_loss(logits, labels, target_ids=None, target_values=None, *, fallback
                 validate=True, threads=0):
     """The FuseChat loss and its gradient in one fused pass (C, multithreaded, GIL released).
 
-    logits: [..., V] float32/float16/bfloat16 (rows = all leading dims). labels: [...] ints,
+    logits: [..., V] float32/float16/bfloat16 (float64 too: exact, slow; for gradient
+    checks) - rows are all leading dims. labels: [...] ints,
     the gold token each row predicts, or ignore_index. target_ids/target_values: [..., K] the
     sparse target (ids -1 = padding; values are logits, renormalised over the row's entries
     at ``temperature``), or None for none. A row whose target is empty uses
@@ -118,7 +121,7 @@ def fusion_loss(logits, labels, target_ids=None, target_values=None, *, fallback
     """
     from . import _C
 
-    z = _logits_2d(logits)
+    z = _logits_2d(logits, _LOSS_DTYPES)
     n, v = z.shape
     y = _labels(labels, n)
     tids, tvals = _sparse(target_ids, target_values, n, "target")

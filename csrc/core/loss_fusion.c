@@ -118,9 +118,9 @@ typedef struct {
     int64_t v;
     const int64_t *labels;
     const fc_sparse_target *target, *fallback;
-    float *row_loss; /* [N], always present (allocated when the caller passed NULL) */
+    double *row_loss; /* [N] (double, so that the reduced loss of F64 logits is exact) */
     void *grad;
-    float gscale;    /* reduction scale x grad_scale */
+    double gscale;   /* reduction scale x grad_scale */
 } loss_ctx;
 
 /* The row's target entries (ids != -1) as (id, probability) after renormalisation at T;
@@ -154,13 +154,13 @@ static fc_status loss_rows(void *arg, int64_t begin, int64_t end) {
     float buf[FC_CHUNK] __attribute__((aligned(32)));
     int32_t ids[MAX_ENTRIES];
     double p[MAX_ENTRIES];
-    float zk[MAX_ENTRIES];
+    double zk[MAX_ENTRIES];
     for (int64_t r = begin; r < end; r++) {
         const void *row = (const unsigned char *)c->logits + (size_t)r * c->v * esz;
         void *grow = c->grad ? (unsigned char *)c->grad + (size_t)r * c->v * esz : NULL;
         int64_t y = c->labels[r];
         if (y == o->ignore_index) {
-            c->row_loss[r] = 0.0f;
+            c->row_loss[r] = 0.0;
             if (grow) memset(grow, 0, (size_t)c->v * esz);
             continue;
         }
@@ -173,29 +173,23 @@ static fc_status loss_rows(void *arg, int64_t begin, int64_t end) {
             cnt = 1;
         }
         /* gather before pass 2 may overwrite the logits */
-        float zy = fc_row_get(row, c->dt, y);
+        double zy = fc_row_get(row, c->dt, y);
         for (int j = 0; j < cnt; j++) zk[j] = fc_row_get(row, c->dt, ids[j]);
 
-        float m;
+        double m;
         double logd = fc_row_lse(row, c->dt, c->v, buf, &m);
         /* -log q_i = (m - z_i) + log d, in double */
-        double ce_gold = ((double)m - zy) + logd, cross = 0.0, negent = 0.0;
+        double ce_gold = (m - zy) + logd, cross = 0.0, negent = 0.0;
         for (int j = 0; j < cnt; j++) {
-            cross += p[j] * (((double)m - zk[j]) + logd);
+            cross += p[j] * ((m - zk[j]) + logd);
             if (p[j] > 0.0) negent += p[j] * log(p[j]);
         }
         double fusion = o->kind == FC_FUSION_KL ? cross + negent : cross;
-        c->row_loss[r] = (float)(w * ce_gold + (1.0 - w) * fusion);
+        c->row_loss[r] = w * ce_gold + (1.0 - w) * fusion;
         if (!grow) continue;
 
         /* pass 2: dense softmax part, exp(z - m) * (s / d) */
-        float mul = (float)(c->gscale * exp(-logd));
-        for (int64_t off = 0; off < c->v; off += FC_CHUNK) {
-            int len = (int)(c->v - off < FC_CHUNK ? c->v - off : FC_CHUNK), n8 = (len + 7) & ~7;
-            fc_row_load(row, c->dt, off, len, buf, -INFINITY);
-            fc_buf_softmax(buf, n8, m, mul);
-            fc_row_store(grow, c->dt, off, len, buf);
-        }
+        fc_row_softmax_store(row, grow, c->dt, c->v, m, c->gscale * exp(-logd), buf);
         /* sparse corrections in fp32: label (weight w) and targets (weight (1-w) p) */
         int label_in_target = 0;
         for (int j = 0; j < cnt; j++) {
@@ -204,12 +198,12 @@ static fc_status loss_rows(void *arg, int64_t begin, int64_t end) {
                 coef += w;
                 label_in_target = 1;
             }
-            double q = exp(((double)zk[j] - m) - logd);
-            fc_row_put(grow, c->dt, ids[j], (float)((q - coef) * c->gscale));
+            double q = exp((zk[j] - m) - logd);
+            fc_row_put(grow, c->dt, ids[j], (q - coef) * c->gscale);
         }
         if (!label_in_target) {
-            double q = exp(((double)zy - m) - logd);
-            fc_row_put(grow, c->dt, y, (float)((q - w) * c->gscale));
+            double q = exp((zy - m) - logd);
+            fc_row_put(grow, c->dt, y, (q - w) * c->gscale);
         }
     }
     return FC_OK;
@@ -225,9 +219,9 @@ fc_status fc_fusion_loss(const void *logits, fc_dtype dtype, int64_t n, int64_t 
         fc_fusion_loss_opts_init(&defaults);
         opts = &defaults;
     }
-    if (dtype != FC_F32 && dtype != FC_F16 && dtype != FC_BF16)
-        return fc_error_set(err, FC_ERR_TYPE, "fusion_loss: logits dtype %s is not F32, F16 or "
-                            "BF16", fc_dtype_name(dtype) ? fc_dtype_name(dtype) : "(invalid)");
+    if (dtype != FC_F32 && dtype != FC_F16 && dtype != FC_BF16 && dtype != FC_F64)
+        return fc_error_set(err, FC_ERR_TYPE, "fusion_loss: logits dtype %s is not F32, F16, "
+                            "BF16 or F64", fc_dtype_name(dtype) ? fc_dtype_name(dtype) : "(invalid)");
     fc_status st = check_all(n, v, labels, target, fallback, opts, opts->validate, err);
     if (st != FC_OK) return st;
     if (n > 0 && !logits) return fc_error_set(err, FC_ERR_VALUE, "fusion_loss: logits is NULL");
@@ -238,18 +232,18 @@ fc_status fc_fusion_loss(const void *logits, fc_dtype dtype, int64_t n, int64_t 
     if (opts->reduction == FC_REDUCE_MEAN) scale = nsup > 0 ? 1.0 / (double)nsup : 0.0;
     if (opts->reduction == FC_REDUCE_NORMALIZER) scale = 1.0 / opts->normalizer;
 
-    float *rl = row_loss;
-    if (!rl && n > 0) {
-        rl = (float *)malloc((size_t)n * sizeof(float));
-        if (!rl) return fc_error_set(err, FC_ERR_NOMEM, "fusion_loss: cannot allocate %lld row "
-                                     "losses", (long long)n);
-    }
+    double *rl = (double *)malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    if (!rl) return fc_error_set(err, FC_ERR_NOMEM, "fusion_loss: cannot allocate %lld row "
+                                 "losses", (long long)n);
     loss_ctx c = {opts, logits, dtype, v, labels, target, fallback, rl, grad,
-                  (float)(scale * opts->grad_scale)};
+                  scale * opts->grad_scale};
     st = fc_parallel_for(n, 1, opts->nthreads, loss_rows, &c);
     double total = 0.0;
-    for (int64_t r = 0; r < n; r++) total += rl[r];
-    if (rl != row_loss) free(rl);
+    for (int64_t r = 0; r < n; r++) {
+        total += rl[r];
+        if (row_loss) row_loss[r] = (float)rl[r];
+    }
+    free(rl);
     if (st != FC_OK)
         return fc_error_set(err, st, "fusion_loss: a worker failed (%s)", fc_status_name(st));
     if (loss) *loss = opts->reduction == FC_REDUCE_NONE ? total : total * scale;

@@ -140,23 +140,43 @@ static inline void fc_row_store(void *row, fc_dtype dt, int64_t off, int len, co
     }
 }
 
-/* One logit as float32. */
-static inline float fc_row_get(const void *row, fc_dtype dt, int64_t i) {
+/* One logit, exactly (F64 rows are accepted by the loss for float64 gradient checks). */
+static inline double fc_row_get(const void *row, fc_dtype dt, int64_t i) {
+    if (dt == FC_F64) return ((const double *)row)[i];
     if (dt == FC_F32) return ((const float *)row)[i];
     uint16_t h = ((const uint16_t *)row)[i];
     return dt == FC_BF16 ? fcx_bf16_to_f32(h) : fcx_f16_to_f32(h);
 }
 
-/* Store one float32 value, rounded once. */
-static inline void fc_row_put(void *row, fc_dtype dt, int64_t i, float x) {
-    fc_row_store(row, dt, i, 1, &x);
+/* Store one value computed in double, rounded once to the row's dtype. */
+static inline void fc_row_put(void *row, fc_dtype dt, int64_t i, double x) {
+    switch (dt) {
+    case FC_F64:  ((double *)row)[i] = x; break;
+    case FC_F32:  ((float *)row)[i] = (float)x; break;
+    case FC_BF16: ((uint16_t *)row)[i] = fcx_f64_to_bf16(x); break;
+    default:      ((uint16_t *)row)[i] = fcx_f64_to_f16(x); break;
+    }
+}
+
+/* The float64 row path: plain double loops (for gradient checks, not for speed). */
+static inline double fc_row_lse_f64(const double *z, int64_t v, double *m_out) {
+    double m = -INFINITY, d = 0.0;
+    for (int64_t i = 0; i < v; i++)
+        if (z[i] > m || z[i] != z[i]) m = z[i];
+    *m_out = m;
+    if (m != m || m == INFINITY) return NAN;
+    if (m == -INFINITY) return -INFINITY;
+    for (int64_t i = 0; i < v; i++) d += exp(z[i] - m);
+    return log(d);
 }
 
 /* Online logsumexp of a whole row in fp32 chunks, kept as max m and log d with
  * d = sum exp(z - m): then z - lse = (z - m) - log d loses nothing to the magnitude of m
  * (at |z| ~ 1e4 an fp32 lse alone would carry an error of ~1e-3). Returns log d; NaN in
  * *m or the result when a logit is NaN or +inf. */
-static inline double fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *buf, float *m_out) {
+static inline double fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *buf,
+                                double *m_out) {
+    if (dt == FC_F64) return fc_row_lse_f64((const double *)row, v, m_out);
     float m = -INFINITY;
     double d = 0.0;
     for (int64_t off = 0; off < v; off += FC_CHUNK) {
@@ -176,6 +196,23 @@ static inline double fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *
     }
     *m_out = m;
     return log(d);
+}
+
+/* grow[i] = exp(z[i] - m) * mul over the whole row, rounded once to dt (may alias row). */
+static inline void fc_row_softmax_store(const void *row, void *grow, fc_dtype dt, int64_t v,
+                                        double m, double mul, float *buf) {
+    if (dt == FC_F64) {
+        const double *z = (const double *)row;
+        double *g = (double *)grow;
+        for (int64_t i = 0; i < v; i++) g[i] = exp(z[i] - m) * mul;
+        return;
+    }
+    for (int64_t off = 0; off < v; off += FC_CHUNK) {
+        int len = (int)(v - off < FC_CHUNK ? v - off : FC_CHUNK), n8 = (len + 7) & ~7;
+        fc_row_load(row, dt, off, len, buf, -INFINITY);
+        fc_buf_softmax(buf, n8, (float)m, (float)mul);
+        fc_row_store(grow, dt, off, len, buf);
+    }
 }
 
 #endif
