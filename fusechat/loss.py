@@ -93,7 +93,7 @@ def _labels(labels, n):
 @dataclass
 class LossResult:
     """loss: float (the reduced loss; for reduction='none' the row losses' sum);
-    row_loss: float32 [N] per-row losses (unreduced); grad: [N, V] in the logits' dtype
+    row_loss: float64 [N] per-row losses (unreduced); grad: [N, V] in the logits' dtype
     (None if not requested; the logits array itself with inplace=True); n_supervised: rows
     with a label != ignore_index."""
     loss: float
@@ -136,7 +136,7 @@ def fusion_loss(logits, labels, target_ids=None, target_values=None, *, fallback
         g = z
     else:
         g = np.empty_like(z) if grad else None
-    row_loss = np.empty(n, dtype=np.float32)
+    row_loss = np.empty(n, dtype=np.float64)
     loss, nsup = _C.fusion_loss(z, y, tids, tvals, fids, fvals, g, row_loss, **opts)
     if g is not None:
         g = g.reshape(logits.shape) if not inplace else logits

@@ -212,7 +212,7 @@ static fc_status loss_rows(void *arg, int64_t begin, int64_t end) {
 fc_status fc_fusion_loss(const void *logits, fc_dtype dtype, int64_t n, int64_t v,
                          const int64_t *labels, const fc_sparse_target *target,
                          const fc_sparse_target *fallback, const fc_fusion_loss_opts *opts,
-                         double *loss, float *row_loss, void *grad, int64_t *n_supervised,
+                         double *loss, double *row_loss, void *grad, int64_t *n_supervised,
                          fc_error *err) {
     fc_fusion_loss_opts defaults;
     if (!opts) {
@@ -232,18 +232,15 @@ fc_status fc_fusion_loss(const void *logits, fc_dtype dtype, int64_t n, int64_t 
     if (opts->reduction == FC_REDUCE_MEAN) scale = nsup > 0 ? 1.0 / (double)nsup : 0.0;
     if (opts->reduction == FC_REDUCE_NORMALIZER) scale = 1.0 / opts->normalizer;
 
-    double *rl = (double *)malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    double *rl = row_loss ? row_loss : (double *)malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
     if (!rl) return fc_error_set(err, FC_ERR_NOMEM, "fusion_loss: cannot allocate %lld row "
                                  "losses", (long long)n);
     loss_ctx c = {opts, logits, dtype, v, labels, target, fallback, rl, grad,
                   scale * opts->grad_scale};
     st = fc_parallel_for(n, 1, opts->nthreads, loss_rows, &c);
     double total = 0.0;
-    for (int64_t r = 0; r < n; r++) {
-        total += rl[r];
-        if (row_loss) row_loss[r] = (float)rl[r];
-    }
-    free(rl);
+    for (int64_t r = 0; r < n; r++) total += rl[r];
+    if (rl != row_loss) free(rl);
     if (st != FC_OK)
         return fc_error_set(err, st, "fusion_loss: a worker failed (%s)", fc_status_name(st));
     if (loss) *loss = opts->reduction == FC_REDUCE_NONE ? total : total * scale;

@@ -75,13 +75,13 @@ FC_API fc_status fc_fusion_loss_check(int64_t n, int64_t v, const int64_t *label
 /* logits [N, V] row-major, dtype F32, F16 or BF16. labels [N] int64.
  * target / fallback may be NULL (= no target). Outputs (each may be NULL):
  *   loss        the reduced loss (for NONE: the sum of the row losses)
- *   row_loss    [N] float32 per-row losses (unreduced, unscaled)
+ *   row_loss    [N] float64 per-row losses (unreduced, unscaled)
  *   grad        [N, V] logits dtype; may be the logits pointer itself (in place)
  *   n_supervised  number of rows with a label != ignore_index */
 FC_API fc_status fc_fusion_loss(const void *logits, fc_dtype dtype, int64_t n, int64_t v,
                                 const int64_t *labels, const fc_sparse_target *target,
                                 const fc_sparse_target *fallback,
-                                const fc_fusion_loss_opts *opts, double *loss, float *row_loss,
+                                const fc_fusion_loss_opts *opts, double *loss, double *row_loss,
                                 void *grad, int64_t *n_supervised, fc_error *err);
 
 /* Top-k extraction with the token cross-entropy, in one pass over logits [N, V] (F32, F16,

@@ -55,9 +55,9 @@ static int fc_py_loss_take(PyObject *obj, const char *name, int writable, int dt
  * grad, row_loss, lm_weight, temperature, kind, reduction, normalizer, grad_scale,
  * ignore_index, validate, threads, stream). Tensors: logits [N, V] F32/F16/BF16; labels [N]
  * int64; *_ids [N, K] int32 and *_values [N, K] float32 (or None); grad [N, V] like logits
- * or None; row_loss [N] float32 or None. On error: -1 with an exception; release c anyway. */
+ * or None; row_loss [N] or None, of dtype `row_loss_dtype` (F64 on the CPU, F32 on CUDA). On error: -1 with an exception; release c anyway. */
 static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int device_type,
-                            fc_py_loss_call *c) {
+                            int row_loss_dtype, fc_py_loss_call *c) {
     static char *kwlist[] = {"logits", "labels", "target_ids", "target_values", "fallback_ids",
                              "fallback_values", "grad", "row_loss", "lm_weight", "temperature",
                              "kind", "reduction", "normalizer", "grad_scale", "ignore_index",
@@ -92,7 +92,7 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
                         &has_fv) < 0 ||
         fc_py_loss_take(gr, "grad", 1, c->logits.dtype, 2, device_type, c->stream, &c->grad,
                         &has_grad) < 0 ||
-        fc_py_loss_take(rl, "row_loss", 1, FC_F32, 1, device_type, c->stream, &c->row_loss,
+        fc_py_loss_take(rl, "row_loss", 1, row_loss_dtype, 1, device_type, c->stream, &c->row_loss,
                         &has_rl) < 0)
         return -1;
     c->n = c->logits.shape[0];
