@@ -9,7 +9,9 @@ static PyObject *py_fusion_loss(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     fc_py_loss_call c;
     PyObject *ret = NULL;
-    if (fc_py_loss_parse(args, kw, "fusion_loss", FC_DL_CPU, FC_F64, &c) < 0) goto done;
+    if (fc_py_loss_parse(args, kw, "fusion_loss", FC_DL_CPU, FC_F64, &c) < 0 ||
+        fc_py_check(!c.has_total, "fusion_loss", "total is for the CUDA kernel") < 0)
+        goto done;
     fc_error err;
     fc_error_clear(&err);
     double loss = 0.0;

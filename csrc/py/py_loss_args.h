@@ -8,9 +8,9 @@
 #include "py_dlpack.h"
 
 typedef struct fc_py_loss_call {
-    fc_py_tensor logits, labels, tids, tvals, fids, fvals, grad, row_loss;
+    fc_py_tensor logits, labels, tids, tvals, fids, fvals, grad, row_loss, total;
     fc_sparse_target target, fallback;
-    int has_target, has_fallback;
+    int has_target, has_fallback, has_total;
     fc_fusion_loss_opts opts;
     intptr_t stream;
     int64_t n, v;
@@ -18,7 +18,7 @@ typedef struct fc_py_loss_call {
 
 static void fc_py_loss_release(fc_py_loss_call *c) {
     fc_py_tensor *all[] = {&c->logits, &c->labels, &c->tids, &c->tvals,
-                           &c->fids, &c->fvals, &c->grad, &c->row_loss};
+                           &c->fids, &c->fvals, &c->grad, &c->row_loss, &c->total};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) fc_py_tensor_release(all[i]);
 }
 
@@ -61,18 +61,18 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
     static char *kwlist[] = {"logits", "labels", "target_ids", "target_values", "fallback_ids",
                              "fallback_values", "grad", "row_loss", "lm_weight", "temperature",
                              "kind", "reduction", "normalizer", "grad_scale", "ignore_index",
-                             "validate", "threads", "stream", NULL};
-    PyObject *lo, *la, *ti, *tv, *fi, *fv, *gr, *rl;
+                             "validate", "threads", "stream", "total", NULL};
+    PyObject *lo, *la, *ti, *tv, *fi, *fv, *gr, *rl, *tot = Py_None;
     memset(c, 0, sizeof *c);
     fc_fusion_loss_opts *o = &c->opts;
     fc_fusion_loss_opts_init(o);
     int kind = 0, red = 0, validate = 1;
     long long ignore = -100;
     Py_ssize_t stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOO|ddiiddLpin", kwlist, &lo, &la, &ti, &tv,
-                                     &fi, &fv, &gr, &rl, &o->lm_weight, &o->temperature, &kind,
-                                     &red, &o->normalizer, &o->grad_scale, &ignore, &validate,
-                                     &o->nthreads, &stream))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOO|ddiiddLpinO", kwlist, &lo, &la, &ti,
+                                     &tv, &fi, &fv, &gr, &rl, &o->lm_weight, &o->temperature,
+                                     &kind, &red, &o->normalizer, &o->grad_scale, &ignore,
+                                     &validate, &o->nthreads, &stream, &tot))
         return -1;
     o->kind = (fc_fusion_kind)kind;
     o->reduction = (fc_reduction)red;
@@ -93,7 +93,9 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
         fc_py_loss_take(gr, "grad", 1, c->logits.dtype, 2, device_type, c->stream, &c->grad,
                         &has_grad) < 0 ||
         fc_py_loss_take(rl, "row_loss", 1, row_loss_dtype, 1, device_type, c->stream, &c->row_loss,
-                        &has_rl) < 0)
+                        &has_rl) < 0 ||
+        fc_py_loss_take(tot, "total", 1, FC_F32, 1, device_type, c->stream, &c->total,
+                        &c->has_total) < 0)
         return -1;
     c->n = c->logits.shape[0];
     c->v = c->logits.shape[1];
