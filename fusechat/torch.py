@@ -17,9 +17,10 @@ framework averages them).
 import torch
 
 from . import _backend
-from .loss import loss_options
+from .loss import TopK, loss_options
 
-__all__ = ["FusionLoss", "fusion_loss", "causal_lm_fusion_loss", "hf_shift_labels"]
+__all__ = ["FusionLoss", "fusion_loss", "causal_lm_fusion_loss", "hf_shift_labels",
+           "topk_and_ce"]
 
 
 def _kernel_module(t):
@@ -171,3 +172,51 @@ class FusionLoss(torch.nn.Module):
         return (f"lm_weight={self.lm_weight}, temperature={self.temperature}, "
                 f"kind={self.kind!r}, reduction={self.reduction!r}")
 
+
+
+@torch.no_grad()
+def topk_and_ce(logits, labels=None, k=10, *, seq_offsets=None, shift=False, ignore_index=-100,
+                threads=0):
+    """:func:`fusechat.loss.topk_and_ce` on torch tensors (CPU or CUDA, k <= 64 on CUDA):
+    top-k ids (int32) and logits (float32) per row, sorted descending with ties to the lower
+    id, the token CE and the per-sequence CE with its "has a supervised token" flag, in one
+    pass over the logits. Returns a :class:`fusechat.loss.TopK` of tensors on the logits'
+    device."""
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"logits must be [N, V] or [B, L, V], got {tuple(logits.shape)}")
+    dev = logits.device
+    lead = logits.shape[:-1]
+    z = logits.detach().contiguous().reshape(-1, logits.shape[-1])
+    n = z.shape[0]
+    k = int(k)
+    if not 1 <= k <= z.shape[1]:
+        raise ValueError(f"k = {k} must be in [1, V = {z.shape[1]}]")
+    y = None
+    if labels is not None:
+        labels = labels.to(dev)
+        if shift:
+            labels = hf_shift_labels(labels, ignore_index)
+        y = labels.reshape(-1).to(torch.int64).contiguous()
+        if y.shape[0] != n:
+            raise ValueError(f"labels has {y.shape[0]} entries, logits have {n} rows")
+        if seq_offsets is None and logits.dim() == 3:
+            seq_offsets = torch.arange(lead[0] + 1, dtype=torch.int64) * lead[1]
+    so = None
+    if seq_offsets is not None:
+        if y is None:
+            raise ValueError("seq_offsets needs labels")
+        so = torch.as_tensor(seq_offsets, dtype=torch.int64).to(dev).contiguous()
+    s = 0 if so is None else so.shape[0] - 1
+    ids = torch.empty(n, k, dtype=torch.int32, device=dev)
+    vals = torch.empty(n, k, dtype=torch.float32, device=dev)
+    tce = torch.empty(n, dtype=torch.float32, device=dev) if y is not None else None
+    sce = torch.empty(s, dtype=torch.float32, device=dev) if so is not None else None
+    shas = torch.empty(s, dtype=torch.uint8, device=dev) if so is not None else None
+    mod = _kernel_module(z)
+    if dev.type == "cuda":
+        mod.topk_ce(z, y, k, int(ignore_index), so, ids, vals, tce, sce, shas,
+                    torch.cuda.current_stream(dev).cuda_stream)
+    else:
+        mod.topk_ce(z, y, k, int(ignore_index), so, ids, vals, tce, sce, shas, threads)
+    return TopK(ids.reshape(*lead, k), vals.reshape(*lead, k),
+                None if tce is None else tce.reshape(lead), sce, shas)

@@ -162,6 +162,35 @@ def test_causal_lm_helper_matches_hf_shift():
     assert mine.item() == pytest.approx(hf.item(), rel=1e-6)  # HF computes in float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_topk_and_ce_matches_torch_topk(dtype):
+    g = torch.Generator().manual_seed(13)
+    z = (torch.randn(2, 11, V, generator=g) * 4).to(dtype)
+    z[0, 2] = torch.round(z[0, 2].float()).to(dtype)  # ties
+    z[1, 3] = -float("inf")
+    labels = torch.randint(0, V, (2, 11), generator=g)
+    labels[1, :5] = -100
+    t = ft.topk_and_ce(z, labels, 10, shift=True)
+    vals, ids = torch.topk(z.float(), 10, dim=-1)
+    torch.testing.assert_close(t.logits, vals)
+    # torch.topk picks any of equal values: ours must be sorted by (value desc, id asc), and
+    # above the k-th value both must hold the same ids
+    for b in range(2):
+        for p in range(11):
+            pairs = list(zip((-t.logits[b, p]).tolist(), t.ids[b, p].tolist()))
+            assert pairs == sorted(pairs)
+            kth = vals[b, p, -1]
+            assert set(ids[b, p][vals[b, p] > kth].tolist()) == \
+                set(t.ids[b, p][t.logits[b, p] > kth].tolist())
+    sh = ft.hf_shift_labels(labels)
+    ce = F.cross_entropy(z.double().reshape(-1, V), sh.reshape(-1), reduction="none")
+    torch.testing.assert_close(t.token_ce.reshape(-1).double(), ce, rtol=2e-6, atol=2e-6)
+    sup = (sh != -100).double()
+    want = (ce.reshape(2, 11) * sup).sum(1) / sup.sum(1)
+    torch.testing.assert_close(t.seq_ce.double(), want, rtol=2e-6, atol=0)
+    assert t.seq_has.tolist() == [1, 1]
+
+
 def test_module():
     z, y, ids, vals = make(seed=8)
     m = ft.FusionLoss(lm_weight=0.5, kind="kl")
@@ -285,3 +314,38 @@ def test_cuda_matches_cpu(dtype, reduction):
     torch.testing.assert_close(lb.cpu(), la, rtol=1e-5, atol=1e-6)
     tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(b.grad.cpu().float(), a.grad.float(), rtol=tol, atol=1e-7)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cuda_topk_matches_cpu(dtype):
+    z, y, _, _ = make(dtype=dtype, seed=14)
+    z[4] = torch.round(z[4].float()).to(dtype)  # ties
+    z[6] = -float("inf")
+    offs = torch.tensor([0, 10, 10, N])
+    a = ft.topk_and_ce(z, y, 17, seq_offsets=offs)
+    b = ft.topk_and_ce(z.cuda(), y.cuda(), 17, seq_offsets=offs)
+    assert torch.equal(b.ids.cpu(), a.ids) and torch.equal(b.logits.cpu(), a.logits)
+    torch.testing.assert_close(b.token_ce.cpu(), a.token_ce, rtol=1e-5, atol=1e-5,
+                               equal_nan=True)
+    torch.testing.assert_close(b.seq_ce.cpu(), a.seq_ce, rtol=1e-5, atol=1e-5)
+    assert torch.equal(b.seq_has.cpu(), a.seq_has)
+
+
+@needs_gpu
+def test_cuda_fallback_inplace_and_normalizer():
+    z, y, ids, vals = make(dtype=torch.bfloat16, seed=15)
+    fids, fvals = ids.roll(1, 0), vals.roll(1, 0)
+    kw = dict(fallback_ids=fids, fallback_values=fvals, normalizer=50.0, kind="kl")
+    a = ft.fusion_loss(z, y, ids, vals, **kw)
+    zc = z.cuda()
+    b = ft.fusion_loss(zc.clone().requires_grad_(), y.cuda(), ids.cuda(), vals.cuda(), **kw)
+    assert b.item() == pytest.approx(a.item(), rel=1e-5)
+    leaf = zc.clone().requires_grad_()
+    logits = leaf * 1
+    ft.fusion_loss(logits, y.cuda(), ids.cuda(), vals.cuda(), inplace=True, **kw).backward()
+    assert torch.equal(logits.detach(), leaf.grad)
+    with pytest.raises(ValueError, match="target_ids row 2"):
+        bad = ids.clone()
+        bad[2, 0] = V
+        ft.fusion_loss(zc, y.cuda(), bad.cuda(), vals.cuda())
