@@ -34,14 +34,13 @@ typedef float    fcv_f32 __attribute__((vector_size(32)));
 typedef int32_t  fcv_i32 __attribute__((vector_size(32)));
 typedef uint32_t fcv_u32 __attribute__((vector_size(32)));
 
-static inline fcv_f32 fcv_splat(float x) { return (fcv_f32){x, x, x, x, x, x, x, x}; }
-static inline fcv_i32 fcv_splati(int32_t x) { return (fcv_i32){x, x, x, x, x, x, x, x}; }
-/* lanes where mask is all-ones take a, others b */
-static inline fcv_f32 fcv_select(fcv_i32 mask, fcv_f32 a, fcv_f32 b) {
-    return (fcv_f32)((mask & (fcv_i32)a) | (~mask & (fcv_i32)b));
-}
+static inline __attribute__((always_inline)) fcv_f32 fcv_splat(float x) { return (fcv_f32){x, x, x, x, x, x, x, x}; }
+static inline __attribute__((always_inline)) fcv_i32 fcv_splati(int32_t x) { return (fcv_i32){x, x, x, x, x, x, x, x}; }
+/* lanes where mask is all-ones take a, others b (a macro: no vector passed by value) */
+#define fcv_select(mask, a, b) \
+    ((fcv_f32)(((mask) & (fcv_i32)(a)) | (~(mask) & (fcv_i32)(b))))
 
-static inline fcv_f32 fcv_exp(fcv_f32 x) {
+static inline __attribute__((always_inline)) fcv_f32 fcv_exp(fcv_f32 x) {
     fcv_i32 is_nan = x != x;
     fcv_i32 tiny = x < fcv_splat(-87.33654f); /* below FLT_MIN, and -inf */
     fcv_f32 xc = fcv_select(is_nan | tiny, fcv_splat(0.0f), x);
