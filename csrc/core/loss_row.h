@@ -40,7 +40,9 @@ static inline __attribute__((always_inline)) fcv_i32 fcv_splati(int32_t x) { ret
 #define fcv_select(mask, a, b) \
     ((fcv_f32)(((mask) & (fcv_i32)(a)) | (~(mask) & (fcv_i32)(b))))
 
-static inline __attribute__((always_inline)) fcv_f32 fcv_exp(fcv_f32 x) {
+/* *px = exp(*px) lane by lane (through a pointer: no vector passed by value) */
+static inline void fcv_exp(fcv_f32 *px) {
+    fcv_f32 x = *px;
     fcv_i32 is_nan = x != x;
     fcv_i32 tiny = x < fcv_splat(-87.33654f); /* below FLT_MIN, and -inf */
     fcv_f32 xc = fcv_select(is_nan | tiny, fcv_splat(0.0f), x);
@@ -60,7 +62,7 @@ static inline __attribute__((always_inline)) fcv_f32 fcv_exp(fcv_f32 x) {
     fcv_f32 scale = (fcv_f32)((ni + fcv_splati(127)) << 23);
     fcv_f32 res = p * scale;
     res = fcv_select(tiny, fcv_splat(0.0f), res);
-    return fcv_select(is_nan, x, res);
+    *px = fcv_select(is_nan, x, res);
 }
 
 /* Convert len <= FC_CHUNK logits starting at element `off` of a row into buf (float32);
@@ -102,7 +104,9 @@ static inline double fc_buf_expsum(const float *buf, int n8, float shift) {
     for (int i = 0; i < n8; i += 8) {
         fcv_f32 x;
         memcpy(&x, buf + i, 32);
-        s += fcv_exp(x - sh);
+        x = x - sh;
+        fcv_exp(&x);
+        s += x;
     }
     double r = 0.0;
     for (int j = 0; j < 8; j++) r += s[j];
@@ -115,7 +119,9 @@ static inline void fc_buf_softmax(float *buf, int n8, float shift, float mul) {
     for (int i = 0; i < n8; i += 8) {
         fcv_f32 x;
         memcpy(&x, buf + i, 32);
-        x = fcv_exp(x - sh) * mu;
+        x = x - sh;
+        fcv_exp(&x);
+        x = x * mu;
         memcpy(buf + i, &x, 32);
     }
 }
