@@ -30,18 +30,21 @@
 #define FC_ROW_CLONES
 #endif
 
+/* hot helpers must inline into the cloned callers, or they run with the default ISA */
+#define FC_INLINE static inline __attribute__((always_inline))
+
 typedef float    fcv_f32 __attribute__((vector_size(32)));
 typedef int32_t  fcv_i32 __attribute__((vector_size(32)));
 typedef uint32_t fcv_u32 __attribute__((vector_size(32)));
 
-static inline __attribute__((always_inline)) fcv_f32 fcv_splat(float x) { return (fcv_f32){x, x, x, x, x, x, x, x}; }
-static inline __attribute__((always_inline)) fcv_i32 fcv_splati(int32_t x) { return (fcv_i32){x, x, x, x, x, x, x, x}; }
+FC_INLINE fcv_f32 fcv_splat(float x) { return (fcv_f32){x, x, x, x, x, x, x, x}; }
+FC_INLINE fcv_i32 fcv_splati(int32_t x) { return (fcv_i32){x, x, x, x, x, x, x, x}; }
 /* lanes where mask is all-ones take a, others b (a macro: no vector passed by value) */
 #define fcv_select(mask, a, b) \
     ((fcv_f32)(((mask) & (fcv_i32)(a)) | (~(mask) & (fcv_i32)(b))))
 
 /* *px = exp(*px) lane by lane (through a pointer: no vector passed by value) */
-static inline void fcv_exp(fcv_f32 *px) {
+FC_INLINE void fcv_exp(fcv_f32 *px) {
     fcv_f32 x = *px;
     fcv_i32 is_nan = x != x;
     fcv_i32 tiny = x < fcv_splat(-87.33654f); /* below FLT_MIN, and -inf */
@@ -67,7 +70,7 @@ static inline void fcv_exp(fcv_f32 *px) {
 
 /* Convert len <= FC_CHUNK logits starting at element `off` of a row into buf (float32);
  * lanes up to the next multiple of 8 are filled with `pad`. */
-static inline void fc_row_load(const void *row, fc_dtype dt, int64_t off, int len, float *buf,
+FC_INLINE void fc_row_load(const void *row, fc_dtype dt, int64_t off, int len, float *buf,
                                float pad) {
     if (dt == FC_F32) {
         memcpy(buf, (const float *)row + off, (size_t)len * 4);
@@ -86,7 +89,7 @@ static inline void fc_row_load(const void *row, fc_dtype dt, int64_t off, int le
 }
 
 /* max over buf[0, n8), n8 a multiple of 8; NaN if any element is NaN */
-static inline float fc_buf_max(const float *buf, int n8) {
+FC_INLINE float fc_buf_max(const float *buf, int n8) {
     fcv_f32 m = fcv_splat(-INFINITY);
     for (int i = 0; i < n8; i += 8) {
         fcv_f32 x;
@@ -99,7 +102,7 @@ static inline float fc_buf_max(const float *buf, int n8) {
 }
 
 /* sum of exp(buf[i] - shift) over [0, n8) (padding lanes hold -inf and add 0) */
-static inline double fc_buf_expsum(const float *buf, int n8, float shift) {
+FC_INLINE double fc_buf_expsum(const float *buf, int n8, float shift) {
     fcv_f32 s = fcv_splat(0.0f), sh = fcv_splat(shift);
     for (int i = 0; i < n8; i += 8) {
         fcv_f32 x;
@@ -114,7 +117,7 @@ static inline double fc_buf_expsum(const float *buf, int n8, float shift) {
 }
 
 /* buf[i] = exp(buf[i] - shift) * mul over [0, n8) */
-static inline void fc_buf_softmax(float *buf, int n8, float shift, float mul) {
+FC_INLINE void fc_buf_softmax(float *buf, int n8, float shift, float mul) {
     fcv_f32 sh = fcv_splat(shift), mu = fcv_splat(mul);
     for (int i = 0; i < n8; i += 8) {
         fcv_f32 x;
@@ -127,7 +130,7 @@ static inline void fc_buf_softmax(float *buf, int n8, float shift, float mul) {
 }
 
 /* Store len float32 values at element `off` of a row of dtype dt, rounding once. */
-static inline void fc_row_store(void *row, fc_dtype dt, int64_t off, int len, const float *buf) {
+FC_INLINE void fc_row_store(void *row, fc_dtype dt, int64_t off, int len, const float *buf) {
     if (dt == FC_F32) {
         memcpy((float *)row + off, buf, (size_t)len * 4);
     } else if (dt == FC_BF16) {
@@ -179,7 +182,7 @@ static inline double fc_row_lse_f64(const double *z, int64_t v, double *m_out) {
  * d = sum exp(z - m): then z - lse = (z - m) - log d loses nothing to the magnitude of m
  * (at |z| ~ 1e4 an fp32 lse alone would carry an error of ~1e-3). Returns log d; NaN in
  * *m or the result when a logit is NaN or +inf. */
-static inline double fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *buf,
+FC_INLINE double fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *buf,
                                 double *m_out) {
     if (dt == FC_F64) return fc_row_lse_f64((const double *)row, v, m_out);
     float m = -INFINITY;
@@ -204,7 +207,7 @@ static inline double fc_row_lse(const void *row, fc_dtype dt, int64_t v, float *
 }
 
 /* grow[i] = exp(z[i] - m) * mul over the whole row, rounded once to dt (may alias row). */
-static inline void fc_row_softmax_store(const void *row, void *grow, fc_dtype dt, int64_t v,
+FC_INLINE void fc_row_softmax_store(const void *row, void *grow, fc_dtype dt, int64_t v,
                                         double m, double mul, float *buf) {
     if (dt == FC_F64) {
         const double *z = (const double *)row;
