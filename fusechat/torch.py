@@ -205,7 +205,11 @@ def topk_and_ce(logits, labels=None, k=10, *, seq_offsets=None, shift=False, ign
     if seq_offsets is not None:
         if y is None:
             raise ValueError("seq_offsets needs labels")
-        so = torch.as_tensor(seq_offsets, dtype=torch.int64).to(dev).contiguous()
+        so = torch.as_tensor(seq_offsets, dtype=torch.int64).cpu()
+        if so.dim() != 1 or so.numel() < 1 or so[0] != 0 or so[-1] != n or \
+                bool((so[1:] < so[:-1]).any()):
+            raise ValueError(f"seq_offsets must rise from 0 to N = {n}")
+        so = so.to(dev).contiguous()
     s = 0 if so is None else so.shape[0] - 1
     ids = torch.empty(n, k, dtype=torch.int32, device=dev)
     vals = torch.empty(n, k, dtype=torch.float32, device=dev)

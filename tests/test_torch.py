@@ -302,8 +302,9 @@ needs_gpu = pytest.mark.skipif(not (cuda_ok and torch.cuda.is_available()),
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_cuda_matches_cpu(dtype, reduction):
-    z, y, ids, vals = make(dtype=dtype, seed=12)
+@pytest.mark.parametrize("v", [1271, 1280])  # 1280: the 16-byte vector path
+def test_cuda_matches_cpu(dtype, reduction, v):
+    z, y, ids, vals = make(v=v, dtype=dtype, seed=12)
     a = z.clone().requires_grad_()
     b = z.clone().cuda().requires_grad_()
     la = ft.fusion_loss(a, y, ids, vals, reduction=reduction, temperature=0.8)

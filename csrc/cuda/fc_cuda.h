@@ -37,7 +37,8 @@ fc_status fc_cuda_fusion_loss(const void *d_logits, fc_dtype dtype, int64_t n, i
                               float *d_row_loss, void *d_grad, float *d_loss, void *stream,
                               fc_error *err);
 
-/* Top-k + CE on the device (semantics of fc_topk_ce; k <= 64). */
+/* Top-k + CE on the device (semantics of fc_topk_ce; k <= 64). Labels are not validated:
+ * out-of-range labels count as ignored. seq_offsets must be valid (the caller checks). */
 fc_status fc_cuda_topk_ce(const void *d_logits, fc_dtype dtype, int64_t n, int64_t v, int64_t k,
                           const int64_t *d_labels, int64_t ignore_index, int32_t *d_top_ids,
                           float *d_top_logits, float *d_token_ce, const int64_t *d_seq_offsets,

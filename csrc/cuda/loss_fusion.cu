@@ -1,7 +1,8 @@
 // loss_fusion.cu - the fused sparse fusion loss and top-k + CE extraction on the GPU, with the
 // semantics of csrc/core/loss_fusion.c and loss_topk.c (formulas in fc_loss.h).
 //
-// Fusion loss: one block per row, two passes over the row (losses.md 8, 10):
+// Fusion loss: one block per row, two passes over the row (losses.md 8, 10), with 16-byte
+// vector loads and stores when V % 8 == 0 and the buffers are aligned (32000, 151936, ...):
 //   pass 1: each thread keeps an online (max, sum exp) over its strided logits in fp32, then a
 //           block reduction; thread 0 renormalises the <= K target entries and writes the
 //           row loss; the K target logits and the label logit are gathered to shared memory;
@@ -40,6 +41,46 @@ __device__ __forceinline__ void store_grad_exact(void *row, int dt, int64_t i, d
     if (dt == FC_F32) ((float *)row)[i] = (float)x;
     else if (dt == FC_BF16) ((uint16_t *)row)[i] = fcx_f64_to_bf16(x);
     else ((uint16_t *)row)[i] = fcx_f64_to_f16(x);
+}
+
+// 8 consecutive logits from 16-byte aligned memory (vec path: V % 8 == 0, aligned base)
+__device__ __forceinline__ void load8(const void *row, int dt, int64_t g, float *x) {
+    if (dt == FC_F32) {
+        float4 a = ((const float4 *)row)[2 * g], b = ((const float4 *)row)[2 * g + 1];
+        x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w;
+        x[4] = b.x; x[5] = b.y; x[6] = b.z; x[7] = b.w;
+        return;
+    }
+    uint4 u = ((const uint4 *)row)[g];
+    uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    for (int j = 0; j < 4; j++) {
+        uint16_t lo = (uint16_t)(w[j] & 0xffffu), hi = (uint16_t)(w[j] >> 16);
+        x[2 * j] = dt == FC_BF16 ? fcx_bf16_to_f32(lo) : fcx_f16_to_f32(lo);
+        x[2 * j + 1] = dt == FC_BF16 ? fcx_bf16_to_f32(hi) : fcx_f16_to_f32(hi);
+    }
+}
+
+__device__ __forceinline__ void store8(void *row, int dt, int64_t g, const float *x) {
+    if (dt == FC_F32) {
+        ((float4 *)row)[2 * g] = make_float4(x[0], x[1], x[2], x[3]);
+        ((float4 *)row)[2 * g + 1] = make_float4(x[4], x[5], x[6], x[7]);
+        return;
+    }
+    uint32_t w[4];
+    for (int j = 0; j < 4; j++) {
+        uint16_t lo = dt == FC_BF16 ? fcx_f32_to_bf16(x[2 * j]) : fcx_f32_to_f16(x[2 * j]);
+        uint16_t hi = dt == FC_BF16 ? fcx_f32_to_bf16(x[2 * j + 1]) : fcx_f32_to_f16(x[2 * j + 1]);
+        w[j] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+    ((uint4 *)row)[g] = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// online softmax update with one logit
+__device__ __forceinline__ void lse_push(float &m, float &d, float x) {
+    if (m != m || x == -INFINITY) return;
+    if (x != x) { m = x; return; }
+    if (x > m) { d = d * __expf(m - x) + 1.0f; m = x; }
+    else d += __expf(x - m);
 }
 
 // merge two online-softmax states (m, d): d relative to m
@@ -94,6 +135,7 @@ struct loss_args {
     const unsigned long long *nsup;
     double lm_weight, temperature, normalizer, grad_scale;
     int kind, reduction; int64_t ignore;
+    int vec;  // V % 8 == 0 and 16-byte aligned logits and grad: 16-byte loads and stores
 };
 
 // thread 0: the row's target entries into shared memory, renormalised; returns the count
@@ -145,14 +187,17 @@ __global__ void __launch_bounds__(LOSS_THREADS) fusion_loss_kernel(loss_args a) 
     const int cnt = s_cnt;
     for (int j = threadIdx.x; j < cnt; j += blockDim.x) s_zk[j] = load_logit(row, a.dt, s_ids[j]);
 
-    // pass 1
+    // pass 1 (16-byte loads when the rows allow: a.vec)
     float m = -INFINITY, d = 0.0f;
-    for (int64_t i = threadIdx.x; i < a.v; i += blockDim.x) {
-        float x = load_logit(row, a.dt, i);
-        if (x != x) { m = x; break; }
-        if (x == -INFINITY) continue;
-        if (x > m) { d = d * __expf(m - x) + 1.0f; m = x; }
-        else d += __expf(x - m);
+    if (a.vec) {
+        for (int64_t g = threadIdx.x; g < a.v / 8; g += blockDim.x) {
+            float x[8];
+            load8(row, a.dt, g, x);
+            for (int j = 0; j < 8; j++) lse_push(m, d, x[j]);
+        }
+    } else {
+        for (int64_t i = threadIdx.x; i < a.v; i += blockDim.x)
+            lse_push(m, d, load_logit(row, a.dt, i));
     }
     block_lse(m, d, sm, sd);
     if (m == INFINITY) m = NAN;
@@ -176,8 +221,17 @@ __global__ void __launch_bounds__(LOSS_THREADS) fusion_loss_kernel(loss_args a) 
 
     // pass 2
     const float mul = (float)(gscale * exp(-logd));
-    for (int64_t i = threadIdx.x; i < a.v; i += blockDim.x)
-        store_grad(grow, a.dt, i, __expf(load_logit(row, a.dt, i) - m) * mul);
+    if (a.vec) {
+        for (int64_t g = threadIdx.x; g < a.v / 8; g += blockDim.x) {
+            float x[8];
+            load8(row, a.dt, g, x);
+            for (int j = 0; j < 8; j++) x[j] = __expf(x[j] - m) * mul;
+            store8(grow, a.dt, g, x);
+        }
+    } else {
+        for (int64_t i = threadIdx.x; i < a.v; i += blockDim.x)
+            store_grad(grow, a.dt, i, __expf(load_logit(row, a.dt, i) - m) * mul);
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
         int label_in_target = 0;
@@ -264,7 +318,8 @@ extern "C" fc_status fc_cuda_fusion_loss(const void *d_logits, fc_dtype dtype, i
     loss_args a = {d_logits, (int)dtype, n, v, d_labels, target->ids, target->values, target->k,
                    fallback->ids, fallback->values, fallback->k, d_row_loss, d_grad, NULL,
                    opts->lm_weight, opts->temperature, opts->normalizer, opts->grad_scale,
-                   (int)opts->kind, (int)opts->reduction, opts->ignore_index};
+                   (int)opts->kind, (int)opts->reduction, opts->ignore_index,
+                   v % 8 == 0 && (uintptr_t)d_logits % 16 == 0 && (uintptr_t)d_grad % 16 == 0};
     // options (and, when asked, the sparse inputs) are checked by the CPU core's checker
     fc_status st = opts->validate ? validate_on_host(a, opts, s, err)
                                   : fc_fusion_loss_check(0, v, NULL, NULL, NULL, opts, err);
@@ -327,11 +382,7 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_ce_kernel(
             keys[pos] = key;
             ids[pos] = (int32_t)i;
         }
-        if (m != m) continue;
-        if (x != x) { m = x; continue; }
-        if (x == -INFINITY) continue;
-        if (x > m) { d = d * __expf(m - x) + 1.0f; m = x; }
-        else d += __expf(x - m);
+        lse_push(m, d, x);
     }
     if (token_ce) block_lse(m, d, sm, sd);
     // merge: k rounds, each takes the best head among the threads' lists
@@ -368,14 +419,14 @@ __global__ void __launch_bounds__(TOPK_THREADS) topk_ce_kernel(
 }
 
 __global__ void seq_ce_kernel(const float *token_ce, const int64_t *labels, int64_t ignore,
-                              const int64_t *offs, int64_t n_seq, float *seq_ce,
+                              int64_t v, const int64_t *offs, int64_t n_seq, float *seq_ce,
                               uint8_t *seq_has) {
     for (int64_t s = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; s < n_seq;
          s += (int64_t)gridDim.x * blockDim.x) {
         double sum = 0.0;
         int64_t cnt = 0;
         for (int64_t r = offs[s]; r < offs[s + 1]; r++) {
-            if (labels[r] == ignore) continue;
+            if (labels[r] == ignore || labels[r] < 0 || labels[r] >= v) continue;  // as topk
             sum += token_ce[r];
             cnt++;
         }
@@ -408,7 +459,7 @@ extern "C" fc_status fc_cuda_topk_ce(const void *d_logits, fc_dtype dtype, int64
     }
     if (d_seq_offsets && n_seq > 0) {
         seq_ce_kernel<<<(unsigned)CEIL_DIV(n_seq, (int64_t)256), 256, 0, s>>>(
-            d_token_ce, d_labels, ignore_index, d_seq_offsets, n_seq, d_seq_ce, d_seq_has);
+            d_token_ce, d_labels, ignore_index, v, d_seq_offsets, n_seq, d_seq_ce, d_seq_has);
         FC_CUDA_CHECK(cudaGetLastError());
     }
     return FC_OK;

@@ -72,7 +72,8 @@ FC_API fc_status fc_fusion_loss_check(int64_t n, int64_t v, const int64_t *label
                                       const fc_sparse_target *fallback,
                                       const fc_fusion_loss_opts *opts, fc_error *err);
 
-/* logits [N, V] row-major, dtype F32, F16 or BF16. labels [N] int64.
+/* logits [N, V] row-major, dtype F32, F16 or BF16 (or F64: exact double arithmetic, slow; for
+ * gradient checks). labels [N] int64.
  * target / fallback may be NULL (= no target). Outputs (each may be NULL):
  *   loss        the reduced loss (for NONE: the sum of the row losses)
  *   row_loss    [N] float64 per-row losses (unreduced, unscaled)
