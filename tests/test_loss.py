@@ -3,6 +3,8 @@ shapes (V = 1271, N prime), every logits dtype, and the edge cases of losses.md 
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fusechat.loss import fusion_loss, hf_shift_labels, topk_and_ce
 from reference.loss_ref import fusion_loss_ref, topk_ce_ref
@@ -298,3 +300,27 @@ def test_topk_bad_arguments():
         topk_and_ce(z, np.array([0, 8, 1]), 2)
     with pytest.raises(ValueError, match="seq_offsets"):
         topk_and_ce(z, np.array([0, 1, 1]), 2, seq_offsets=[0, 2])
+
+
+# ---------------------------------------------------------------------------------------
+# property: any shape, padding pattern and option against the twin
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 9), v=st.integers(2, 700), k=st.integers(1, 12),
+       lm_weight=st.floats(0, 1), temperature=st.floats(0.25, 4),
+       kind=st.sampled_from(["ce", "kl"]), reduction=st.sampled_from(["mean", "sum", "none"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_property_against_twin(n, v, k, lm_weight, temperature, kind, reduction, seed):
+    rng = np.random.default_rng(seed)
+    k = min(k, v)
+    z = (rng.standard_normal((n, v)) * rng.uniform(0.1, 20)).astype(np.float32)
+    y = rng.integers(0, v, n)
+    y[rng.random(n) < 0.3] = -100
+    ids = np.stack([rng.choice(v, k, replace=False) for _ in range(n)]).astype(np.int32)
+    ids[rng.random((n, k)) < 0.3] = -1
+    vals = (rng.standard_normal((n, k)) * 3).astype(np.float32)
+    res = fusion_loss(z, y, ids, vals, lm_weight=lm_weight, temperature=temperature, kind=kind,
+                      reduction=reduction)
+    check(res, fusion_loss_ref(z, y, ids, vals, lm_weight=lm_weight, temperature=temperature,
+                               kind=kind, reduction=reduction), np.dtype(np.float32))

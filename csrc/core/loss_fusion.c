@@ -221,7 +221,8 @@ fc_status fc_fusion_loss(const void *logits, fc_dtype dtype, int64_t n, int64_t 
     }
     if (dtype != FC_F32 && dtype != FC_F16 && dtype != FC_BF16 && dtype != FC_F64)
         return fc_error_set(err, FC_ERR_TYPE, "fusion_loss: logits dtype %s is not F32, F16, "
-                            "BF16 or F64", fc_dtype_name(dtype) ? fc_dtype_name(dtype) : "(invalid)");
+                            "BF16 or F64",
+                            fc_dtype_name(dtype) ? fc_dtype_name(dtype) : "(invalid)");
     fc_status st = check_all(n, v, labels, target, fallback, opts, opts->validate, err);
     if (st != FC_OK) return st;
     if (n > 0 && !logits) return fc_error_set(err, FC_ERR_VALUE, "fusion_loss: logits is NULL");

@@ -36,6 +36,7 @@
 typedef float    fcv_f32 __attribute__((vector_size(32)));
 typedef int32_t  fcv_i32 __attribute__((vector_size(32)));
 typedef uint32_t fcv_u32 __attribute__((vector_size(32)));
+typedef uint16_t fcv_u16 __attribute__((vector_size(16)));
 
 FC_INLINE fcv_f32 fcv_splat(float x) { return (fcv_f32){x, x, x, x, x, x, x, x}; }
 FC_INLINE fcv_i32 fcv_splati(int32_t x) { return (fcv_i32){x, x, x, x, x, x, x, x}; }
@@ -77,7 +78,14 @@ FC_INLINE void fc_row_load(const void *row, fc_dtype dt, int64_t off, int len, f
     } else {
         const uint16_t *h = (const uint16_t *)row + off;
         if (dt == FC_BF16) {
-            for (int i = 0; i < len; i++) {
+            int i = 0;
+            for (; i + 8 <= len; i += 8) { /* bf16 -> f32 is a 16-bit shift, 8 lanes at once */
+                fcv_u16 h8;
+                memcpy(&h8, h + i, 16);
+                fcv_u32 u = __builtin_convertvector(h8, fcv_u32) << 16;
+                memcpy(buf + i, &u, 32);
+            }
+            for (; i < len; i++) {
                 uint32_t u = (uint32_t)h[i] << 16;
                 memcpy(buf + i, &u, 4);
             }
@@ -135,7 +143,17 @@ FC_INLINE void fc_row_store(void *row, fc_dtype dt, int64_t off, int len, const 
         memcpy((float *)row + off, buf, (size_t)len * 4);
     } else if (dt == FC_BF16) {
         uint16_t *h = (uint16_t *)row + off;
-        for (int i = 0; i < len; i++) {
+        int i = 0;
+        for (; i + 8 <= len; i += 8) { /* round to nearest even, NaN -> quiet NaN; 8 lanes */
+            fcv_u32 u;
+            memcpy(&u, buf + i, 32);
+            fcv_u32 nan = (fcv_u32)((u & 0x7fffffffu) > 0x7f800000u);
+            fcv_u32 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+            r = (nan & (((u >> 16) & 0x8000u) | 0x7fc0u)) | (~nan & r);
+            fcv_u16 h8 = __builtin_convertvector(r, fcv_u16);
+            memcpy(h + i, &h8, 16);
+        }
+        for (; i < len; i++) {
             uint32_t u;
             memcpy(&u, buf + i, 4);
             uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;

@@ -94,7 +94,8 @@ __device__ __forceinline__ void lse_merge(float &m, float &d, float m2, float d2
 // Block-wide (m, d) reduction; every thread gets the result. NaN propagates through m.
 __device__ void block_lse(float &m, float &d, float *sm, float *sd) {
     for (int off = 16; off > 0; off >>= 1) {
-        float m2 = __shfl_down_sync(0xffffffffu, m, off), d2 = __shfl_down_sync(0xffffffffu, d, off);
+        float m2 = __shfl_down_sync(0xffffffffu, m, off);
+        float d2 = __shfl_down_sync(0xffffffffu, d, off);
         if (m2 != m2) m = m2; else if (m == m) lse_merge(m, d, m2, d2);
     }
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -55,7 +55,8 @@ static int fc_py_loss_take(PyObject *obj, const char *name, int writable, int dt
  * grad, row_loss, lm_weight, temperature, kind, reduction, normalizer, grad_scale,
  * ignore_index, validate, threads, stream). Tensors: logits [N, V] F32/F16/BF16; labels [N]
  * int64; *_ids [N, K] int32 and *_values [N, K] float32 (or None); grad [N, V] like logits
- * or None; row_loss [N] or None, of dtype `row_loss_dtype` (F64 on the CPU, F32 on CUDA). On error: -1 with an exception; release c anyway. */
+ * or None; row_loss [N] or None, of dtype `row_loss_dtype` (F64 on the CPU, F32 on CUDA);
+ * total [1] float32 (CUDA only) or None. On error: -1 with an exception; release c anyway. */
 static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int device_type,
                             int row_loss_dtype, fc_py_loss_call *c) {
     static char *kwlist[] = {"logits", "labels", "target_ids", "target_values", "fallback_ids",
@@ -101,7 +102,8 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
     c->v = c->logits.shape[1];
     if (fc_py_check(c->labels.shape[0] == c->n, fname, "labels must have shape [N] for logits "
                     "[N, V]") < 0 ||
-        fc_py_check(c->has_target == has_tv, fname, "target_ids and target_values go together") < 0 ||
+        fc_py_check(c->has_target == has_tv, fname,
+                    "target_ids and target_values go together") < 0 ||
         fc_py_check(c->has_fallback == has_fv, fname, "fallback_ids and fallback_values go "
                     "together") < 0 ||
         fc_py_check(!has_grad || (c->grad.shape[0] == c->n && c->grad.shape[1] == c->v), fname,

@@ -223,7 +223,8 @@ static void test_topk(void) {
                 if (best < 0 || (isnan(a) && !isnan(b)) || (!isnan(b) && a > b)) best = i;
             }
             taken[best] = 1;
-            CHECK_MSG(ti[r * TK + j] == best, "row %d rank %d: %d vs %d", r, j, ti[r * TK + j], best);
+            CHECK_MSG(ti[r * TK + j] == best, "row %d rank %d: %d vs %d", r, j, ti[r * TK + j],
+                      best);
         }
         if (labels[r] == -100) { CHECK(ce[r] == 0.0f); continue; }
         double m = -INFINITY, s = 0.0;
