@@ -125,6 +125,15 @@ def test_upstream_gradient_scales():
                                atol=1e-8)
 
 
+def test_second_backward_is_refused():
+    z, y, ids, vals = make(seed=16)
+    a = z.clone().requires_grad_()
+    loss = 2.0 * ft.fusion_loss(a, y, ids, vals)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
+
+
 def test_all_ignored_and_inplace():
     z, y, ids, vals = make(seed=6)
     a = z.clone().requires_grad_()

@@ -326,7 +326,12 @@ extern "C" fc_status fc_cuda_fusion_loss(const void *d_logits, fc_dtype dtype, i
                                   : fc_fusion_loss_check(0, v, NULL, NULL, NULL, opts, err);
     if (st != FC_OK) return st;
     unsigned long long *d_nsup = NULL;
-    FC_CUDA_CHECK(cudaMallocAsync((void **)&d_nsup, sizeof *d_nsup, s));
+    int pooled = 1;
+    if (cudaMallocAsync((void **)&d_nsup, sizeof *d_nsup, s) != cudaSuccess) {
+        cudaGetLastError(); /* a device without memory pools: the synchronous allocator */
+        FC_CUDA_CHECK(cudaMalloc((void **)&d_nsup, sizeof *d_nsup));
+        pooled = 0;
+    }
     a.nsup = d_nsup;
     count_supervised<<<1, 1024, 0, s>>>(d_labels, n, opts->ignore_index, v, d_nsup);
     cudaError_t e = cudaGetLastError();
@@ -339,7 +344,8 @@ extern "C" fc_status fc_cuda_fusion_loss(const void *d_logits, fc_dtype dtype, i
                                        opts->normalizer, d_loss);
         e = cudaGetLastError();
     }
-    cudaFreeAsync(d_nsup, s);
+    if (pooled) cudaFreeAsync(d_nsup, s);
+    else cudaFree(d_nsup); /* synchronises: only on devices without memory pools */
     if (e != cudaSuccess)
         return fc_error_set(err, FC_ERR_CUDA, "fusion_loss (CUDA): %s", cudaGetErrorString(e));
     return FC_OK;
