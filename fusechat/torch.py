@@ -95,16 +95,12 @@ class _FusionLossFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if grad is None:
             return (None,) * 6
-        # the saved gradient is scaled in place (no second [N, V] buffer), so it can serve
-        # one backward only
-        if getattr(ctx, "used", False):
-            raise RuntimeError("fusechat.torch.fusion_loss: backward through the same graph "
-                               "twice (retain_graph) is not supported")
-        ctx.used = True
+        # scaled out of place: the saved gradient must survive repeated backward passes
+        # (retain_graph, gradcheck); an upstream gradient of exactly 1 costs nothing
         if ctx.none:  # the kernel gave d(sum of rows)/dz: scale each row by its upstream grad
-            grad.mul_(grad_out.reshape(-1, 1).to(grad.dtype))
+            grad = grad * grad_out.reshape(-1, 1).to(grad.dtype)
         elif not (grad_out.device.type == "cpu" and float(grad_out) == 1.0):
-            grad.mul_(grad_out.to(grad.dtype))
+            grad = grad * grad_out.to(grad.dtype)
         return grad.reshape(ctx.shape), None, None, None, None, None
 
 
