@@ -18,8 +18,12 @@
 #include "fp_convert.h"
 #include "fusechat.h"
 
+#if defined(__GNUC__) && !defined(__clang__)
 /* the helpers below are static inline: the AVX vector-return ABI note does not apply */
 #pragma GCC diagnostic ignored "-Wpsabi"
+/* fused multiply-add in the exp polynomial where the ISA clone has it (~1.4x faster) */
+#pragma GCC optimize("fp-contract=fast")
+#endif
 
 #define FC_CHUNK 512 /* elements per chunk: 2 KiB of float32, stays in L1 */
 
