@@ -19,8 +19,6 @@
 #include "fusechat.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
-/* the helpers below are static inline: the AVX vector-return ABI note does not apply */
-#pragma GCC diagnostic ignored "-Wpsabi"
 /* fused multiply-add in the exp polynomial where the ISA clone has it (~1.4x faster) */
 #pragma GCC optimize("fp-contract=fast")
 #endif
@@ -42,9 +40,11 @@ typedef int32_t  fcv_i32 __attribute__((vector_size(32)));
 typedef uint32_t fcv_u32 __attribute__((vector_size(32)));
 typedef uint16_t fcv_u16 __attribute__((vector_size(16)));
 
-FC_INLINE fcv_f32 fcv_splat(float x) { return (fcv_f32){x, x, x, x, x, x, x, x}; }
-FC_INLINE fcv_i32 fcv_splati(int32_t x) { return (fcv_i32){x, x, x, x, x, x, x, x}; }
-/* lanes where mask is all-ones take a, others b (a macro: no vector passed by value) */
+/* macros, not functions: no vector is passed or returned by value (that would depend on
+ * the ISA's calling convention, -Wpsabi) */
+#define fcv_splat(x) ((fcv_f32){(x), (x), (x), (x), (x), (x), (x), (x)})
+#define fcv_splati(x) ((fcv_i32){(x), (x), (x), (x), (x), (x), (x), (x)})
+/* lanes where mask is all-ones take a, others b */
 #define fcv_select(mask, a, b) \
     ((fcv_f32)(((mask) & (fcv_i32)(a)) | (~(mask) & (fcv_i32)(b))))
 
