@@ -51,8 +51,21 @@ static fc_status topk_rows(void *arg, int64_t begin, int64_t end) {
         for (int64_t off = 0; off < c->v; off += FC_CHUNK) {
             int len = (int)(c->v - off < FC_CHUNK ? c->v - off : FC_CHUNK), n8 = (len + 7) & ~7;
             fc_row_load(row, c->dt, off, len, buf, -INFINITY);
-            /* top-k: strict ">" keeps the earlier (lower) id on ties */
+            /* top-k: strict ">" keeps the earlier (lower) id on ties. Once the list is full,
+             * 8 lanes at a time are skipped unless one may enter: x >= the k-th value (a
+             * superset: -0.0 == +0.0 there) or NaN */
             for (int i = 0; i < len; i++) {
+                if (filled == k && (i & 7) == 0 && i + 8 <= len) {
+                    fcv_f32 x;
+                    memcpy(&x, buf + i, 32);
+                    fcv_i32 hit = (x >= fcv_splat(vals[k - 1])) | (x != x);
+                    int any = 0;
+                    for (int j = 0; j < 8; j++) any |= hit[j];
+                    if (!any) {
+                        i += 7;
+                        continue;
+                    }
+                }
                 int32_t key = order_key(buf[i]);
                 if (filled == k && key <= kth) continue;
                 int64_t pos = filled < k ? filled++ : k - 1;
