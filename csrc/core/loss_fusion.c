@@ -166,8 +166,7 @@ static fc_status loss_rows(void *arg, int64_t begin, int64_t end) {
         }
         int cnt = row_target(c->target, r, o->temperature, ids, p);
         if (cnt == 0) cnt = row_target(c->fallback, r, o->temperature, ids, p);
-        int gold_fallback = cnt == 0;
-        if (gold_fallback) { /* the gold one-hot: fusion term = gold CE */
+        if (cnt == 0) { /* the gold one-hot: the fusion term is the gold CE */
             ids[0] = (int32_t)y;
             p[0] = 1.0;
             cnt = 1;
@@ -190,7 +189,8 @@ static fc_status loss_rows(void *arg, int64_t begin, int64_t end) {
 
         /* pass 2: dense softmax part, exp(z - m) * (s / d) */
         fc_row_softmax_store(row, grow, c->dt, c->v, m, c->gscale * exp(-logd), buf);
-        /* sparse corrections in fp32: label (weight w) and targets (weight (1-w) p) */
+        /* sparse corrections in double, rounded once: label (weight w) and target ids
+         * (weight (1 - w) p), from the logits gathered before pass 2 */
         int label_in_target = 0;
         for (int j = 0; j < cnt; j++) {
             double coef = (1.0 - w) * p[j];
