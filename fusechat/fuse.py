@@ -69,7 +69,7 @@ class SparseDists:
         return ids, vals
 
 
-def _prepare(dists, ce, seq_offsets, level):
+def _prepare(dists, ce, seq_offsets, level, valid=None):
     if level not in LEVELS:
         raise ValueError(f"level={level!r}: expected 'sequence' or 'token'")
     dists = list(dists)
@@ -77,7 +77,12 @@ def _prepare(dists, ce, seq_offsets, level):
         raise ValueError("need at least the pivot's distributions")
     if len(ce) != len(dists):
         raise ValueError(f"{len(dists)} models but {len(ce)} CE arrays")
-    ce = [np.ascontiguousarray(c, dtype=np.float32).reshape(-1) for c in ce]
+    ce = [np.array(c, dtype=np.float32).reshape(-1) for c in ce]
+    if valid is not None:  # e.g. topk_and_ce's seq_has: a CE of 0/0 must never win
+        if len(valid) != len(ce):
+            raise ValueError(f"{len(ce)} CE arrays but {len(valid)} valid masks")
+        for c, ok in zip(ce, valid):
+            c[~np.asarray(ok, dtype=bool).reshape(-1)] = np.nan
     so = None
     if LEVELS[level] == 0:
         if seq_offsets is None:
@@ -87,14 +92,16 @@ def _prepare(dists, ce, seq_offsets, level):
     return dists, args, so
 
 
-def min_ce(dists, ce, seq_offsets=None, *, level="sequence", fill_empty=True):
+def min_ce(dists, ce, seq_offsets=None, *, level="sequence", fill_empty=True, valid=None):
     """MinCE. dists: [pivot, source1, ...] SparseDists on the same T positions; ce: per model
     the CE per sequence ([S], level='sequence') or per position ([T], level='token'); NaN
     (e.g. a sequence with no supervised token) never wins unless all are NaN (then the pivot).
+    valid: optional per-model masks like ``topk_and_ce``'s ``seq_has``; False marks a CE as
+    missing (NaN), so a sequence without supervised tokens (CE reported as 0) cannot win.
     Returns (fused SparseDists, choice int32 [T]: the model whose list each position took)."""
     from . import _C
 
-    dists, args, so = _prepare(dists, ce, seq_offsets, level)
+    dists, args, so = _prepare(dists, ce, seq_offsets, level, valid)
     n_pos = dists[0].n_pos
     choice = np.empty(n_pos, np.int32)
     _C.fuse_min_ce(*args, so, LEVELS[level], bool(fill_empty), choice)
@@ -106,13 +113,13 @@ def min_ce(dists, ce, seq_offsets=None, *, level="sequence", fill_empty=True):
     return SparseDists(indptr, ids, vals), choice
 
 
-def avg_ce(dists, ce, seq_offsets=None, *, level="sequence", temperature=1.0):
-    """AvgCE (FuseLLM). Same inputs as :func:`min_ce`. Per group, models with a finite CE and
-    a non-empty list at the position take part. Returns SparseDists whose values are the
+def avg_ce(dists, ce, seq_offsets=None, *, level="sequence", temperature=1.0, valid=None):
+    """AvgCE (FuseLLM). Same inputs as :func:`min_ce`. Per group, models with a finite (and
+    valid) CE and a non-empty list at the position take part. Returns SparseDists whose values are the
     log-probabilities of the mixture, each list sorted by probability (ties: lower id)."""
     from . import _C
 
-    dists, args, so = _prepare(dists, ce, seq_offsets, level)
+    dists, args, so = _prepare(dists, ce, seq_offsets, level, valid)
     n_pos = dists[0].n_pos
     cap = sum(int(d.indptr[-1]) for d in dists)
     indptr = np.empty(n_pos + 1, np.int64)

@@ -84,6 +84,22 @@ def test_avg_ce_of_one_model_is_its_softmax_and_feeds_the_loss():
     np.testing.assert_allclose(a.grad, b.grad, atol=1e-7)
 
 
+def test_valid_masks_mark_missing_ce():
+    """A sequence without supervised tokens has CE 0 and seq_has 0 (topk_and_ce): it must
+    not win MinCE, nor take part in AvgCE."""
+    rng, offs, lists, dists = setup(6, n_models=2)
+    s = len(offs) - 1
+    ce = [np.full(s, 2.0), np.zeros(s)]
+    has = [np.ones(s, np.uint8), np.zeros(s, np.uint8)]
+    has[1][0] = 1
+    _, choice = min_ce(dists, ce, offs, valid=has, fill_empty=False)
+    assert np.all(choice[offs[0]:offs[1]] == 1) and np.all(choice[offs[1]:] == 0)
+    fused = avg_ce(dists, ce, offs, valid=has)
+    want = avg_ce_ref(lists, [ce[0], np.where(has[1], ce[1], np.nan)], offs)
+    assert [set(dict(x)) for x in as_lists(fused)] == [set(m) for m in want]
+    assert ce[1][1] == 0  # the caller's arrays are not modified
+
+
 def test_padded_round_trip():
     rng, offs, lists, dists = setup(4)
     ids, vals = dists[1].to_padded()
