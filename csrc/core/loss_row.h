@@ -73,6 +73,46 @@ FC_INLINE void fcv_exp(fcv_f32 *px) {
     *px = fcv_select(is_nan, x, res);
 }
 
+/* 8 x F16 -> F32, exact and branch-free: the 15 magnitude bits shifted into a float's
+ * exponent/mantissa and scaled by 2^112 re-bias normals and turn subnormals into normals;
+ * inf/NaN keep their mantissa bits under an all-ones exponent (as fcx_f16_to_f32). */
+FC_INLINE void fcv_f16_to_f32(const uint16_t *h, float *out) {
+    fcv_u16 h8;
+    memcpy(&h8, h, 16);
+    fcv_u32 u = __builtin_convertvector(h8, fcv_u32);
+    fcv_u32 em = u & 0x7fffu, sign = (u & 0x8000u) << 16;
+    fcv_f32 f = (fcv_f32)(em << 13) * fcv_splat(0x1p112f);
+    fcv_u32 special = (fcv_u32)(em >= 0x7c00u);
+    fcv_u32 bits = (special & ((em << 13) | 0x7f800000u)) | (~special & (fcv_u32)f);
+    bits |= sign;
+    memcpy(out, &bits, 32);
+}
+
+/* 8 x F32 -> F16, round to nearest even, branch-free (the classic magic-number method):
+ * overflow -> inf; results below the normal range are rounded by adding a float whose ulp
+ * is the F16 subnormal step; NaN keeps its top payload bits (as fcx_f32_to_f16). */
+FC_INLINE void fcv_f32_to_f16(const float *in, uint16_t *h) {
+    fcv_u32 u;
+    memcpy(&u, in, 32);
+    fcv_u32 sign = u & 0x80000000u, a = u ^ sign;
+    /* subnormal/zero results: a + 0.5 (2^-1 has ulp 2^-24, the F16 subnormal step) */
+    fcv_f32 sub_f = (fcv_f32)a + fcv_splat(0.5f);
+    fcv_u32 sub = (fcv_u32)sub_f - 0x3f000000u;
+    /* normal results: re-bias the exponent, add the rounding bias plus the lowest kept bit */
+    fcv_u32 nrm = (a + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    fcv_u32 nan_r = 0x7c00u | ((a & 0x7fffffu) >> 13);
+    nan_r -= (fcv_u32)(nan_r == 0x7c00u); /* a payload shifted to 0 becomes 1 (-(-1)) */
+    fcv_u32 is_big = (fcv_u32)(a >= ((uint32_t)(127 + 16) << 23));
+    fcv_u32 is_nan = (fcv_u32)(a > 0x7f800000u);
+    fcv_u32 is_sub = (fcv_u32)(a < ((uint32_t)113 << 23));
+    fcv_u32 r = (is_sub & sub) | (~is_sub & nrm);
+    r = (is_big & 0x7c00u) | (~is_big & r);
+    r = (is_nan & nan_r) | (~is_nan & r);
+    r |= sign >> 16;
+    fcv_u16 h8 = __builtin_convertvector(r, fcv_u16);
+    memcpy(h, &h8, 16);
+}
+
 /* Convert len <= FC_CHUNK logits starting at element `off` of a row into buf (float32);
  * lanes up to the next multiple of 8 are filled with `pad`. */
 FC_INLINE void fc_row_load(const void *row, fc_dtype dt, int64_t off, int len, float *buf,
@@ -94,7 +134,9 @@ FC_INLINE void fc_row_load(const void *row, fc_dtype dt, int64_t off, int len, f
                 memcpy(buf + i, &u, 4);
             }
         } else {
-            for (int i = 0; i < len; i++) buf[i] = fcx_f16_to_f32(h[i]);
+            int i = 0;
+            for (; i + 8 <= len; i += 8) fcv_f16_to_f32(h + i, buf + i);
+            for (; i < len; i++) buf[i] = fcx_f16_to_f32(h[i]);
         }
     }
     for (int i = len; i < ((len + 7) & ~7); i++) buf[i] = pad;
@@ -166,7 +208,9 @@ FC_INLINE void fc_row_store(void *row, fc_dtype dt, int64_t off, int len, const 
         }
     } else {
         uint16_t *h = (uint16_t *)row + off;
-        for (int i = 0; i < len; i++) h[i] = fcx_f32_to_f16(buf[i]);
+        int i = 0;
+        for (; i + 8 <= len; i += 8) fcv_f32_to_f16(buf + i, h + i);
+        for (; i < len; i++) h[i] = fcx_f32_to_f16(buf[i]);
     }
 }
 

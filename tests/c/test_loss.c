@@ -9,6 +9,7 @@
 
 #include "ctest.h"
 #include "fusechat.h"
+#include "../../csrc/core/loss_row.h" /* the vectorised F16/BF16 row conversions */
 
 #define N 23
 #define V 301
@@ -277,7 +278,54 @@ static void test_fuse(void) {
     CHECK(strstr(err.msg, "model 1") != NULL);
 }
 
+/* The 8-lane F16 conversions against the scalar ones (fp_convert.h, checked bit for bit
+ * against NumPy in tests/test_convert.py): every F16 value, and F32 values around every
+ * F16 rounding boundary plus specials. The BF16 store likewise against fcx_f32_to_bf16. */
+static void test_vector_conversions(void) {
+    static uint16_t all[65536];
+    static float f[65536];
+    for (int i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+    for (int i = 0; i < 65536; i += 8) fcv_f16_to_f32(all + i, f + i);
+    int bad = 0;
+    for (int i = 0; i < 65536; i++) {
+        float want = fcx_f16_to_f32(all[i]);
+        bad += memcmp(&want, f + i, 4) != 0;
+    }
+    CHECK_MSG(bad == 0, "%d F16 -> F32 mismatches", bad);
+    static float src[1 << 16];
+    uint16_t got[8], gotb[8];
+    int n = 0, badh = 0, badb = 0;
+    for (uint32_t h = 0; h < 0x7c00u && n + 6 <= (1 << 16); h += 3) { /* around each boundary */
+        float x = fcx_f16_to_f32((uint16_t)h), y = fcx_f16_to_f32((uint16_t)(h + 1));
+        float mid = x + (y - x) / 2; /* exact tie (halfway), and its neighbours */
+        src[n++] = mid;
+        src[n++] = nextafterf(mid, 0.0f);
+        src[n++] = nextafterf(mid, INFINITY);
+        src[n++] = -mid;
+        src[n++] = x * 1.0000001f;
+        src[n++] = (float)urand() * 70000.0f;
+    }
+    float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, 65504.0f, 65519.99f,
+                        65520.0f, 1e-8f, 2.98e-8f, 5.96e-8f, 6.1035e-5f, 1e30f, 3e-40f, 1.0f};
+    for (size_t i = 0; i < sizeof specials / sizeof specials[0] && n < (1 << 16); i++)
+        src[n++] = specials[i];
+    uint32_t nan_payload = 0x7f800001u; /* payload that shifts to 0 */
+    memcpy(&src[n++], &nan_payload, 4);
+    while (n % 8) src[n++] = 1.0f;
+    for (int i = 0; i < n; i += 8) {
+        fcv_f32_to_f16(src + i, got);
+        fc_row_store(gotb, FC_BF16, 0, 8, src + i);
+        for (int j = 0; j < 8; j++) {
+            badh += got[j] != fcx_f32_to_f16(src[i + j]);
+            badb += gotb[j] != fcx_f32_to_bf16(src[i + j]);
+        }
+    }
+    CHECK_MSG(badh == 0, "%d F32 -> F16 mismatches of %d", badh, n);
+    CHECK_MSG(badb == 0, "%d F32 -> BF16 mismatches of %d", badb, n);
+}
+
 int main(void) {
+    test_vector_conversions();
     make_inputs();
     test_against_reference(FC_F64, 1e-12, 1e-9, 0.0);
     test_against_reference(FC_F32, 2e-6, 2e-5, 1e-30);
