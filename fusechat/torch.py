@@ -76,7 +76,7 @@ class _FusionLossFunction(torch.autograd.Function):
         if z.device.type == "cuda":
             total = torch.empty(1, dtype=torch.float32, device=z.device)
             stream = torch.cuda.current_stream(z.device).cuda_stream
-            mod.fusion_loss(z, y, tids, tvals, fids, fvals, grad, row_loss, total,
+            mod.fusion_loss(z, y, tids, tvals, fids, fvals, grad, row_loss, total=total,
                             stream=stream, **opts)
             loss = total[0]
         else:

@@ -294,6 +294,25 @@ def test_dlpack_rejects_used_capsule_and_readonly():
         call([[1.0]], y)
 
 
+def test_cuda_binding_interface_without_a_gpu():
+    """_C_cuda loads without a driver; its fusion_loss/topk_ce take the keywords that
+    fusechat.torch passes and refuse CPU tensors by name."""
+    try:
+        from fusechat import _C_cuda
+    except ImportError:
+        pytest.skip("fusechat built without CUDA kernels")
+    z, y, ids, vals = make(n=4, seed=17, ignore=())
+    opts = np_loss.loss_options()
+    rl = torch.empty(4)
+    total = torch.empty(1)
+    with pytest.raises(ValueError, match="logits: tensor on device type 1, expected a CUDA"):
+        _C_cuda.fusion_loss(z, y, ids.int(), vals, None, None, torch.empty_like(z), rl,
+                            total=total, stream=0, **opts)
+    with pytest.raises(ValueError, match="logits: tensor on device type 1"):
+        _C_cuda.topk_ce(z, y, 3, -100, None, torch.empty(4, 3, dtype=torch.int32),
+                        torch.empty(4, 3), torch.empty(4), None, None, 0)
+
+
 def test_import_fusechat_does_not_import_torch():
     import subprocess
     import sys
