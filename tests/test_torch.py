@@ -301,7 +301,8 @@ def test_cuda_binding_interface_without_a_gpu():
         from fusechat import _C_cuda
     except ImportError:
         pytest.skip("fusechat built without CUDA kernels")
-    z, y, ids, vals = make(n=4, seed=17, ignore=())
+    z, y, ids, vals = make(n=9, seed=17)
+    z, y, ids, vals = z[:4].contiguous(), y[:4], ids[:4].contiguous(), vals[:4].contiguous()
     opts = np_loss.loss_options()
     rl = torch.empty(4)
     total = torch.empty(1)
