@@ -75,9 +75,10 @@ class _FusionLossFunction(torch.autograd.Function):
         mod = _kernel_module(z)
         if z.device.type == "cuda":
             total = torch.empty(1, dtype=torch.float32, device=z.device)
-            stream = torch.cuda.current_stream(z.device).cuda_stream
-            mod.fusion_loss(z, y, tids, tvals, fids, fvals, grad, row_loss, total=total,
-                            stream=stream, **opts)
+            with torch.cuda.device(z.device):  # kernels launch on the current device
+                stream = torch.cuda.current_stream().cuda_stream
+                mod.fusion_loss(z, y, tids, tvals, fids, fvals, grad, row_loss, total=total,
+                                stream=stream, **opts)
             loss = total[0]
         else:
             value, _ = mod.fusion_loss(z, y, tids, tvals, fids, fvals, grad, row_loss, **opts)
@@ -220,8 +221,9 @@ def topk_and_ce(logits, labels=None, k=10, *, seq_offsets=None, shift=False, ign
     shas = torch.empty(s, dtype=torch.uint8, device=dev) if so is not None else None
     mod = _kernel_module(z)
     if dev.type == "cuda":
-        mod.topk_ce(z, y, k, int(ignore_index), so, ids, vals, tce, sce, shas,
-                    torch.cuda.current_stream(dev).cuda_stream)
+        with torch.cuda.device(dev):
+            mod.topk_ce(z, y, k, int(ignore_index), so, ids, vals, tce, sce, shas,
+                        torch.cuda.current_stream().cuda_stream)
     else:
         mod.topk_ce(z, y, k, int(ignore_index), so, ids, vals, tce, sce, shas, threads)
     return TopK(ids.reshape(*lead, k), vals.reshape(*lead, k),
