@@ -100,6 +100,11 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
         return -1;
     c->n = c->logits.shape[0];
     c->v = c->logits.shape[1];
+    const fc_py_tensor *all[] = {&c->labels, &c->tids, &c->tvals, &c->fids, &c->fvals,
+                                 &c->grad, &c->row_loss, &c->total};
+    for (size_t i = 0; device_type == FC_DL_CUDA && i < sizeof all / sizeof all[0]; i++)
+        if (all[i]->data && all[i]->device_id != c->logits.device_id)
+            return fc_py_check(0, fname, "every tensor must be on the logits' CUDA device");
     if (fc_py_check(c->labels.shape[0] == c->n, fname, "labels must have shape [N] for logits "
                     "[N, V]") < 0 ||
         fc_py_check(c->has_target == has_tv, fname,
