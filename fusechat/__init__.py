@@ -6,8 +6,9 @@ the pivot with a sparse fusion loss. Stage 2: merge the resulting models (SCE, T
 
 Submodules: ``fusechat.safetensors`` (checkpoint I/O), ``fusechat.loss`` (the fused sparse
 fusion loss and top-K extraction on NumPy arrays), ``fusechat.fuse`` (MinCE/AvgCE fusion),
-``fusechat.torch`` (the loss for PyTorch; imports torch, which fusechat otherwise never needs). The C core is ``fusechat._C``;
-CUDA kernels, when built, are ``fusechat._C_cuda`` (see ``cuda_available()``).
+``fusechat.torch`` (the loss for PyTorch; imports torch, which fusechat otherwise never
+needs). The C core is ``fusechat._C``; CUDA kernels, when built, are ``fusechat._C_cuda``
+(see ``cuda_available()``).
 """
 import logging
 
