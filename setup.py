@@ -81,7 +81,8 @@ CORE = rel(glob.glob(os.path.join(HERE, "csrc", "core", "*.c")))
 PY_ALL = rel(glob.glob(os.path.join(HERE, "csrc", "py", "*.c")))
 PY_CUDA = [p for p in PY_ALL if os.path.basename(p).startswith("cuda_")]
 PY_CPU = [p for p in PY_ALL if p not in PY_CUDA]
-PY_SHARED = [p for p in PY_CPU if os.path.basename(p) in ("py_errors.c", "py_dtype.c")]
+PY_SHARED = [p for p in PY_CPU
+             if os.path.basename(p) in ("py_errors.c", "py_dtype.c", "py_dlpack.c")]
 CU = rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
 HEADERS = rel(glob.glob(os.path.join(HERE, "csrc", "**", "*.h"), recursive=True)
               + glob.glob(os.path.join(HERE, "csrc", "**", "*.cuh"), recursive=True))

@@ -4,8 +4,11 @@ Stage 1 (pairwise knowledge fusion): extract each model's top-K next-token distr
 align tokens and vocabularies to the pivot model, fuse per sequence (MinCE) and fine-tune
 the pivot with a sparse fusion loss. Stage 2: merge the resulting models (SCE, TIES, ...).
 
-Submodules: ``fusechat.safetensors`` (checkpoint I/O). The C core is ``fusechat._C``;
-CUDA kernels, when built, are ``fusechat._C_cuda`` (see ``cuda_available()``).
+Submodules: ``fusechat.safetensors`` (checkpoint I/O), ``fusechat.loss`` (the fused sparse
+fusion loss and top-K extraction on NumPy arrays), ``fusechat.fuse`` (MinCE/AvgCE fusion),
+``fusechat.torch`` (the loss for PyTorch; imports torch, which fusechat otherwise never
+needs). The C core is ``fusechat._C``; CUDA kernels, when built, are ``fusechat._C_cuda``
+(see ``cuda_available()``).
 """
 import logging
 

@@ -24,6 +24,27 @@ fc_status fc_cuda_convert(const void *d_src, fc_dtype src_dt, void *d_dst, fc_dt
 fc_status fc_cuda_convert_host(const void *src, fc_dtype src_dt, void *dst, fc_dtype dst_dt,
                                int64_t n, fc_error *err);
 
+/* The fused fusion loss on the device (semantics of fc_fusion_loss in fc_loss.h). All
+ * arrays are device pointers: logits [N, V] F32/F16/BF16, labels [N] int64, target and
+ * fallback ids/values [N, K] (the structs themselves live on the host), row_loss [N] float32,
+ * grad [N, V] in the logits' dtype (may equal the logits; NULL = loss only), loss [1] float32
+ * (the reduced loss, written on the device: no host synchronisation). With opts->validate
+ * the labels and targets are copied to the host and checked by fc_fusion_loss_check; without
+ * it, out-of-range labels count as ignored and out-of-range ids as padding. */
+fc_status fc_cuda_fusion_loss(const void *d_logits, fc_dtype dtype, int64_t n, int64_t v,
+                              const int64_t *d_labels, const fc_sparse_target *target,
+                              const fc_sparse_target *fallback, const fc_fusion_loss_opts *opts,
+                              float *d_row_loss, void *d_grad, float *d_loss, void *stream,
+                              fc_error *err);
+
+/* Top-k + CE on the device (semantics of fc_topk_ce; k <= 64). Labels are not validated:
+ * out-of-range labels count as ignored. seq_offsets must be valid (the caller checks). */
+fc_status fc_cuda_topk_ce(const void *d_logits, fc_dtype dtype, int64_t n, int64_t v, int64_t k,
+                          const int64_t *d_labels, int64_t ignore_index, int32_t *d_top_ids,
+                          float *d_top_logits, float *d_token_ce, const int64_t *d_seq_offsets,
+                          int64_t n_seq, float *d_seq_ce, uint8_t *d_seq_has, void *stream,
+                          fc_error *err);
+
 #ifdef __cplusplus
 }
 #endif
