@@ -2,7 +2,8 @@
 
 Skills, each with a short exact answer so exact-match accuracy is meaningful:
 
-- ``arithmetic``: "What is 37 + 45?" -> "82" (two-digit sums and differences)
+- ``arithmetic``: "What is 7 + 5?" -> "12" (one-digit sums and differences, so tiny models
+  can learn them in seconds)
 - ``strings``: "Reverse the word: lamp" -> "pmal", "Uppercase the word: lamp" -> "LAMP"
 - ``facts``: recall of a generated fact table: "What is the capital of Velorin?" -> "Tazku"
 
@@ -41,7 +42,7 @@ def fact_table(seed=0, n=24):
 
 def make_example(skill, rng, facts):
     if skill == "arithmetic":
-        a, b = int(rng.integers(10, 100)), int(rng.integers(10, 100))
+        a, b = int(rng.integers(0, 10)), int(rng.integers(0, 10))
         if rng.random() < 0.5:
             q, ans = f"What is {a} + {b}?", str(a + b)
         else:

@@ -66,7 +66,11 @@ def evaluate(model, conversations, *, tokenizer=None, name=None, template="openc
         nll = -logp[t - 1, ids[0, t]].mean().item()
         # greedy answer to the last user turn
         text, spans = chat.render(conv, tokenizer, template, sep)
-        prompt = tokenizer(text[:spans[-1][0]], add_special_tokens=(template == "openchat_3.5"),
+        # the prompt stops before the space that leads into the answer: tokenizers fold that
+        # space into the answer's first piece ("▁Soke", "Ġ12"), so a prompt ending in a lone
+        # space piece would be out of distribution
+        prompt_text = text[:spans[-1][0]].rstrip(" ")
+        prompt = tokenizer(prompt_text, add_special_tokens=(template == "openchat_3.5"),
                            return_tensors="pt")["input_ids"].to(device)
         with torch.no_grad():
             out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False,
