@@ -4,9 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from fusechat import chat, demo_data
+from fusechat import chat, demo_data, demo_models
 from fusechat.errors import FormatError
-from tokenizer_fixtures import byte_level_bpe, metaspace_bpe
 
 SHAREGPT = {"conversations": [{"from": "human", "value": "What is 2 + 3?"},
                               {"from": "gpt", "value": "5"},
@@ -19,7 +18,7 @@ MESSAGES = {"messages": [{"role": "system", "content": "Be brief."},
 
 @pytest.fixture(scope="module", params=["byte_level", "metaspace"])
 def tokenizer(request):
-    return byte_level_bpe() if request.param == "byte_level" else metaspace_bpe()
+    return demo_models.train_tokenizer(request.param)
 
 
 def test_load_json_and_jsonl(tmp_path):
@@ -98,7 +97,7 @@ def test_truncation_that_removes_every_target_is_an_error(tokenizer):
 
 
 def test_end_of_turn_rules():
-    tok = byte_level_bpe()
+    tok = demo_models.train_tokenizer("byte_level")
     assert chat.end_of_turn_token(tok) == "</s>"
     with pytest.raises(ValueError, match="template"):
         chat.render(chat.Conversation(0, [("user", "a"), ("assistant", "b")]), tok, "alpaca")
