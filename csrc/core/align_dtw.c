@@ -1,0 +1,166 @@
+/* align_dtw.c - the reference's DTW token alignment (method.md 3.2-3.3), exact, fast.
+ *
+ * D[i][j] = cost(s_i, p_j) + min(D[i-1][j], D[i][j-1], D[i-1][j-1]) over n x m cells,
+ * then a backtrack from (n-1, m-1) taking the first minimum of [diag, left, up]. The
+ * backtrack's choice at (i, j) is the argmin of the same three predecessors the forward
+ * pass minimises, so it is recorded then (one byte per cell) and only two rows of values
+ * are kept. Costs depend only on the (source id, pivot id) pair: they are computed once
+ * per distinct pair of the sequence, with a bit-parallel Levenshtein. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "align_internal.h"
+#include "levenshtein.h"
+
+enum { MOVE_DIAG = 0, MOVE_LEFT = 1, MOVE_UP = 2 };
+
+#define DTW_INF 0x3fffffff
+
+/* positions -> dense index of their distinct id (open addressing on the id) */
+static int64_t distinct(const int64_t *ids, int64_t n, int64_t *slot_of, int64_t **uniq) {
+    size_t cap = 16;
+    while (cap < (size_t)(2 * n + 2)) cap <<= 1;
+    int64_t *keys = malloc(cap * sizeof *keys), *vals = malloc(cap * sizeof *vals);
+    *uniq = malloc((size_t)(n ? n : 1) * sizeof **uniq);
+    if (!keys || !vals || !*uniq) { free(keys); free(vals); free(*uniq); *uniq = NULL; return -1; }
+    for (size_t k = 0; k < cap; k++) keys[k] = -1;
+    int64_t nu = 0;
+    for (int64_t i = 0; i < n; i++) {
+        size_t h = (size_t)((uint64_t)ids[i] * 0x9e3779b97f4a7c15ull >> 20) & (cap - 1);
+        while (keys[h] >= 0 && keys[h] != ids[i]) h = (h + 1) & (cap - 1);
+        if (keys[h] < 0) { keys[h] = ids[i]; vals[h] = nu; (*uniq)[nu++] = ids[i]; }
+        slot_of[i] = vals[h];
+    }
+    free(keys);
+    free(vals);
+    return nu;
+}
+
+#define STR(s, id) ((s)->data + (s)->off[id]), ((s)->off[(id) + 1] - (s)->off[id])
+#define LEN(s, id) ((s)->off[(id) + 1] - (s)->off[id])
+
+/* cost table [n_src_distinct x n_piv_distinct] */
+static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, const int64_t *up,
+                      int64_t nup, int32_t *cost) {
+    fc_lev_pattern pat_strip, pat_repl;
+    for (int64_t a = 0; a < nus; a++) {
+        int64_t s = us[a];
+        int strip_ok = LEN(&c->src_strip, s) > 0;
+        int short_strip = LEN(&c->src_strip, s) <= FC_LEV_WORD;
+        int short_repl = LEN(&c->src_repl, s) <= FC_LEV_WORD;
+        if (strip_ok && short_strip)
+            fc_lev_pattern_init(&pat_strip, c->src_strip.data + c->src_strip.off[s],
+                                (int)LEN(&c->src_strip, s));
+        if (short_repl)
+            fc_lev_pattern_init(&pat_repl, c->src_repl.data + c->src_repl.off[s],
+                                (int)LEN(&c->src_repl, s));
+        for (int64_t b = 0; b < nup; b++) {
+            int64_t p = up[b], d;
+            if (strip_ok && LEN(&c->piv_strip, p) > 0) {
+                d = short_strip ? fc_lev_pattern_dist(&pat_strip, STR(&c->piv_strip, p), -1)
+                                : fc_levenshtein(STR(&c->src_strip, s), STR(&c->piv_strip, p));
+            } else {
+                d = short_repl ? fc_lev_pattern_dist(&pat_repl, STR(&c->piv_raw, p), -1)
+                               : fc_levenshtein(STR(&c->src_repl, s), STR(&c->piv_raw, p));
+            }
+            if (d < 0) return -1;
+            cost[a * nup + b] = (int32_t)d;
+        }
+    }
+    return 0;
+}
+
+fc_status fc_alignment_from_path(const int64_t *src_pos, const int64_t *piv_pos, int64_t len,
+                                 int64_t m, fc_alignment *out, fc_error *err) {
+    out->m = m;
+    out->indptr = calloc((size_t)m + 1, sizeof(int64_t));
+    out->indices = malloc((size_t)(len ? len : 1) * sizeof(int64_t));
+    if (!out->indptr || !out->indices) {
+        fc_alignment_free(out);
+        return fc_error_set(err, FC_ERR_NOMEM, "out of memory for an alignment");
+    }
+    for (int64_t k = 0; k < len; k++) out->indptr[piv_pos[k] + 1]++;
+    for (int64_t j = 0; j < m; j++) out->indptr[j + 1] += out->indptr[j];
+    /* pairs arrive sorted by pivot position, then source position */
+    for (int64_t k = 0; k < len; k++) out->indices[k] = src_pos[k];
+    return FC_OK;
+}
+
+fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t n,
+                       const int64_t *pivot_ids, int64_t m, fc_alignment *out, fc_error *err) {
+    memset(out, 0, sizeof *out);
+    fc_status st = fc_align_check_ids(src_ids, n, c->src, "src_ids", err);
+    if (!st) st = fc_align_check_ids(pivot_ids, m, c->pivot, "pivot_ids", err);
+    if (st) return st;
+    if (n == 0 || m == 0) return fc_alignment_from_path(NULL, NULL, 0, m, out, err);
+    int64_t bound = (c->src_repl.max_len + c->piv_raw.max_len + 1);
+    if ((n + m) > (int64_t)DTW_INF / bound || n > ((int64_t)1 << 40) / m)
+        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "dtw_too_long",
+                                 "sequences of %lld x %lld tokens are too long for DTW; use "
+                                 "method=\"offsets\" (rule dtw_too_long)", (long long)n,
+                                 (long long)m);
+    int64_t *si = malloc((size_t)n * sizeof *si), *pj = malloc((size_t)m * sizeof *pj);
+    int64_t *us = NULL, *up = NULL, *path_s = NULL, *path_p = NULL;
+    int32_t *cost = NULL, *prev = malloc((size_t)m * 4), *cur = malloc((size_t)m * 4);
+    int32_t *crow = malloc((size_t)m * 4);
+    uint8_t *dir = malloc((size_t)n * (size_t)m);
+    st = FC_ERR_NOMEM;
+    if (!si || !pj || !prev || !cur || !crow || !dir) goto done;
+    int64_t nus = distinct(src_ids, n, si, &us), nup = distinct(pivot_ids, m, pj, &up);
+    if (nus < 0 || nup < 0) goto done;
+    cost = malloc((size_t)nus * (size_t)nup * sizeof *cost);
+    if (!cost || fill_costs(c, us, nus, up, nup, cost)) goto done;
+
+    for (int64_t i = 0; i < n; i++) {
+        const int32_t *ctab = cost + si[i] * nup;
+        for (int64_t j = 0; j < m; j++) crow[j] = ctab[pj[j]];
+        uint8_t *d = dir + i * m;
+        if (i == 0) {
+            cur[0] = crow[0];
+            d[0] = MOVE_DIAG;
+            for (int64_t j = 1; j < m; j++) { cur[j] = crow[j] + cur[j - 1]; d[j] = MOVE_LEFT; }
+        } else {
+            cur[0] = crow[0] + prev[0];
+            d[0] = MOVE_UP;
+            int32_t left = cur[0];
+            for (int64_t j = 1; j < m; j++) {
+                int32_t diag = prev[j - 1], up_v = prev[j];
+                int32_t best = diag;
+                uint8_t mv = MOVE_DIAG;
+                if (left < best) { best = left; mv = MOVE_LEFT; }
+                if (up_v < best) { best = up_v; mv = MOVE_UP; }
+                left = crow[j] + best;
+                cur[j] = left;
+                d[j] = mv;
+            }
+        }
+        int32_t *t = prev; prev = cur; cur = t;
+    }
+
+    /* backtrack; the path has at most n + m - 1 cells */
+    path_s = malloc((size_t)(n + m) * sizeof *path_s);
+    path_p = malloc((size_t)(n + m) * sizeof *path_p);
+    if (!path_s || !path_p) goto done;
+    int64_t i = n - 1, j = m - 1, len = 0;
+    while (i > 0 || j > 0) {
+        path_s[len] = i, path_p[len] = j, len++;
+        uint8_t mv = dir[i * m + j];
+        if (mv == MOVE_DIAG) i--, j--;
+        else if (mv == MOVE_LEFT) j--;
+        else i--;
+    }
+    path_s[len] = 0, path_p[len] = 0, len++;
+    for (int64_t a = 0, b = len - 1; a < b; a++, b--) { /* into path order */
+        int64_t t = path_s[a]; path_s[a] = path_s[b]; path_s[b] = t;
+        t = path_p[a]; path_p[a] = path_p[b]; path_p[b] = t;
+    }
+    st = fc_alignment_from_path(path_s, path_p, len, m, out, err);
+    goto finish;
+done:
+    fc_error_set(err, FC_ERR_NOMEM, "out of memory aligning %lld x %lld tokens", (long long)n,
+                 (long long)m);
+finish:
+    free(si); free(pj); free(us); free(up); free(cost); free(prev); free(cur); free(crow);
+    free(dir); free(path_s); free(path_p);
+    return st;
+}
