@@ -4,7 +4,8 @@ Stage 1 (pairwise knowledge fusion): extract each model's top-K next-token distr
 align tokens and vocabularies to the pivot model, fuse per sequence (MinCE) and fine-tune
 the pivot with a sparse fusion loss. Stage 2: merge the resulting models (SCE, TIES, ...).
 
-Submodules: ``fusechat.safetensors`` (checkpoint I/O). The C core is ``fusechat._C``;
+Submodules: ``fusechat.safetensors`` (checkpoint I/O), ``fusechat.align`` (token and
+vocabulary alignment; ``fusechat.Vocab`` reads tokenizers). The C core is ``fusechat._C``;
 CUDA kernels, when built, are ``fusechat._C_cuda`` (see ``cuda_available()``).
 """
 import logging
@@ -12,6 +13,7 @@ import logging
 from . import errors
 from ._backend import backend, cuda_available
 from .errors import ConfigError, CudaError, FormatError, SafetensorsError, TokenizerError
+from .vocab import Vocab
 
 __version__ = "0.1.0"
 
@@ -29,4 +31,4 @@ def convert(array, dtype, threads=0):
 
 
 __all__ = ["__version__", "backend", "convert", "cuda_available", "errors", "ConfigError",
-           "CudaError", "FormatError", "SafetensorsError", "TokenizerError"]
+           "CudaError", "FormatError", "SafetensorsError", "TokenizerError", "Vocab"]

@@ -221,7 +221,7 @@ static void map_role(const fc_vocab_t *src, const fc_vocab_t *piv, fc_role r, in
 }
 
 fc_status fc_vocab_map(const fc_vocab_t *src, const fc_vocab_t *piv, fc_map_mode mode,
-                       const fc_counts_t *counts, int roles_all, int nthreads, int32_t *out,
+                       const fc_counts_t *counts, int roles, int nthreads, int32_t *out,
                        fc_error *err) {
     if (piv->V > INT32_MAX)
         return fc_error_set(err, FC_ERR_VALUE, "the pivot vocabulary is too large");
@@ -229,7 +229,7 @@ fc_status fc_vocab_map(const fc_vocab_t *src, const fc_vocab_t *piv, fc_map_mode
     if (fc_vocab_same(src, piv)) {
         for (int64_t s = 0; s < src->V; s++)
             out[s] = (src->flags[s] & FC_TOKEN_MISSING) ? -1 : (int32_t)s;
-        roles_all = 1;
+        if (roles == 0) roles = 1;
     } else if (mode == FC_MAP_EM) {
         fc_buf key = {0};
         for (int64_t s = 0; s < src->V && !st; s++) {
@@ -248,10 +248,10 @@ fc_status fc_vocab_map(const fc_vocab_t *src, const fc_vocab_t *piv, fc_map_mode
     } else {
         return fc_error_set(err, FC_ERR_VALUE, "unknown vocabulary map mode %d", (int)mode);
     }
-    if (st) return st;
+    if (st || roles < 0) return st;
     map_role(src, piv, FC_ROLE_BOS, out);
     map_role(src, piv, FC_ROLE_EOS, out);
-    if (roles_all) {
+    if (roles > 0) {
         map_role(src, piv, FC_ROLE_UNK, out);
         map_role(src, piv, FC_ROLE_PAD, out);
         map_role(src, piv, FC_ROLE_EOT, out);

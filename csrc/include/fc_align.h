@@ -166,11 +166,12 @@ typedef enum fc_map_mode {
 /* 1 if every source id has the pivot's piece and presence at the same id. */
 FC_API int fc_vocab_same(const fc_vocab_t *src, const fc_vocab_t *pivot);
 
-/* out[V_S]: source id -> pivot id (-1 = unmapped). MS needs counts. If roles_all, after the
- * reference's bos/eos overrides the unk, pad and end-of-turn roles are mapped too. When
- * the vocabularies are the same (fc_vocab_same) the map is the identity plus the roles. */
+/* out[V_S]: source id -> pivot id (-1 = unmapped). MS needs counts. roles: -1 no role
+ * overrides; 0 the reference's bos -> bos and eos -> eos; 1 also unk, pad and end of turn
+ * (in that order, so end of turn wins). When the vocabularies are the same (fc_vocab_same)
+ * the map is the identity, and roles 0 is taken as 1. */
 FC_API fc_status fc_vocab_map(const fc_vocab_t *src, const fc_vocab_t *pivot, fc_map_mode mode,
-                              const fc_counts_t *counts, int roles_all, int nthreads,
+                              const fc_counts_t *counts, int roles, int nthreads,
                               int32_t *out, fc_error *err);
 
 /* Levenshtein distance over code points (bit-parallel when one side is <= 64 long). */

@@ -361,8 +361,8 @@ fail:
 static PyObject *py_vocab_map(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *a, *b, *cnt;
-    int mode, roles_all, nthreads;
-    if (!PyArg_ParseTuple(args, "OOiOii", &a, &b, &mode, &cnt, &roles_all, &nthreads)) return NULL;
+    int mode, roles, nthreads;
+    if (!PyArg_ParseTuple(args, "OOiOii", &a, &b, &mode, &cnt, &roles, &nthreads)) return NULL;
     fc_vocab_t *src = get_vocab(a), *piv = src ? get_vocab(b) : NULL;
     if (!piv) return NULL;
     fc_counts_t *counts = NULL;
@@ -373,7 +373,7 @@ static PyObject *py_vocab_map(PyObject *self, PyObject *args) {
     fc_error_clear(&err);
     fc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = fc_vocab_map(src, piv, (fc_map_mode)mode, counts, roles_all, nthreads,
+    st = fc_vocab_map(src, piv, (fc_map_mode)mode, counts, roles, nthreads,
                       PyArray_DATA((PyArrayObject *)out), &err);
     Py_END_ALLOW_THREADS
     if (st) { Py_DECREF(out); return fc_py_raise(&err); }
@@ -473,7 +473,7 @@ static PyMethodDef methods[] = {
     {"counts_export", py_counts_export, METH_VARARGS,
      "counts_export(counts, by_source) -> (pivot_ids, src_ids, counts)"},
     {"vocab_map", py_vocab_map, METH_VARARGS,
-     "vocab_map(src, pivot, mode, counts|None, roles_all, threads) -> int32 array"},
+     "vocab_map(src, pivot, mode, counts|None, roles (-1, 0, 1), threads) -> int32 array"},
     {"align_distributions", py_align_distributions, METH_VARARGS,
      "align_distributions(ctx, mode, multi, src_ids, pivot_ids, indptr, indices, topk_ids, "
      "topk_logits, eff_map, map|None) -> (offsets, ids, logits)"},
