@@ -297,7 +297,10 @@ def vocab_map(src_vocab, pivot_vocab, mode="mined", counts=None, roles=None, thr
 
 def _effective_map(src_vocab, pivot_vocab, mode, vmap, roles):
     """The pivot id a source top-K id lands on in MAP (method.md 5): its piece (marker
-    replaced) if the pivot has it, else the map (MS); the piece only (EM); the map (MinED)."""
+    replaced) if the pivot has it, else the map (MS); the piece only (EM); the map (MinED).
+    With roles "all" (the default for EM and MinED) role tokens follow the map's roles."""
+    if roles is None:
+        roles = "reference" if mode == "ms" else "all"
     direct = _C.vocab_map(src_vocab._h, pivot_vocab._h, MAP_MODES["em"], None, -1, 0)
     if mode == "em":
         eff = direct
