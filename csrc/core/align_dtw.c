@@ -102,10 +102,12 @@ fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t 
     int64_t *si = malloc((size_t)n * sizeof *si), *pj = malloc((size_t)m * sizeof *pj);
     int64_t *us = NULL, *up = NULL, *path_s = NULL, *path_p = NULL;
     int32_t *cost = NULL, *prev = malloc((size_t)m * 4), *cur = malloc((size_t)m * 4);
-    int32_t *crow = malloc((size_t)m * 4);
+    int32_t *crow = malloc((size_t)m * 4), *thr = malloc((size_t)m * 4);
+    int32_t *via = malloc((size_t)m * 4);
+    uint8_t *tag = malloc((size_t)m);
     uint8_t *dir = malloc((size_t)n * (size_t)m);
     st = FC_ERR_NOMEM;
-    if (!si || !pj || !prev || !cur || !crow || !dir) goto done;
+    if (!si || !pj || !prev || !cur || !crow || !thr || !via || !tag || !dir) goto done;
     int64_t nus = distinct(src_ids, n, si, &us), nup = distinct(pivot_ids, m, pj, &up);
     if (nus < 0 || nup < 0) goto done;
     cost = malloc((size_t)nus * (size_t)nup * sizeof *cost);
@@ -120,18 +122,25 @@ fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t 
             d[0] = MOVE_DIAG;
             for (int64_t j = 1; j < m; j++) { cur[j] = crow[j] + cur[j - 1]; d[j] = MOVE_LEFT; }
         } else {
+            /* pass 1 (vectorisable): the better of diag and up, and whether it is up;
+             * pass 2 (serial in j): left wins iff left < that + is_up (ties go to diag
+             * before left before up), branch-free: thr = that + is_up, via = that + cost */
+            for (int64_t j = 1; j < m; j++) {
+                int32_t dg = prev[j - 1], up_v = prev[j];
+                int32_t is_up = up_v < dg;
+                int32_t b = is_up ? up_v : dg;
+                thr[j] = b + is_up;
+                via[j] = b + crow[j];
+                tag[j] = (uint8_t)(is_up ? MOVE_UP : MOVE_DIAG);
+            }
             cur[0] = crow[0] + prev[0];
             d[0] = MOVE_UP;
             int32_t left = cur[0];
             for (int64_t j = 1; j < m; j++) {
-                int32_t diag = prev[j - 1], up_v = prev[j];
-                int32_t best = diag;
-                uint8_t mv = MOVE_DIAG;
-                if (left < best) { best = left; mv = MOVE_LEFT; }
-                if (up_v < best) { best = up_v; mv = MOVE_UP; }
-                left = crow[j] + best;
+                int32_t lw = left < thr[j];
+                d[j] = lw ? (uint8_t)MOVE_LEFT : tag[j];
+                left = lw ? left + crow[j] : via[j];
                 cur[j] = left;
-                d[j] = mv;
             }
         }
         int32_t *t = prev; prev = cur; cur = t;
@@ -161,6 +170,7 @@ done:
                  (long long)m);
 finish:
     free(si); free(pj); free(us); free(up); free(cost); free(prev); free(cur); free(crow);
+    free(thr); free(via); free(tag);
     free(dir); free(path_s); free(path_p);
     return st;
 }
