@@ -39,34 +39,85 @@ static int64_t distinct(const int64_t *ids, int64_t n, int64_t *slot_of, int64_t
 #define STR(s, id) ((s)->data + (s)->off[id]), ((s)->off[(id) + 1] - (s)->off[id])
 #define LEN(s, id) ((s)->off[(id) + 1] - (s)->off[id])
 
-/* cost table [n_src_distinct x n_piv_distinct] */
+/* one cost, from the pattern of source token s (prepared by the caller when short) */
+static int64_t pair_cost(const fc_align_ctx_t *c, int64_t s, int64_t p, const fc_lev_pattern *ps1,
+                         const fc_lev_pattern *ps2) {
+    const u32_strings *ss = &c->src_strip, *sr = &c->src_repl, *pst = &c->piv_strip, *pr = &c->piv_raw;
+    int64_t n1 = LEN(ss, s), n2 = LEN(sr, s), np1 = LEN(pst, p);
+    if (n1 > 0 && np1 > 0) {
+        const uint32_t *t = pst->data + pst->off[p];
+        return n1 <= FC_LEV_WORD ? fc_lev_pattern_dist_full(ps1, t, np1)
+                                 : fc_levenshtein(ss->data + ss->off[s], n1, t, np1);
+    }
+    const uint32_t *t = pr->data + pr->off[p];
+    return n2 <= FC_LEV_WORD ? fc_lev_pattern_dist_full(ps2, t, LEN(pr, p))
+                             : fc_levenshtein(sr->data + sr->off[s], n2, t, LEN(pr, p));
+}
+
+/* cost table [n_src_distinct x n_piv_distinct]. Source tokens whose stripped string has 1..8
+ * (or 9..16) code points are packed 8 (4) at a time and compared with every pivot token whose
+ * stripped string is non-empty in one bit-parallel pass; the other pairs one by one. */
 static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, const int64_t *up,
                       int64_t nup, int32_t *cost) {
+    const u32_strings *ss = &c->src_strip, *sr = &c->src_repl, *pst = &c->piv_strip;
     fc_lev_pattern pat_strip, pat_repl;
-    for (int64_t a = 0; a < nus; a++) {
-        int64_t s = us[a];
-        int strip_ok = LEN(&c->src_strip, s) > 0;
-        int short_strip = LEN(&c->src_strip, s) <= FC_LEV_WORD;
-        int short_repl = LEN(&c->src_repl, s) <= FC_LEV_WORD;
-        if (strip_ok && short_strip)
-            fc_lev_pattern_init(&pat_strip, c->src_strip.data + c->src_strip.off[s],
-                                (int)LEN(&c->src_strip, s));
-        if (short_repl)
-            fc_lev_pattern_init(&pat_repl, c->src_repl.data + c->src_repl.off[s],
-                                (int)LEN(&c->src_repl, s));
-        for (int64_t b = 0; b < nup; b++) {
-            int64_t p = up[b], d;
-            if (strip_ok && LEN(&c->piv_strip, p) > 0) {
-                d = short_strip ? fc_lev_pattern_dist(&pat_strip, STR(&c->piv_strip, p), -1)
-                                : fc_levenshtein(STR(&c->src_strip, s), STR(&c->piv_strip, p));
-            } else {
-                d = short_repl ? fc_lev_pattern_dist(&pat_repl, STR(&c->piv_raw, p), -1)
-                               : fc_levenshtein(STR(&c->src_repl, s), STR(&c->piv_raw, p));
-            }
-            if (d < 0) return -1;
-            cost[a * nup + b] = (int32_t)d;
+    fc_lev_pack pack;
+    int64_t *order = malloc((size_t)(nus ? nus : 1) * sizeof *order);
+    if (!order) return -1;
+    /* source rows by packing class: 8-wide, 4-wide, then the rest */
+    int64_t no = 0;
+    for (int cls = 0; cls < 3; cls++)
+        for (int64_t a = 0; a < nus; a++) {
+            int64_t n1 = LEN(ss, us[a]);
+            int k = (n1 >= 1 && n1 <= 8) ? 0 : (n1 >= 9 && n1 <= 16) ? 1 : 2;
+            if (k == cls) order[no++] = a;
         }
+    for (int64_t o = 0; o < nus;) {
+        int64_t a0 = order[o], n0 = LEN(ss, us[a0]);
+        int width = (n0 >= 1 && n0 <= 8) ? 8 : (n0 >= 9 && n0 <= 16) ? 16 : 0;
+        if (width) {
+            const uint32_t *pats[8];
+            int64_t lens[8], rows[8];
+            int cnt = 0;
+            while (cnt < 64 / width && o < nus) {
+                int64_t a = order[o], n1 = LEN(ss, us[a]);
+                int w = (n1 >= 1 && n1 <= 8) ? 8 : (n1 >= 9 && n1 <= 16) ? 16 : 0;
+                if (w != width) break;
+                pats[cnt] = ss->data + ss->off[us[a]];
+                lens[cnt] = n1;
+                rows[cnt++] = a;
+                o++;
+            }
+            fc_lev_pack_init(&pack, pats, lens, cnt, width);
+            int32_t d[8];
+            for (int64_t b = 0; b < nup; b++) {
+                int64_t p = up[b];
+                if (LEN(pst, p) > 0) {
+                    fc_lev_pack_dist(&pack, pst->data + pst->off[p], LEN(pst, p), d);
+                    for (int k = 0; k < cnt; k++) cost[rows[k] * nup + b] = d[k];
+                } else {
+                    for (int k = 0; k < cnt; k++) {
+                        int64_t s = us[rows[k]], n2 = LEN(sr, s);
+                        if (n2 <= FC_LEV_WORD) fc_lev_pattern_init(&pat_repl, sr->data + sr->off[s], (int)n2);
+                        int64_t v = pair_cost(c, s, p, NULL, &pat_repl);
+                        if (v < 0) { free(order); return -1; }
+                        cost[rows[k] * nup + b] = (int32_t)v;
+                    }
+                }
+            }
+            continue;
+        }
+        int64_t s = us[a0], n1 = LEN(ss, s), n2 = LEN(sr, s);
+        if (n1 > 0 && n1 <= FC_LEV_WORD) fc_lev_pattern_init(&pat_strip, ss->data + ss->off[s], (int)n1);
+        if (n2 <= FC_LEV_WORD) fc_lev_pattern_init(&pat_repl, sr->data + sr->off[s], (int)n2);
+        for (int64_t b = 0; b < nup; b++) {
+            int64_t v = pair_cost(c, s, up[b], &pat_strip, &pat_repl);
+            if (v < 0) { free(order); return -1; }
+            cost[a0 * nup + b] = (int32_t)v;
+        }
+        o++;
     }
+    free(order);
     return 0;
 }
 
@@ -137,9 +188,10 @@ fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t 
             d[0] = MOVE_UP;
             int32_t left = cur[0];
             for (int64_t j = 1; j < m; j++) {
-                int32_t lw = left < thr[j];
+                int32_t from_left = left + crow[j], other = via[j];
+                int lw = left < thr[j];
                 d[j] = lw ? (uint8_t)MOVE_LEFT : tag[j];
-                left = lw ? left + crow[j] : via[j];
+                left = lw ? from_left : other; /* both computed: a conditional move */
                 cur[j] = left;
             }
         }

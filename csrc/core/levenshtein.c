@@ -19,13 +19,6 @@ void fc_lev_pattern_init(fc_lev_pattern *p, const uint32_t *a, int len) {
     }
 }
 
-static inline uint64_t peq(const fc_lev_pattern *p, uint32_t c) {
-    if (c < 128) return p->ascii[c];
-    for (int k = 0; k < p->n_other; k++)
-        if (p->other[k] == c) return p->other_mask[k];
-    return 0;
-}
-
 int64_t fc_lev_pattern_dist(const fc_lev_pattern *p, const uint32_t *t, int64_t nt,
                             int64_t cutoff) {
     int m = p->len;
@@ -34,7 +27,7 @@ int64_t fc_lev_pattern_dist(const fc_lev_pattern *p, const uint32_t *t, int64_t 
     uint64_t pv = ~0ull, mv = 0;
     int64_t score = m;
     for (int64_t k = 0; k < nt; k++) {
-        uint64_t eq = peq(p, t[k]);
+        uint64_t eq = fc_lev_peq(p, t[k]);
         uint64_t xv = eq | mv;
         uint64_t xh = (((eq & pv) + pv) ^ pv) | eq;
         uint64_t ph = mv | ~(xh | pv);
@@ -78,5 +71,62 @@ int64_t fc_levenshtein(const uint32_t *a, int64_t na, const uint32_t *b, int64_t
     if (na > FC_LEV_WORD) return lev_dp(a, na, b, nb);
     fc_lev_pattern p;
     fc_lev_pattern_init(&p, a, (int)na);
-    return fc_lev_pattern_dist(&p, b, nb, -1);
+    return fc_lev_pattern_dist_full(&p, b, nb);
+}
+
+void fc_lev_pack_init(fc_lev_pack *p, const uint32_t *const *a, const int64_t *len, int count,
+                      int width) {
+    memset(p->ascii, 0, sizeof p->ascii);
+    p->n_other = 0;
+    p->width = width;
+    p->count = count;
+    p->top = p->seg_high = p->seg_low = 0;
+    for (int s = 0; s < 64 / width; s++) {
+        p->seg_high |= 1ull << (s * width + width - 1);
+        p->seg_low |= 1ull << (s * width);
+    }
+    for (int k = 0; k < count; k++) {
+        p->len[k] = (int)len[k];
+        p->top |= 1ull << (k * width + len[k] - 1);
+        for (int64_t i = 0; i < len[k]; i++) {
+            uint64_t bit = 1ull << (k * width + i);
+            uint32_t c = a[k][i];
+            if (c < 128) { p->ascii[c] |= bit; continue; }
+            int q = 0;
+            while (q < p->n_other && p->other[q] != c) q++;
+            if (q == p->n_other) { p->other[q] = c; p->other_mask[q] = 0; p->n_other++; }
+            p->other_mask[q] |= bit;
+        }
+    }
+}
+
+void fc_lev_pack_dist(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32_t *out) {
+    const uint64_t H = p->seg_high, L = p->seg_low, top = p->top;
+    uint64_t pv = ~0ull, mv = 0;
+    int32_t score[8];
+    for (int k = 0; k < p->count; k++) score[k] = p->len[k];
+    for (int64_t i = 0; i < nt; i++) {
+        uint32_t c = t[i];
+        uint64_t eq = 0;
+        if (c < 128) eq = p->ascii[c];
+        else
+            for (int q = 0; q < p->n_other; q++)
+                if (p->other[q] == c) { eq = p->other_mask[q]; break; }
+        uint64_t xv = eq | mv, x = eq & pv;
+        uint64_t sum = ((x & ~H) + (pv & ~H)) ^ ((x ^ pv) & H); /* no carry between segments */
+        uint64_t xh = (sum ^ pv) | eq;
+        uint64_t ph = mv | ~(xh | pv);
+        uint64_t mh = pv & xh;
+        uint64_t pt = ph & top, mt = mh & top;
+        if (pt | mt)
+            for (int k = 0; k < p->count; k++) {
+                int b = k * p->width + p->len[k] - 1;
+                score[k] += (int32_t)((pt >> b) & 1) - (int32_t)((mt >> b) & 1);
+            }
+        ph = ((ph << 1) & ~L) | L; /* each segment's row 0 grows by one */
+        mh = (mh << 1) & ~L;
+        pv = mh | ~(xv | ph);
+        mv = ph & xv;
+    }
+    for (int k = 0; k < p->count; k++) out[k] = score[k];
 }
