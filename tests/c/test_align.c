@@ -4,6 +4,7 @@
 
 #include "ctest.h"
 #include "fusechat.h"
+#include "../../csrc/core/levenshtein.h"
 
 /* byte-level BPE: "Ġ" is a space, "Ċ" a newline; <|im_end|> is special */
 static const char *BYTELEVEL =
@@ -123,6 +124,30 @@ static void test_levenshtein(void) {
         bad += fc_levenshtein(a, na, b, nb) != lev_naive(a, na, b, nb);
     }
     CHECK_MSG(bad == 0, "%d mismatches", bad);
+
+    /* packed patterns: 8 of <= 8 or 4 of <= 16 code points against one text */
+    bad = 0;
+    for (int t = 0; t < 2000; t++) {
+        int width = t % 2 ? 16 : 8, count = 1 + (int)((x >> 3) % (uint64_t)(64 / width));
+        uint32_t pats[8][16], text[40];
+        const uint32_t *pp[8];
+        int64_t lens[8];
+        for (int k = 0; k < count; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            lens[k] = 1 + (int64_t)(x % (uint64_t)width);
+            for (int64_t i = 0; i < lens[k]; i++) { x ^= x << 13, x ^= x >> 7, x ^= x << 17; pats[k][i] = alphabet[x % 6]; }
+            pp[k] = pats[k];
+        }
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        int64_t nt = (int64_t)(x % 40);
+        for (int64_t i = 0; i < nt; i++) { x ^= x << 13, x ^= x >> 7, x ^= x << 17; text[i] = alphabet[x % 6]; }
+        fc_lev_pack pack;
+        int32_t d[8];
+        fc_lev_pack_init(&pack, pp, lens, count, width);
+        fc_lev_pack_dist(&pack, text, nt, d);
+        for (int k = 0; k < count; k++) bad += d[k] != lev_naive(pats[k], lens[k], text, nt);
+    }
+    CHECK_MSG(bad == 0, "%d packed mismatches", bad);
 }
 
 static void test_sequences(fc_vocab_t *bl, fc_vocab_t *ms) {
