@@ -53,8 +53,6 @@ def machine():
 
 def big_bpe(vocab_size, text_bytes):
     """A byte-level BPE of ~vocab_size trained on installed Python sources (cached)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     folder = os.path.join(CACHE, f"bpe-{vocab_size}")
     if os.path.exists(os.path.join(folder, "tokenizer.json")):
         return folder
@@ -75,14 +73,8 @@ def big_bpe(vocab_size, text_bytes):
                 return
         yield from F.corpus()
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     t0 = time.perf_counter()
-    tok.train_from_iterator(texts(), trainer)
+    tok = F.train_bytelevel(texts(), vocab_size)
     print(f"  trained a byte-level BPE of {tok.get_vocab_size()} tokens in "
           f"{time.perf_counter() - t0:.0f} s")
     os.makedirs(folder, exist_ok=True)

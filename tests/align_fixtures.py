@@ -66,9 +66,8 @@ def _save(tok, name, config):
     return folder
 
 
-@functools.lru_cache(maxsize=None)
-def bytelevel_bpe(vocab_size=2000):
-    """A GPT-2/Qwen2-style byte-level BPE tokenizer folder."""
+def train_bytelevel(texts, vocab_size):
+    """A GPT-2/Qwen2-style byte-level BPE trained on texts (a tokenizers.Tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -77,7 +76,14 @@ def bytelevel_bpe(vocab_size=2000):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus(), trainer)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+@functools.lru_cache(maxsize=None)
+def bytelevel_bpe(vocab_size=2000):
+    """A byte-level BPE tokenizer folder trained on the test corpus."""
+    tok = train_bytelevel(corpus(), vocab_size)
     return _save(tok, f"bytelevel-{vocab_size}",
                  {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                   "clean_up_tokenization_spaces": False})

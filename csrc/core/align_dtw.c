@@ -46,11 +46,11 @@ static int64_t pair_cost(const fc_align_ctx_t *c, int64_t s, int64_t p, const fc
     int64_t n1 = LEN(ss, s), n2 = LEN(sr, s), np1 = LEN(pst, p);
     if (n1 > 0 && np1 > 0) {
         const uint32_t *t = pst->data + pst->off[p];
-        return n1 <= FC_LEV_WORD ? fc_lev_pattern_dist_full(ps1, t, np1)
+        return n1 <= FC_LEV_WORD ? fc_lev_pattern_dist(ps1, t, np1, -1)
                                  : fc_levenshtein(ss->data + ss->off[s], n1, t, np1);
     }
     const uint32_t *t = pr->data + pr->off[p];
-    return n2 <= FC_LEV_WORD ? fc_lev_pattern_dist_full(ps2, t, LEN(pr, p))
+    return n2 <= FC_LEV_WORD ? fc_lev_pattern_dist(ps2, t, LEN(pr, p), -1)
                              : fc_levenshtein(sr->data + sr->off[s], n2, t, LEN(pr, p));
 }
 

@@ -19,31 +19,6 @@ void fc_lev_pattern_init(fc_lev_pattern *p, const uint32_t *a, int len) {
     }
 }
 
-int64_t fc_lev_pattern_dist(const fc_lev_pattern *p, const uint32_t *t, int64_t nt,
-                            int64_t cutoff) {
-    int m = p->len;
-    if (m == 0) return nt;
-    uint64_t top = 1ull << (m - 1);
-    uint64_t pv = ~0ull, mv = 0;
-    int64_t score = m;
-    for (int64_t k = 0; k < nt; k++) {
-        uint64_t eq = fc_lev_peq(p, t[k]);
-        uint64_t xv = eq | mv;
-        uint64_t xh = (((eq & pv) + pv) ^ pv) | eq;
-        uint64_t ph = mv | ~(xh | pv);
-        uint64_t mh = pv & xh;
-        if (ph & top) score++;
-        else if (mh & top) score--;
-        ph = (ph << 1) | 1; /* row 0 of the DP grows by one per text char */
-        mh <<= 1;
-        pv = mh | ~(xv | ph);
-        mv = ph & xv;
-        /* each remaining char lowers the score by at most one */
-        if (cutoff >= 0 && score - (nt - 1 - k) > cutoff) return cutoff + 1;
-    }
-    return score;
-}
-
 /* the textbook one-row DP, for two strings both longer than 64 */
 static int64_t lev_dp(const uint32_t *a, int64_t na, const uint32_t *b, int64_t nb) {
     int64_t *row = malloc((size_t)(nb + 1) * sizeof *row);
@@ -71,7 +46,7 @@ int64_t fc_levenshtein(const uint32_t *a, int64_t na, const uint32_t *b, int64_t
     if (na > FC_LEV_WORD) return lev_dp(a, na, b, nb);
     fc_lev_pattern p;
     fc_lev_pattern_init(&p, a, (int)na);
-    return fc_lev_pattern_dist_full(&p, b, nb);
+    return fc_lev_pattern_dist(&p, b, nb, -1);
 }
 
 void fc_lev_pack_init(fc_lev_pack *p, const uint32_t *const *a, const int64_t *len, int count,

@@ -25,9 +25,10 @@ static inline uint64_t fc_lev_peq(const fc_lev_pattern *p, uint32_t c) {
     return 0;
 }
 
-/* Myers' step over the whole text, no cut-off (the DTW's inner loop) */
-static inline int64_t fc_lev_pattern_dist_full(const fc_lev_pattern *p, const uint32_t *t,
-                                               int64_t nt) {
+/* Distance to t; if cutoff >= 0 and the distance is certainly above cutoff, returns some
+ * value > cutoff early (inlined with cutoff -1 the check disappears). */
+static inline int64_t fc_lev_pattern_dist(const fc_lev_pattern *p, const uint32_t *t,
+                                          int64_t nt, int64_t cutoff) {
     int m = p->len;
     if (m == 0) return nt;
     uint64_t top = 1ull << (m - 1), pv = ~0ull, mv = 0;
@@ -39,17 +40,15 @@ static inline int64_t fc_lev_pattern_dist_full(const fc_lev_pattern *p, const ui
         uint64_t ph = mv | ~(xh | pv);
         uint64_t mh = pv & xh;
         score += (int64_t)((ph & top) != 0) - (int64_t)((mh & top) != 0);
-        ph = (ph << 1) | 1;
+        ph = (ph << 1) | 1; /* row 0 of the DP grows by one per text char */
         mh <<= 1;
         pv = mh | ~(xv | ph);
         mv = ph & xv;
+        /* each remaining char lowers the score by at most one */
+        if (cutoff >= 0 && score - (nt - 1 - k) > cutoff) return cutoff + 1;
     }
     return score;
 }
-/* Distance to t; if cutoff >= 0 and the distance is certainly above cutoff, returns some
- * value > cutoff early. */
-int64_t fc_lev_pattern_dist(const fc_lev_pattern *p, const uint32_t *t, int64_t nt,
-                            int64_t cutoff);
 
 /* Several short patterns packed in one 64-bit word (segments of `width` = 8 or 16 bits,
  * each pattern at most `width` long), compared with one text at once: Myers' recurrence with

@@ -72,18 +72,12 @@ static int printable_byte(unsigned b) {
 }
 
 int fc_bytelevel_byte(uint32_t cp) {
-    static int table[324];
-    static int ready = 0; /* benign race: every thread writes the same values */
-    if (!ready) {
-        for (int i = 0; i < 324; i++) table[i] = -1;
-        int extra = 0;
-        for (int b = 0; b < 256; b++) {
-            if (printable_byte((unsigned)b)) table[b] = b;
-            else table[256 + extra++] = b;
-        }
-        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-    }
-    return cp < 324 ? table[cp] : -1;
+    if (cp < 256) return printable_byte(cp) ? (int)cp : -1;
+    /* the 68 others in byte order: 0..32 -> U+0100.., 127..160 -> U+0121.., 173 -> U+0143 */
+    if (cp < 256 + 33) return (int)(cp - 256);
+    if (cp < 256 + 33 + 34) return (int)(cp - 256 - 33 + 127);
+    if (cp == 256 + 67) return 173;
+    return -1;
 }
 
 int fc_replace_all(fc_buf *out, const char *s, size_t len, const char *pat, size_t plen,

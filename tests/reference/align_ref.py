@@ -9,14 +9,19 @@ import numpy as np
 
 # -- 3.2 / 3.3: DTW ---------------------------------------------------------------------
 
-def dtw_cost(a, b, src_marker, piv_marker):
-    """Pair cost of source string a and pivot string b."""
+def stripped(a, b, src_marker, piv_marker):
+    """Markers removed; if either becomes empty, the source marker replaced and b raw."""
     aa = a.replace(src_marker, "")
     bb = b.replace(piv_marker, "")
     if len(aa) == 0 or len(bb) == 0:
         aa = a.replace(src_marker, piv_marker)
         bb = b
-    return editdistance.eval(aa, bb)
+    return aa, bb
+
+
+def dtw_cost(a, b, src_marker, piv_marker):
+    """Pair cost of source string a and pivot string b."""
+    return editdistance.eval(*stripped(a, b, src_marker, piv_marker))
 
 
 def dtw(src_strings, piv_strings, src_marker, piv_marker):
@@ -65,11 +70,7 @@ def count_alignments(pairs):
 # -- 4.2: MS map ----------------------------------------------------------------------------
 
 def ms_dist(a, b, src_marker, piv_marker):
-    aa = a.replace(src_marker, "")
-    bb = b.replace(piv_marker, "")
-    if len(aa) == 0 or len(bb) == 0:
-        aa = a.replace(src_marker, piv_marker)
-        bb = b
+    aa, bb = stripped(a, b, src_marker, piv_marker)
     w = 0.1 if (aa in bb or bb in aa) else 1
     return editdistance.eval(aa, bb) * w
 
