@@ -121,6 +121,17 @@ static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, c
     return 0;
 }
 
+/* One DP cell from its diag, up and left neighbours and its cost: ties go to diag, then
+ * left, then up (the first minimum of [diag, left, up]); the move is stored in *move.
+ * Written with selects of computed values so that it compiles to conditional moves. */
+static inline int32_t cell(int32_t dg, int32_t up_v, int32_t left, int32_t cost, uint8_t *move) {
+    int32_t is_up = up_v < dg;
+    int32_t best = is_up ? up_v : dg;
+    int lw = left < best + is_up; /* left beats diag only if smaller, up if not larger */
+    *move = lw ? (uint8_t)MOVE_LEFT : (uint8_t)(is_up ? MOVE_UP : MOVE_DIAG);
+    return (lw ? left : best) + cost;
+}
+
 fc_status fc_alignment_from_path(const int64_t *src_pos, const int64_t *piv_pos, int64_t len,
                                  int64_t m, fc_alignment *out, fc_error *err) {
     out->m = m;
@@ -153,51 +164,44 @@ fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t 
     int64_t *si = malloc((size_t)n * sizeof *si), *pj = malloc((size_t)m * sizeof *pj);
     int64_t *us = NULL, *up = NULL, *path_s = NULL, *path_p = NULL;
     int32_t *cost = NULL, *prev = malloc((size_t)m * 4), *cur = malloc((size_t)m * 4);
-    int32_t *crow = malloc((size_t)m * 4), *thr = malloc((size_t)m * 4);
-    int32_t *via = malloc((size_t)m * 4);
-    uint8_t *tag = malloc((size_t)m);
+    int32_t *crow = malloc((size_t)m * 4), *crow2 = malloc((size_t)m * 4);
+    int32_t *cur2 = malloc((size_t)m * 4);
     uint8_t *dir = malloc((size_t)n * (size_t)m);
     st = FC_ERR_NOMEM;
-    if (!si || !pj || !prev || !cur || !crow || !thr || !via || !tag || !dir) goto done;
+    if (!si || !pj || !prev || !cur || !crow || !crow2 || !cur2 || !dir) goto done;
     int64_t nus = distinct(src_ids, n, si, &us), nup = distinct(pivot_ids, m, pj, &up);
     if (nus < 0 || nup < 0) goto done;
     cost = malloc((size_t)nus * (size_t)nup * sizeof *cost);
     if (!cost || fill_costs(c, us, nus, up, nup, cost)) goto done;
 
-    for (int64_t i = 0; i < n; i++) {
-        const int32_t *ctab = cost + si[i] * nup;
-        for (int64_t j = 0; j < m; j++) crow[j] = ctab[pj[j]];
-        uint8_t *d = dir + i * m;
-        if (i == 0) {
-            cur[0] = crow[0];
-            d[0] = MOVE_DIAG;
-            for (int64_t j = 1; j < m; j++) { cur[j] = crow[j] + cur[j - 1]; d[j] = MOVE_LEFT; }
-        } else {
-            /* pass 1 (vectorisable): the better of diag and up, and whether it is up;
-             * pass 2 (serial in j): left wins iff left < that + is_up (ties go to diag
-             * before left before up), branch-free: thr = that + is_up, via = that + cost */
-            for (int64_t j = 1; j < m; j++) {
-                int32_t dg = prev[j - 1], up_v = prev[j];
-                int32_t is_up = up_v < dg;
-                int32_t b = is_up ? up_v : dg;
-                thr[j] = b + is_up;
-                via[j] = b + crow[j];
-                tag[j] = (uint8_t)(is_up ? MOVE_UP : MOVE_DIAG);
+    /* row 0: only moves left */
+    for (int64_t j = 0; j < m; j++) crow[j] = cost[si[0] * nup + pj[j]];
+    prev[0] = cost[si[0] * nup + pj[0]];
+    dir[0] = MOVE_DIAG;
+    for (int64_t j = 1; j < m; j++) { prev[j] = crow[j] + prev[j - 1]; dir[j] = MOVE_LEFT; }
+    /* then two rows at a time: the second row's serial chain runs beside the first's */
+    for (int64_t i = 1; i < n; i += 2) {
+        int two = i + 1 < n;
+        const int32_t *ca = cost + si[i] * nup, *cb = cost + si[two ? i + 1 : i] * nup;
+        for (int64_t j = 0; j < m; j++) crow[j] = ca[pj[j]], crow2[j] = cb[pj[j]];
+        uint8_t *da = dir + i * m, *db = dir + (i + 1) * m;
+        int32_t la = crow[0] + prev[0], lb = crow2[0] + la;
+        cur[0] = la, cur2[0] = lb;
+        da[0] = MOVE_UP;
+        if (two) db[0] = MOVE_UP;
+        for (int64_t j = 1; j < m; j++) {
+            int32_t dg = prev[j - 1], up_v = prev[j];
+            int32_t va = cell(dg, up_v, la, crow[j], da + j);
+            if (two) {
+                int32_t vb = cell(la, va, lb, crow2[j], db + j);
+                cur2[j] = lb = vb;
             }
-            cur[0] = crow[0] + prev[0];
-            d[0] = MOVE_UP;
-            int32_t left = cur[0];
-            for (int64_t j = 1; j < m; j++) {
-                int32_t from_left = left + crow[j], other = via[j];
-                int lw = left < thr[j];
-                d[j] = lw ? (uint8_t)MOVE_LEFT : tag[j];
-                left = lw ? from_left : other; /* both computed: a conditional move */
-                cur[j] = left;
-            }
+            cur[j] = la = va;
         }
-        int32_t *t = prev; prev = cur; cur = t;
+        int32_t *t = prev;
+        if (two) { prev = cur2; cur2 = t; }
+        else { prev = cur; cur = t; }
     }
-
     /* backtrack; the path has at most n + m - 1 cells */
     path_s = malloc((size_t)(n + m) * sizeof *path_s);
     path_p = malloc((size_t)(n + m) * sizeof *path_p);
@@ -222,7 +226,7 @@ done:
                  (long long)m);
 finish:
     free(si); free(pj); free(us); free(up); free(cost); free(prev); free(cur); free(crow);
-    free(thr); free(via); free(tag);
+    free(crow2); free(cur2);
     free(dir); free(path_s); free(path_p);
     return st;
 }
