@@ -55,14 +55,13 @@ void fc_lev_pack_init(fc_lev_pack *p, const uint32_t *const *a, const int64_t *l
     p->n_other = 0;
     p->width = width;
     p->count = count;
-    p->top = p->seg_high = p->seg_low = 0;
+    p->seg_high = p->seg_low = 0;
     for (int s = 0; s < 64 / width; s++) {
         p->seg_high |= 1ull << (s * width + width - 1);
         p->seg_low |= 1ull << (s * width);
     }
     for (int k = 0; k < count; k++) {
         p->len[k] = (int)len[k];
-        p->top |= 1ull << (k * width + len[k] - 1);
         for (int64_t i = 0; i < len[k]; i++) {
             uint64_t bit = 1ull << (k * width + i);
             uint32_t c = a[k][i];
@@ -76,10 +75,8 @@ void fc_lev_pack_init(fc_lev_pack *p, const uint32_t *const *a, const int64_t *l
 }
 
 void fc_lev_pack_dist(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32_t *out) {
-    const uint64_t H = p->seg_high, L = p->seg_low, top = p->top;
+    const uint64_t H = p->seg_high, L = p->seg_low;
     uint64_t pv = ~0ull, mv = 0;
-    int32_t score[8];
-    for (int k = 0; k < p->count; k++) score[k] = p->len[k];
     for (int64_t i = 0; i < nt; i++) {
         uint32_t c = t[i];
         uint64_t eq = 0;
@@ -92,16 +89,14 @@ void fc_lev_pack_dist(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32
         uint64_t xh = (sum ^ pv) | eq;
         uint64_t ph = mv | ~(xh | pv);
         uint64_t mh = pv & xh;
-        uint64_t pt = ph & top, mt = mh & top;
-        if (pt | mt)
-            for (int k = 0; k < p->count; k++) {
-                int b = k * p->width + p->len[k] - 1;
-                score[k] += (int32_t)((pt >> b) & 1) - (int32_t)((mt >> b) & 1);
-            }
         ph = ((ph << 1) & ~L) | L; /* each segment's row 0 grows by one */
         mh = (mh << 1) & ~L;
         pv = mh | ~(xv | ph);
         mv = ph & xv;
     }
-    for (int k = 0; k < p->count; k++) out[k] = score[k];
+    /* D[len][nt] = D[0][nt] + the vertical deltas of the last column = nt + #(+1) - #(-1) */
+    for (int k = 0; k < p->count; k++) {
+        uint64_t seg = ((p->len[k] == 64 ? 0 : (1ull << p->len[k])) - 1) << (k * p->width);
+        out[k] = (int32_t)nt + __builtin_popcountll(pv & seg) - __builtin_popcountll(mv & seg);
+    }
 }

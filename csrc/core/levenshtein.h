@@ -60,7 +60,6 @@ typedef struct fc_lev_pack {
     int      n_other;
     int      width, count;
     int      len[8];
-    uint64_t top;                 /* bit len-1 of every segment */
     uint64_t seg_high, seg_low;   /* bit width-1 / bit 0 of every segment */
 } fc_lev_pack;
 
