@@ -126,10 +126,35 @@ static int64_t group_member(const side *g, int64_t first, int64_t k) {
     }
 }
 
-static int cmp_pair(const void *a, const void *b) {
-    const int64_t *x = a, *y = b;
-    if (x[1] != y[1]) return x[1] < y[1] ? -1 : 1;
-    return x[0] < y[0] ? -1 : x[0] > y[0];
+/* Pairs (source, pivot) sorted by pivot then source, duplicates removed, in O(pairs + m):
+ * a counting sort by pivot position, then an insertion sort inside each pivot's (short,
+ * nearly sorted) list. */
+static int sort_pairs(const int64_t *pairs, int64_t np, int64_t m, int64_t *ps, int64_t *pp,
+                      int64_t *out_len) {
+    int64_t *start = calloc((size_t)m + 1, sizeof *start);
+    if (!start) return -1;
+    for (int64_t k = 0; k < np; k++) start[pairs[2 * k + 1] + 1]++;
+    for (int64_t j = 0; j < m; j++) start[j + 1] += start[j];
+    for (int64_t k = 0; k < np; k++) {
+        int64_t j = pairs[2 * k + 1];
+        int64_t at = start[j]++;
+        ps[at] = pairs[2 * k];
+        pp[at] = j;
+    }
+    int64_t len = 0, lo = 0;
+    for (int64_t j = 0; j < m; j++) { /* start[j] is now the end of j's list */
+        int64_t hi = start[j];
+        for (int64_t a = lo + 1; a < hi; a++)
+            for (int64_t b = a; b > lo && ps[b - 1] > ps[b]; b--) {
+                int64_t t = ps[b]; ps[b] = ps[b - 1]; ps[b - 1] = t;
+            }
+        for (int64_t a = lo; a < hi; a++)
+            if (a == lo || ps[a] != ps[a - 1]) ps[len] = ps[a], pp[len] = j, len++;
+        lo = hi;
+    }
+    free(start);
+    *out_len = len;
+    return 0;
 }
 
 fc_status fc_align_offsets(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t n,
@@ -225,15 +250,10 @@ fc_status fc_align_offsets(const fc_align_ctx_t *c, const int64_t *src_ids, int6
         while (i < n && (s.start[i] < c || (s.start[i] == c && s.start[i] == s.end[i]))) i++;
         while (j < m && (p.start[j] < c || (p.start[j] == c && p.start[j] == p.end[j]))) j++;
     }
-    qsort(pairs, (size_t)np, 2 * sizeof(int64_t), cmp_pair);
-    ps = malloc((size_t)np * sizeof *ps);
-    pp = malloc((size_t)np * sizeof *pp);
-    if (!ps || !pp) goto nomem;
+    ps = malloc((size_t)(np ? np : 1) * sizeof *ps);
+    pp = malloc((size_t)(np ? np : 1) * sizeof *pp);
     int64_t k2 = 0;
-    for (int64_t k = 0; k < np; k++) {
-        if (k2 && ps[k2 - 1] == pairs[2 * k] && pp[k2 - 1] == pairs[2 * k + 1]) continue;
-        ps[k2] = pairs[2 * k], pp[k2] = pairs[2 * k + 1], k2++;
-    }
+    if (!ps || !pp || sort_pairs(pairs, np, m, ps, pp, &k2)) goto nomem;
     st = fc_alignment_from_path(ps, pp, k2, m, out, err);
     free(s.start); free(p.start); free(pairs); free(ps); free(pp);
     return st;
