@@ -42,7 +42,8 @@ static int64_t distinct(const int64_t *ids, int64_t n, int64_t *slot_of, int64_t
 /* one cost, from the pattern of source token s (prepared by the caller when short) */
 static int64_t pair_cost(const fc_align_ctx_t *c, int64_t s, int64_t p, const fc_lev_pattern *ps1,
                          const fc_lev_pattern *ps2) {
-    const u32_strings *ss = &c->src_strip, *sr = &c->src_repl, *pst = &c->piv_strip, *pr = &c->piv_raw;
+    const u32_strings *ss = &c->src_strip, *sr = &c->src_repl;
+    const u32_strings *pst = &c->piv_strip, *pr = &c->piv_raw;
     int64_t n1 = LEN(ss, s), n2 = LEN(sr, s), np1 = LEN(pst, p);
     if (n1 > 0 && np1 > 0) {
         const uint32_t *t = pst->data + pst->off[p];
@@ -98,7 +99,8 @@ static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, c
                 } else {
                     for (int k = 0; k < cnt; k++) {
                         int64_t s = us[rows[k]], n2 = LEN(sr, s);
-                        if (n2 <= FC_LEV_WORD) fc_lev_pattern_init(&pat_repl, sr->data + sr->off[s], (int)n2);
+                        if (n2 <= FC_LEV_WORD)
+                            fc_lev_pattern_init(&pat_repl, sr->data + sr->off[s], (int)n2);
                         int64_t v = pair_cost(c, s, p, NULL, &pat_repl);
                         if (v < 0) { free(order); return -1; }
                         cost[rows[k] * nup + b] = (int32_t)v;
@@ -108,7 +110,8 @@ static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, c
             continue;
         }
         int64_t s = us[a0], n1 = LEN(ss, s), n2 = LEN(sr, s);
-        if (n1 > 0 && n1 <= FC_LEV_WORD) fc_lev_pattern_init(&pat_strip, ss->data + ss->off[s], (int)n1);
+        if (n1 > 0 && n1 <= FC_LEV_WORD)
+            fc_lev_pattern_init(&pat_strip, ss->data + ss->off[s], (int)n1);
         if (n2 <= FC_LEV_WORD) fc_lev_pattern_init(&pat_repl, sr->data + sr->off[s], (int)n2);
         for (int64_t b = 0; b < nup; b++) {
             int64_t v = pair_cost(c, s, up[b], &pat_strip, &pat_repl);

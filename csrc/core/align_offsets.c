@@ -177,11 +177,13 @@ fc_status fc_align_offsets(const fc_align_ctx_t *c, const int64_t *src_ids, int6
     int64_t bad_i = 0, bad_j = 0;
     int rc = -1;
     fc_buf sb = {0}, pb = {0};
-    int64_t *s_at = malloc((size_t)(n + 1) * sizeof *s_at), *p_at = malloc((size_t)(m + 1) * sizeof *p_at);
+    int64_t *s_at = malloc((size_t)(n + 1) * sizeof *s_at);
+    int64_t *p_at = malloc((size_t)(m + 1) * sizeof *p_at);
     uint8_t *sm = NULL, *pm = NULL;
     if (s_at && p_at && !flatten(&s, &sb, s_at) && !flatten(&p, &pb, p_at)
         && (sm = calloc(sb.len + 1, 1)) && (pm = calloc(pb.len + 1, 1)))
-        rc = match_bytes(sb.data, (int64_t)sb.len, pb.data, (int64_t)pb.len, sm, pm, &bad_i, &bad_j);
+        rc = match_bytes(sb.data, (int64_t)sb.len, pb.data, (int64_t)pb.len, sm, pm, &bad_i,
+                         &bad_j);
     if (rc == 0) {
         spans(&s, s_at, sm);
         spans(&p, p_at, pm);
@@ -236,15 +238,22 @@ fc_status fc_align_offsets(const fc_align_ctx_t *c, const int64_t *src_ids, int6
         if (gs[1] && gp[1]) {
             for (int64_t k = 0; k < gs[1] || k < gp[1]; k++) {
                 int64_t x = k < gs[1] ? k : gs[1] - 1, y = k < gp[1] ? k : gp[1] - 1;
-                pairs[2 * np] = group_member(&s, gs[0], x), pairs[2 * np + 1] = group_member(&p, gp[0], y);
+                pairs[2 * np] = group_member(&s, gs[0], x);
+                pairs[2 * np + 1] = group_member(&p, gp[0], y);
                 np++;
             }
         } else if (gs[1]) {
-            for (int64_t k = 0; k < gs[1]; k++)
-                pairs[2 * np] = group_member(&s, gs[0], k), pairs[2 * np + 1] = covering(&p, &cp, c), np++;
+            for (int64_t k = 0; k < gs[1]; k++) {
+                pairs[2 * np] = group_member(&s, gs[0], k);
+                pairs[2 * np + 1] = covering(&p, &cp, c);
+                np++;
+            }
         } else {
-            for (int64_t k = 0; k < gp[1]; k++)
-                pairs[2 * np] = covering(&s, &cs, c), pairs[2 * np + 1] = group_member(&p, gp[0], k), np++;
+            for (int64_t k = 0; k < gp[1]; k++) {
+                pairs[2 * np] = covering(&s, &cs, c);
+                pairs[2 * np + 1] = group_member(&p, gp[0], k);
+                np++;
+            }
         }
         /* move past both groups */
         while (i < n && (s.start[i] < c || (s.start[i] == c && s.start[i] == s.end[i]))) i++;

@@ -117,7 +117,8 @@ static fc_status collect_pieces(parse_ctx *c, const cJSON *model, fc_vocab_model
         cJSON_ArrayForEach(it, added) {
             int64_t id = 0;
             id_of(fc_json_get(it, "id"), &id);
-            const cJSON *content = fc_json_get(it, "content"), *special = fc_json_get(it, "special");
+            const cJSON *content = fc_json_get(it, "content");
+            const cJSON *special = fc_json_get(it, "special");
             if (!cJSON_IsString(content))
                 return bad(c, "added_token_bad_content", "field %s must be a string",
                            "added_tokens[].content");
@@ -558,8 +559,12 @@ const uint8_t *fc_vocab_flags(const fc_vocab_t *v) { return v->flags; }
 int64_t fc_vocab_role(const fc_vocab_t *v, fc_role r) {
     return (unsigned)r < FC_ROLE_COUNT ? v->roles[r] : -1;
 }
-fc_strings fc_vocab_pieces(const fc_vocab_t *v) { return (fc_strings){v->pieces.data, v->piece_off}; }
-fc_strings fc_vocab_decoded(const fc_vocab_t *v) { return (fc_strings){v->decoded.data, v->dec_off}; }
+fc_strings fc_vocab_pieces(const fc_vocab_t *v) {
+    return (fc_strings){v->pieces.data, v->piece_off};
+}
+fc_strings fc_vocab_decoded(const fc_vocab_t *v) {
+    return (fc_strings){v->decoded.data, v->dec_off};
+}
 fc_strings fc_vocab_canonical(const fc_vocab_t *v) {
     return (fc_strings){v->canonical.data, v->can_off};
 }

@@ -173,12 +173,14 @@ static fc_status map_ms(const fc_vocab_t *src, const fc_vocab_t *piv, const fc_c
     uint32_t *ua = malloc(room * sizeof *ua), *ub = malloc(room * sizeof *ub);
     fc_buf aa = {0}, bb = {0};
     fc_status st = FC_OK;
-    if (!pid || !sid || !cnt || !ua || !ub || fc_buf_reserve(&aa, room) || fc_buf_reserve(&bb, room)) {
+    if (!pid || !sid || !cnt || !ua || !ub || fc_buf_reserve(&aa, room)
+        || fc_buf_reserve(&bb, room)) {
         st = fc_error_set(err, FC_ERR_NOMEM, "out of memory in the MS map");
         goto done;
     }
     if ((st = fc_counts_export(counts, 1, pid, sid, cnt, err))) goto done;
-    int64_t fallback = piv->roles[FC_ROLE_UNK] >= 0 ? piv->roles[FC_ROLE_UNK] : piv->roles[FC_ROLE_EOS];
+    int64_t fallback = piv->roles[FC_ROLE_UNK] >= 0 ? piv->roles[FC_ROLE_UNK]
+                                                    : piv->roles[FC_ROLE_EOS];
     for (int64_t s = 0; s < src->V; s++) out[s] = (int32_t)fallback;
     for (int64_t k = 0; k < nnz;) {
         int64_t s = sid[k], e = k;

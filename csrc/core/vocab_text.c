@@ -172,10 +172,14 @@ static int apply_step(const dec_step *st, fc_buf *s) {
     }
     case DEC_STRIP: {
         size_t cl = strlen(st->a), lo = 0, hi = s->len;
-        for (int k = 0; k < st->n1 && cl && hi - lo >= cl && memcmp(s->data + lo, st->a, cl) == 0; k++)
+        for (int k = 0; k < st->n1 && cl && hi - lo >= cl; k++) {
+            if (memcmp(s->data + lo, st->a, cl) != 0) break;
             lo += cl;
-        for (int k = 0; k < st->n2 && cl && hi - lo >= cl && memcmp(s->data + hi - cl, st->a, cl) == 0; k++)
+        }
+        for (int k = 0; k < st->n2 && cl && hi - lo >= cl; k++) {
+            if (memcmp(s->data + hi - cl, st->a, cl) != 0) break;
             hi -= cl;
+        }
         rc = fc_buf_append(&t, s->data + lo, hi - lo);
         break;
     }

@@ -40,7 +40,7 @@ typedef enum fc_vocab_model {
 /* How pieces spell text (decides the canonical bytes). */
 typedef enum fc_vocab_style {
     FC_STYLE_BYTELEVEL = 1, /* GPT-2 byte-to-glyph alphabet (GPT-2, Llama-3, Qwen2) */
-    FC_STYLE_METASPACE = 2, /* a replacement char (U+2581) for spaces, <0xNN> bytes (SentencePiece) */
+    FC_STYLE_METASPACE = 2, /* U+2581 for spaces, <0xNN> bytes (SentencePiece style) */
     FC_STYLE_WORDPIECE = 3, /* words are pieces, continuations carry a prefix ("##") */
     FC_STYLE_PLAIN     = 4, /* pieces are the text itself */
 } fc_vocab_style;

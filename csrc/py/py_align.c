@@ -218,7 +218,8 @@ static PyObject *py_align(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOii", &cap, &so, &po, &method, &fallback)) return NULL;
     fc_align_ctx_t *ctx = get_ctx(cap);
     if (!ctx) return NULL;
-    PyArrayObject *s = as_array(so, NPY_INT64, 1, "src_ids"), *p = s ? as_array(po, NPY_INT64, 1, "pivot_ids") : NULL;
+    PyArrayObject *s = as_array(so, NPY_INT64, 1, "src_ids");
+    PyArrayObject *p = s ? as_array(po, NPY_INT64, 1, "pivot_ids") : NULL;
     if (!p) { Py_XDECREF(s); return NULL; }
     fc_alignment al;
     fc_error err;
@@ -345,7 +346,8 @@ static PyObject *py_counts_export(PyObject *self, PyObject *args) {
     fc_error err;
     fc_error_clear(&err);
     if (fc_counts_export(c, by_source, PyArray_DATA((PyArrayObject *)p),
-                         PyArray_DATA((PyArrayObject *)s), PyArray_DATA((PyArrayObject *)v), &err)) {
+                         PyArray_DATA((PyArrayObject *)s), PyArray_DATA((PyArrayObject *)v),
+                         &err)) {
         fc_py_raise(&err);
         goto fail;
     }
@@ -395,8 +397,10 @@ static PyObject *py_align_distributions(PyObject *self, PyObject *args) {
     PyArrayObject *s = NULL, *p = NULL, *ip = NULL, *ix = NULL, *ti = NULL, *tl = NULL;
     PyArrayObject *em = NULL, *mp = NULL;
     PyObject *offs = NULL, *ids = NULL, *lg = NULL, *ret = NULL;
-    if (!(s = as_array(so, NPY_INT64, 1, "src_ids")) || !(p = as_array(po, NPY_INT64, 1, "pivot_ids"))
-        || !(ip = as_array(ipo, NPY_INT64, 1, "indptr")) || !(ix = as_array(ixo, NPY_INT64, 1, "indices"))
+    if (!(s = as_array(so, NPY_INT64, 1, "src_ids"))
+        || !(p = as_array(po, NPY_INT64, 1, "pivot_ids"))
+        || !(ip = as_array(ipo, NPY_INT64, 1, "indptr"))
+        || !(ix = as_array(ixo, NPY_INT64, 1, "indices"))
         || !(ti = as_array(tio, NPY_INT64, 2, "topk_ids"))
         || !(tl = as_array(tlo, NPY_FLOAT32, 2, "topk_logits"))
         || !(em = as_array(emo, NPY_INT32, 1, "effective map"))
