@@ -55,13 +55,14 @@ void fc_lev_pack_init(fc_lev_pack *p, const uint32_t *const *a, const int64_t *l
     p->n_other = 0;
     p->width = width;
     p->count = count;
-    p->seg_high = p->seg_low = 0;
+    p->seg_high = p->seg_low = p->len_mask = 0;
     for (int s = 0; s < 64 / width; s++) {
         p->seg_high |= 1ull << (s * width + width - 1);
         p->seg_low |= 1ull << (s * width);
     }
     for (int k = 0; k < count; k++) {
         p->len[k] = (int)len[k];
+        p->len_mask |= ((1ull << len[k]) - 1) << (k * width);
         for (int64_t i = 0; i < len[k]; i++) {
             uint64_t bit = 1ull << (k * width + i);
             uint32_t c = a[k][i];
@@ -72,6 +73,13 @@ void fc_lev_pack_init(fc_lev_pack *p, const uint32_t *const *a, const int64_t *l
             p->other_mask[q] |= bit;
         }
     }
+}
+
+/* every byte of the result = the number of set bits in that byte of x */
+static inline uint64_t byte_popcounts(uint64_t x) {
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    return (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
 }
 
 void fc_lev_pack_dist(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32_t *out) {
@@ -94,9 +102,15 @@ void fc_lev_pack_dist(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32
         pv = mh | ~(xv | ph);
         mv = ph & xv;
     }
-    /* D[len][nt] = D[0][nt] + the vertical deltas of the last column = nt + #(+1) - #(-1) */
+    /* D[len][nt] = D[0][nt] + the vertical deltas of the last column = nt + #(+1) - #(-1),
+     * counted for all segments at once (SWAR popcount per byte, then per 16 bits) */
+    uint64_t cp = byte_popcounts(pv & p->len_mask), cm = byte_popcounts(mv & p->len_mask);
+    if (p->width == 16) {
+        cp = (cp + (cp >> 8)) & 0x00ff00ff00ff00ffull;
+        cm = (cm + (cm >> 8)) & 0x00ff00ff00ff00ffull;
+    }
     for (int k = 0; k < p->count; k++) {
-        uint64_t seg = ((p->len[k] == 64 ? 0 : (1ull << p->len[k])) - 1) << (k * p->width);
-        out[k] = (int32_t)nt + __builtin_popcountll(pv & seg) - __builtin_popcountll(mv & seg);
+        int sh = k * p->width;
+        out[k] = (int32_t)nt + (int32_t)((cp >> sh) & 0xff) - (int32_t)((cm >> sh) & 0xff);
     }
 }

@@ -61,6 +61,7 @@ typedef struct fc_lev_pack {
     int      width, count;
     int      len[8];
     uint64_t seg_high, seg_low;   /* bit width-1 / bit 0 of every segment */
+    uint64_t len_mask;            /* the bits of every pattern */
 } fc_lev_pack;
 
 /* count <= 64 / width patterns, each of length 1..width */
