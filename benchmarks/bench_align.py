@@ -129,7 +129,7 @@ def main():
     rng = np.random.default_rng(0)
     big_vocab, big_text = (8000, 5_000_000) if args.quick else (150_000, 60_000_000)
     twin_rows, twin_len = (3, 96) if args.quick else (4, 1024)
-    n_rows = 40 if args.quick else 400
+    n_rows, turns = (40, 4) if args.quick else (400, 8)
 
     print("machine:", machine())
     pivot_dir = F.mistral()
@@ -139,9 +139,12 @@ def main():
     stok = tokenizers.Tokenizer.from_file(os.path.join(src_dir, "tokenizer.json"))
     print(f"pivot: Mistral SentencePiece, {len(pv)} tokens; source: byte-level BPE, {len(sv)} tokens")
 
-    rows = chats(n_rows, 4, rng)
-    piv = [encode_chat(ptok, r, pv.roles["eos"], pv.roles["bos"]) for r in rows]
-    src = [encode_chat(stok, r, sv.find("<|im_end|>")) for r in rows]
+    rows = chats(n_rows, turns, rng)
+    # token ids as int64 arrays, as a TopK store holds them (the twin gets Python lists)
+    piv = [np.asarray(encode_chat(ptok, r, pv.roles["eos"], pv.roles["bos"]), dtype=np.int64)
+           for r in rows]
+    src = [np.asarray(encode_chat(stok, r, sv.find("<|im_end|>")), dtype=np.int64)
+           for r in rows]
     mean_n = float(np.mean([len(s) for s in src]))
     mean_m = float(np.mean([len(p) for p in piv]))
     print(f"{n_rows} chat rows, mean length source {mean_n:.0f}, pivot {mean_m:.0f} tokens")
@@ -153,7 +156,8 @@ def main():
     twin_s, c_s, cells = 0.0, 0.0, 0
     for s, p in zip(src[:twin_rows], piv[:twin_rows]):
         s, p = s[:twin_len], p[:twin_len]
-        t, want = timed(lambda: R.dtw([sdec[i] for i in s], [pdec[i] for i in p], sv.marker,
+        sl, pl = s.tolist(), p.tolist()
+        t, want = timed(lambda: R.dtw([sdec[i] for i in sl], [pdec[i] for i in pl], sv.marker,
                                       pv.marker))
         twin_s += t
         t, got = timed(lambda: align.align(s, p, sv, pv, method="dtw"), repeat=5)
@@ -203,7 +207,7 @@ def main():
     print(f"95k rows: reference ~{results['ref_core_h']:.0f} core-hours (2 x 2048^2 cells per "
           f"row in Python), fusechat DTW {results['ours_core_min']:.1f} core-minutes "
           f"({ref_row / ours_row:.0f}x), offsets {results['offsets_core_s']:.1f} core-seconds")
-    results.update(mean_n=mean_n, mean_m=mean_m, vs=len(sv), vp=len(pv), rows=n_rows,
+    results.update(mean_n=mean_n, mean_m=mean_m, vs=len(sv), vp=len(pv), rows=n_rows, turns=turns,
                    twin_rows=twin_rows, twin_len=twin_len, ref_vs_ours=ref_row / ours_row)
     if not args.quick and not args.no_write:
         write_doc(results)
@@ -218,7 +222,7 @@ Machine: {machine()}; {datetime.date.today().isoformat()}; measured while other 
 the machine, so absolute times are pessimistic; ratios are measured side by side in one run.
 Pivot: Mistral's 32k SentencePiece model ({r['vp']} ids, from mistral-common); source: a
 byte-level BPE of {r['vs']} tokens trained with `tokenizers` (Qwen-like). Inputs: {r['rows']}
-openchat_3.5-style 4-turn conversations (mean {r['mean_n']:.0f} source / {r['mean_m']:.0f}
+openchat_3.5-style {r['turns']}-turn conversations (mean {r['mean_n']:.0f} source / {r['mean_m']:.0f}
 pivot tokens), unpadded.
 
 | measurement | result | goal |
