@@ -1,5 +1,6 @@
 """fusechat.align against the pure-Python twin of the reference (tests/reference/align_ref.py)
 on real tokenizers, plus properties of the offsets alignment."""
+import json
 import os
 
 import editdistance
@@ -329,17 +330,27 @@ def test_em_and_mined_maps_match_twin(src_kind, piv_kind):
     assert with_roles.tolist() == want_roles
 
 
-def test_same_vocab_maps_identity_and_roles():
+def test_same_vocab_maps_identity_and_roles(tmp_path):
     path = F.bytelevel_bpe()
     a = Vocab.from_pretrained(path)
     b = Vocab.from_tokenizer(tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json")))
-    assert a.same_as(b)
-    m = align.vocab_map(b, a, "mined")
-    assert m.tolist() == list(range(len(a)))  # b has no roles: pure identity
-    # a source whose eos is its end of turn maps onto the pivot's end of turn
-    m = align.vocab_map(a, a, "em")
-    assert m[a.roles["eos"]] == a.roles["eot"] or a.roles["eos"] == a.roles["eot"] or \
-        m[a.roles["eos"]] == a.roles["eos"]
+    assert a.same_as(b) and b.same_as(a)
+    assert align.vocab_map(b, a, "mined").tolist() == list(range(len(a)))  # b has no roles
+    assert align.vocab_map(a, a, "em").tolist() == list(range(len(a)))
+    # a source without an end-of-turn token (its eos ends turns, like Mixtral's </s>):
+    # roles "all" sends its eos to the pivot's end of turn, "reference" to the pivot's eos
+    j = json.loads(open(os.path.join(path, "tokenizer.json"), encoding="utf-8").read())
+    for t in j["added_tokens"]:
+        if t["content"] == "<|im_end|>":
+            t["content"] = "<|im_stop|>"
+    j["model"]["vocab"]["<|im_stop|>"] = j["model"]["vocab"].pop("<|im_end|>")
+    (tmp_path / "tokenizer.json").write_text(json.dumps(j), encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
+    src = Vocab.from_pretrained(tmp_path)
+    assert src.roles["eot"] == src.roles["eos"] and not src.same_as(a)
+    assert a.roles["eot"] != a.roles["eos"]
+    assert align.vocab_map(src, a, "em")[src.roles["eos"]] == a.roles["eot"]
+    assert align.vocab_map(src, a, "em", roles="reference")[src.roles["eos"]] == a.roles["eos"]
 
 
 # -- distributions ------------------------------------------------------------------------------
