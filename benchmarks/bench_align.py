@@ -215,6 +215,8 @@ def main():
 
 def write_doc(r):
     path = os.path.join(ROOT, "docs", "benchmarks.md")
+    verdict = ("The 1000x goal for DTW on identical inputs is met." if r["dtw_ratio"] >= 1000 else
+               f"The 1000x goal for DTW on identical inputs is **not** met ({r['dtw_ratio']:.0f}x).")
     title = "## Token alignment (benchmarks/bench_align.py)"
     body = f"""{title}
 
@@ -241,6 +243,15 @@ pivot tokens), unpadded.
 The corpus estimate multiplies the measured per-cell cost of the Python twin by the
 reference's padded grids (2048 x 2048, computed in the token pass and again in the
 distribution pass) and our measured per-row time by 95k rows of the benchmark's mean length.
+
+{verdict} The C DTW spends about half its time in the DP
+(a serial chain per row: two rows are interleaved, moves are recorded as the cells are
+computed) and half in the edit distances of the distinct token pairs (bit-parallel, up to
+8 pairs per 64-bit word). Exact pruning does not help here: with the optimum itself as the
+bound, 70-80% of the cells of real rows stay below it (measured on 300 x 300 rows). The
+Python twin's cost per cell varies with the machine's load (1.1-3 us/cell in our runs), so
+the ratio moves with it; the corpus-level gain comes mostly from not padding and not
+aligning twice.
 """
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
     start = text.find(title)
