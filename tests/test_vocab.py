@@ -219,3 +219,16 @@ def test_marker_override_and_errors():
         Vocab.from_pretrained(F.unigram(), marker="")
     with pytest.raises(IndexError):
         v.piece(len(v))
+
+
+def test_mistral_decode_matches_sentencepiece_slow_path():
+    """The reference decoded with slow (sentencepiece) tokenizers. Every non-special id agrees
+    with sentencepiece except <0x20>: the fast decoder chain strips the space it decodes to
+    (its Strip step), sentencepiece keeps it; encodings use '▁' for spaces, not <0x20>."""
+    spm = pytest.importorskip("sentencepiece")
+    sp = spm.SentencePieceProcessor(
+        model_file=os.path.join(F.package_dir("mistral_common"), "data", "tokenizer.model.v1"))
+    v = Vocab.from_pretrained(F.mistral())
+    differ = [v.piece(i) for i in range(len(v))
+              if not v.is_special(i) and v.decoded(i) != sp.decode([i])]
+    assert differ == ["<0x20>"]
