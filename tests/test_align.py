@@ -222,6 +222,19 @@ def test_offsets_properties_on_generated_text(text, specials):
     check_complete_monotone(al, len(s), len(p))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=60),
+       st.lists(st.integers(0, 10**6), min_size=1, max_size=60))
+def test_dtw_properties_on_random_ids(a, b):
+    """DTW: every position of both sides aligned, monotone, the ends paired."""
+    sv, pv = load("unigram")[0], load("mistral")[0]
+    s = [x % len(sv) for x in a]
+    p = [x % len(pv) for x in b]
+    al = align.align(s, p, sv, pv)
+    check_complete_monotone(al, len(s), len(p))
+    assert al.lists()[0][0] == 0 and al.lists()[-1][-1] == len(s) - 1
+
+
 def test_align_batch_matches_single_and_ragged():
     sv, pv = load("mistral")[0], load("bytelevel")[0]
     texts = F.sample_texts()[:20]
