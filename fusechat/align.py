@@ -301,9 +301,9 @@ def _effective_map(src_vocab, pivot_vocab, mode, vmap, roles):
     With roles "all" (the default for EM and MinED) role tokens follow the map's roles."""
     if roles is None:
         roles = "reference" if mode == "ms" else "all"
-    direct = _C.vocab_map(src_vocab._h, pivot_vocab._h, MAP_MODES["em"], None, -1, 0)
+    direct = _direct_map(src_vocab, pivot_vocab)
     if mode == "em":
-        eff = direct
+        eff = direct.copy()
     elif mode == "mined":
         eff = vmap.copy()
     else:
@@ -313,6 +313,17 @@ def _effective_map(src_vocab, pivot_vocab, mode, vmap, roles):
             if i is not None and pivot_vocab.roles.get(name) is not None:
                 eff[i] = vmap[i]
     return eff
+
+
+def _direct_map(src_vocab, pivot_vocab):
+    """The exact-piece map without roles, computed once per vocabulary pair (read-only)."""
+    key = ("direct", id(pivot_vocab))
+    entry = src_vocab._contexts.get(key)
+    if entry is None or entry[0] is not pivot_vocab:
+        direct = _C.vocab_map(src_vocab._h, pivot_vocab._h, MAP_MODES["em"], None, -1, 0)
+        direct.setflags(write=False)
+        entry = src_vocab._contexts[key] = (pivot_vocab, direct)
+    return entry[1]
 
 
 def _check_map(vmap, src_vocab):
@@ -348,7 +359,8 @@ def align_distributions(src_topk_ids, src_topk_logits, pivot_ids, src_ids, align
     float32) aligned to the pivot positions, per ``method.md`` section 5: MAP / ONEHOT /
     EMPTY with duplicate pivot ids keeping the highest logit. ``mode``: ``"ms"`` (endswith
     rules, 1-n positions by segmentation, ``multi="onehot"`` to one-hot them instead),
-    ``"em"`` or ``"mined"`` (1-1 positions only). Returns :class:`Distributions`."""
+    ``"em"`` or ``"mined"`` (1-1 positions only). Returns :class:`Distributions`.
+    Over a corpus use :func:`align_distributions_batch`, which prepares the maps once."""
     dmode, dmulti = _dist_args(mode, multi)
     src = _ids(src_ids, "src_ids")
     piv = _ids(pivot_ids, "pivot_ids")

@@ -166,10 +166,15 @@ class Vocab:
 
     def same_as(self, other):
         """True if every id of this vocabulary has the other's piece at the same id."""
-        return bool(_C.vocab_same(self._h, other._h))
+        key = ("same", id(other))
+        entry = self._contexts.get(key)
+        if entry is None or entry[0] is not other:
+            entry = self._contexts[key] = (other, bool(_C.vocab_same(self._h, other._h)))
+        return entry[1]
 
     def _context(self, pivot):
-        """The C alignment context for (self as source, pivot), built once."""
+        """The C alignment context for (self as source, pivot), built once (vocabularies are
+        immutable, so per-pair results are cached in self._contexts)."""
         entry = self._contexts.get(id(pivot))
         if entry is None or entry[0] is not pivot:
             entry = self._contexts[id(pivot)] = (pivot, _C.align_ctx(self._h, pivot._h))
