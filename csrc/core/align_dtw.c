@@ -90,12 +90,13 @@ static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, c
                 o++;
             }
             fc_lev_pack_init(&pack, pats, lens, cnt, width);
-            int32_t d[8];
+            int32_t d[8], *row[8];
+            for (int k = 0; k < cnt; k++) row[k] = cost + rows[k] * nup;
             for (int64_t b = 0; b < nup; b++) {
                 int64_t p = up[b];
                 if (LEN(pst, p) > 0) {
                     fc_lev_pack_dist(&pack, pst->data + pst->off[p], LEN(pst, p), d);
-                    for (int k = 0; k < cnt; k++) cost[rows[k] * nup + b] = d[k];
+                    for (int k = 0; k < cnt; k++) row[k][b] = d[k];
                 } else {
                     for (int k = 0; k < cnt; k++) {
                         int64_t s = us[rows[k]], n2 = LEN(sr, s);
