@@ -4,19 +4,21 @@ Stage 1 (pairwise knowledge fusion): extract each model's top-K next-token distr
 align tokens and vocabularies to the pivot model, fuse per sequence (MinCE) and fine-tune
 the pivot with a sparse fusion loss. Stage 2: merge the resulting models (SCE, TIES, ...).
 
-Submodules: ``fusechat.safetensors`` (checkpoint I/O), ``fusechat.loss`` (the fused sparse
-fusion loss and top-K extraction on NumPy arrays), ``fusechat.fuse`` (MinCE/AvgCE fusion),
-``fusechat.torch`` (the loss for PyTorch; imports torch, which fusechat otherwise never
-needs). The C core is ``fusechat._C``; CUDA kernels, when built, are ``fusechat._C_cuda``
-(see ``cuda_available()``).
+Submodules: ``fusechat.safetensors`` (checkpoint I/O), ``fusechat.align`` (token and
+vocabulary alignment; ``fusechat.Vocab`` reads tokenizers), ``fusechat.loss`` (the fused
+sparse fusion loss and top-K extraction on NumPy arrays), ``fusechat.fuse`` (MinCE/AvgCE
+fusion), ``fusechat.torch`` (the loss for PyTorch; imports torch, which fusechat otherwise
+never needs). The C core is ``fusechat._C``; CUDA kernels, when built, are
+``fusechat._C_cuda`` (see ``cuda_available()``).
 """
 import logging
 
-from . import errors
+__version__ = "0.1.0"
+
+from . import errors  # noqa: E402 - __version__ first: submodules read it
 from ._backend import backend, cuda_available
 from .errors import ConfigError, CudaError, FormatError, SafetensorsError, TokenizerError
-
-__version__ = "0.1.0"
+from .vocab import Vocab
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -32,4 +34,4 @@ def convert(array, dtype, threads=0):
 
 
 __all__ = ["__version__", "backend", "convert", "cuda_available", "errors", "ConfigError",
-           "CudaError", "FormatError", "SafetensorsError", "TokenizerError"]
+           "CudaError", "FormatError", "SafetensorsError", "TokenizerError", "Vocab"]
