@@ -1,0 +1,158 @@
+/* select.c - exact top-k selection in O(n) by a two-level 16-bit radix histogram.
+ *
+ * Keys come from a callback (the merge kernels compute |delta| or a variance on the fly, so
+ * nothing of size n is ever stored). Pass 1 counts the high 16 bits, which fixes the
+ * bucket holding the k-th largest key; pass 2 counts the low 16 bits inside that bucket,
+ * which fixes the k-th key itself. If that key is tied, pass 3 counts the tied elements per
+ * fixed block and finds the element index at which the quota is used up: ties go to the
+ * lower index, so the result is unique and independent of the thread count. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fusechat.h"
+
+#define SEL_CHUNK 8192
+#define SEL_BLOCK 65536 /* pass-3 counting blocks: fixed, not per thread */
+
+typedef struct {
+    fc_key_fn fn;
+    void     *ctx;
+    int64_t   n;
+    int       level;     /* 0: high 16 bits; 1: low bits under prefix; 2: tie counts */
+    uint32_t  prefix;    /* high 16 bits fixed in pass 1 */
+    uint32_t  key;       /* the k-th key, for pass 3 */
+    uint64_t *hists;     /* one 65536-bin histogram per range */
+    int64_t   per_range; /* how many elements each range of parallel_for covers */
+    int64_t  *counts;    /* pass 3: tied elements per block */
+} sel_ctx;
+
+static fc_status sel_hist_range(void *vctx, int64_t r0, int64_t r1) {
+    sel_ctx *c = (sel_ctx *)vctx;
+    uint32_t keys[SEL_CHUNK];
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t b0 = r * c->per_range, b1 = b0 + c->per_range < c->n ? b0 + c->per_range : c->n;
+        uint64_t *h = c->hists + (size_t)r * 65536;
+        for (int64_t e = b0; e < b1; e += SEL_CHUNK) {
+            int64_t len = b1 - e < SEL_CHUNK ? b1 - e : SEL_CHUNK;
+            c->fn(c->ctx, e, len, keys);
+            if (c->level == 0) {
+                for (int64_t i = 0; i < len; i++) h[keys[i] >> 16]++;
+            } else {
+                for (int64_t i = 0; i < len; i++)
+                    if ((keys[i] >> 16) == c->prefix) h[keys[i] & 0xffffu]++;
+            }
+        }
+    }
+    return FC_OK;
+}
+
+static fc_status sel_tie_range(void *vctx, int64_t r0, int64_t r1) {
+    sel_ctx *c = (sel_ctx *)vctx;
+    uint32_t keys[SEL_CHUNK];
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t b0 = r * SEL_BLOCK, b1 = b0 + SEL_BLOCK < c->n ? b0 + SEL_BLOCK : c->n;
+        int64_t cnt = 0;
+        for (int64_t e = b0; e < b1; e += SEL_CHUNK) {
+            int64_t len = b1 - e < SEL_CHUNK ? b1 - e : SEL_CHUNK;
+            c->fn(c->ctx, e, len, keys);
+            for (int64_t i = 0; i < len; i++) cnt += keys[i] == c->key;
+        }
+        c->counts[r] = cnt;
+    }
+    return FC_OK;
+}
+
+/* Histogram all elements at c->level; returns the summed histogram in hist[65536]. */
+static fc_status sel_histogram(sel_ctx *c, int nthreads, uint64_t *hist, fc_error *err) {
+    if (nthreads <= 0) nthreads = fc_default_threads();
+    int64_t ranges = (c->n + SEL_CHUNK * 4 - 1) / (SEL_CHUNK * 4);
+    if (ranges > nthreads) ranges = nthreads;
+    if (ranges < 1) ranges = 1;
+    c->per_range = (c->n + ranges - 1) / ranges;
+    c->hists = calloc((size_t)ranges * 65536, sizeof(uint64_t));
+    if (!c->hists) return fc_error_set(err, FC_ERR_NOMEM, "top-k select: out of memory");
+    fc_parallel_for(ranges, 1, nthreads, sel_hist_range, c);
+    memset(hist, 0, 65536 * sizeof(uint64_t));
+    for (int64_t r = 0; r < ranges; r++)
+        for (int b = 0; b < 65536; b++) hist[b] += c->hists[(size_t)r * 65536 + b];
+    free(c->hists);
+    c->hists = NULL;
+    return FC_OK;
+}
+
+/* The bucket, scanning from the top, in which the k-th element falls; *above = elements in
+ * higher buckets. */
+static uint32_t sel_bucket(const uint64_t *hist, int64_t k, int64_t *above) {
+    int64_t acc = 0;
+    for (int b = 65535; b >= 0; b--) {
+        if (acc + (int64_t)hist[b] >= k) {
+            *above = acc;
+            return (uint32_t)b;
+        }
+        acc += (int64_t)hist[b];
+    }
+    *above = acc;
+    return 0;
+}
+
+fc_status fc_select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, int nthreads,
+                         fc_topk *out, fc_error *err) {
+    if (k <= 0) { /* nothing: no key exceeds UINT32_MAX and no index is below 0 */
+        out->key = UINT32_MAX;
+        out->cut = 0;
+        return FC_OK;
+    }
+    if (k >= n) {
+        out->key = 0;
+        out->cut = n;
+        return FC_OK;
+    }
+    uint64_t *hist = malloc(65536 * sizeof(uint64_t));
+    if (!hist) return fc_error_set(err, FC_ERR_NOMEM, "top-k select: out of memory");
+    sel_ctx c = {.fn = fn, .ctx = ctx, .n = n, .level = 0};
+    fc_status st = sel_histogram(&c, nthreads, hist, err);
+    if (st != FC_OK) goto done;
+    int64_t above_hi, above_lo;
+    c.prefix = sel_bucket(hist, k, &above_hi);
+    c.level = 1;
+    st = sel_histogram(&c, nthreads, hist, err);
+    if (st != FC_OK) goto done;
+    uint32_t lo = sel_bucket(hist, k - above_hi, &above_lo);
+    c.key = (c.prefix << 16) | lo;
+    int64_t quota = k - above_hi - above_lo; /* tied elements to keep, lowest index first */
+    out->key = c.key;
+    if (quota >= (int64_t)hist[lo]) {
+        out->cut = n;
+        goto done;
+    }
+    int64_t blocks = (n + SEL_BLOCK - 1) / SEL_BLOCK;
+    c.counts = malloc((size_t)blocks * sizeof(int64_t));
+    if (!c.counts) {
+        st = fc_error_set(err, FC_ERR_NOMEM, "top-k select: out of memory");
+        goto done;
+    }
+    fc_parallel_for(blocks, 1, nthreads, sel_tie_range, &c);
+    int64_t b = 0;
+    while (b < blocks && quota > c.counts[b]) quota -= c.counts[b++];
+    /* the quota-th tied element lies in block b (quota >= 1 here is guaranteed by
+     * quota < total ties; quota == 0 means the cut is at the block's start) */
+    int64_t cut = b * SEL_BLOCK;
+    if (quota > 0) {
+        uint32_t keys[SEL_CHUNK];
+        int64_t b1 = cut + SEL_BLOCK < n ? cut + SEL_BLOCK : n;
+        for (int64_t e = cut; e < b1 && quota > 0; e += SEL_CHUNK) {
+            int64_t len = b1 - e < SEL_CHUNK ? b1 - e : SEL_CHUNK;
+            fn(ctx, e, len, keys);
+            for (int64_t i = 0; i < len; i++)
+                if (keys[i] == c.key && --quota == 0) {
+                    cut = e + i + 1;
+                    break;
+                }
+        }
+    }
+    out->cut = cut;
+    free(c.counts);
+done:
+    free(hist);
+    return st;
+}
