@@ -57,7 +57,7 @@ static void method_arity(fc_merge_method m, int *base, int *lo, int *hi) {
     case FC_MERGE_LINEAR: *base = 0, *lo = 1; break;
     case FC_MERGE_KARCHER: *base = 0, *lo = 1; break;
     case FC_MERGE_PASSTHROUGH: *base = 0, *lo = 1, *hi = 1; break;
-    case FC_MERGE_SLERP: *lo = 0, *hi = 1; break;
+    case FC_MERGE_SLERP: *lo = 1, *hi = 1; break;
     case FC_MERGE_NUSLERP: *base = 2, *lo = 2, *hi = 2; break;
     case FC_MERGE_MULTISLERP: *base = 2, *lo = 1; break;
     case FC_MERGE_MODEL_STOCK: *lo = 2; break;

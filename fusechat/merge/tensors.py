@@ -5,7 +5,9 @@ from .methods import MODEL_DEFAULTS, MODEL_FIELDS, REQUIRED, check_della, check_
 
 
 def _as_array(x, what):
-    a = np.ascontiguousarray(x)
+    a = np.asarray(x)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
     if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
         raise TypeError(f"merge_tensors: {what} must be a float array, got {a.dtype}")
     return a
