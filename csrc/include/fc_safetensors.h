@@ -98,6 +98,13 @@ FC_API int64_t     fc_st_unlisted_count(const fc_st_model_t *m);
 /* Advise the kernel that tensor i will be read soon (madvise WILLNEED); never fails. */
 FC_API void        fc_st_prefetch(const fc_st_model_t *m, int64_t i);
 
+/* Copy tensor i into dst (numel elements of dst_dtype, any alignment), converting between
+ * F16, BF16, F32 and F64 with fc_convert on nthreads threads (0 = default; RNE, NaN/inf
+ * kept); other dtypes must equal the stored one (a plain copy), else FC_ERR_TYPE. The span
+ * is faulted in with one call first (MADV_POPULATE_READ where the kernel has it). */
+FC_API fc_status   fc_st_read(const fc_st_model_t *m, int64_t i, void *dst, fc_dtype dst_dtype,
+                              int nthreads, fc_error *err);
+
 /* Validate one header given the first bytes of a file: buf holds at least
  * min(file_size, 8 + N) bytes. Used by fc_st_open and by the fuzz target. On success,
  * *n_tensors is the number of tensors. `path` only names the file in messages. */
