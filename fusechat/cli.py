@@ -58,13 +58,15 @@ def _merge_args(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the DARE/DELLA masks")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
                    help="output dtype (overrides the config's out_dtype and dtype)")
+    p.add_argument("--quiet", dest="merge_quiet", action="store_true", help="no progress bar")
 
 
 def _merge_run(args):
     from .merge import run
 
     out = run(args.config, args.out, overwrite=args.overwrite, out_shard_size=args.out_shard_size,
-              threads=args.threads, seed=args.seed, dtype=args.dtype, quiet=args.quiet)
+              threads=args.threads, seed=args.seed, dtype=args.dtype,
+              quiet=args.quiet or args.merge_quiet)
     print(out)
     return 0
 

@@ -128,16 +128,19 @@ static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_
     if (gta_deltas(t, g, begin, len, s, NULL) != FC_OK) return FC_ERR_NOMEM;
     float *b = s, *out = s + (size_t)(t->n + 1) * len;
     for (int64_t k = 0; k < len; k++) {
-        float sum = 0.0f;
+        /* the election sum in float64: each product of two floats is exact there, so a
+         * sum that is exactly zero (common with bf16 inputs) is seen as zero */
+        double sum = 0.0;
         for (int i = 0; i < t->n; i++)
-            sum += (float)p->models[i].weight * s[(size_t)(i + 1) * len + k] * g->scale[i];
+            sum += (double)(float)p->models[i].weight *
+                   (double)(s[(size_t)(i + 1) * len + k] * g->scale[i]);
         float mix = 0.0f, div = 0.0f;
         for (int i = 0; i < t->n; i++) {
             float w = (float)p->models[i].weight;
             float dk = w * s[(size_t)(i + 1) * len + k] * g->scale[i];
             if (g->consensus) {
                 /* an element with D == 0 has sign 0 and never agrees */
-                int agree = sum >= 0.0f ? dk > 0.0f : dk < 0.0f;
+                int agree = sum >= 0.0 ? dk > 0.0f : dk < 0.0f;
                 if (!agree) continue;
             }
             mix += dk;

@@ -92,13 +92,13 @@ static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_
     int mask_deltas = t->p->mask_deltas;
     float *out = var; /* var is no longer needed */
     for (int64_t k = 0; k < len; k++) {
-        float sum = 0.0f;
+        double sum = 0.0; /* float64: a sum that is exactly zero is seen as zero */
         int zero = mask_deltas && !keep[k];
-        for (int i = 0; i < n; i++) sum += zero ? 0.0f : s[(size_t)(i + 1) * len + k];
+        for (int i = 0; i < n; i++) sum += zero ? 0.0 : (double)s[(size_t)(i + 1) * len + k];
         float num = 0.0f, den = 0.0f;
         for (int i = 0; i < n; i++) {
             float d = zero ? 0.0f : s[(size_t)(i + 1) * len + k];
-            int agree = sum >= 0.0f ? d > 0.0f : d < 0.0f;
+            int agree = sum >= 0.0 ? d > 0.0f : d < 0.0f;
             if (!agree) continue;
             num += c->w[i] * d;
             den += c->w[i];

@@ -112,7 +112,7 @@ def gta(method, base, xs, p, seed=0, name=""):
     B = np.asarray(base, np.float64).ravel()
     n = B.size
     key = tensor_key(name)
-    D, W = [], []
+    D, W, E = [], [], []  # E: the election terms, float32(w) * float32 delta in float64
     for i, x in enumerate(xs):
         d = np.asarray(x, np.float64).ravel() - B
         d32 = _f32_delta(np.asarray(x).ravel(), np.asarray(base).ravel())
@@ -120,11 +120,12 @@ def gta(method, base, xs, p, seed=0, name=""):
                      p["rescale"], rng_stream(seed, key, i), _rows(shape, n))
         D.append(p["weight"][i] * d)
         W.append(p["weight"][i])
+        E.append(float(np.float32(p["weight"][i])) * d.astype(np.float32).astype(np.float64))
     if not D:
         return B.reshape(shape)
     D, W = np.stack(D), np.array(W)[:, None] * np.ones((1, n))
     if consensus:
-        s = D.sum(0)
+        s = np.sum(E, axis=0)
         maj = np.where(s >= 0, 1.0, -1.0)
         m = np.sign(D) == maj
         mix, div = (D * m).sum(0), (W * m).sum(0)
@@ -160,7 +161,9 @@ def sce(base, xs, select_topk=1.0, mask_deltas=True):
         T = Tm
     else:
         w = np.full(len(xs), 1 / len(xs)) if tot == 0 else w / tot
-    maj = np.where(T.sum(0) >= 0, 1.0, -1.0)
+    # the election sum is exact over the float32 deltas (a zero sum counts as positive)
+    T32m = T32.astype(np.float64) * (mask if mask_deltas else 1)
+    maj = np.where(T32m.sum(0) >= 0, 1.0, -1.0)
     E = np.sign(T) == maj
     num = (w[:, None] * E * T).sum(0)
     den = (w[:, None] * E).sum(0)
