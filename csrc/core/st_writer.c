@@ -328,7 +328,8 @@ static int assign_shards(fc_st_writer_t *w, w_tensor **order, uint64_t max_shard
     uint64_t used = 0;
     for (int64_t k = 0; k < w->n; k++) {
         w_tensor *t = order[k];
-        if (max_shard_size && used > 0 && t->nbytes > max_shard_size - used) {
+        if (max_shard_size && used > 0 &&
+            (used >= max_shard_size || t->nbytes > max_shard_size - used)) {
             shard++;
             used = 0;
         }

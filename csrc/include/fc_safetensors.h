@@ -16,27 +16,35 @@
  *   header_out_of_file   8 + N is past the end of the file
  *   header_not_utf8      the header is not valid UTF-8 (a BOM is refused too)
  *   header_not_json      the header is not one JSON value followed only by whitespace
+ *   header_too_deep      the JSON nests deeper than 3 levels (refused before parsing)
  *   header_not_object    the header's JSON value is not an object
- *   duplicate_key        a key appears twice at the top level or inside an entry
+ *   duplicate_key        a key appears twice at the top level, in an entry or in
+ *                        __metadata__ (also at the top level or in "metadata" of an index)
  *   bad_metadata         __metadata__ is not an object of string values
  *   bad_entry            an entry is not an object with exactly dtype, shape, data_offsets
  *   unknown_dtype        dtype is not one of the fc_dtype names
- *   bad_shape            shape is not an array of integers in [0, 2^53]
- *   bad_offsets          data_offsets is not [begin, end], integers, begin <= end <= 2^53
+ *   bad_shape            shape is not an array of integers in [0, 2^53] written plainly
+ *                        (1.0, 1e3, 01 and -1 are refused)
+ *   bad_offsets          data_offsets is not [begin, end], plain integers, begin <= end <= 2^53
  *   size_overflow        the element count or byte count overflows 64 bits
  *   size_mismatch        end - begin != product(shape) * dtype size
  *   offsets_not_contiguous  sorted by begin, tensors do not start at 0 and follow each
  *                        other without gap or overlap
  *   buffer_size_mismatch the last tensor does not end exactly at the end of the file
  * Index files (model.safetensors.index.json):
- *   index_not_json       not a UTF-8 JSON object
- *   index_bad_weight_map weight_map missing, not an object, or a value not a string
+ *   index_not_utf8       the index is not valid UTF-8
+ *   index_not_json       the index is not one JSON object
+ *   index_too_deep       the index nests deeper than 16 levels
+ *   index_bad_metadata   "metadata" is present and not an object
+ *   index_bad_weight_map weight_map missing, not an object, empty, a tensor listed twice,
+ *                        or a value not a string
  *   index_bad_filename   a shard name that is not a bare file name (/, \, .., absolute, empty)
  *   index_missing_shard  a shard named in weight_map does not exist
  *   index_tensor_missing a tensor in weight_map is not in its shard's header
  *   index_duplicate_tensor  a tensor appears in the headers of two shards
  * Shards may hold tensors the index does not list: they are reported by
- * fc_st_unlisted_count() (the Python layer warns), not refused.
+ * fc_st_unlisted_count() (the Python layer warns), not refused. Shards the index does not
+ * name are not opened. "total_size" is advisory and not checked.
  *
  * Integers are parsed exactly from the JSON text (never through cJSON's valueint or a
  * double): up to 2^53, as the safetensors JSON schema allows.
