@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "merge_internal.h"
+#include "rng.h"
 
 typedef enum { SP_NONE, SP_MAGNITUDE, SP_OUTLIERS, SP_RANDOM, SP_DELLA } sparsifier;
 
@@ -68,11 +69,30 @@ static fc_status della_mask(const mg_tensor *t, const gta_ctx *g, int i, int64_t
             int64_t c = r[rank].idx;
             double norm = cols > 1 ? (double)rank / (double)(cols - 1) : 0.5;
             float p = (float)(mp->density - mp->epsilon + 2.0 * mp->epsilon * norm);
-            if (!(fc_rng_uniform(g->stream[i], (uint64_t)(e0 + row0 + c)) < p)) dr[c] = 0.0f;
+            dr[c] = fcx_keep_or_zero(dr[c], fcx_rng_uniform(g->stream[i], (uint64_t)(e0 + row0 + c)) < p);
         }
     }
     free(r);
     return FC_OK;
+}
+
+/* Zero the elements of d[0, len) (element index begin + k) outside the top-k set `keep`,
+ * and inside `drop` if given (breadcrumbs). Branch-free, 32-bit compares: vectorises. */
+static void keep_topk(int64_t len, int64_t begin, float *restrict d, const fc_topk *keep,
+                      const fc_topk *drop) {
+    int64_t lk = keep->cut - begin, ld = drop ? drop->cut - begin : -1;
+    int32_t cut_k = (int32_t)(lk < -1 ? -1 : lk > len ? len : lk);
+    int32_t cut_d = (int32_t)(ld < -1 ? -1 : ld > len ? len : ld);
+    uint32_t key_k = keep->key, key_d = drop ? drop->key : UINT32_MAX;
+    for (int32_t k = 0; k < (int32_t)len; k++) {
+        uint32_t b;
+        memcpy(&b, d + k, 4);
+        uint32_t key = (b & 0x7fffffffu) | 0x80000000u; /* fc_float_key(|d|) */
+        int in_k = (key > key_k) | ((key == key_k) & (k < cut_k));
+        int in_d = (key > key_d) | ((key == key_d) & (k < cut_d));
+        b &= (uint32_t)0 - (uint32_t)(in_k & !in_d);
+        memcpy(d + k, &b, 4);
+    }
 }
 
 /* Loads B into s and the sparsified deltas of model i into s + (i + 1) * len. */
@@ -93,17 +113,13 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         switch (g->sp) {
         case SP_MAGNITUDE:
         case SP_OUTLIERS:
-            for (int64_t k = 0; k < len; k++) {
-                uint32_t key = fc_float_key(fabsf(d[k]));
-                int keep = fc_topk_has(&g->keep[i], key, begin + k) &&
-                           !(g->sp == SP_OUTLIERS && fc_topk_has(&g->drop[i], key, begin + k));
-                if (!keep) d[k] = 0.0f;
-            }
+            keep_topk(len, begin, d, &g->keep[i], g->sp == SP_OUTLIERS ? &g->drop[i] : NULL);
             break;
         case SP_RANDOM: {
             float p = (float)mp->density;
+            uint64_t stream = g->stream[i];
             for (int64_t k = 0; k < len; k++)
-                if (!(fc_rng_uniform(g->stream[i], (uint64_t)(begin + k)) < p)) d[k] = 0.0f;
+                d[k] = fcx_keep_or_zero(d[k], fcx_rng_uniform(stream, (uint64_t)(begin + k)) < p);
             break;
         }
         case SP_DELLA:
@@ -120,38 +136,76 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
     return FC_OK;
 }
 
+/* D agrees when D * sign > 0, so an element with D == 0 never agrees. The mask is applied
+ * by multiplying with 0/1 as mergekit does (a disagreeing inf or NaN gives NaN there too);
+ * separate arrays and no branch, so the loop vectorises. */
+static void add_agreeing(int64_t len, const float *restrict d, const float *restrict sign,
+                         float w, float *restrict mix, float *restrict div) {
+    uint32_t wb;
+    memcpy(&wb, &w, 4);
+    for (int64_t k = 0; k < len; k++) { /* bit tests: float compares would not vectorise */
+        uint32_t db, sb;
+        memcpy(&db, d + k, 4);
+        memcpy(&sb, sign + k, 4);
+        uint32_t m = (uint32_t)0 - (uint32_t)((((db ^ sb) >> 31) == 0) & ((db << 1) != 0));
+        float dk, wk;
+        uint32_t dm = db & m, wm = wb & m;
+        memcpy(&dk, &dm, 4);
+        memcpy(&wk, &wm, 4);
+        mix[k] += dk;
+        div[k] += wk;
+    }
+}
+
 static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     gta_ctx *g = (gta_ctx *)user;
     const fc_merge_params *p = t->p;
     if (g->stats) return gta_deltas(t, g, begin, len, s, g->partials + (size_t)index * 2 * t->n);
     if (gta_deltas(t, g, begin, len, s, NULL) != FC_OK) return FC_ERR_NOMEM;
-    float *b = s, *out = s + (size_t)(t->n + 1) * len;
+    /* model-outer loops without branches, so they vectorise: D_i = w_i * scale_i * delta_i
+     * in place, the election sum, then the agreeing mix and divisor */
+    float *b = s, *mix = s + (size_t)(t->n + 1) * len, *div = mix + len;
+    double *sum = (double *)(div + len);
     for (int64_t k = 0; k < len; k++) {
-        /* the election sum in float64: each product of two floats is exact there, so a
-         * sum that is exactly zero (common with bf16 inputs) is seen as zero */
-        double sum = 0.0;
-        for (int i = 0; i < t->n; i++)
-            sum += (double)(float)p->models[i].weight *
-                   (double)(s[(size_t)(i + 1) * len + k] * g->scale[i]);
-        float mix = 0.0f, div = 0.0f;
-        for (int i = 0; i < t->n; i++) {
-            float w = (float)p->models[i].weight;
-            float dk = w * s[(size_t)(i + 1) * len + k] * g->scale[i];
-            if (g->consensus) {
-                /* an element with D == 0 has sign 0 and never agrees */
-                int agree = sum >= 0.0 ? dk > 0.0f : dk < 0.0f;
-                if (!agree) continue;
+        sum[k] = 0.0;
+        mix[k] = 0.0f;
+        div[k] = 0.0f;
+    }
+    for (int i = 0; i < t->n; i++) {
+        float *d = s + (size_t)(i + 1) * len, w = (float)p->models[i].weight, sc = g->scale[i];
+        for (int64_t k = 0; k < len; k++) {
+            float ds = d[k] * sc;
+            /* float64 election: each product of two floats is exact there, so a sum that
+             * is exactly zero (common with bf16 inputs) is seen as zero */
+            sum[k] += (double)w * (double)ds;
+            d[k] = w * ds;
+        }
+    }
+    float *sign = (float *)(sum + len); /* the elected sign, +1 where the sum is >= 0 */
+    for (int64_t k = 0; k < len; k++) sign[k] = sum[k] >= 0.0 ? 1.0f : -1.0f;
+    for (int i = 0; i < t->n; i++) {
+        const float *d = s + (size_t)(i + 1) * len;
+        float w = (float)p->models[i].weight;
+        if (g->consensus) {
+            add_agreeing(len, d, sign, w, mix, div);
+        } else {
+            for (int64_t k = 0; k < len; k++) {
+                mix[k] += d[k];
+                div[k] += w;
             }
-            mix += dk;
-            div += w;
         }
+    }
+    float lambda = (float)p->lambda;
+    float *out = mix;
+    for (int64_t k = 0; k < len; k++) {
+        float m = mix[k], dv = div[k];
         if (p->normalize) {
-            if (g->consensus ? div == 0.0f : fabsf(div) < 1e-8f) div = 1.0f;
-            mix /= div;
+            if (g->consensus ? dv == 0.0f : fabsf(dv) < 1e-8f) dv = 1.0f;
+            m /= dv;
         }
-        if (p->lambda != 1.0) mix *= (float)p->lambda;
-        out[k] = b[k] + mix;
+        if (p->lambda != 1.0) m *= lambda;
+        out[k] = b[k] + m;
     }
     mg_store(t->out, t->out_dt, begin, len, out);
     return FC_OK;
@@ -187,7 +241,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     for (int i = 0; i < n; i++) {
         const fc_merge_model_params *mp = &p->models[i];
         g.scale[i] = 1.0f;
-        g.stream[i] = fc_rng_stream(p->seed, p->tensor_key, (uint64_t)i);
+        g.stream[i] = fcx_rng_stream(p->seed, p->tensor_key, (uint64_t)i);
         g.active[i] = g.sp != SP_NONE && mp->density < 1.0;
         if (!g.active[i]) continue;
         any_rescale |= p->rescale;
@@ -216,7 +270,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         g.partials = mg_calloc(t, (size_t)nblocks * 2 * (n ? n : 1), sizeof(double));
         if (!g.partials) goto done;
         g.stats = 1;
-        st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 2) * g.block, gta_block, &g);
+        st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block, gta_block, &g);
         if (st != FC_OK) goto done;
         g.stats = 0;
         for (int i = 0; i < n; i++) {
@@ -228,7 +282,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
             if (g.active[i] && all >= 1e-7 && kept >= 1e-7) g.scale[i] = (float)(all / kept);
         }
     }
-    st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 2) * g.block, gta_block, &g);
+    st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block, gta_block, &g);
 done:
     free(g.active);
     free(g.keep);

@@ -37,7 +37,7 @@ def rng_stream(seed, key, model):
 def rng_uniform(stream, n):
     idx = np.arange(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        h = _mix64(np.uint64(stream) ^ _mix64(idx * np.uint64(GOLD) + np.uint64(0x632BE59BD9B4E019)))
+        h = _mix64(np.uint64(stream) + (idx + np.uint64(1)) * np.uint64(GOLD))
     return (h >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
