@@ -109,6 +109,24 @@ fc_status mg_for_blocks(const mg_tensor *t, int64_t total, int64_t block, size_t
     return st;
 }
 
+void mg_add_agreeing(int64_t len, const float *restrict d, const float *restrict sign,
+                     float scale, float w, float *restrict mix, float *restrict div) {
+    uint32_t wb;
+    memcpy(&wb, &w, 4);
+    for (int64_t k = 0; k < len; k++) { /* float compares would not vectorise */
+        uint32_t db, sb;
+        memcpy(&db, d + k, 4);
+        memcpy(&sb, sign + k, 4);
+        uint32_t m = (uint32_t)0 - (uint32_t)((((db ^ sb) >> 31) == 0) & ((db << 1) != 0));
+        uint32_t dm = db & m, wm = wb & m;
+        float dk, wk;
+        memcpy(&dk, &dm, 4);
+        memcpy(&wk, &wm, 4);
+        mix[k] += scale * dk;
+        div[k] += wk;
+    }
+}
+
 /* ---- Gram matrices ---- */
 
 typedef struct {

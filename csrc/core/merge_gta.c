@@ -136,27 +136,6 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
     return FC_OK;
 }
 
-/* D agrees when D * sign > 0, so an element with D == 0 never agrees. The mask is applied
- * by multiplying with 0/1 as mergekit does (a disagreeing inf or NaN gives NaN there too);
- * separate arrays and no branch, so the loop vectorises. */
-static void add_agreeing(int64_t len, const float *restrict d, const float *restrict sign,
-                         float w, float *restrict mix, float *restrict div) {
-    uint32_t wb;
-    memcpy(&wb, &w, 4);
-    for (int64_t k = 0; k < len; k++) { /* bit tests: float compares would not vectorise */
-        uint32_t db, sb;
-        memcpy(&db, d + k, 4);
-        memcpy(&sb, sign + k, 4);
-        uint32_t m = (uint32_t)0 - (uint32_t)((((db ^ sb) >> 31) == 0) & ((db << 1) != 0));
-        float dk, wk;
-        uint32_t dm = db & m, wm = wb & m;
-        memcpy(&dk, &dm, 4);
-        memcpy(&wk, &wm, 4);
-        mix[k] += dk;
-        div[k] += wk;
-    }
-}
-
 static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     gta_ctx *g = (gta_ctx *)user;
@@ -188,7 +167,7 @@ static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_
         const float *d = s + (size_t)(i + 1) * len;
         float w = (float)p->models[i].weight;
         if (g->consensus) {
-            add_agreeing(len, d, sign, w, mix, div);
+            mg_add_agreeing(len, d, sign, 1.0f, w, mix, div);
         } else {
             for (int64_t k = 0; k < len; k++) {
                 mix[k] += d[k];

@@ -47,6 +47,11 @@ fc_status mg_gram(const mg_tensor *t, mg_layout lay, int sub_base, int with_base
  * coef has n + 1 entries per vector (the last for the base, ignored without one). */
 fc_status mg_combine(const mg_tensor *t, mg_layout lay, const float *coef);
 
+/* The sign-consensus accumulation: where d[k] * sign[k] > 0 (so never where d == 0),
+ * mix[k] += scale * d[k] and div[k] += w. Branch-free bit tests, so it vectorises. */
+void mg_add_agreeing(int64_t len, const float *restrict d, const float *restrict sign,
+                     float scale, float w, float *restrict mix, float *restrict div);
+
 /* Allocation helpers that report NOMEM through t->err. */
 void *mg_calloc(const mg_tensor *t, size_t count, size_t size);
 

@@ -28,8 +28,10 @@ typedef struct {
     float *w;
 } sce_ctx;
 
-/* Loads B into s, T_i into s + (i + 1) * len, and the variance over models into var. */
-static void sce_load(const mg_tensor *t, int64_t begin, int64_t len, float *s, float *var) {
+/* Loads B into s, T_i into s + (i + 1) * len, and the population variance over models into
+ * var (float64 accumulation in `acc`, 2 * len doubles). Model-outer loops: they vectorise. */
+static void sce_load(const mg_tensor *t, int64_t begin, int64_t len, float *s, float *var,
+                     double *acc) {
     mg_load(t->base, t->base_dt, begin, len, s);
     for (int i = 0; i < t->n; i++) {
         float *d = s + (size_t)(i + 1) * len;
@@ -37,75 +39,96 @@ static void sce_load(const mg_tensor *t, int64_t begin, int64_t len, float *s, f
         for (int64_t k = 0; k < len; k++) d[k] -= s[k];
     }
     if (!var) return;
-    for (int64_t k = 0; k < len; k++) {
-        double mean = 0, v = 0;
-        for (int i = 0; i < t->n; i++) mean += s[(size_t)(i + 1) * len + k];
-        mean /= t->n;
-        for (int i = 0; i < t->n; i++) {
-            double d = s[(size_t)(i + 1) * len + k] - mean;
-            v += d * d;
-        }
-        var[k] = (float)(v / t->n);
+    double *mean = acc, *v = acc + len;
+    for (int64_t k = 0; k < len; k++) mean[k] = v[k] = 0.0;
+    for (int i = 0; i < t->n; i++) {
+        const float *d = s + (size_t)(i + 1) * len;
+        for (int64_t k = 0; k < len; k++) mean[k] += d[k];
     }
+    for (int64_t k = 0; k < len; k++) mean[k] /= t->n;
+    for (int i = 0; i < t->n; i++) {
+        const float *d = s + (size_t)(i + 1) * len;
+        for (int64_t k = 0; k < len; k++) v[k] += (d[k] - mean[k]) * (d[k] - mean[k]);
+    }
+    for (int64_t k = 0; k < len; k++) var[k] = (float)(v[k] / t->n);
 }
+
+/* scratch floats per element: B, n deltas, var, keep/sign, out, and 4 for two doubles */
+#define SCE_SCRATCH(n) ((size_t)(n) + 8)
+
+#define VAR_SUB 512 /* var_keys works in sub-chunks on the stack (a malloc per call of
+                      * this size would be an mmap, with page faults, every time) */
+#define VAR_STACK_MODELS 56
 
 static void var_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     const mg_tensor *t = (const mg_tensor *)vctx;
-    float *s = malloc((size_t)(t->n + 2) * n * sizeof(float));
-    if (!s) { /* cannot happen for small chunks in practice; rank nothing then */
+    float stack[SCE_SCRATCH(VAR_STACK_MODELS) * VAR_SUB];
+    float *s = t->n <= VAR_STACK_MODELS ? stack : malloc(SCE_SCRATCH(t->n) * VAR_SUB * sizeof(float));
+    if (!s) { /* only for more than 56 models; rank nothing rather than crash */
         memset(keys, 0, (size_t)n * sizeof(uint32_t));
         return;
     }
-    float *var = s + (size_t)(t->n + 1) * n;
-    sce_load(t, begin, n, s, var);
-    for (int64_t k = 0; k < n; k++) keys[k] = fc_float_key(var[k]);
-    free(s);
+    for (int64_t e = 0; e < n; e += VAR_SUB) {
+        int64_t len = n - e < VAR_SUB ? n - e : VAR_SUB;
+        float *var = s + (size_t)(t->n + 1) * len;
+        sce_load(t, begin + e, len, s, var, (double *)(var + 3 * len));
+        for (int64_t k = 0; k < len; k++) keys[e + k] = fc_float_key(var[k]);
+    }
+    if (s != stack) free(s);
 }
 
 static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     sce_ctx *c = (sce_ctx *)user;
     int n = t->n;
-    float *var = s + (size_t)(n + 1) * len;
-    sce_load(t, begin, len, s, c->masked ? var : NULL);
+    float *var = s + (size_t)(n + 1) * len, *keep = var + len, *out = keep + len;
+    double *acc = (double *)(out + len);
+    sce_load(t, begin, len, s, c->masked ? var : NULL, acc);
     if (c->pass == 0) {
         double nz = 0;
         for (int64_t k = 0; k < len; k++) nz += var[k] != 0.0f;
         c->partials[index] = nz;
         return FC_OK;
     }
-    /* keep[k]: the position survives the variance mask */
-    uint8_t *keep = (uint8_t *)(var + len);
+    /* keep[k]: 1.0 where the position survives the variance mask, else 0.0 */
     for (int64_t k = 0; k < len; k++)
-        keep[k] = !c->mask_none &&
-                  (!c->masked || fc_topk_has(&c->top, fc_float_key(var[k]), begin + k));
+        keep[k] = (float)(!c->mask_none &&
+                          (!c->masked || fc_topk_has(&c->top, fc_float_key(var[k]), begin + k)));
     if (c->pass == 1) {
         for (int i = 0; i < n; i++) {
             const float *d = s + (size_t)(i + 1) * len;
             double sq = 0;
-            for (int64_t k = 0; k < len; k++)
-                if (keep[k]) sq += (double)d[k] * d[k];
+            for (int64_t k = 0; k < len; k++) sq += (double)(d[k] * keep[k]) * (d[k] * keep[k]);
             c->partials[(size_t)index * n + i] = sq;
         }
         return FC_OK;
     }
     int mask_deltas = t->p->mask_deltas;
-    float *out = var; /* var is no longer needed */
-    for (int64_t k = 0; k < len; k++) {
-        double sum = 0.0; /* float64: a sum that is exactly zero is seen as zero */
-        int zero = mask_deltas && !keep[k];
-        for (int i = 0; i < n; i++) sum += zero ? 0.0 : (double)s[(size_t)(i + 1) * len + k];
-        float num = 0.0f, den = 0.0f;
+    if (mask_deltas)
         for (int i = 0; i < n; i++) {
-            float d = zero ? 0.0f : s[(size_t)(i + 1) * len + k];
-            int agree = sum >= 0.0 ? d > 0.0f : d < 0.0f;
-            if (!agree) continue;
-            num += c->w[i] * d;
-            den += c->w[i];
+            float *d = s + (size_t)(i + 1) * len;
+            for (int64_t k = 0; k < len; k++) d[k] *= keep[k];
         }
-        if (mask_deltas) den = den < 1e-6f ? 1e-6f : den;
-        else if (den == 0.0f) den = 1.0f;
-        out[k] = s[k] + num / den;
+    /* the election on the (masked) deltas, unweighted, summed in float64: a sum that is
+     * exactly zero counts as positive */
+    double *sum = acc;
+    float *sign = keep, *num = out, *den = var;
+    for (int64_t k = 0; k < len; k++) sum[k] = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float *d = s + (size_t)(i + 1) * len;
+        for (int64_t k = 0; k < len; k++) sum[k] += d[k];
+    }
+    for (int64_t k = 0; k < len; k++) {
+        sign[k] = sum[k] >= 0.0 ? 1.0f : -1.0f;
+        num[k] = den[k] = 0.0f;
+    }
+    for (int i = 0; i < n; i++)
+        mg_add_agreeing(len, s + (size_t)(i + 1) * len, sign, c->w[i], c->w[i], num, den);
+    for (int64_t k = 0; k < len; k++) {
+        float dv = den[k];
+        if (mask_deltas) dv = dv < 1e-6f ? 1e-6f : dv;
+        else if (dv == 0.0f) dv = 1.0f;
+        out[k] = s[k] + num[k] / dv;
     }
     mg_store(t->out, t->out_dt, begin, len, out);
     return FC_OK;
@@ -133,7 +156,7 @@ static void weights_from_partials(const mg_tensor *t, const double *partials, in
 fc_status mg_merge_sce(const mg_tensor *t) {
     const fc_merge_params *p = t->p;
     int n = t->n;
-    size_t scratch = (size_t)(n + 3) * MG_BLOCK;
+    size_t scratch = SCE_SCRATCH(n) * MG_BLOCK;
     int64_t nblocks = (t->numel + MG_BLOCK - 1) / MG_BLOCK;
     sce_ctx c = {0};
     c.masked = p->select_topk < 1.0 && p->select_topk > 0.0;
@@ -178,7 +201,7 @@ fc_status mg_merge_varm(const mg_tensor *t) {
     float *coef = mg_calloc(t, (size_t)n + 1, sizeof(float));
     fc_status st = FC_ERR_NOMEM;
     if (c.partials && c.w && coef) {
-        st = mg_for_blocks(t, t->numel, MG_BLOCK, (size_t)(n + 3) * MG_BLOCK, sce_block, &c);
+        st = mg_for_blocks(t, t->numel, MG_BLOCK, SCE_SCRATCH(n) * MG_BLOCK, sce_block, &c);
         if (st == FC_OK) {
             weights_from_partials(t, c.partials, nblocks, 0.0, c.w);
             float rest = 1.0f;
