@@ -145,7 +145,7 @@ static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_
     /* model-outer loops without branches, so they vectorise: D_i = w_i * scale_i * delta_i
      * in place, the election sum, then the agreeing mix and divisor */
     float *b = s, *mix = s + (size_t)(t->n + 1) * len, *div = mix + len;
-    double *sum = (double *)(div + len);
+    double *sum = mg_doubles_at(s, (size_t)(t->n + 3) * len);
     for (int64_t k = 0; k < len; k++) {
         sum[k] = 0.0;
         mix[k] = 0.0f;
@@ -249,7 +249,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         g.partials = mg_calloc(t, (size_t)nblocks * 2 * (n ? n : 1), sizeof(double));
         if (!g.partials) goto done;
         g.stats = 1;
-        st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block, gta_block, &g);
+        st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block + 2, gta_block, &g);
         if (st != FC_OK) goto done;
         g.stats = 0;
         for (int i = 0; i < n; i++) {
@@ -261,7 +261,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
             if (g.active[i] && all >= 1e-7 && kept >= 1e-7) g.scale[i] = (float)(all / kept);
         }
     }
-    st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block, gta_block, &g);
+    st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block + 2, gta_block, &g);
 done:
     free(g.active);
     free(g.keep);

@@ -52,6 +52,13 @@ fc_status mg_combine(const mg_tensor *t, mg_layout lay, const float *coef);
 void mg_add_agreeing(int64_t len, const float *restrict d, const float *restrict sign,
                      float scale, float w, float *restrict mix, float *restrict div);
 
+/* A float64 array placed inside float scratch at float offset `off` (rounded up to even:
+ * scratch comes from malloc, so an even float offset is 8-byte aligned). Callers leave
+ * one float of slack for the rounding. */
+static inline double *mg_doubles_at(float *scratch, size_t off) {
+    return (double *)(void *)(scratch + ((off + 1) & ~(size_t)1));
+}
+
 /* Allocation helpers that report NOMEM through t->err. */
 void *mg_calloc(const mg_tensor *t, size_t count, size_t size);
 

@@ -54,7 +54,7 @@ static void sce_load(const mg_tensor *t, int64_t begin, int64_t len, float *s, f
 }
 
 /* scratch floats per element: B, n deltas, var, keep/sign, out, and 4 for two doubles */
-#define SCE_SCRATCH(n) ((size_t)(n) + 8)
+#define SCE_SCRATCH(n) ((size_t)(n) + 8) /* per element; plus 2 floats of slack */
 
 #define VAR_SUB 512 /* var_keys works in sub-chunks on the stack (a malloc per call of
                       * this size would be an mmap, with page faults, every time) */
@@ -62,8 +62,8 @@ static void sce_load(const mg_tensor *t, int64_t begin, int64_t len, float *s, f
 
 static void var_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     const mg_tensor *t = (const mg_tensor *)vctx;
-    float stack[SCE_SCRATCH(VAR_STACK_MODELS) * VAR_SUB];
-    float *s = t->n <= VAR_STACK_MODELS ? stack : malloc(SCE_SCRATCH(t->n) * VAR_SUB * sizeof(float));
+    float stack[SCE_SCRATCH(VAR_STACK_MODELS) * VAR_SUB + 2];
+    float *s = t->n <= VAR_STACK_MODELS ? stack : malloc((SCE_SCRATCH(t->n) * VAR_SUB + 2) * sizeof(float));
     if (!s) { /* only for more than 56 models; rank nothing rather than crash */
         memset(keys, 0, (size_t)n * sizeof(uint32_t));
         return;
@@ -71,7 +71,7 @@ static void var_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     for (int64_t e = 0; e < n; e += VAR_SUB) {
         int64_t len = n - e < VAR_SUB ? n - e : VAR_SUB;
         float *var = s + (size_t)(t->n + 1) * len;
-        sce_load(t, begin + e, len, s, var, (double *)(var + 3 * len));
+        sce_load(t, begin + e, len, s, var, mg_doubles_at(s, (size_t)(t->n + 4) * len));
         for (int64_t k = 0; k < len; k++) keys[e + k] = fc_float_key(var[k]);
     }
     if (s != stack) free(s);
@@ -82,7 +82,7 @@ static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_
     sce_ctx *c = (sce_ctx *)user;
     int n = t->n;
     float *var = s + (size_t)(n + 1) * len, *keep = var + len, *out = keep + len;
-    double *acc = (double *)(out + len);
+    double *acc = mg_doubles_at(s, (size_t)(n + 4) * len);
     sce_load(t, begin, len, s, c->masked ? var : NULL, acc);
     if (c->pass == 0) {
         double nz = 0;
@@ -156,7 +156,7 @@ static void weights_from_partials(const mg_tensor *t, const double *partials, in
 fc_status mg_merge_sce(const mg_tensor *t) {
     const fc_merge_params *p = t->p;
     int n = t->n;
-    size_t scratch = SCE_SCRATCH(n) * MG_BLOCK;
+    size_t scratch = SCE_SCRATCH(n) * MG_BLOCK + 2;
     int64_t nblocks = (t->numel + MG_BLOCK - 1) / MG_BLOCK;
     sce_ctx c = {0};
     c.masked = p->select_topk < 1.0 && p->select_topk > 0.0;
@@ -201,7 +201,7 @@ fc_status mg_merge_varm(const mg_tensor *t) {
     float *coef = mg_calloc(t, (size_t)n + 1, sizeof(float));
     fc_status st = FC_ERR_NOMEM;
     if (c.partials && c.w && coef) {
-        st = mg_for_blocks(t, t->numel, MG_BLOCK, SCE_SCRATCH(n) * MG_BLOCK, sce_block, &c);
+        st = mg_for_blocks(t, t->numel, MG_BLOCK, SCE_SCRATCH(n) * MG_BLOCK + 2, sce_block, &c);
         if (st == FC_OK) {
             weights_from_partials(t, c.partials, nblocks, 0.0, c.w);
             float rest = 1.0f;
