@@ -232,3 +232,16 @@ def test_bad_arguments_are_refused(method, params, n, match):
     base, xs = make_inputs((8, 8), n, np.float32)
     with pytest.raises(ValueError, match=match):
         merge_tensors(method, None if method == "linear" else base, xs, **params)
+
+
+def test_docs_worked_sce_example():
+    """The numbers of docs/merging.md section 6."""
+    B = np.array([0.10, -0.20, 0.30, 0.05, 0.00, -0.10], np.float32)
+    T = np.array([[0.02, -0.01, 0.00, 0.03, 0.01, -0.02],
+                  [0.04, 0.01, -0.01, 0.00, 0.01, -0.03],
+                  [-0.03, -0.02, 0.02, 0.01, 0.00, 0.02]], np.float32)
+    xs = [B + t for t in T]
+    np.testing.assert_allclose(merge_tensors("sce", B, xs, select_topk=0.5),
+                               [0.13486, -0.21654, 0.30, 0.05, 0.0, -0.12743], atol=6e-6)
+    np.testing.assert_allclose(merge_tensors("sce", B, xs, select_topk=0.5, mask_deltas=False),
+                               [0.13486, -0.21654, 0.32, 0.06692, 0.01, -0.12743], atol=6e-6)
