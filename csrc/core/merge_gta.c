@@ -42,6 +42,27 @@ static void delta_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     for (int64_t j = 0; j < n; j++) keys[j] = fc_float_key(fabsf(x[j] - b[j]));
 }
 
+static void stored_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
+    memcpy(keys, (const uint32_t *)vctx + begin, (size_t)n * sizeof(uint32_t));
+}
+
+typedef struct {
+    uint32_t *keys;
+    int i;
+} fill_ctx;
+
+/* One pass over base and model i storing every |delta| key: the selection then histograms
+ * the stored keys instead of reloading and converting the inputs in each of its passes. */
+static fc_status fill_keys(const mg_tensor *t, void *user, int64_t begin, int64_t len,
+                           float *scratch, int64_t index) {
+    (void)scratch;
+    (void)index;
+    fill_ctx *f = (fill_ctx *)user;
+    key_ctx kc = {t, f->i};
+    delta_keys(&kc, begin, len, f->keys + begin);
+    return FC_OK;
+}
+
 typedef struct {
     float mag;
     int64_t idx;
@@ -194,6 +215,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     const fc_merge_params *p = t->p;
     int n = t->n;
     gta_ctx g = {0};
+    uint32_t *keys = NULL; /* |delta| keys of one model at a time; NULL: recompute */
     switch (p->method) {
     case FC_MERGE_TIES: g.sp = SP_MAGNITUDE; g.consensus = 1; break;
     case FC_MERGE_DARE_TIES: g.sp = SP_RANDOM; g.consensus = 1; break;
@@ -217,6 +239,8 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     g.scale = mg_calloc(t, (size_t)n, sizeof(float));
     if (!g.active || !g.keep || !g.drop || !g.stream || !g.scale) goto done;
     int any_rescale = 0;
+    keys = g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS
+                         ? malloc((size_t)t->numel * sizeof(uint32_t)) : NULL;
     for (int i = 0; i < n; i++) {
         const fc_merge_model_params *mp = &p->models[i];
         g.scale[i] = 1.0f;
@@ -226,9 +250,18 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         any_rescale |= p->rescale;
         int64_t N = t->numel;
         key_ctx kc = {t, i};
+        fc_key_fn keyfn = delta_keys;
+        void *keyctx = &kc;
+        if ((g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS) && keys) {
+            fill_ctx fc = {keys, i};
+            st = mg_for_blocks(t, N, MG_BLOCK, 1, fill_keys, &fc);
+            if (st != FC_OK) goto done;
+            keyfn = stored_keys;
+            keyctx = keys;
+        }
         if (g.sp == SP_MAGNITUDE) {
             int64_t k = (int64_t)(mp->density * (double)N);
-            st = fc_select_topk(N, k, delta_keys, &kc, t->nthreads, &g.keep[i], t->err);
+            st = fc_select_topk(N, k, keyfn, keyctx, t->nthreads, &g.keep[i], t->err);
             if (st != FC_OK) goto done;
         } else if (g.sp == SP_OUTLIERS) {
             int64_t target = (int64_t)(mp->density * (double)N);
@@ -238,9 +271,9 @@ fc_status mg_merge_gta(const mg_tensor *t) {
                 n_top += n_bot;
                 n_bot = 0;
             }
-            st = fc_select_topk(N, N - n_bot, delta_keys, &kc, t->nthreads, &g.keep[i], t->err);
+            st = fc_select_topk(N, N - n_bot, keyfn, keyctx, t->nthreads, &g.keep[i], t->err);
             if (st == FC_OK)
-                st = fc_select_topk(N, n_top, delta_keys, &kc, t->nthreads, &g.drop[i], t->err);
+                st = fc_select_topk(N, n_top, keyfn, keyctx, t->nthreads, &g.drop[i], t->err);
             if (st != FC_OK) goto done;
         }
     }
@@ -263,6 +296,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     }
     st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block + 2, gta_block, &g);
 done:
+    free(keys);
     free(g.active);
     free(g.keep);
     free(g.drop);

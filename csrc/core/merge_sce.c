@@ -26,6 +26,8 @@ typedef struct {
     int pass;          /* 0: count nonzero variance, 1: weights, 2: output */
     double *partials;  /* per block: pass 0 one count, pass 1 n sums of squares */
     float *w;
+    uint32_t *keys;    /* variance keys of the whole tensor, kept from pass 0 so later
+                        * passes need not recompute the variance; NULL if too big */
 } sce_ctx;
 
 /* Loads B into s, T_i into s + (i + 1) * len, and the population variance over models into
@@ -77,23 +79,31 @@ static void var_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     if (s != stack) free(s);
 }
 
+static void stored_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
+    memcpy(keys, (const uint32_t *)vctx + begin, (size_t)n * sizeof(uint32_t));
+}
+
 static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     sce_ctx *c = (sce_ctx *)user;
     int n = t->n;
     float *var = s + (size_t)(n + 1) * len, *keep = var + len, *out = keep + len;
     double *acc = mg_doubles_at(s, (size_t)(n + 4) * len);
-    sce_load(t, begin, len, s, c->masked ? var : NULL, acc);
+    int need_var = c->masked && (c->pass == 0 || !c->keys);
+    sce_load(t, begin, len, s, need_var ? var : NULL, acc);
     if (c->pass == 0) {
         double nz = 0;
         for (int64_t k = 0; k < len; k++) nz += var[k] != 0.0f;
         c->partials[index] = nz;
+        if (c->keys)
+            for (int64_t k = 0; k < len; k++) c->keys[begin + k] = fc_float_key(var[k]);
         return FC_OK;
     }
     /* keep[k]: 1.0 where the position survives the variance mask, else 0.0 */
-    for (int64_t k = 0; k < len; k++)
-        keep[k] = (float)(!c->mask_none &&
-                          (!c->masked || fc_topk_has(&c->top, fc_float_key(var[k]), begin + k)));
+    for (int64_t k = 0; k < len; k++) {
+        uint32_t key = !c->masked ? 0 : c->keys ? c->keys[begin + k] : fc_float_key(var[k]);
+        keep[k] = (float)(!c->mask_none && (!c->masked || fc_topk_has(&c->top, key, begin + k)));
+    }
     if (c->pass == 1) {
         for (int i = 0; i < n; i++) {
             const float *d = s + (size_t)(i + 1) * len;
@@ -166,6 +176,7 @@ fc_status mg_merge_sce(const mg_tensor *t) {
     fc_status st = FC_ERR_NOMEM;
     if (!c.partials || !c.w) goto done;
     if (c.masked) {
+        c.keys = malloc((size_t)t->numel * sizeof(uint32_t)); /* NULL: recompute instead */
         c.pass = 0;
         st = mg_for_blocks(t, t->numel, MG_BLOCK, scratch, sce_block, &c);
         if (st != FC_OK) goto done;
@@ -173,7 +184,8 @@ fc_status mg_merge_sce(const mg_tensor *t) {
         for (int64_t b = 0; b < nblocks; b++) nz += c.partials[b];
         int64_t k = (int64_t)(nz * p->select_topk);
         if (k == 0) c.mask_none = 1;
-        else if ((st = fc_select_topk(t->numel, k, var_keys, (void *)t, t->nthreads, &c.top,
+        else if ((st = fc_select_topk(t->numel, k, c.keys ? stored_keys : var_keys,
+                                      c.keys ? (void *)c.keys : (void *)t, t->nthreads, &c.top,
                                       t->err)) != FC_OK)
             goto done;
     }
@@ -186,6 +198,7 @@ fc_status mg_merge_sce(const mg_tensor *t) {
 done:
     free(c.partials);
     free(c.w);
+    free(c.keys);
     return st;
 }
 
