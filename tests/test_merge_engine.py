@@ -238,7 +238,7 @@ def _cfg(zoo, **over):
     (dict(dtype="float64"), "dtype 'float64' is not supported"),
     (dict(base_model=None), "ties needs base_model"),
     (dict(models=[{"model": "org/not-here"}]), "not a local folder"),
-    (dict(tokenizer_source="union"), "union is not supported"),
+    (dict(tokenizer_source=7), "tokenizer_source must be base, union or a model path"),
 ])
 def test_config_errors_are_clear(zoo, tmp_path, monkeypatch, change, match):
     monkeypatch.chdir(zoo)
@@ -326,3 +326,63 @@ def test_cli(zoo, tmp_path):
     r = subprocess.run([sys.executable, "-m", "fusechat", "merge", cfg, str(tmp_path / "o")],
                        cwd=zoo, env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "exists" in r.stderr and "Traceback" not in r.stderr
+
+
+def _permuted_copy(src, dst, perm):
+    """A copy of model src whose token ids are permuted: token of old id i gets id perm[i]
+    and its embedding/lm_head rows move with it."""
+    tensors = load(src)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = tensors[name]
+        out = np.empty_like(rows)
+        out[perm] = rows
+        tensors[name] = out
+    write_llama(dst, tensors, len(perm), "float32")
+    with open(os.path.join(src, "tokenizer.json")) as f:
+        tok = json.load(f)
+    tok["model"]["vocab"] = {t: int(perm[i]) for t, i in tok["model"]["vocab"].items()}
+    with open(os.path.join(dst, "tokenizer.json"), "w") as f:
+        json.dump(tok, f)
+
+
+def test_tokenizer_source_base_matches_rows_by_token(tmp_path):
+    base, (t0,) = make_family(str(tmp_path / "f"), 1, "float32")
+    perm = np.random.default_rng(0).permutation(100)
+    shuffled = str(tmp_path / "shuffled")
+    _permuted_copy(t0, shuffled, perm)
+    cfg = {"merge_method": "task_arithmetic", "base_model": base,
+           "models": [{"model": t0, "parameters": {"weight": 0.7}}]}
+    plain = load(run(cfg, tmp_path / "plain", quiet=True))
+    cfg["models"][0]["model"] = shuffled
+    by_index = load(run(cfg, tmp_path / "index", quiet=True))  # rows matched by position
+    assert not np.array_equal(by_index["lm_head.weight"], plain["lm_head.weight"])
+    cfg["tokenizer_source"] = "base"
+    out = run(cfg, tmp_path / "token", quiet=True)
+    by_token = load(out)
+    for name in plain:
+        np.testing.assert_array_equal(by_token[name], plain[name], err_msg=name)
+    with open(os.path.join(out, "tokenizer.json")) as f, \
+            open(os.path.join(base, "tokenizer.json")) as g:
+        assert json.load(f) == json.load(g)
+
+
+def test_tokenizer_source_union(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    base, (same, big) = make_family(str(tmp_path / "f"), 2, "float32", target_vocab=[100, 120])
+    B, S, G = load(base), load(same), load(big)
+    cfg = {"merge_method": "task_arithmetic", "base_model": base, "tokenizer_source": "union",
+           "models": [{"model": p, "parameters": {"weight": 0.5}} for p in (same, big)]}
+    out = run(cfg, tmp_path / "u", quiet=True)
+    got = load(out)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert got[name].shape == (120, 64)
+        want = B[name] + 0.5 * (S[name] - B[name]) + 0.5 * (G[name][:100] - B[name])
+        np.testing.assert_allclose(got[name][:100], want, rtol=1e-6, atol=1e-7)
+        # tokens only the big model has: every model uses its row as the default, so the
+        # merged row is that row
+        np.testing.assert_array_equal(got[name][100:], G[name][100:])
+    tok = tokenizers.Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    assert tok.get_vocab_size(with_added_tokens=True) == 120
+    assert tok.token_to_id("w110") == 113  # the big model's id for it, appended after the base
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["vocab_size"] == 120

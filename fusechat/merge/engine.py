@@ -54,6 +54,7 @@ class Job:
     base: str = None               # model path of the base input
     inputs: tuple = ()             # model paths of the other inputs, in order
     params: dict = None            # per-model lists and global scalars for merge_tensors
+    permute: bool = False          # embedding rows re-laid out by token (tokenizer_source)
 
 
 def parse_shard_size(size):
@@ -91,8 +92,9 @@ def _roles(cfg):
     return cfg.base, [e for e in entries if e.path != cfg.base]
 
 
-def plan(cfg, files, dtype=None):
-    """The list of Jobs, in the reference model's storage order."""
+def plan(cfg, files, dtype=None, vocab=None):
+    """The list of Jobs, in the reference model's storage order. vocab: a VocabPlan when
+    tokenizer_source is set."""
     base, inputs = _roles(cfg)
     ref_path = base or inputs[0].path
     ref = files[ref_path]
@@ -115,7 +117,13 @@ def plan(cfg, files, dtype=None):
                 raise ConfigError(f"tensor {name!r}: model {p} stores it as {d}, not a float")
         out_shape = tuple(info.shape)
         use = list(inputs)
-        if len(set(shapes.values())) > 1:
+        permute = vocab is not None and _is_embed(name, out_shape) and not all(
+            vocab.identity_for(p, s[0]) for p, s in shapes.items())
+        if permute:
+            if len({s[1] for s in shapes.values()}) > 1:
+                raise ConfigError(f"tensor {name!r}: hidden sizes differ between models")
+            out_shape = (len(vocab.tokens), out_shape[1])
+        elif len(set(shapes.values())) > 1:
             if not _is_embed(name, out_shape):
                 detail = ", ".join(f"{p}: {list(s)}" for p, s in shapes.items())
                 raise ConfigError(f"tensor {name!r}: shapes differ between models ({detail})")
@@ -159,7 +167,7 @@ def plan(cfg, files, dtype=None):
             params[g] = v
         out_dtype = dtype or cfg.out_dtype or cfg.dtype or info.dtype
         jobs.append(Job(name, out_dtype, out_shape, base=base,
-                        inputs=tuple(e.path for e in use), params=params))
+                        inputs=tuple(e.path for e in use), params=params, permute=permute))
     return jobs
 
 
@@ -170,11 +178,17 @@ def _view(f, name, shape):
     return a
 
 
-def _merge_job(job, files, method, seed, threads):
+def _merge_job(job, files, method, seed, threads, vocab=None):
     if job.copy_from:
         return np.asarray(files[job.copy_from].get(job.name))
-    base = _view(files[job.base], job.name, job.out_shape) if job.base else None
-    xs = [_view(files[p], job.name, job.out_shape) for p in job.inputs]
+    if job.permute:
+        paths = ([job.base] if job.base else []) + list(job.inputs)
+        rows = vocab.permute(job.name, {p: files[p].get(job.name) for p in paths})
+        base = rows[job.base] if job.base else None
+        xs = [rows[p] for p in job.inputs]
+    else:
+        base = _view(files[job.base], job.name, job.out_shape) if job.base else None
+        xs = [_view(files[p], job.name, job.out_shape) for p in job.inputs]
     if method.base == "required" and not xs:
         return base.astype(st.numpy_dtype(job.out_dtype))
     try:
@@ -200,9 +214,12 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
     files = {p: st.open(p) for p in cfg.model_paths()}
     base_path, inputs = _roles(cfg)
     donor = cfg.base or cfg.models[0].path
-    jobs = plan(cfg, files, dtype)
-    if cfg.tokenizer_source == "union":
-        raise ConfigError("tokenizer_source: union is not supported yet; use base or a model path")
+    vocab = None
+    if cfg.tokenizer_source:
+        from .vocab import VocabPlan
+        vocab = VocabPlan(cfg.tokenizer_source, base_path,
+                          ([base_path] if base_path else []) + [e.path for e in inputs])
+    jobs = plan(cfg, files, dtype, vocab)
     parent = os.path.dirname(out_path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.fusechat-tmp-", dir=parent)
@@ -221,7 +238,7 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
                         nxt = jobs[i + 1]
                         for p in set((nxt.base,) + nxt.inputs + (nxt.copy_from,)) - {None}:
                             files[p].prefetch(nxt.name)
-                    arr = _merge_job(job, files, cfg.method, seed, threads)
+                    arr = _merge_job(job, files, cfg.method, seed, threads, vocab)
                     if pending is not None:
                         pending.result()
                         bar.update(pending_bytes)
@@ -236,7 +253,7 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
             raise
         finally:
             bar.close()
-        _write_side_files(tmp, cfg, donor, jobs, seed)
+        _write_side_files(tmp, cfg, donor, jobs, seed, vocab)
         _move_into_place(tmp, out_path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -257,7 +274,7 @@ def _move_into_place(tmp, out_path, overwrite):
         os.rename(tmp, out_path)
 
 
-def _write_side_files(tmp, cfg, donor, jobs, seed):
+def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
     import yaml
 
     out_dtypes = {j.out_dtype for j in jobs if not j.copy_from}
@@ -271,14 +288,18 @@ def _write_side_files(tmp, cfg, donor, jobs, seed):
             if _is_embed(j.name, j.out_shape) and "embed" in j.name and \
                     model_cfg.get("vocab_size", j.out_shape[0]) != j.out_shape[0]:
                 model_cfg["vocab_size"] = j.out_shape[0]
+        if vocab:
+            model_cfg["vocab_size"] = len(vocab.tokens)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(model_cfg, f, indent=2)
             f.write("\n")
-    tok_donor = cfg.tokenizer_source if cfg.tokenizer_source not in (None, "base") else donor
+    tok_donor = vocab.donor if vocab else donor
     for name in TOKENIZER_FILES:
         src = os.path.join(tok_donor, name)
         if os.path.isfile(src):
             shutil.copyfile(src, os.path.join(tmp, name))
+    if vocab:
+        vocab.write_tokenizer(tmp)
     gen = os.path.join(donor, "generation_config.json")
     if os.path.isfile(gen):
         shutil.copyfile(gen, os.path.join(tmp, "generation_config.json"))
