@@ -386,3 +386,23 @@ def test_tokenizer_source_union(tmp_path):
     assert tok.token_to_id("w110") == 113  # the big model's id for it, appended after the base
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["vocab_size"] == 120
+
+
+def test_frankenmerge_slices_config(tmp_path):
+    base, (t0,) = make_family(str(tmp_path / "f"), 1, "float32")
+    cfg = {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": base, "layer_range": [0, 3]}]},
+        {"sources": [{"model": t0, "layer_range": [1, 3]}]}]}
+    out = run(cfg, tmp_path / "o", quiet=True)
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["num_hidden_layers"] == 5
+    got, T = load(out), load(t0)
+    np.testing.assert_array_equal(got["model.layers.4.mlp.up_proj.weight"],
+                                  T["model.layers.2.mlp.up_proj.weight"])
+    assert "model.layers.5.mlp.up_proj.weight" not in got
+    again = yaml.safe_load(open(os.path.join(out, "mergekit_config.yml")))
+    assert again["slices"][1]["sources"][0]["model"] == t0
+    bad = dict(cfg, slices=[{"sources": [{"model": base, "layer_range": [0, 3]},
+                                         {"model": t0, "layer_range": [0, 2]}]}])
+    with pytest.raises(ConfigError, match="same number of layers"):
+        run(bad, tmp_path / "o2", quiet=True)

@@ -58,6 +58,18 @@ def configs(base, ts):
         "model_stock": {"base_model": base, "models": _models(ts)},
         "nearswap": {"base_model": base, "models": _models(ts[:1]), "parameters": {"t": 0.01}},
         "dare_linear_density1": {"base_model": base, "models": _models(ts, weight=0.3)},
+        "passthrough_frankenmerge": {"slices": [
+            {"sources": [{"model": ts[0], "layer_range": [0, 2]}]},
+            {"sources": [{"model": ts[1], "layer_range": [1, 3]}]},
+            {"sources": [{"model": base, "layer_range": [2, 3],
+                          "parameters": {"scale": [{"filter": "o_proj", "value": 0.5},
+                                                   {"value": 1.0}]}}]}]},
+        "slerp_slices": {"base_model": base, "parameters": {"t": [0.1, 0.9]}, "slices": [
+            {"sources": [{"model": base, "layer_range": [0, 2]},
+                         {"model": ts[0], "layer_range": [0, 2]}]},
+            {"sources": [{"model": base, "layer_range": [1, 3]},
+                         {"model": ts[1], "layer_range": [1, 3]}],
+             "parameters": {"t": 0.3}}]},
     }
 
 
@@ -86,7 +98,8 @@ def test_matches_mergekit(family, tmp_path, case):
         "task_arithmetic", "breadcrumbs_ties", "model_stock", "sce_full") else case
     cfg["merge_method"] = {"sce_full": "sce", "dare_linear_density1": "dare_linear",
                            "ties_gradient": "ties", "nuslerp_rows": "nuslerp",
-                           "linear_filters": "linear"}.get(case, cfg["merge_method"])
+                           "linear_filters": "linear", "passthrough_frankenmerge": "passthrough",
+                           "slerp_slices": "slerp"}.get(case, cfg["merge_method"])
     cfg["dtype"] = "float32"
     cfg["out_dtype"] = "float32"
     _run_mergekit(cfg, str(tmp_path / "mk"))

@@ -211,6 +211,9 @@ def _load_slices(slices, method, where):
     for i, s in enumerate(slices):
         w = f"{where}: slices[{i}]"
         _check_keys(s, ("sources", "parameters", "base_model", "residual_weight"), w)
+        if s.get("base_model") is not None:
+            raise ConfigError(f"{w}: a per-slice base_model is not supported; set base_model "
+                              "at the top level")
         if not isinstance(s.get("sources"), list) or not s["sources"]:
             raise ConfigError(f"{w}: sources must be a non-empty list")
         srcs = []

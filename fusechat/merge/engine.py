@@ -50,9 +50,9 @@ class Job:
     name: str
     out_dtype: str
     out_shape: tuple
-    copy_from: str = None          # model path: copied unchanged (non-float tensors)
-    base: str = None               # model path of the base input
-    inputs: tuple = ()             # model paths of the other inputs, in order
+    copy_from: tuple = None        # (model path, tensor): copied unchanged (non-float tensors)
+    base: tuple = None             # (model path, tensor name) of the base input
+    inputs: tuple = ()             # (model path, tensor name) of the other inputs, in order
     params: dict = None            # per-model lists and global scalars for merge_tensors
     permute: bool = False          # embedding rows re-laid out by token (tokenizer_source)
 
@@ -80,94 +80,154 @@ def _layer_t(names):
     return t_of
 
 
-def _roles(cfg):
-    """(base path or None, [(input path, its ModelEntry)]) as the method sees them."""
+def _roles(cfg, entries):
+    """(base entry or None, [input entries]) as the method sees them."""
+    from .config import ModelEntry
+
     m = cfg.method
-    entries = [e for e in cfg.models]
     if m.base == "none":
         if cfg.base and cfg.base not in [e.path for e in entries]:
-            from .config import ModelEntry
-            entries.append(ModelEntry(cfg.base, {}))
-        return None, entries
-    return cfg.base, [e for e in entries if e.path != cfg.base]
+            entries = entries + [ModelEntry(cfg.base, {})]
+        return None, list(entries)
+    base = next((e for e in entries if e.path == cfg.base), None)
+    if cfg.base and base is None:
+        base = ModelEntry(cfg.base, {})
+    return base, [e for e in entries if e.path != cfg.base]
 
 
-def plan(cfg, files, dtype=None, vocab=None):
-    """The list of Jobs, in the reference model's storage order. vocab: a VocabPlan when
-    tokenizer_source is set."""
-    base, inputs = _roles(cfg)
-    ref_path = base or inputs[0].path
-    ref = files[ref_path]
-    names = ref.keys()
-    t_of = _layer_t(names)
-    m = cfg.method
-    jobs = []
-    for name in names:
-        info = ref.info(name)
-        for e in inputs + ([] if base is None else []):
+class _Planner:
+    """Builds one Job per output tensor (see plan())."""
+
+    def __init__(self, cfg, files, dtype, vocab):
+        self.cfg, self.files, self.dtype, self.vocab = cfg, files, dtype, vocab
+        self.m = cfg.method
+
+    def job(self, out_name, base, inputs, t, slice_params=None):
+        """base: (entry, tensor name) or None; inputs: [(entry, tensor name)]."""
+        cfg, files, m = self.cfg, self.files, self.m
+        ref_path, ref_name = (base or inputs[0])[0].path, (base or inputs[0])[1]
+        for e, name in ([base] if base else []) + inputs:
             if name not in files[e.path]:
                 raise ConfigError(f"tensor {name!r} is missing from model {e.path}")
+        info = files[ref_path].info(ref_name)
         if info.dtype not in FLOATS:
-            jobs.append(Job(name, info.dtype, tuple(info.shape), copy_from=ref_path))
-            continue
-        shapes = {p: tuple(files[p].info(name).shape) for p in [ref_path] + [e.path for e in inputs]}
-        for p in shapes:
-            d = files[p].info(name).dtype
-            if d not in FLOATS:
-                raise ConfigError(f"tensor {name!r}: model {p} stores it as {d}, not a float")
+            return Job(out_name, info.dtype, tuple(info.shape), copy_from=(ref_path, ref_name))
+        srcs = ([base] if base else []) + inputs
+        shapes = {}
+        for e, name in srcs:
+            i = files[e.path].info(name)
+            if i.dtype not in FLOATS:
+                raise ConfigError(f"tensor {name!r}: model {e.path} stores it as {i.dtype}, "
+                                  "not a float")
+            shapes[e.path] = tuple(i.shape)
         out_shape = tuple(info.shape)
         use = list(inputs)
-        permute = vocab is not None and _is_embed(name, out_shape) and not all(
-            vocab.identity_for(p, s[0]) for p, s in shapes.items())
+        vocab = self.vocab
+        permute = vocab is not None and _is_embed(out_name, out_shape) and not all(
+            vocab.identity_for(p, sh[0]) for p, sh in shapes.items())
         if permute:
-            if len({s[1] for s in shapes.values()}) > 1:
-                raise ConfigError(f"tensor {name!r}: hidden sizes differ between models")
+            if len({sh[1] for sh in shapes.values()}) > 1:
+                raise ConfigError(f"tensor {out_name!r}: hidden sizes differ between models")
             out_shape = (len(vocab.tokens), out_shape[1])
         elif len(set(shapes.values())) > 1:
-            if not _is_embed(name, out_shape):
-                detail = ", ".join(f"{p}: {list(s)}" for p, s in shapes.items())
-                raise ConfigError(f"tensor {name!r}: shapes differ between models ({detail})")
+            if not _is_embed(out_name, out_shape):
+                detail = ", ".join(f"{p}: {list(sh)}" for p, sh in shapes.items())
+                raise ConfigError(f"tensor {out_name!r}: shapes differ between models ({detail})")
+            sizes = ", ".join(f"{p}: {sh[0]}" for p, sh in shapes.items())
             if m.name in BASE_ANCHORED_EMBED and base is not None:
-                dropped = [e.path for e in use if any(a < b for a, b in zip(shapes[e.path], out_shape))]
-                use = [e for e in use if e.path not in dropped]
+                dropped = [e.path for e, _ in use
+                           if any(a < b for a, b in zip(shapes[e.path], out_shape))]
+                use = [(e, n) for e, n in use if e.path not in dropped]
                 LOG.warning("tensor %s: vocabulary sizes differ (%s); larger inputs are cut to "
-                            "the base's %s rows%s", name,
-                            ", ".join(f"{p}: {s[0]}" for p, s in shapes.items()), out_shape[0],
-                            f"; skipped (smaller than the base): {', '.join(dropped)}" if dropped else "")
+                            "the base's %s rows%s", out_name, sizes, out_shape[0],
+                            f"; skipped (smaller than the base): {', '.join(dropped)}"
+                            if dropped else "")
             else:
-                out_shape = tuple(min(s[i] for s in shapes.values()) for i in range(2))
+                out_shape = tuple(min(sh[i] for sh in shapes.values()) for i in range(2))
                 LOG.warning("tensor %s: vocabulary sizes differ (%s); every input is cut to the "
-                            "common %s submatrix", name,
-                            ", ".join(f"{p}: {s[0]}" for p, s in shapes.items()), list(out_shape))
-        t = t_of(name)
+                            "common %s submatrix", out_name, sizes, list(out_shape))
         params = {}
         for field in MODEL_FIELDS:
             if field not in m.tensor:
                 continue
             vals = []
-            for e in use:
-                v = lookup(field, name, t, e.params, cfg.params)
+            for e, name in use:
+                v = lookup(field, name, t, e.params, slice_params, cfg.params)
                 if v is None:
                     v = m.tensor[field]
                     if v is REQUIRED:
-                        raise ConfigError(f"tensor {name!r}: {m.name} needs {field} for model "
-                                          f"{e.path} (no value or filter matches)")
+                        raise ConfigError(f"tensor {out_name!r}: {m.name} needs {field} for "
+                                          f"model {e.path} (no value or filter matches)")
                 vals.append(v)
             params[field] = vals
-        for i, e in enumerate(use):
+        for i, (e, _) in enumerate(use):
             get = lambda f: params[f][i] if f in params else MODEL_DEFAULTS[f]  # noqa: E731
-            check_della(m, get("density"), get("epsilon"), f"tensor {name!r}, model {e.path}",
-                        ConfigError)
+            check_della(m, get("density"), get("epsilon"),
+                        f"tensor {out_name!r}, model {e.path}", ConfigError)
         for g, default in m.glob.items():
-            v = lookup(g, name, t, cfg.params)
+            v = lookup(g, out_name, t, slice_params, cfg.params)
             if v is None:
                 if default is REQUIRED:
-                    raise ConfigError(f"tensor {name!r}: {m.name} needs the parameter {g}")
+                    raise ConfigError(f"tensor {out_name!r}: {m.name} needs the parameter {g}")
                 continue
             params[g] = v
-        out_dtype = dtype or cfg.out_dtype or cfg.dtype or info.dtype
-        jobs.append(Job(name, out_dtype, out_shape, base=base,
-                        inputs=tuple(e.path for e in use), params=params, permute=permute))
+        out_dtype = self.dtype or cfg.out_dtype or cfg.dtype or info.dtype
+        return Job(out_name, out_dtype, out_shape,
+                   base=(base[0].path, base[1]) if base else None,
+                   inputs=tuple((e.path, n) for e, n in use), params=params, permute=permute)
+
+
+def plan(cfg, files, dtype=None, vocab=None):
+    """The list of Jobs. With ``models:``, every tensor of the base (else the first model)
+    in its storage order; with ``slices:``, the pre-layer tensors from the first slice's
+    sources, the layers slice by slice, then the post-layer tensors from the last slice's."""
+    if cfg.slices:
+        return _plan_slices(cfg, files, dtype, vocab)
+    base, inputs = _roles(cfg, cfg.models)
+    ref = files[(base or inputs[0]).path]
+    names = ref.keys()
+    t_of = _layer_t(names)
+    pl = _Planner(cfg, files, dtype, vocab)
+    return [pl.job(name, (base, name) if base else None, [(e, name) for e in inputs],
+                   t_of(name)) for name in names]
+
+
+def _plan_slices(cfg, files, dtype, vocab):
+    from .config import LAYER_RE
+
+    pl = _Planner(cfg, files, dtype, vocab)
+    first = cfg.slices[0]
+    ref_entry = next((e for e in first.sources if e.path == cfg.base), first.sources[0])
+    ref = files[ref_entry.path]
+    names = ref.keys()
+    layer_names = [n for n in names if layer_index(n) is not None]
+    lo = min((layer_index(n) for n in layer_names), default=0)
+    templates = [LAYER_RE.sub(".{}.", n, count=1) for n in layer_names if layer_index(n) == lo]
+    others = [n for n in names if layer_index(n) is None]
+    pre = [n for n in others if "embed" in n]
+    post = [n for n in others if "embed" not in n]
+
+    def whole(name, sl):
+        base, inputs = _roles(cfg, sl.sources)
+        return pl.job(name, (base, name) if base else None, [(e, name) for e in inputs], 0.0,
+                      sl.params)
+
+    jobs = [whole(n, first) for n in pre]
+    out_layer = 0
+    for sl in cfg.slices:
+        base, inputs = _roles(cfg, sl.sources)
+        if cfg.method.base != "none" and cfg.base and base not in sl.sources:
+            raise ConfigError(f"slices: every slice must list base_model {cfg.base} among its "
+                              f"sources for {cfg.method.name}")
+        n_layers = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
+        for j in range(n_layers):
+            t = j / (n_layers - 1) if n_layers > 1 else 1.0
+            for tpl in templates:
+                src = lambda e: (e, tpl.format(e.layer_range[0] + j))  # noqa: E731
+                jobs.append(pl.job(tpl.format(out_layer), src(base) if base else None,
+                                   [src(e) for e in inputs], t, sl.params))
+            out_layer += 1
+    jobs += [whole(n, cfg.slices[-1]) for n in post]
     return jobs
 
 
@@ -180,22 +240,23 @@ def _view(f, name, shape):
 
 def _merge_job(job, files, method, seed, threads, vocab=None):
     if job.copy_from:
-        return np.asarray(files[job.copy_from].get(job.name))
+        return np.asarray(files[job.copy_from[0]].get(job.copy_from[1]))
     if job.permute:
-        paths = ([job.base] if job.base else []) + list(job.inputs)
-        rows = vocab.permute(job.name, {p: files[p].get(job.name) for p in paths})
-        base = rows[job.base] if job.base else None
-        xs = [rows[p] for p in job.inputs]
+        srcs = ([job.base] if job.base else []) + list(job.inputs)
+        rows = vocab.permute(job.name, {p: files[p].get(n) for p, n in srcs})
+        base = rows[job.base[0]] if job.base else None
+        xs = [rows[p] for p, _ in job.inputs]
     else:
-        base = _view(files[job.base], job.name, job.out_shape) if job.base else None
-        xs = [_view(files[p], job.name, job.out_shape) for p in job.inputs]
+        base = _view(files[job.base[0]], job.base[1], job.out_shape) if job.base else None
+        xs = [_view(files[p], n, job.out_shape) for p, n in job.inputs]
     if method.base == "required" and not xs:
         return base.astype(st.numpy_dtype(job.out_dtype))
     try:
         return merge_tensors(method.name, base, xs, out_dtype=st.numpy_dtype(job.out_dtype),
                              seed=seed, tensor_name=job.name, threads=threads, **job.params)
     except ValueError as exc:
-        raise type(exc)(f"tensor {job.name!r} (models {', '.join(job.inputs)}): {exc}") from None
+        raise type(exc)(f"tensor {job.name!r} (models "
+                        f"{', '.join(p for p, _ in job.inputs)}): {exc}") from None
 
 
 def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, seed=0,
@@ -208,17 +269,17 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
     if dtype is not None:
         from .config import _dtype
         dtype = _dtype(dtype, "dtype")
-    if cfg.slices:
-        raise ConfigError("slices are not supported yet by fusechat merge; use models:")
     shard_bytes = parse_shard_size(out_shard_size)
     files = {p: st.open(p) for p in cfg.model_paths()}
-    base_path, inputs = _roles(cfg)
-    donor = cfg.base or cfg.models[0].path
+    entries = cfg.models or [e for sl in cfg.slices for e in sl.sources]
+    base_entry, inputs = _roles(cfg, entries)
+    base_path = base_entry.path if base_entry else None
+    donor = cfg.base or entries[0].path
     vocab = None
     if cfg.tokenizer_source:
         from .vocab import VocabPlan
-        vocab = VocabPlan(cfg.tokenizer_source, base_path,
-                          ([base_path] if base_path else []) + [e.path for e in inputs])
+        vocab = VocabPlan(cfg.tokenizer_source, base_path, list(dict.fromkeys(
+            ([base_path] if base_path else []) + [e.path for e in inputs])))
     jobs = plan(cfg, files, dtype, vocab)
     parent = os.path.dirname(out_path)
     os.makedirs(parent, exist_ok=True)
@@ -236,8 +297,8 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
                 for i, job in enumerate(jobs):
                     if i + 1 < len(jobs):
                         nxt = jobs[i + 1]
-                        for p in set((nxt.base,) + nxt.inputs + (nxt.copy_from,)) - {None}:
-                            files[p].prefetch(nxt.name)
+                        for p, n in set((nxt.base,) + nxt.inputs + (nxt.copy_from,)) - {None}:
+                            files[p].prefetch(n)
                     arr = _merge_job(job, files, cfg.method, seed, threads, vocab)
                     if pending is not None:
                         pending.result()
@@ -290,6 +351,9 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
                 model_cfg["vocab_size"] = j.out_shape[0]
         if vocab:
             model_cfg["vocab_size"] = len(vocab.tokens)
+        if cfg.slices and "num_hidden_layers" in model_cfg:
+            model_cfg["num_hidden_layers"] = sum(
+                sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0] for sl in cfg.slices)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(model_cfg, f, indent=2)
             f.write("\n")
@@ -308,6 +372,10 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
         resolved["base_model"] = cfg.base
     if "models" in resolved:
         resolved["models"] = [dict(m, model=e.path) for m, e in zip(resolved["models"], cfg.models)]
+    if "slices" in resolved:
+        resolved["slices"] = [
+            dict(raw, sources=[dict(r, model=e.path) for r, e in zip(raw["sources"], sl.sources)])
+            for raw, sl in zip(resolved["slices"], cfg.slices)]
     text = yaml.safe_dump(resolved, sort_keys=False)
     with open(os.path.join(tmp, "mergekit_config.yml"), "w", encoding="utf-8") as f:
         f.write(text)
