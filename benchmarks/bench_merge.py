@@ -42,18 +42,19 @@ MERGES = [  # name, method, number of non-base models, per-model params, global 
 ]
 
 
-def shapes(size):
+def model_config(size):
     h, inter, layers, vocab = SIZES[size]
-    out = [("model.embed_tokens.weight", (vocab, h))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        out += [(p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (h, h)),
-                (p + "self_attn.v_proj.weight", (h, h)), (p + "self_attn.o_proj.weight", (h, h)),
-                (p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
-                (p + "mlp.down_proj.weight", (h, inter)),
-                (p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
-    out += [("model.norm.weight", (h,)), ("lm_head.weight", (vocab, h))]
-    return out
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+            "intermediate_size": inter, "num_hidden_layers": layers,
+            "num_attention_heads": h // 64, "num_key_value_heads": h // 64, "vocab_size": vocab,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+            "max_position_embeddings": 2048, "torch_dtype": "bfloat16"}
+
+
+def shapes(size):
+    from fusechat.demo import llama_shapes
+
+    return list(llama_shapes(model_config(size)).items())
 
 
 def make_checkpoints(root, size, n_models):
@@ -63,7 +64,6 @@ def make_checkpoints(root, size, n_models):
     import fusechat
     import fusechat.safetensors as st
 
-    h, inter, layers, vocab = SIZES[size]
     paths = [os.path.join(root, size, "base")] + [os.path.join(root, size, f"m{j}")
                                                   for j in range(n_models)]
     todo = [p for p in paths if not os.path.exists(os.path.join(p, "config.json"))]
@@ -82,11 +82,7 @@ def make_checkpoints(root, size, n_models):
                     noise = np.random.default_rng(1000 * j + k).standard_normal(shape, dtype=np.float32)
                     base += noise * (0.002 * j)
                 w.write(name, fusechat.convert(base, "BF16"))
-        cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
-               "intermediate_size": inter, "num_hidden_layers": layers,
-               "num_attention_heads": h // 64, "num_key_value_heads": h // 64,
-               "vocab_size": vocab, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-               "max_position_embeddings": 2048, "torch_dtype": "bfloat16"}
+        cfg = model_config(size)
         with open(os.path.join(p, "config.json"), "w") as f:
             json.dump(cfg, f)
     return paths

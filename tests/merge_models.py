@@ -10,23 +10,11 @@ HIDDEN, INTER, LAYERS, HEADS = 64, 96, 3, 4
 
 
 def llama_shapes(vocab, hidden=HIDDEN, inter=INTER, layers=LAYERS):
-    shapes = {"model.embed_tokens.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (hidden, hidden),
-            p + "self_attn.k_proj.weight": (hidden, hidden),
-            p + "self_attn.v_proj.weight": (hidden, hidden),
-            p + "self_attn.o_proj.weight": (hidden, hidden),
-            p + "mlp.gate_proj.weight": (inter, hidden),
-            p + "mlp.up_proj.weight": (inter, hidden),
-            p + "mlp.down_proj.weight": (hidden, inter),
-            p + "input_layernorm.weight": (hidden,),
-            p + "post_attention_layernorm.weight": (hidden,),
-        })
-    shapes["model.norm.weight"] = (hidden,)
-    shapes["lm_head.weight"] = (vocab, hidden)
-    return shapes
+    from fusechat.demo import llama_shapes as shapes_of
+
+    return shapes_of({"hidden_size": hidden, "intermediate_size": inter, "vocab_size": vocab,
+                      "num_attention_heads": HEADS, "num_key_value_heads": HEADS,
+                      "num_hidden_layers": layers})
 
 
 def write_llama(path, tensors, vocab, dtype_name):

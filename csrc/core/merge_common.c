@@ -5,27 +5,22 @@
 #include "fp_convert.h"
 #include "merge_internal.h"
 
+/* n 16-bit floats from src (unaligned) to float32 through conv; inlined per format */
+static inline void load_half(const void *src, int64_t begin, int64_t n, float *dst,
+                             float (*conv)(uint16_t)) {
+    const uint16_t *s = (const uint16_t *)src + begin;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, s + i, 2);
+        dst[i] = conv(h);
+    }
+}
+
 void mg_load(const void *src, fc_dtype dt, int64_t begin, int64_t n, float *dst) {
     switch (dt) {
     case FC_F32: memcpy(dst, (const float *)src + begin, (size_t)n * sizeof(float)); break;
-    case FC_BF16: {
-        const uint16_t *s = (const uint16_t *)src + begin;
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, s + i, 2);
-            dst[i] = fcx_bf16_to_f32(h);
-        }
-        break;
-    }
-    case FC_F16: {
-        const uint16_t *s = (const uint16_t *)src + begin;
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, s + i, 2);
-            dst[i] = fcx_f16_to_f32(h);
-        }
-        break;
-    }
+    case FC_BF16: load_half(src, begin, n, dst, fcx_bf16_to_f32); break;
+    case FC_F16: load_half(src, begin, n, dst, fcx_f16_to_f32); break;
     case FC_F64: {
         const double *s = (const double *)src + begin;
         for (int64_t i = 0; i < n; i++) {
@@ -39,25 +34,21 @@ void mg_load(const void *src, fc_dtype dt, int64_t begin, int64_t n, float *dst)
     }
 }
 
+/* n float32 values rounded to a 16-bit float format through conv, stored unaligned */
+static inline void store_half(void *dst, int64_t begin, int64_t n, const float *src,
+                              uint16_t (*conv)(float)) {
+    uint16_t *d = (uint16_t *)dst + begin;
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t h = conv(src[i]);
+        memcpy(d + i, &h, 2);
+    }
+}
+
 void mg_store(void *dst, fc_dtype dt, int64_t begin, int64_t n, const float *src) {
     switch (dt) {
     case FC_F32: memcpy((float *)dst + begin, src, (size_t)n * sizeof(float)); break;
-    case FC_BF16: {
-        uint16_t *d = (uint16_t *)dst + begin;
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h = fcx_f32_to_bf16(src[i]);
-            memcpy(d + i, &h, 2);
-        }
-        break;
-    }
-    case FC_F16: {
-        uint16_t *d = (uint16_t *)dst + begin;
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h = fc_f32_to_f16(src[i]);
-            memcpy(d + i, &h, 2);
-        }
-        break;
-    }
+    case FC_BF16: store_half(dst, begin, n, src, fcx_f32_to_bf16); break;
+    case FC_F16: store_half(dst, begin, n, src, fcx_f32_to_f16); break;
     case FC_F64: {
         double *d = (double *)dst + begin;
         for (int64_t i = 0; i < n; i++) {
