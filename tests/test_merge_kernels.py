@@ -161,17 +161,34 @@ def test_ties_output_deltas_only_where_signs_agree():
     w = [0.5, 1.0, 0.8]
     out = merge_tensors("ties", base, xs, weight=w, density=0.5)
     d_out = out.astype(np.float64) - base
-    D = np.stack([wi * (x.astype(np.float64) - base) for wi, x in zip(w, xs)])
-    nz = np.abs(d_out) > 1e-7
-    # wherever the merged delta is nonzero it has the elected sign and some model agrees
-    elected = np.where(D.sum(0) >= 0, 1, -1)  # untrimmed sum can differ; check against kept
-    kept_any = np.zeros(base.shape, bool)
-    for i in range(3):
-        keys = np.abs(xs[i].astype(np.float32) - base).ravel()
-        keep = ref._topk_mask(keys, int(0.5 * keys.size)).reshape(base.shape)
-        kept_any |= keep & (np.sign(D[i]) == np.sign(d_out))
-    assert np.all(kept_any[nz])
-    assert elected.shape == base.shape
+    trimmed = []
+    for wi, x in zip(w, xs):
+        d = x - base
+        keep = ref._topk_mask(np.abs(d).ravel(), int(0.5 * d.size)).reshape(d.shape)
+        trimmed.append(wi * np.where(keep, d, 0).astype(np.float64))
+    T = np.stack(trimmed)
+    elected = np.where(T.sum(0) >= 0, 1.0, -1.0)
+    agreeing = (np.sign(T) == elected).any(0)
+    nz = d_out != 0
+    # a nonzero merged delta has the elected sign and comes from a kept delta of that sign
+    assert nz.mean() > 0.5
+    assert np.all(np.sign(d_out[nz]) == elected[nz])
+    assert np.all(agreeing[nz])
+    # where no kept delta agrees with the election, the output is the base, exactly
+    assert (~agreeing).any()
+    np.testing.assert_array_equal(out[~agreeing], base[~agreeing])
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_della_keeps_density_and_favours_large_deltas(method):
+    base, (x,) = make_inputs((256, 512), 1, np.float32)
+    delta = x.astype(np.float64) - base
+    out = merge_tensors(method, base, [x], weight=1.0, density=0.5, epsilon=0.3, rescale=False)
+    kept = (out.astype(np.float64) - base) != 0
+    assert abs(kept.mean() - 0.5) < 0.01
+    # p runs from 0.2 (smallest |delta| of a row) to 0.8 (largest)
+    big = np.abs(delta) >= np.median(np.abs(delta), axis=1, keepdims=True)
+    assert kept[big].mean() > 0.62 and kept[~big].mean() < 0.38
 
 
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
