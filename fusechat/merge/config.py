@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from .methods import REQUIRED, check_value, get_method
 
 TOP_KEYS = ("merge_method", "models", "slices", "base_model", "parameters", "dtype",
-            "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "modules", "name")
+            "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "modules")
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 
 
