@@ -185,7 +185,7 @@ def test_exception_mid_merge_leaves_nothing(zoo, tmp_path, monkeypatch):
     assert digest(zoo / "fam") == before
 
 
-def test_killed_merge_leaves_nothing_at_output(zoo, tmp_path):
+def test_killed_merge_leaves_nothing_at_output(zoo, tmp_path, monkeypatch):
     """SIGKILL in the middle of writing: OUT never appears and the inputs are unchanged."""
     before = digest(zoo / "fam")
     script = f"""
@@ -210,6 +210,10 @@ run({os.path.join(EXAMPLES, 'fusechat-ties.yml')!r}, {str(tmp_path / 'out')!r}, 
     leftovers = os.listdir(tmp_path)
     assert all(name.startswith(".out.fusechat-tmp-") for name in leftovers)  # hidden temp only
     assert digest(zoo / "fam") == before
+    # the next merge into the same path removes what the killed one left
+    monkeypatch.chdir(zoo)
+    run(os.path.join(EXAMPLES, "fusechat-ties.yml"), tmp_path / "out", quiet=True)
+    assert os.listdir(tmp_path) == ["out"]
 
 
 def _cfg(zoo, **over):

@@ -283,7 +283,8 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
     jobs = plan(cfg, files, dtype, vocab)
     parent = os.path.dirname(out_path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.fusechat-tmp-", dir=parent)
+    _remove_stale_temps(out_path)
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(out_path) + f"{os.getpid()}-", dir=parent)
     t0 = time.perf_counter()
     try:
         entries = [(j.name, j.out_dtype, j.out_shape) for j in jobs]
@@ -321,6 +322,31 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
         raise
     LOG.info("merged %d tensors into %s in %.1f s", len(jobs), out_path, time.perf_counter() - t0)
     return out_path
+
+
+def _temp_prefix(out_path):
+    return f".{os.path.basename(out_path)}.fusechat-tmp-"
+
+
+def _remove_stale_temps(out_path):
+    """Remove the temporary folders that killed merges into out_path left behind (their
+    process id, in the name, is no longer running)."""
+    parent, prefix = os.path.dirname(out_path), _temp_prefix(out_path)
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (another merge into the same path)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        LOG.info("removing %s, left by an interrupted merge", name)
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _move_into_place(tmp, out_path, overwrite):
