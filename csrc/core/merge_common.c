@@ -1,4 +1,5 @@
 /* merge_common.c - machinery shared by the merge kernels (see merge_internal.h). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,6 +119,28 @@ void mg_add_agreeing(int64_t len, const float *restrict d, const float *restrict
     }
 }
 
+double mg_dot(const float *a, const float *b, int64_t len) {
+    double acc[8] = {0};
+    int64_t k = 0;
+    for (; k + 8 <= len; k += 8)
+        for (int j = 0; j < 8; j++) acc[j] += (double)a[k + j] * (double)b[k + j];
+    double s = 0;
+    for (; k < len; k++) s += (double)a[k] * (double)b[k];
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+
+double mg_sum_abs(const float *a, int64_t len) {
+    double acc[8] = {0};
+    int64_t k = 0;
+    for (; k + 8 <= len; k += 8)
+        for (int j = 0; j < 8; j++) acc[j] += fabs((double)a[k + j]);
+    double s = 0;
+    for (; k < len; k++) s += fabs((double)a[k]);
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+
 /* ---- Gram matrices ---- */
 
 typedef struct {
@@ -142,10 +165,7 @@ static void gram_load(const mg_tensor *t, const gram_ctx *g, int64_t e, int64_t 
 static void gram_accumulate(int m, const float *v, int64_t len, double *G) {
     for (int i = 0; i < m; i++)
         for (int j = i; j < m; j++) {
-            const float *a = v + (size_t)i * len, *c = v + (size_t)j * len;
-            double s = 0;
-            for (int64_t k = 0; k < len; k++) s += (double)a[k] * c[k];
-            G[i * m + j] += s;
+            G[i * m + j] += mg_dot(v + (size_t)i * len, v + (size_t)j * len, len);
         }
 }
 

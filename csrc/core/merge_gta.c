@@ -42,10 +42,6 @@ static void delta_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     for (int64_t j = 0; j < n; j++) keys[j] = fc_float_key(fabsf(x[j] - b[j]));
 }
 
-static void stored_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
-    memcpy(keys, (const uint32_t *)vctx + begin, (size_t)n * sizeof(uint32_t));
-}
-
 typedef struct {
     uint32_t *keys;
     int i;
@@ -124,11 +120,8 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
     for (int i = 0; i < t->n; i++) {
         float *d = s + (size_t)(i + 1) * len;
         mg_load(t->in[i], t->in_dt[i], begin, len, d);
-        double l1_all = 0, l1_kept = 0;
-        for (int64_t k = 0; k < len; k++) {
-            d[k] -= b[k];
-            l1_all += fabsf(d[k]);
-        }
+        for (int64_t k = 0; k < len; k++) d[k] -= b[k];
+        double l1_all = part ? mg_sum_abs(d, len) : 0.0;
         if (!g->active[i]) continue;
         const fc_merge_model_params *mp = &t->p->models[i];
         switch (g->sp) {
@@ -149,9 +142,8 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         case SP_NONE: break;
         }
         if (part) {
-            for (int64_t k = 0; k < len; k++) l1_kept += fabsf(d[k]);
             part[2 * i] = l1_all;
-            part[2 * i + 1] = l1_kept;
+            part[2 * i + 1] = mg_sum_abs(d, len);
         }
     }
     return FC_OK;
@@ -256,7 +248,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
             fill_ctx fc = {keys, i};
             st = mg_for_blocks(t, N, MG_BLOCK, 1, fill_keys, &fc);
             if (st != FC_OK) goto done;
-            keyfn = stored_keys;
+            keyfn = NULL;
             keyctx = keys;
         }
         if (g.sp == SP_MAGNITUDE) {

@@ -59,6 +59,11 @@ static inline double *mg_doubles_at(float *scratch, size_t off) {
     return (double *)(void *)(scratch + ((off + 1) & ~(size_t)1));
 }
 
+/* Float64 sums over float arrays with 8 independent accumulators (a single accumulator is a
+ * serial chain of 4-cycle adds); the order is fixed, so results do not depend on threads. */
+double mg_dot(const float *a, const float *b, int64_t len);   /* sum a[k] * b[k] */
+double mg_sum_abs(const float *a, int64_t len);                /* sum |a[k]| */
+
 /* Allocation helpers that report NOMEM through t->err. */
 void *mg_calloc(const mg_tensor *t, size_t count, size_t size);
 

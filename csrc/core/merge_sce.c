@@ -79,10 +79,6 @@ static void var_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     if (s != stack) free(s);
 }
 
-static void stored_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
-    memcpy(keys, (const uint32_t *)vctx + begin, (size_t)n * sizeof(uint32_t));
-}
-
 static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     sce_ctx *c = (sce_ctx *)user;
@@ -100,16 +96,22 @@ static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_
         return FC_OK;
     }
     /* keep[k]: 1.0 where the position survives the variance mask, else 0.0 */
-    for (int64_t k = 0; k < len; k++) {
-        uint32_t key = !c->masked ? 0 : c->keys ? c->keys[begin + k] : fc_float_key(var[k]);
-        keep[k] = (float)(!c->mask_none && (!c->masked || fc_topk_has(&c->top, key, begin + k)));
+    if (c->mask_none || !c->masked) {
+        for (int64_t k = 0; k < len; k++) keep[k] = c->mask_none ? 0.0f : 1.0f;
+    } else { /* branch-free, 32-bit compares (see keep_topk in merge_gta.c) */
+        int64_t lc = c->top.cut - begin;
+        int32_t cut = (int32_t)(lc < -1 ? -1 : lc > len ? len : lc);
+        uint32_t kk = c->top.key;
+        for (int32_t k = 0; k < (int32_t)len; k++) {
+            uint32_t key = c->keys ? c->keys[begin + k] : fc_float_key(var[k]);
+            keep[k] = (float)((key > kk) | ((key == kk) & (k < cut)));
+        }
     }
     if (c->pass == 1) {
         for (int i = 0; i < n; i++) {
-            const float *d = s + (size_t)(i + 1) * len;
-            double sq = 0;
-            for (int64_t k = 0; k < len; k++) sq += (double)(d[k] * keep[k]) * (d[k] * keep[k]);
-            c->partials[(size_t)index * n + i] = sq;
+            float *d = s + (size_t)(i + 1) * len;
+            for (int64_t k = 0; k < len; k++) d[k] *= keep[k];
+            c->partials[(size_t)index * n + i] = mg_dot(d, d, len);
         }
         return FC_OK;
     }
@@ -184,7 +186,7 @@ fc_status mg_merge_sce(const mg_tensor *t) {
         for (int64_t b = 0; b < nblocks; b++) nz += c.partials[b];
         int64_t k = (int64_t)(nz * p->select_topk);
         if (k == 0) c.mask_none = 1;
-        else if ((st = fc_select_topk(t->numel, k, c.keys ? stored_keys : var_keys,
+        else if ((st = fc_select_topk(t->numel, k, c.keys ? NULL : var_keys,
                                       c.keys ? (void *)c.keys : (void *)t, t->nthreads, &c.top,
                                       t->err)) != FC_OK)
             goto done;

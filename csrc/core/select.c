@@ -26,20 +26,28 @@ typedef struct {
     int64_t  *counts;    /* pass 3: tied elements per block */
 } sel_ctx;
 
+/* The keys of [e, e + len): straight from the array when the caller stored them (fn NULL,
+ * ctx the array), else computed into buf. */
+static const uint32_t *keys_at(fc_key_fn fn, void *ctx, int64_t e, int64_t len, uint32_t *buf) {
+    if (!fn) return (const uint32_t *)ctx + e;
+    fn(ctx, e, len, buf);
+    return buf;
+}
+
 static fc_status sel_hist_range(void *vctx, int64_t r0, int64_t r1) {
     sel_ctx *c = (sel_ctx *)vctx;
-    uint32_t keys[SEL_CHUNK];
+    uint32_t buf[SEL_CHUNK];
     for (int64_t r = r0; r < r1; r++) {
         int64_t b0 = r * c->per_range, b1 = b0 + c->per_range < c->n ? b0 + c->per_range : c->n;
         uint64_t *h = c->hists + (size_t)r * 65536;
         for (int64_t e = b0; e < b1; e += SEL_CHUNK) {
             int64_t len = b1 - e < SEL_CHUNK ? b1 - e : SEL_CHUNK;
-            c->fn(c->ctx, e, len, keys);
+            const uint32_t *k = keys_at(c->fn, c->ctx, e, len, buf);
             if (c->level == 0) {
-                for (int64_t i = 0; i < len; i++) h[keys[i] >> 16]++;
+                for (int64_t i = 0; i < len; i++) h[k[i] >> 16]++;
             } else {
                 for (int64_t i = 0; i < len; i++)
-                    if ((keys[i] >> 16) == c->prefix) h[keys[i] & 0xffffu]++;
+                    if ((k[i] >> 16) == c->prefix) h[k[i] & 0xffffu]++;
             }
         }
     }
@@ -48,14 +56,14 @@ static fc_status sel_hist_range(void *vctx, int64_t r0, int64_t r1) {
 
 static fc_status sel_tie_range(void *vctx, int64_t r0, int64_t r1) {
     sel_ctx *c = (sel_ctx *)vctx;
-    uint32_t keys[SEL_CHUNK];
+    uint32_t buf[SEL_CHUNK];
     for (int64_t r = r0; r < r1; r++) {
         int64_t b0 = r * SEL_BLOCK, b1 = b0 + SEL_BLOCK < c->n ? b0 + SEL_BLOCK : c->n;
         int64_t cnt = 0;
         for (int64_t e = b0; e < b1; e += SEL_CHUNK) {
             int64_t len = b1 - e < SEL_CHUNK ? b1 - e : SEL_CHUNK;
-            c->fn(c->ctx, e, len, keys);
-            for (int64_t i = 0; i < len; i++) cnt += keys[i] == c->key;
+            const uint32_t *k = keys_at(c->fn, c->ctx, e, len, buf);
+            for (int64_t i = 0; i < len; i++) cnt += k[i] == c->key;
         }
         c->counts[r] = cnt;
     }
@@ -138,13 +146,13 @@ fc_status fc_select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, int nthr
      * quota < total ties; quota == 0 means the cut is at the block's start) */
     int64_t cut = b * SEL_BLOCK;
     if (quota > 0) {
-        uint32_t keys[SEL_CHUNK];
+        uint32_t buf[SEL_CHUNK];
         int64_t b1 = cut + SEL_BLOCK < n ? cut + SEL_BLOCK : n;
         for (int64_t e = cut; e < b1 && quota > 0; e += SEL_CHUNK) {
             int64_t len = b1 - e < SEL_CHUNK ? b1 - e : SEL_CHUNK;
-            fn(ctx, e, len, keys);
+            const uint32_t *k = keys_at(fn, ctx, e, len, buf);
             for (int64_t i = 0; i < len; i++)
-                if (keys[i] == c.key && --quota == 0) {
+                if (k[i] == c.key && --quota == 0) {
                     cut = e + i + 1;
                     break;
                 }

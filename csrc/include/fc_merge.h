@@ -120,7 +120,8 @@ static inline int fc_topk_has(const fc_topk *t, uint32_t key, int64_t index) {
 }
 
 /* O(n): two 16-bit histogram passes over the keys, and one counting pass when the k-th
- * key is tied. k <= 0 selects nothing, k >= n everything. */
+ * key is tied. k <= 0 selects nothing, k >= n everything. fn NULL: ctx is an array of the
+ * n keys (read in place). */
 FC_API fc_status fc_select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, int nthreads,
                                 fc_topk *out, fc_error *err);
 /* The order-preserving key of a float (|x| of a non-negative float is its bit pattern). */
