@@ -1,5 +1,6 @@
 /* merge_common.c - machinery shared by the merge kernels (see merge_internal.h). */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,22 +71,35 @@ void *mg_calloc(const mg_tensor *t, size_t count, size_t size) {
 
 typedef struct {
     const mg_tensor *t;
-    int64_t total, block;
+    int64_t total, block, nblocks;
     size_t scratch_floats;
     mg_block_fn fn;
     void *user;
+    atomic_int_fast64_t next; /* the next block to take */
+    atomic_int failed;
 } blocks_ctx;
 
-static fc_status blocks_range(void *vctx, int64_t b0, int64_t b1) {
+/* One worker: takes blocks from the shared counter until none are left. Blocks are handed
+ * out dynamically (a worker whose core is busy with another process takes fewer), while
+ * every block's result depends only on its index. */
+static fc_status blocks_worker(void *vctx, int64_t w0, int64_t w1) {
+    (void)w0;
+    (void)w1;
     blocks_ctx *c = (blocks_ctx *)vctx;
     float *scratch = malloc((c->scratch_floats ? c->scratch_floats : 1) * sizeof(float));
-    if (!scratch) return FC_ERR_NOMEM;
+    if (!scratch) {
+        atomic_store(&c->failed, 1);
+        return FC_ERR_NOMEM;
+    }
     fc_status st = FC_OK;
-    for (int64_t b = b0; b < b1 && st == FC_OK; b++) {
+    while (st == FC_OK && !atomic_load(&c->failed)) {
+        int64_t b = atomic_fetch_add(&c->next, 1);
+        if (b >= c->nblocks) break;
         int64_t begin = b * c->block;
         int64_t len = c->total - begin < c->block ? c->total - begin : c->block;
         st = c->fn(c->t, c->user, begin, len, scratch, b);
     }
+    if (st != FC_OK) atomic_store(&c->failed, 1);
     free(scratch);
     return st;
 }
@@ -93,9 +107,12 @@ static fc_status blocks_range(void *vctx, int64_t b0, int64_t b1) {
 fc_status mg_for_blocks(const mg_tensor *t, int64_t total, int64_t block, size_t scratch_floats,
                         mg_block_fn fn, void *user) {
     if (total <= 0) return FC_OK;
-    blocks_ctx c = {t, total, block, scratch_floats, fn, user};
-    int64_t nblocks = (total + block - 1) / block;
-    fc_status st = fc_parallel_for(nblocks, 1, t->nthreads, blocks_range, &c);
+    blocks_ctx c = {t, total, block, (total + block - 1) / block, scratch_floats, fn, user};
+    atomic_init(&c.next, 0);
+    atomic_init(&c.failed, 0);
+    int workers = t->nthreads > 0 ? t->nthreads : fc_default_threads();
+    if (workers > c.nblocks) workers = (int)c.nblocks;
+    fc_status st = fc_parallel_for(workers, 1, workers, blocks_worker, &c);
     if (st == FC_ERR_NOMEM && t->err->code == FC_OK)
         fc_error_set(t->err, FC_ERR_NOMEM, "merge: out of memory for working buffers");
     return st;

@@ -6,25 +6,14 @@
  * which fixes the k-th key itself. If that key is tied, pass 3 counts the tied elements per
  * fixed block and finds the element index at which the quota is used up: ties go to the
  * lower index, so the result is unique and independent of the thread count. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fusechat.h"
 
 #define SEL_CHUNK 8192
-#define SEL_BLOCK 65536 /* pass-3 counting blocks: fixed, not per thread */
-
-typedef struct {
-    fc_key_fn fn;
-    void     *ctx;
-    int64_t   n;
-    int       level;     /* 0: high 16 bits; 1: low bits under prefix; 2: tie counts */
-    uint32_t  prefix;    /* high 16 bits fixed in pass 1 */
-    uint32_t  key;       /* the k-th key, for pass 3 */
-    uint64_t *hists;     /* one 65536-bin histogram per range */
-    int64_t   per_range; /* how many elements each range of parallel_for covers */
-    int64_t  *counts;    /* pass 3: tied elements per block */
-} sel_ctx;
+#define SEL_BLOCK 65536 /* the unit of work handed to threads; fixed, not per thread */
 
 /* The keys of [e, e + len): straight from the array when the caller stored them (fn NULL,
  * ctx the array), else computed into buf. */
@@ -34,12 +23,29 @@ static const uint32_t *keys_at(fc_key_fn fn, void *ctx, int64_t e, int64_t len, 
     return buf;
 }
 
-static fc_status sel_hist_range(void *vctx, int64_t r0, int64_t r1) {
+typedef struct {
+    fc_key_fn fn;
+    void     *ctx;
+    int64_t   n, nblocks;
+    int       level;     /* 0: high 16 bits; 1: low bits under prefix */
+    uint32_t  prefix;    /* high 16 bits fixed in pass 1 */
+    uint32_t  key;       /* the k-th key, for pass 3 */
+    uint64_t *hists;     /* one 65536-bin histogram per worker */
+    int64_t  *counts;    /* pass 3: tied elements per block */
+    atomic_int_fast64_t next; /* blocks are handed out dynamically to the workers */
+} sel_ctx;
+
+/* Worker w: histograms the blocks it takes into its own histogram (counts add up the same
+ * whichever worker took a block). */
+static fc_status sel_hist_worker(void *vctx, int64_t w, int64_t w_end) {
+    (void)w_end;
     sel_ctx *c = (sel_ctx *)vctx;
     uint32_t buf[SEL_CHUNK];
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t b0 = r * c->per_range, b1 = b0 + c->per_range < c->n ? b0 + c->per_range : c->n;
-        uint64_t *h = c->hists + (size_t)r * 65536;
+    uint64_t *h = c->hists + (size_t)w * 65536;
+    for (;;) {
+        int64_t b = atomic_fetch_add(&c->next, 1);
+        if (b >= c->nblocks) break;
+        int64_t b0 = b * SEL_BLOCK, b1 = b0 + SEL_BLOCK < c->n ? b0 + SEL_BLOCK : c->n;
         for (int64_t e = b0; e < b1; e += SEL_CHUNK) {
             int64_t len = b1 - e < SEL_CHUNK ? b1 - e : SEL_CHUNK;
             const uint32_t *k = keys_at(c->fn, c->ctx, e, len, buf);
@@ -54,10 +60,14 @@ static fc_status sel_hist_range(void *vctx, int64_t r0, int64_t r1) {
     return FC_OK;
 }
 
-static fc_status sel_tie_range(void *vctx, int64_t r0, int64_t r1) {
+static fc_status sel_tie_worker(void *vctx, int64_t w, int64_t w_end) {
+    (void)w;
+    (void)w_end;
     sel_ctx *c = (sel_ctx *)vctx;
     uint32_t buf[SEL_CHUNK];
-    for (int64_t r = r0; r < r1; r++) {
+    for (;;) {
+        int64_t r = atomic_fetch_add(&c->next, 1);
+        if (r >= c->nblocks) break;
         int64_t b0 = r * SEL_BLOCK, b1 = b0 + SEL_BLOCK < c->n ? b0 + SEL_BLOCK : c->n;
         int64_t cnt = 0;
         for (int64_t e = b0; e < b1; e += SEL_CHUNK) {
@@ -70,19 +80,21 @@ static fc_status sel_tie_range(void *vctx, int64_t r0, int64_t r1) {
     return FC_OK;
 }
 
+static int sel_workers(const sel_ctx *c, int nthreads) {
+    if (nthreads <= 0) nthreads = fc_default_threads();
+    return c->nblocks < nthreads ? (int)c->nblocks : nthreads;
+}
+
 /* Histogram all elements at c->level; returns the summed histogram in hist[65536]. */
 static fc_status sel_histogram(sel_ctx *c, int nthreads, uint64_t *hist, fc_error *err) {
-    if (nthreads <= 0) nthreads = fc_default_threads();
-    int64_t ranges = (c->n + SEL_CHUNK * 4 - 1) / (SEL_CHUNK * 4);
-    if (ranges > nthreads) ranges = nthreads;
-    if (ranges < 1) ranges = 1;
-    c->per_range = (c->n + ranges - 1) / ranges;
-    c->hists = calloc((size_t)ranges * 65536, sizeof(uint64_t));
+    int workers = sel_workers(c, nthreads);
+    c->hists = calloc((size_t)workers * 65536, sizeof(uint64_t));
     if (!c->hists) return fc_error_set(err, FC_ERR_NOMEM, "top-k select: out of memory");
-    fc_parallel_for(ranges, 1, nthreads, sel_hist_range, c);
+    atomic_store(&c->next, 0);
+    fc_parallel_for(workers, 1, workers, sel_hist_worker, c);
     memset(hist, 0, 65536 * sizeof(uint64_t));
-    for (int64_t r = 0; r < ranges; r++)
-        for (int b = 0; b < 65536; b++) hist[b] += c->hists[(size_t)r * 65536 + b];
+    for (int w = 0; w < workers; w++)
+        for (int b = 0; b < 65536; b++) hist[b] += c->hists[(size_t)w * 65536 + b];
     free(c->hists);
     c->hists = NULL;
     return FC_OK;
@@ -118,6 +130,7 @@ fc_status fc_select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, int nthr
     uint64_t *hist = malloc(65536 * sizeof(uint64_t));
     if (!hist) return fc_error_set(err, FC_ERR_NOMEM, "top-k select: out of memory");
     sel_ctx c = {.fn = fn, .ctx = ctx, .n = n, .level = 0};
+    c.nblocks = (n + SEL_BLOCK - 1) / SEL_BLOCK;
     fc_status st = sel_histogram(&c, nthreads, hist, err);
     if (st != FC_OK) goto done;
     int64_t above_hi, above_lo;
@@ -133,13 +146,14 @@ fc_status fc_select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, int nthr
         out->cut = n;
         goto done;
     }
-    int64_t blocks = (n + SEL_BLOCK - 1) / SEL_BLOCK;
+    int64_t blocks = c.nblocks;
     c.counts = malloc((size_t)blocks * sizeof(int64_t));
     if (!c.counts) {
         st = fc_error_set(err, FC_ERR_NOMEM, "top-k select: out of memory");
         goto done;
     }
-    fc_parallel_for(blocks, 1, nthreads, sel_tie_range, &c);
+    atomic_store(&c.next, 0);
+    fc_parallel_for(sel_workers(&c, nthreads), 1, sel_workers(&c, nthreads), sel_tie_worker, &c);
     int64_t b = 0;
     while (b < blocks && quota > c.counts[b]) quota -= c.counts[b++];
     /* the quota-th tied element lies in block b (quota >= 1 here is guaranteed by

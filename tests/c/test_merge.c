@@ -32,6 +32,9 @@ static void check_topk(const uint32_t *keys, int64_t n, int64_t k, int threads) 
             }
         }
     }
+    fc_topk direct; /* the same selection reading the key array in place (fn NULL) */
+    CHECK(fc_select_topk(n, k, NULL, (void *)keys, threads, &direct, &err) == FC_OK);
+    CHECK(direct.key == t.key && direct.cut == t.cut);
     int64_t want = k < 0 ? 0 : k > n ? n : k;
     CHECK_MSG(sel == want, "n %lld k %lld selected %lld", (long long)n, (long long)k, (long long)sel);
     CHECK_MSG(bad == 0, "n %lld k %lld: %lld better elements left out", (long long)n, (long long)k,
