@@ -2,14 +2,14 @@
 
 1. The config is read and checked (config.py); every input is opened read-only through the
    fusechat safetensors reader (mmap, headers validated).
-2. The whole plan is made before any math: for every tensor of the base model (in its file
-   order) the inputs, parameters, output dtype and shape are resolved, so every error (a
-   missing tensor, a shape or dtype mismatch, a missing parameter) comes before any work,
-   and the output header is fixed.
+2. The whole plan is made before any math (plan.py): the inputs, parameters, output dtype
+   and shape of every output tensor, so every error (a missing tensor, a shape or dtype
+   mismatch, a missing parameter) comes before any work, and the output header is fixed.
 3. Tensors are merged one at a time by the C kernels (multithreaded, GIL released) while
    the previous one is written to its final offset in the output shard by a second thread,
    and the next one's pages are requested (madvise WILLNEED). Peak memory: two output
-   tensors plus the kernels' block buffers; inputs are only mapped.
+   tensors, the top-k keys of one tensor and the kernels' block buffers; inputs are only
+   mapped.
 4. The output folder is assembled in a temporary folder next to OUT (shards + index,
    config.json with torch_dtype, tokenizer and generation config, the merge config, a model
    card) and renamed into place only when complete.
