@@ -40,7 +40,7 @@ ctest: $(C_TESTS)
 # libFuzzer targets, each run for FUZZ_SECONDS (make fuzz FUZZ_SECONDS=3600 for a long run)
 build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard csrc/include/*.h csrc/core/*.h) | deps
 	@mkdir -p $(dir $@)
-	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc/include $(shell pkg-config --cflags libcjson) -o $@ $< $(CORE_SRC) $(LIBS_TEST) -pthread
+	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Icsrc/include $(shell pkg-config --cflags libcjson) -o $@ $< $(CORE_SRC) $(LIBS_TEST) -pthread
 
 fuzz: $(FUZZERS)
 	@set -eo pipefail; for f in $(FUZZERS); do \

@@ -33,7 +33,8 @@ from . import _C
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["open", "save", "Writer", "SafetensorsFile", "TensorInfo", "parse_size"]
+__all__ = ["open", "save", "Writer", "SafetensorsFile", "TensorInfo", "parse_size",
+           "dtype_name", "numpy_dtype"]
 
 
 class TensorInfo:
@@ -118,7 +119,7 @@ class SafetensorsFile:
         if dtype is None:
             return h.view(name)
         stored = h.info(name)[0]
-        want = _C_dtype_name(dtype)
+        want = dtype_name(dtype)
         if want == stored:
             return h.view(name)
         return h.read(name, dtype, threads)
@@ -146,40 +147,15 @@ class SafetensorsFile:
         return f"<fusechat.safetensors.SafetensorsFile {self.path!r}: {state}>"
 
 
-def _C_dtype_name(dtype):
-    """The safetensors name ("F32") of a dtype argument: a name or anything np.dtype takes."""
-    if isinstance(dtype, str) and dtype.upper() == dtype and dtype in _NAMES:
-        return dtype
-    dt = np.dtype(dtype)
-    for name, np_dt in _np_dtypes().items():
-        if np_dt == dt:
-            return name
-    raise TypeError(f"unsupported dtype {dtype!r}")
+def dtype_name(dtype):
+    """The safetensors name ("BF16") of a dtype: a name, or anything np.dtype() takes
+    (ml_dtypes.bfloat16 for BF16). TypeError if safetensors has no such dtype."""
+    return _C.dtype_name(dtype)
 
 
-_NAMES = ("BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64",
-          "U64", "F8_E4M3", "F8_E5M2")
-
-
-def _np_dtypes():
-    import ml_dtypes
-
-    return {"BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
-            "I16": np.dtype(np.int16), "U16": np.dtype(np.uint16),
-            "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
-            "I32": np.dtype(np.int32), "U32": np.dtype(np.uint32),
-            "F32": np.dtype(np.float32), "F64": np.dtype(np.float64),
-            "I64": np.dtype(np.int64), "U64": np.dtype(np.uint64),
-            "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-            "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2)}
-
-
-def numpy_dtype(name):
+def numpy_dtype(dtype):
     """The NumPy dtype of a safetensors dtype name ("BF16" -> ml_dtypes.bfloat16)."""
-    try:
-        return _np_dtypes()[name]
-    except KeyError:
-        raise TypeError(f"unknown safetensors dtype {name!r}") from None
+    return _C.numpy_dtype(dtype)
 
 
 def open(path):  # noqa: A001 - the natural name, as in safetensors.safe_open
@@ -220,7 +196,7 @@ class Writer:
 
     def __init__(self, path, entries, metadata=None, max_shard_size=None, overwrite=False):
         self.path = os.fspath(path)
-        entries = [(str(n), _C_dtype_name(d), tuple(int(x) for x in s)) for n, d, s in entries]
+        entries = [(str(n), dtype_name(d), tuple(int(x) for x in s)) for n, d, s in entries]
         self._index = {name: i for i, (name, _, _) in enumerate(entries)}
         self._entries = entries
         shard = 0 if max_shard_size is None else parse_size(max_shard_size)
@@ -284,7 +260,7 @@ def save(tensors, path, metadata=None, *, max_shard_size=None, overwrite=False):
     is a folder holding ``model.safetensors`` or Hugging Face shards plus the index.
     ``metadata`` is a dict of str to str. Non-contiguous arrays are copied first."""
     arrays = {str(k): np.asarray(v) for k, v in tensors.items()}
-    entries = [(k, _C_dtype_name(a.dtype), a.shape) for k, a in arrays.items()]
+    entries = [(k, dtype_name(a.dtype), a.shape) for k, a in arrays.items()]
     with Writer(path, entries, metadata, max_shard_size, overwrite) as w:
         for k, a in arrays.items():
             w.write(k, a)

@@ -272,12 +272,17 @@ def test_writer_exception_leaves_nothing(tmp_path):
         with st.Writer(out, entries, max_shard_size=8) as w:
             w.write("a", np.ones(4, np.float32))
             raise RuntimeError("boom")
-    assert os.listdir(out) == []  # no final file, no temporary left
+    assert not out.exists()  # no final file, no temporary, not even the folder it made
     path = tmp_path / "single.safetensors"
     with pytest.raises(RuntimeError):
         with st.Writer(path, entries) as w:
             raise RuntimeError("boom")
-    assert os.listdir(tmp_path) == ["o"]
+    assert os.listdir(tmp_path) == []
+    out.mkdir()
+    with pytest.raises(RuntimeError):
+        with st.Writer(out, entries, max_shard_size=8) as w:
+            raise RuntimeError("boom")
+    assert os.listdir(out) == []  # a folder that existed before stays
 
 
 def test_writer_incomplete_or_bad_writes(tmp_path):
@@ -451,3 +456,70 @@ def test_errors_are_importable_and_value_errors():
     assert issubclass(fusechat.SafetensorsError, ValueError)
     mod = __import__(fusechat.SafetensorsError.__module__, fromlist=["x"])
     assert getattr(mod, "SafetensorsError") is fusechat.SafetensorsError
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_bf16_to_f32_streaming_path(tmp_path, threads):
+    """Ranges of >= 256k elements take the streaming-store path of fc_convert; the source
+    here is unaligned (odd header length) and the length is not a multiple of 8."""
+    rng = np.random.default_rng(8)
+    a = random_array(ml_dtypes.bfloat16, (3 * 2**20 + 5,), rng)
+    text = json.dumps({"a": entry("BF16", [a.size], 0, a.nbytes)}, separators=(",", ":"))
+    text += " " * ((8 - len(text) % 8) % 8 + 1)
+    path = write(tmp_path / "big.safetensors", text, a.tobytes())
+    with st.open(path) as f:
+        got = f.get("a", dtype=np.float32, threads=threads)
+    assert got.tobytes() == a.astype(np.float32).tobytes()
+
+
+def test_empty_checkpoint_round_trip(tmp_path):
+    st.save({}, tmp_path / "e.safetensors")
+    raw = (tmp_path / "e.safetensors").read_bytes()
+    assert len(raw) % 8 == 0 and json.loads(raw[8:]) == {}
+    with st.open(tmp_path / "e.safetensors") as f:
+        assert f.keys() == [] and len(f) == 0 and f.metadata == {}
+    from safetensors.numpy import load_file
+    assert load_file(str(tmp_path / "e.safetensors")) == {}
+
+
+def test_no_leak_over_many_calls(tmp_path):
+    """bottleneck's memory test: peak RSS stays put over many open/get/save/error calls."""
+    import resource
+
+    path, out = str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")
+    st.save({"a": np.ones((64, 64), np.float32), "b": np.ones(10, np.int8)}, path)
+
+    def once():
+        with st.open(path) as f:
+            f.get("a")
+            w = f.get("a", dtype=np.float64)
+            f.info("b"), f.metadata, f.keys()
+            with pytest.raises(KeyError):
+                f.get("zz")
+        st.save({"x": w}, out, overwrite=True)
+        with pytest.raises(FileExistsError):
+            st.save({"x": w}, out)
+        with pytest.raises(OSError):
+            st.open(path + ".missing")
+
+    for _ in range(200):
+        once()
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(1000):
+        once()
+    gc.collect()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 4096  # KiB
+
+
+def test_special_files_refused_without_hanging(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError) as info:
+        st.open(fifo)  # a reader must not block waiting for a writer
+    assert info.value.filename == str(fifo)
+    with pytest.raises(OSError):
+        st.open(tmp_path)  # a folder whose model.safetensors is a FIFO
+    (tmp_path / "model.safetensors.index.json").mkdir()
+    with pytest.raises(OSError):
+        st.open(tmp_path)

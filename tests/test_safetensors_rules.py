@@ -183,3 +183,72 @@ def test_unlisted_tensors_warn(tmp_path, caplog):
     assert sorted(f.keys()) == ["a", "extra"]
     assert any("1 tensors" in r.getMessage() and "not listed" in r.getMessage()
                for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------
+# mutated files: never a crash, always either a valid file or a named rule
+
+def _valid_image():
+    import struct
+    header = json.dumps({"__metadata__": {"format": "pt"}, "a": E("F32", [2, 2], 0, 16),
+                         "b": E("BF16", [3], 16, 22), "c": E("U8", [0], 22, 22)},
+                        separators=(",", ":")).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(range(22))
+
+
+def test_mutated_headers_fail_cleanly():
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as s
+    from fusechat import _C
+
+    base = _valid_image()
+    assert _C.st_check_header(base) == 3
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+    @hypothesis.given(s.lists(s.tuples(s.integers(0, len(base) - 1), s.integers(0, 255)),
+                              min_size=1, max_size=4),
+                      s.integers(0, 8))
+    def check(edits, cut):
+        data = bytearray(base)
+        for pos, byte in edits:
+            data[pos] = byte
+        data = bytes(data[:len(data) - cut])
+        try:
+            n = _C.st_check_header(data, "m.safetensors")
+        except fusechat.SafetensorsError as exc:
+            assert exc.rule and "m.safetensors" in str(exc) and exc.rule in str(exc)
+        else:
+            assert 0 <= n <= 3
+
+    check()
+
+
+def test_mutated_indexes_fail_cleanly(tmp_path):
+    """Random byte edits of a valid index: the folder opens, or a named rule is broken
+    (SafetensorsError), or a file is missing (OSError); never anything else."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as s
+
+    d = _sharded(tmp_path)
+    index_path = d / "model.safetensors.index.json"
+    base = json.dumps({"metadata": {"total_size": 3}, "weight_map": {"a": S1, "b": S2}}).encode()
+
+    @hypothesis.settings(max_examples=200, deadline=None, derandomize=True)
+    @hypothesis.given(s.lists(s.tuples(s.integers(0, len(base) - 1), s.integers(0, 255)),
+                              min_size=1, max_size=3))
+    def check(edits):
+        data = bytearray(base)
+        for pos, byte in edits:
+            data[pos] = byte
+        index_path.write_bytes(bytes(data))
+        try:
+            f = st.open(d)
+        except fusechat.SafetensorsError as exc:
+            assert exc.rule and exc.rule in str(exc) and exc.filename
+        except OSError as exc:
+            assert exc.errno and exc.filename
+        else:
+            assert set(f.keys()) <= {"a", "b"}
+            f.close()
+
+    check()

@@ -61,12 +61,50 @@ typedef struct {
 
 #define PAIR(a, b) ((a) * FC_DTYPE_COUNT + (b))
 
+/* Below this many elements per range the output may still be in cache: plain stores. */
+#define STREAM_MIN (1 << 18)
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+/* bf16 -> f32 of a large range (loading a checkpoint): the output is bigger than the
+ * caches, so streaming stores skip reading each output line before writing it; this is
+ * about a third of the memory traffic. Same result as fcx_bf16_to_f32 (a 16-bit shift). */
+static void bf16_to_f32_stream(const unsigned char *s, unsigned char *d, int64_t b,
+                               int64_t e) {
+    int64_t i = b;
+    for (; i < e && ((uintptr_t)(d + 4 * i) & 15); i++) {
+        uint16_t x;
+        memcpy(&x, s + 2 * i, 2);
+        float y = fcx_bf16_to_f32(x);
+        memcpy(d + 4 * i, &y, 4);
+    }
+    const __m128i zero = _mm_setzero_si128();
+    for (; i + 8 <= e; i += 8) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(s + 2 * i));
+        _mm_stream_si128((__m128i *)(d + 4 * i), _mm_unpacklo_epi16(zero, x));
+        _mm_stream_si128((__m128i *)(d + 4 * i + 16), _mm_unpackhi_epi16(zero, x));
+    }
+    _mm_sfence();
+    for (; i < e; i++) {
+        uint16_t x;
+        memcpy(&x, s + 2 * i, 2);
+        float y = fcx_bf16_to_f32(x);
+        memcpy(d + 4 * i, &y, 4);
+    }
+}
+#endif
+
 static fc_status convert_range(void *ctx, int64_t b, int64_t e) {
     const convert_job *j = (const convert_job *)ctx;
     const unsigned char *s = j->src;
     unsigned char *d = j->dst;
     switch (PAIR(j->sdt, j->ddt)) {
-    case PAIR(FC_BF16, FC_F32): LOOP(uint16_t, float, fcx_bf16_to_f32(x)); break;
+    case PAIR(FC_BF16, FC_F32):
+#if defined(__SSE2__)
+        if (e - b >= STREAM_MIN) { bf16_to_f32_stream(s, d, b, e); break; }
+#endif
+        LOOP(uint16_t, float, fcx_bf16_to_f32(x));
+        break;
     case PAIR(FC_F16, FC_F32):  LOOP(uint16_t, float, fcx_f16_to_f32(x)); break;
     case PAIR(FC_F64, FC_F32):  LOOP(double, float, (float)x); break;
     case PAIR(FC_F32, FC_BF16): LOOP(float, uint16_t, fcx_f32_to_bf16(x)); break;

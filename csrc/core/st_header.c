@@ -7,6 +7,7 @@
  * would round, or written 1.0 / 1e3 / 01: bad_shape or bad_offsets), sizes (size_overflow,
  * size_mismatch), then the layout of the buffer (offsets_not_contiguous,
  * buffer_size_mismatch). The first broken rule is reported. */
+#define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,12 +21,6 @@ uint64_t st_read_u64le(const uint8_t *p) {
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
     return v;
-}
-
-uint64_t st_hash_name(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
 }
 
 void st_header_free(st_header *h) {
@@ -44,13 +39,6 @@ void st_header_free(st_header *h) {
     memset(h, 0, sizeof *h);
 }
 
-static char *dup_str(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
 #define FAIL(rule, ...) fc_error_set_rule(err, FC_ERR_SAFETENSORS, path, rule, __VA_ARGS__)
 
 /* Names in messages are cut to keep the message readable ("%.200s"). */
@@ -64,26 +52,15 @@ static fc_status check_metadata(const cJSON *meta, const char *path, st_header *
     if (dup)
         return FAIL("duplicate_key", "%s: key '%.200s' appears twice in __metadata__ (rule "
                     "duplicate_key)", path, dup);
-    int64_t n = cJSON_GetArraySize(meta);
-    h->meta_keys = calloc((size_t)n + 1, sizeof(char *));
-    h->meta_values = calloc((size_t)n + 1, sizeof(char *));
-    if (!h->meta_keys || !h->meta_values) return fc_error_set(err, FC_ERR_NOMEM, "%s: out of "
-                                                              "memory reading the header", path);
-    const cJSON *it;
-    cJSON_ArrayForEach(it, meta) {
-        if (!cJSON_IsString(it))
-            return FAIL("bad_metadata", "%s: __metadata__ value of '%.200s' is not a string "
-                        "(rule bad_metadata)", path, it->string);
-        char *k = dup_str(it->string), *v = dup_str(it->valuestring);
-        h->meta_keys[h->n_meta] = k;
-        h->meta_values[h->n_meta] = v;
-        if (k || v) h->n_meta++; /* so that st_header_free frees a half-made pair */
-        if (!k || !v) return fc_error_set(err, FC_ERR_NOMEM, "%s: out of memory", path);
-    }
+    const char *bad = NULL;
+    int r = st_string_map(meta, 0, &h->meta_keys, &h->meta_values, &h->n_meta, &bad);
+    if (r < 0) return fc_error_set(err, FC_ERR_NOMEM, "%s: out of memory", path);
+    if (r > 0)
+        return FAIL("bad_metadata", "%s: __metadata__ value of '%.200s' is not a string "
+                    "(rule bad_metadata)", path, bad);
     return FC_OK;
 }
 
-/* an array of integers in [0, 2^53] with n_min <= length <= n_max; values into *vals */
 static int uint_array(const cJSON *a, int n_min, int n_max, int64_t **vals, int *n_out) {
     if (!cJSON_IsArray(a)) return 0;
     int n = cJSON_GetArraySize(a);
@@ -260,7 +237,7 @@ static fc_status parse_root(const cJSON *root, const char *text, size_t len,
         }
         fc_st_tensor_info *t = &h->tensors[h->n++];
         t->shard = 0;
-        if (!(t->name = dup_str(e->string)))
+        if (!(t->name = strdup(e->string)))
             return fc_error_set(err, FC_ERR_NOMEM, "%s: out of memory", path);
         if ((st = check_entry(e, path, t, err)) != FC_OK) return st;
     }

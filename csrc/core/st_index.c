@@ -20,51 +20,6 @@
 
 #define FAIL(rule, ...) fc_error_set_rule(err, FC_ERR_SAFETENSORS, path, rule, __VA_ARGS__)
 
-fc_status st_read_small_file(const char *path, uint64_t max, char **out, size_t *len,
-                             fc_error *err) {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fc_error_set_io(err, errno, path, "cannot open %s", path);
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return fc_error_set_io(err, e, path, "cannot stat %s", path);
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return fc_error_set_io(err, S_ISDIR(sb.st_mode) ? EISDIR : EINVAL, path,
-                               "%s is not a regular file", path);
-    }
-    if ((uint64_t)sb.st_size > max) {
-        close(fd);
-        return fc_error_set(err, FC_ERR_VALUE, "%s: %lld bytes, larger than the %llu allowed",
-                            path, (long long)sb.st_size, (unsigned long long)max);
-    }
-    size_t n = (size_t)sb.st_size, got = 0;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        close(fd);
-        return fc_error_set(err, FC_ERR_NOMEM, "%s: out of memory", path);
-    }
-    while (got < n) {
-        ssize_t r = read(fd, buf + got, n - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            int e = r < 0 ? errno : EIO; /* r == 0: the file shrank under us */
-            free(buf);
-            close(fd);
-            return fc_error_set_io(err, e, path, "cannot read %s", path);
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return FC_OK;
-}
-
 void st_index_free(st_index *ix) {
     if (!ix) return;
     for (int i = 0; i < ix->n_shards; i++) free(ix->shards[i]);
@@ -87,13 +42,6 @@ static int bare_file_name(const char *s) {
            strcmp(s, ".") != 0;
 }
 
-static char *dup_str(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -108,22 +56,10 @@ static fc_status load_metadata(const cJSON *meta, const char *path, st_index *ix
     if (dup)
         return FAIL("duplicate_key", "%s: key '%.200s' appears twice in \"metadata\" (rule "
                     "duplicate_key)", path, dup);
-    int n = cJSON_GetArraySize(meta);
-    ix->meta_keys = calloc((size_t)n + 1, sizeof(char *));
-    ix->meta_values = calloc((size_t)n + 1, sizeof(char *));
-    if (!ix->meta_keys || !ix->meta_values) goto nomem;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, meta) {
-        if (!cJSON_IsString(it)) continue; /* total_size and other numbers: advisory */
-        char *k = dup_str(it->string), *v = dup_str(it->valuestring);
-        ix->meta_keys[ix->n_meta] = k;
-        ix->meta_values[ix->n_meta] = v;
-        if (k || v) ix->n_meta++;
-        if (!k || !v) goto nomem;
-    }
+    const char *bad = NULL; /* non-strings (total_size, ...) are skipped: advisory */
+    if (st_string_map(meta, 1, &ix->meta_keys, &ix->meta_values, &ix->n_meta, &bad) < 0)
+        return fc_error_set(err, FC_ERR_NOMEM, "%s: out of memory", path);
     return FC_OK;
-nomem:
-    return fc_error_set(err, FC_ERR_NOMEM, "%s: out of memory", path);
 }
 
 /* weight_map into names/shard_of, and the sorted distinct shard names */
@@ -162,7 +98,7 @@ static fc_status load_weight_map(const cJSON *wm, const char *path, st_index *ix
             goto done;
         }
         files[ix->n] = it->valuestring;
-        if (!(ix->names[ix->n++] = dup_str(it->string))) goto nomem;
+        if (!(ix->names[ix->n++] = strdup(it->string))) goto nomem;
     }
     /* distinct shard names, sorted */
     char **sorted = malloc((size_t)n * sizeof(char *));
@@ -175,7 +111,7 @@ static fc_status load_weight_map(const cJSON *wm, const char *path, st_index *ix
     ix->shards = calloc((size_t)n_shards, sizeof(char *));
     if (!ix->shards) { free(sorted); goto nomem; }
     for (int i = 0; i < n_shards; i++) {
-        if (!(ix->shards[i] = dup_str(sorted[i]))) { free(sorted); goto nomem; }
+        if (!(ix->shards[i] = strdup(sorted[i]))) { free(sorted); goto nomem; }
         ix->n_shards++;
     }
     for (int64_t i = 0; i < n; i++) { /* binary search of each tensor's shard */

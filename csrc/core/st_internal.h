@@ -3,7 +3,13 @@
 #ifndef FC_ST_INTERNAL_H
 #define FC_ST_INTERNAL_H
 
+#include <cJSON.h>
+
 #include "fusechat.h"
+
+/* the file names of a Hugging Face folder */
+#define ST_INDEX_NAME  "model.safetensors.index.json"
+#define ST_SINGLE_NAME "model.safetensors"
 
 /* A validated header: tensors sorted by begin offset (storage order), metadata in file
  * order. Every string and shape is heap-allocated and owned by the struct. */
@@ -46,6 +52,16 @@ fc_status st_read_small_file(const char *path, uint64_t max, char **out, size_t 
 
 /* Read N from the first 8 bytes, little-endian, byte by byte (host order does not matter). */
 uint64_t st_read_u64le(const uint8_t *p);
+
+/* Copy the members of a JSON object into malloc'd key/value string arrays. Members whose
+ * value is not a string are skipped when skip_other is set; otherwise the first such
+ * member's key goes to *bad and 1 is returned. 0 on success, -1 when out of memory (the
+ * pairs copied so far are in the arrays, counted by *n, for the caller to free). */
+int st_string_map(const cJSON *obj, int skip_other, char ***keys, char ***values, int64_t *n,
+                  const char **bad);
+
+/* "dir/name" (malloc'd), one '/' between them; NULL when out of memory. */
+char *st_join_path(const char *dir, const char *name);
 
 /* FNV-1a over a NUL-terminated string: the name hash of the reader's tables. */
 uint64_t st_hash_name(const char *s);

@@ -19,9 +19,6 @@
 
 #include "st_internal.h"
 
-#define INDEX_NAME  "model.safetensors.index.json"
-#define SINGLE_NAME "model.safetensors"
-
 typedef struct st_shard {
     char    *path;
     uint8_t *map;   /* NULL for an empty mapping */
@@ -40,17 +37,6 @@ struct fc_st_model {
     char             **meta_values;
     int64_t            unlisted;
 };
-
-static char *join_path(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    size_t k = a;
-    if (k == 0 || p[k - 1] != '/') p[k++] = '/';
-    memcpy(p + k, name, b + 1);
-    return p;
-}
 
 static int is_regular(const char *path) {
     struct stat sb;
@@ -85,7 +71,8 @@ static fc_status map_shard(fc_st_model_t *m, const char *path, st_header *h, fc_
     memset(h, 0, sizeof *h);
     if (!(sh->path = strdup(path))) return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
     m->n_shards++;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not hang the open; it is refused below as not regular */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return fc_error_set_io(err, errno, path, "cannot open %s", path);
     struct stat sb;
     int bad = fstat(fd, &sb) != 0 ? errno : !S_ISREG(sb.st_mode) ? EINVAL : 0;
@@ -202,7 +189,7 @@ static fc_status open_sharded(fc_st_model_t *m, const char *dir, const char *ind
     if (!m->shards) { st = FC_ERR_NOMEM; goto done; }
     if ((st = add_meta(m, ix.meta_keys, ix.meta_values, ix.n_meta)) != FC_OK) goto done;
     for (int i = 0; i < ix.n_shards; i++) {
-        char *sp = join_path(dir, ix.shards[i]);
+        char *sp = st_join_path(dir, ix.shards[i]);
         if (!sp) { st = FC_ERR_NOMEM; goto done; }
         struct stat sb;
         if (stat(sp, &sb) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
@@ -264,7 +251,8 @@ fc_status fc_st_open(const char *path, fc_st_model_t **out, fc_error *err) {
     if (!m) return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
     fc_status st;
     if (S_ISDIR(sb.st_mode)) {
-        char *index = join_path(path, INDEX_NAME), *single = join_path(path, SINGLE_NAME);
+        char *index = st_join_path(path, ST_INDEX_NAME);
+        char *single = st_join_path(path, ST_SINGLE_NAME);
         if (!index || !single) st = fc_error_set(err, FC_ERR_NOMEM, "out of memory");
         else if (is_regular(index)) st = open_sharded(m, path, index, err);
         else if (is_regular(single)) {
@@ -273,7 +261,7 @@ fc_status fc_st_open(const char *path, fc_st_model_t **out, fc_error *err) {
                            : fc_error_set(err, FC_ERR_NOMEM, "out of memory");
         } else
             st = fc_error_set_io(err, ENOENT, path, "%s holds neither %s nor %s", path,
-                                 SINGLE_NAME, INDEX_NAME);
+                                 ST_SINGLE_NAME, ST_INDEX_NAME);
         free(index);
         free(single);
     } else {
@@ -349,15 +337,8 @@ fc_status fc_st_read(const fc_st_model_t *m, int64_t i, void *dst, fc_dtype dst_
         memcpy(dst, t->data, (size_t)t->nbytes);
         return FC_OK;
     }
-#ifdef MADV_POPULATE_READ
-    /* fault the whole span in with one call instead of one fault per 64 KiB */
-    void *start;
-    size_t len;
-    page_span(t, &start, &len);
-    if (madvise(start, len, MADV_POPULATE_READ) != 0)
-        (void)madvise(start, len, MADV_WILLNEED);
-#else
+    /* a hint for a file not in the page cache (large readahead); MADV_POPULATE_READ was
+     * measured slower than the converting threads' own faults when the file is cached */
     fc_st_prefetch(m, i);
-#endif
     return fc_convert(t->data, t->dtype, dst, dst_dtype, t->numel, nthreads, err);
 }

@@ -22,9 +22,6 @@
 #include "json_util.h"
 #include "st_internal.h"
 
-#define INDEX_NAME  "model.safetensors.index.json"
-#define SINGLE_NAME "model.safetensors"
-
 typedef struct w_tensor {
     const char *name;   /* points into the writer's copy of the entries */
     fc_dtype    dtype;
@@ -53,6 +50,7 @@ struct fc_st_writer {
     char          **names;   /* owned copies of the entry names */
     char           *index_final, *index_tmp;
     char           *stale;   /* an output of the other kind, removed at finish (overwrite) */
+    char           *made_dir; /* the output folder if the writer created it */
     pthread_mutex_t mu;
     int             failed, finished;
 };
@@ -217,16 +215,6 @@ static fc_status shard_header(const fc_st_writer_t *w, w_tensor *const *order, i
 /* ------------------------------------------------------------------------------------ */
 /* files */
 
-static char *path_join(const char *dir, const char *name) {
-    size_t a = strlen(dir), n = strlen(name);
-    char *p = malloc(a + n + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, n + 1);
-    return p;
-}
-
 /* "dir/name" -> dir ("." when none) and the base name */
 static char *dir_of(const char *path) {
     const char *slash = strrchr(path, '/');
@@ -306,6 +294,8 @@ void fc_st_writer_free(fc_st_writer_t *w) {
         free(s->final_path);
     }
     if (!w->finished && w->index_tmp) unlink(w->index_tmp);
+    if (!w->finished && w->made_dir) rmdir(w->made_dir); /* only if still empty */
+    free(w->made_dir);
     for (int64_t i = 0; i < w->n; i++) {
         free(w->t[i].shape);
         free(w->t[i].ranges);
@@ -343,7 +333,7 @@ static int assign_shards(fc_st_writer_t *w, w_tensor **order, uint64_t max_shard
 
 static fc_status name_outputs(fc_st_writer_t *w, const char *path, uint64_t max_shard_size,
                               int overwrite, fc_error *err) {
-    char *conflict[3] = {NULL, NULL, NULL}; /* other outputs a reader could pick up */
+    char *other = NULL; /* the other kind of folder output, which a reader could pick */
     fc_status st = FC_OK;
     if (!max_shard_size) {
         struct stat sb;
@@ -352,41 +342,43 @@ static fc_status name_outputs(fc_st_writer_t *w, const char *path, uint64_t max_
                                    "or a max_shard_size to write a folder", path);
         if (!(w->shards[0].final_path = strdup(path))) goto nomem;
     } else {
-        if (mkdir(path, 0777) != 0 && errno != EEXIST)
+        if (mkdir(path, 0777) == 0) {
+            if (!(w->made_dir = strdup(path))) goto nomem;
+        } else if (errno != EEXIST)
             return fc_error_set_io(err, errno, path, "cannot create the folder %s", path);
         struct stat sb;
         if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
             return fc_error_set_io(err, ENOTDIR, path, "%s exists and is not a folder", path);
         if (w->n_shards == 1) {
-            if (!(w->shards[0].final_path = path_join(path, SINGLE_NAME))) goto nomem;
-            if (!(conflict[0] = path_join(path, INDEX_NAME))) goto nomem;
+            if (!(w->shards[0].final_path = st_join_path(path, ST_SINGLE_NAME))) goto nomem;
+            if (!(other = st_join_path(path, ST_INDEX_NAME))) goto nomem;
         } else {
             for (int i = 0; i < w->n_shards; i++) {
                 char name[64];
                 snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", i + 1,
                          w->n_shards);
-                if (!(w->shards[i].final_path = path_join(path, name))) goto nomem;
+                if (!(w->shards[i].final_path = st_join_path(path, name))) goto nomem;
             }
-            if (!(w->index_final = path_join(path, INDEX_NAME))) goto nomem;
-            if (!(conflict[0] = path_join(path, SINGLE_NAME))) goto nomem;
+            if (!(w->index_final = st_join_path(path, ST_INDEX_NAME))) goto nomem;
+            if (!(other = st_join_path(path, ST_SINGLE_NAME))) goto nomem;
         }
     }
     /* refuse to replace anything unless asked */
     for (int i = 0; i < w->n_shards + 2 && st == FC_OK; i++) {
         const char *p = i < w->n_shards ? w->shards[i].final_path
-                        : i == w->n_shards ? w->index_final : conflict[0];
+                        : i == w->n_shards ? w->index_final : other;
         if (p && exists(p) && !overwrite)
             st = fc_error_set_rule(err, FC_ERR_EXISTS, p, NULL, "%s already exists (pass "
                                    "overwrite to replace it)", p);
     }
-    if (st == FC_OK && conflict[0] && exists(conflict[0])) {
-        w->stale = conflict[0];
-        conflict[0] = NULL;
+    if (st == FC_OK && other && exists(other)) {
+        w->stale = other;
+        other = NULL;
     }
-    free(conflict[0]);
+    free(other);
     return st;
 nomem:
-    free(conflict[0]);
+    free(other);
     return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
 }
 

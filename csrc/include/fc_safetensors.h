@@ -81,7 +81,9 @@ typedef struct fc_st_tensor_info {
 } fc_st_tensor_info;
 
 /* Open a .safetensors file, or a folder holding model.safetensors or a sharded checkpoint
- * with model.safetensors.index.json. Every shard is mapped read-only and validated. */
+ * with model.safetensors.index.json (the index wins when both exist). Every shard is
+ * mapped read-only and validated; shards are ordered by file name. I/O failures are
+ * FC_ERR_IO with errno and the path; a folder without either file is ENOENT. */
 FC_API fc_status fc_st_open(const char *path, fc_st_model_t **out, fc_error *err);
 FC_API void      fc_st_close(fc_st_model_t *m);
 
@@ -109,7 +111,7 @@ FC_API void        fc_st_prefetch(const fc_st_model_t *m, int64_t i);
 /* Copy tensor i into dst (numel elements of dst_dtype, any alignment), converting between
  * F16, BF16, F32 and F64 with fc_convert on nthreads threads (0 = default; RNE, NaN/inf
  * kept); other dtypes must equal the stored one (a plain copy), else FC_ERR_TYPE. The span
- * is faulted in with one call first (MADV_POPULATE_READ where the kernel has it). */
+ * gets an madvise WILLNEED hint first (readahead when the file is not in the page cache). */
 FC_API fc_status   fc_st_read(const fc_st_model_t *m, int64_t i, void *dst, fc_dtype dst_dtype,
                               int nthreads, fc_error *err);
 
@@ -141,10 +143,18 @@ typedef struct fc_st_entry {
  * greedily in layout order as model-00001-of-0000N.safetensors plus
  * model.safetensors.index.json ({"metadata": {"total_size": bytes}, "weight_map": {..}}).
  *
+ * A tensor larger than max_shard_size gets a shard of its own. Metadata goes into every
+ * shard's __metadata__; the index holds only total_size (the sum of tensor bytes).
+ *
  * Nothing appears at a final path before fc_st_writer_finish: every file is written under
- * a temporary name in the same directory and renamed at the end. An existing output file
- * is an FC_ERR_EXISTS error unless overwrite is set. The header (integers printed exactly)
- * and the file sizes are fixed at open. metadata: n_meta key/value string pairs. */
+ * a temporary name in the same directory and renamed at the end (shards first, the index
+ * last). An existing output file is an FC_ERR_EXISTS error unless overwrite is set; in a
+ * folder, the other kind of output (an index where model.safetensors is to be written, or
+ * the reverse) counts as existing and is removed at finish when overwriting. A folder the
+ * writer created is removed again if it is freed unfinished. The header (integers printed
+ * exactly) and the file sizes are fixed at open. metadata: n_meta key/value string pairs.
+ * Refused (FC_ERR_VALUE/FC_ERR_TYPE): duplicate names, "__metadata__", names or metadata
+ * that are not UTF-8, dimensions outside [0, 2^53], invalid dtypes, a header > 100 MB. */
 FC_API fc_status fc_st_writer_open(const char *path, const fc_st_entry *entries, int64_t n,
                                    const char *const *meta_keys,
                                    const char *const *meta_values, int64_t n_meta,
@@ -152,11 +162,13 @@ FC_API fc_status fc_st_writer_open(const char *path, const fc_st_entry *entries,
                                    fc_st_writer_t **out, fc_error *err);
 
 /* Write bytes [offset, offset + nbytes) of tensor `index` (its position in `entries`).
- * Tensors and chunks may come in any order and from several threads at once. */
+ * Tensors and chunks may come in any order and from several threads at once; a chunk
+ * overlapping bytes already written is an FC_ERR_VALUE error. */
 FC_API fc_status fc_st_writer_write(fc_st_writer_t *w, int64_t index, uint64_t offset,
                                     const void *data, uint64_t nbytes, fc_error *err);
 
-/* Check every byte of every tensor was written, flush, rename into place. */
+/* Check every byte of every tensor was written, close, rename into place. Files are not
+ * fsync'ed: the guarantee is against a failing process, not a power loss. */
 FC_API fc_status fc_st_writer_finish(fc_st_writer_t *w, fc_error *err);
 /* Free the writer; if it was not finished, remove its temporary files. */
 FC_API void      fc_st_writer_free(fc_st_writer_t *w);

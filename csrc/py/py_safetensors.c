@@ -238,10 +238,28 @@ static PyObject *py_st_check_header(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(n);
 }
 
+/* dtype_name(dtype) -> "BF16": the safetensors name of anything fc_py_dtype_arg takes */
+static PyObject *py_dtype_name(PyObject *self, PyObject *arg) {
+    (void)self;
+    int dt = fc_py_dtype_arg(arg, "dtype");
+    return dt < 0 ? NULL : PyUnicode_FromString(fc_dtype_name((fc_dtype)dt));
+}
+
+/* numpy_dtype(dtype) -> numpy.dtype (BF16 -> ml_dtypes.bfloat16) */
+static PyObject *py_numpy_dtype(PyObject *self, PyObject *arg) {
+    (void)self;
+    int dt = fc_py_dtype_arg(arg, "dtype");
+    return dt < 0 ? NULL : (PyObject *)fc_py_descr_from_dtype((fc_dtype)dt);
+}
+
 int fc_py_add_safetensors_writer(PyObject *m);
 
 static PyMethodDef methods[] = {
     {"st_open", py_st_open, METH_O, "st_open(path) -> STModel (a file or a folder)"},
+    {"dtype_name", py_dtype_name, METH_O,
+     "dtype_name(dtype) -> safetensors name ('BF16') of a name or NumPy dtype"},
+    {"numpy_dtype", py_numpy_dtype, METH_O,
+     "numpy_dtype(dtype) -> numpy.dtype of a safetensors name or NumPy dtype"},
     {"st_check_header", py_st_check_header, METH_VARARGS,
      "st_check_header(file_bytes, path='<bytes>') -> tensor count; validates a whole file image"},
     {NULL, NULL, 0, NULL},

@@ -2,6 +2,7 @@
  * (fc_safetensors.h), built with ASan + UBSan by `make ctest`. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -259,11 +260,55 @@ static void test_index(void) {
           err.sys_errno == ENOENT && !strcmp(err.path, "/nonexistent/x.safetensors"));
 }
 
+/* several threads write interleaved chunks of one tensor at once */
+typedef struct { fc_st_writer_t *w; const uint8_t *data; int part, parts; fc_status st; } chunk_job;
+
+static void *write_chunks(void *arg) {
+    chunk_job *j = arg;
+    fc_error err;
+    for (int c = j->part; c < 64; c += j->parts) {
+        fc_status st = fc_st_writer_write(j->w, 0, (uint64_t)c * 4096, j->data + c * 4096, 4096,
+                                          &err);
+        if (st != FC_OK) j->st = st;
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    char out[256];
+    snprintf(out, sizeof out, "%s/threads.safetensors", tmpdir);
+    int64_t shape[1] = {64 * 4096};
+    fc_st_entry e[1] = {{"bytes", FC_U8, 1, shape}};
+    fc_st_writer_t *w = NULL;
+    fc_error err;
+    CHECK(fc_st_writer_open(out, e, 1, NULL, NULL, 0, 0, 0, &w, &err) == FC_OK);
+    uint8_t *data = malloc(64 * 4096);
+    for (int i = 0; i < 64 * 4096; i++) data[i] = (uint8_t)(i * 7 + i / 4096);
+    pthread_t th[4];
+    chunk_job jobs[4];
+    for (int t = 0; t < 4; t++) {
+        jobs[t] = (chunk_job){w, data, t, 4, FC_OK};
+        pthread_create(&th[t], NULL, write_chunks, &jobs[t]);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        CHECK(jobs[t].st == FC_OK);
+    }
+    CHECK(fc_st_writer_finish(w, &err) == FC_OK);
+    fc_st_writer_free(w);
+    fc_st_model_t *m = NULL;
+    CHECK(fc_st_open(out, &m, &err) == FC_OK);
+    CHECK(m && memcmp(fc_st_tensor(m, 0)->data, data, 64 * 4096) == 0);
+    fc_st_close(m);
+    free(data);
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
     test_rules();
     test_write_read();
     test_index();
+    test_threads();
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
