@@ -47,11 +47,10 @@ CASES = {
 
 
 def method_of(case):
-    for m in sorted(ref.GTA) + ["linear", "sce", "varm", "slerp", "nuslerp", "multislerp",
-                                "karcher", "model_stock", "nearswap", "passthrough"]:
-        if case == m or case.startswith(m + "_"):
-            best = m
-    return max((m for m in [best] + [k for k in ref.GTA if case.startswith(k)]), key=len)
+    """The method a case name is about: the longest method name it starts with."""
+    from fusechat.merge import METHODS
+
+    return max((m for m in METHODS if case == m or case.startswith(m + "_")), key=len)
 
 
 def per_model(v, n):

@@ -10,7 +10,7 @@ mergekit = pytest.importorskip("mergekit")
 
 import safetensors.numpy  # noqa: E402
 
-from fusechat.merge import run  # noqa: E402
+from fusechat.merge import METHODS, run  # noqa: E402
 from tests.merge_models import make_family  # noqa: E402
 
 
@@ -94,12 +94,8 @@ def _run_mergekit(cfg, out):
 def test_matches_mergekit(family, tmp_path, case):
     base, ts = family
     cfg = dict(configs(base, ts)[case])
-    cfg["merge_method"] = case.split("_")[0] if case not in (
-        "task_arithmetic", "breadcrumbs_ties", "model_stock", "sce_full") else case
-    cfg["merge_method"] = {"sce_full": "sce", "dare_linear_density1": "dare_linear",
-                           "ties_gradient": "ties", "nuslerp_rows": "nuslerp",
-                           "linear_filters": "linear", "passthrough_frankenmerge": "passthrough",
-                           "slerp_slices": "slerp"}.get(case, cfg["merge_method"])
+    cfg["merge_method"] = max((m for m in METHODS if case == m or case.startswith(m + "_")),
+                              key=len)
     cfg["dtype"] = "float32"
     cfg["out_dtype"] = "float32"
     _run_mergekit(cfg, str(tmp_path / "mk"))
