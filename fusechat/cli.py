@@ -45,9 +45,37 @@ def _demo_run(args):
     return run_demo(args.workdir, quiet=args.quiet)
 
 
+# --------------------------------------------------------------------------------------
+# merge
+
+def _merge_args(p):
+    p.add_argument("config", help="a mergekit-style YAML merge config")
+    p.add_argument("out", help="the output folder (written whole, then renamed into place)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--out-shard-size", default="5G",
+                   help="largest output shard, bytes or e.g. 5G, 500M (default 5G = 5e9 bytes)")
+    p.add_argument("--threads", type=int, default=0, help="threads per tensor (0 = all CPUs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the DARE/DELLA masks")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"),
+                   help="output dtype (overrides the config's out_dtype and dtype)")
+    p.add_argument("--quiet", dest="merge_quiet", action="store_true", help="no progress bar")
+
+
+def _merge_run(args):
+    from .merge import run
+
+    out = run(args.config, args.out, overwrite=args.overwrite, out_shard_size=args.out_shard_size,
+              threads=args.threads, seed=args.seed, dtype=args.dtype,
+              quiet=args.quiet or args.merge_quiet)
+    print(out)
+    return 0
+
+
 COMMANDS = [
     ("inspect", "list a checkpoint's tensors, dtypes, shapes, parameter count and metadata",
      _inspect_args, _inspect_run),
+    ("merge", "merge checkpoints with a mergekit-style YAML config (linear, ties, dare, sce, ...)",
+     _merge_args, _merge_run),
     ("demo", "run the demo on tiny models built on the fly", _demo_args, _demo_run),
 ]
 

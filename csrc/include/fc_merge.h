@@ -1,4 +1,23 @@
-/* fc_merge.h - part of the fusechat C API; include fusechat.h, not this file. */
+/* fc_merge.h - part of the fusechat C API; include fusechat.h, not this file.
+ *
+ * Per-tensor merge kernels with mergekit's semantics (docs/merging.md has every formula),
+ * and the streaming engine that applies them to whole checkpoints.
+ *
+ * Conventions of fc_merge_tensor (the numbers are those of mergekit v0.1.4 unless
+ * docs/merging.md lists a deliberate difference):
+ *   - `base` is the base model's tensor (NULL where the method takes none) and inputs[0..n)
+ *     the other models' tensors, all with `numel` elements, each in its own float dtype
+ *     (F16, BF16, F32, F64). Shapes matter only for row-wise methods (nuslerp, della,
+ *     model_stock filter_wise): rows = numel / shape[ndim-1] (1-D and 0-D: one row).
+ *   - Computation is float32 (reductions in float64, summed in a fixed block order), with
+ *     one rounding to out_dt at the end: the result is the same bytes for any thread count.
+ *   - linear and karcher take no base (a caller that wants mergekit's "base as one more
+ *     input" appends it); slerp takes the base as its first endpoint and exactly one input;
+ *     passthrough takes exactly one input and no base; nuslerp and multislerp take an
+ *     optional base; every other method requires one.
+ *   - Randomness (dare_*, della*) comes from a counter-based generator keyed by
+ *     (seed, tensor_key, model index, element index).
+ */
 #ifndef FC_MERGE_H
 #define FC_MERGE_H
 
@@ -7,6 +26,110 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* NOTE: values are only ever appended. */
+typedef enum fc_merge_method {
+    FC_MERGE_LINEAR = 0,
+    FC_MERGE_TASK_ARITHMETIC,
+    FC_MERGE_TIES,
+    FC_MERGE_DARE_TIES,
+    FC_MERGE_DARE_LINEAR,
+    FC_MERGE_BREADCRUMBS,
+    FC_MERGE_BREADCRUMBS_TIES,
+    FC_MERGE_DELLA,
+    FC_MERGE_DELLA_LINEAR,
+    FC_MERGE_SCE,
+    FC_MERGE_VARM,
+    FC_MERGE_SLERP,
+    FC_MERGE_NUSLERP,
+    FC_MERGE_MULTISLERP,
+    FC_MERGE_KARCHER,
+    FC_MERGE_MODEL_STOCK,
+    FC_MERGE_NEARSWAP,
+    FC_MERGE_PASSTHROUGH,
+    FC_MERGE_METHOD_COUNT
+} fc_merge_method;
+
+/* "ties" -> FC_MERGE_TIES; -1 if unknown. */
+FC_API int         fc_merge_method_from_name(const char *name);
+FC_API const char *fc_merge_method_name(fc_merge_method m); /* NULL if invalid */
+
+/* Per input model ("tensor parameters" in mergekit). */
+typedef struct fc_merge_model_params {
+    double weight;  /* linear, task-arithmetic family, nuslerp, multislerp */
+    double density; /* sparsifiers: fraction kept, (0, 1]; >= 1 keeps everything */
+    double gamma;   /* breadcrumbs: fraction of top outliers dropped (0.01) */
+    double epsilon; /* della: spread of the keep probability (0.15) */
+    double scale;   /* passthrough (1.0) */
+} fc_merge_model_params;
+
+/* Global parameters. fc_merge_params_init fills mergekit's defaults for the method. */
+typedef struct fc_merge_params {
+    fc_merge_method method;
+    const fc_merge_model_params *models; /* one per input */
+    int    normalize;        /* task-arithmetic family and linear */
+    int    rescale;          /* L1 rescale after sparsification */
+    double lambda;           /* task-arithmetic family: final scale of the merged delta */
+    double select_topk;      /* sce: fraction of highest-variance positions kept */
+    int    mask_deltas;      /* sce: 1 = mergekit (mask applied to deltas), 0 = FuseChat repo */
+    double t;                /* slerp, nearswap */
+    int    nuslerp_flatten;  /* 1: one vector per tensor */
+    int    nuslerp_row_wise; /* 1: vectors along dim 0 (columns) */
+    int    normalize_weights;/* multislerp */
+    double eps;              /* multislerp */
+    int    max_iter;         /* karcher */
+    double tol;              /* karcher */
+    int    filter_wise;      /* model_stock: one t per row */
+    uint64_t seed;           /* dare/della */
+    uint64_t tensor_key;     /* fc_merge_tensor_key(name) for dare/della */
+} fc_merge_params;
+
+FC_API void fc_merge_params_init(fc_merge_params *p, fc_merge_method m);
+FC_API void fc_merge_model_params_init(fc_merge_model_params *mp);
+/* 64-bit FNV-1a of a tensor name: the RNG key of that tensor. */
+FC_API uint64_t fc_merge_tensor_key(const char *name);
+
+FC_API fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype base_dt,
+                                 const void *const *inputs, const fc_dtype *input_dts, int n,
+                                 int ndim, const int64_t *shape, void *out, fc_dtype out_dt,
+                                 int nthreads, fc_error *err);
+
+/* ------------------------------------------------------------------------------------ */
+/* counter-based randomness (rng.c): uniform floats in [0, 1) with 24 random bits */
+
+/* The stream of one (seed, tensor, model). */
+FC_API uint64_t fc_rng_stream(uint64_t seed, uint64_t tensor_key, uint64_t model);
+/* The element's draw: a function of (stream, index) only. */
+FC_API float    fc_rng_uniform(uint64_t stream, uint64_t index);
+
+/* ------------------------------------------------------------------------------------ */
+/* exact top-k selection (select.c) */
+
+/* Writes keys of elements [begin, begin + n) into keys. Larger keys rank first; among
+ * equal keys the lower element index ranks first. */
+typedef void (*fc_key_fn)(void *ctx, int64_t begin, int64_t n, uint32_t *keys);
+
+/* The k best elements are exactly those with key > key, or key == key and index < cut. */
+typedef struct fc_topk {
+    uint32_t key;
+    int64_t  cut;
+} fc_topk;
+
+static inline int fc_topk_has(const fc_topk *t, uint32_t key, int64_t index) {
+    return key > t->key || (key == t->key && index < t->cut);
+}
+
+/* O(n): two 16-bit histogram passes over the keys, and one counting pass when the k-th
+ * key is tied. k <= 0 selects nothing, k >= n everything. fn NULL: ctx is an array of the
+ * n keys (read in place). */
+FC_API fc_status fc_select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, int nthreads,
+                                fc_topk *out, fc_error *err);
+/* The order-preserving key of a float (|x| of a non-negative float is its bit pattern). */
+static inline uint32_t fc_float_key(float f) {
+    union { float f; uint32_t u; } v;
+    v.f = f;
+    return (v.u & 0x80000000u) ? ~v.u : (v.u | 0x80000000u);
+}
 
 #ifdef __cplusplus
 }

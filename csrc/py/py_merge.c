@@ -1,7 +1,188 @@
 /* py_merge.c - bindings of the merge component (see fc_merge.h). */
+
 #include "py_common.h"
 
+#include <string.h>
+
+/* Fill the global parameters from a dict of overrides (names as in fc_merge_params). */
+static int parse_globals(PyObject *d, fc_merge_params *p) {
+    if (!d || d == Py_None) return 0;
+    if (!PyDict_Check(d)) {
+        PyErr_SetString(PyExc_TypeError, "merge_tensor: params must be a dict");
+        return -1;
+    }
+    PyObject *key, *val;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(d, &pos, &key, &val)) {
+        const char *k = PyUnicode_AsUTF8(key);
+        if (!k) return -1;
+        struct { const char *name; int *i; double *f; } fields[] = {
+            {"normalize", &p->normalize, NULL}, {"rescale", &p->rescale, NULL},
+            {"lambda", NULL, &p->lambda}, {"select_topk", NULL, &p->select_topk},
+            {"mask_deltas", &p->mask_deltas, NULL}, {"t", NULL, &p->t},
+            {"nuslerp_flatten", &p->nuslerp_flatten, NULL},
+            {"nuslerp_row_wise", &p->nuslerp_row_wise, NULL},
+            {"normalize_weights", &p->normalize_weights, NULL}, {"eps", NULL, &p->eps},
+            {"max_iter", &p->max_iter, NULL}, {"tol", NULL, &p->tol},
+            {"filter_wise", &p->filter_wise, NULL},
+        };
+        size_t i, nf = sizeof fields / sizeof fields[0];
+        for (i = 0; i < nf; i++)
+            if (strcmp(k, fields[i].name) == 0) break;
+        if (i == nf) {
+            PyErr_Format(PyExc_ValueError, "merge_tensor: unknown parameter %R", key);
+            return -1;
+        }
+        if (fields[i].i) {
+            long v = PyLong_AsLong(val);
+            if (v == -1 && PyErr_Occurred()) return -1;
+            *fields[i].i = (int)v;
+        } else {
+            double v = PyFloat_AsDouble(val);
+            if (v == -1.0 && PyErr_Occurred()) return -1;
+            *fields[i].f = v;
+        }
+    }
+    return 0;
+}
+
+static PyArrayObject *as_input(PyObject *obj, const char *what, int *dt) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "merge_tensor: %s must be a NumPy array", what);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    *dt = fc_py_dtype_from_descr(PyArray_DESCR(a));
+    if (*dt < 0 || !fc_dtype_is_float((fc_dtype)*dt)) {
+        PyErr_Format(PyExc_TypeError,
+                     "merge_tensor: %s must be float16, bfloat16, float32 or float64", what);
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a)) {
+        PyErr_Format(PyExc_ValueError, "merge_tensor: %s must be C-contiguous", what);
+        return NULL;
+    }
+    return a;
+}
+
+/* merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads)
+ * models: one (weight, density, gamma, epsilon, scale) tuple per input. */
+static PyObject *py_merge_tensor(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *method, *tname;
+    PyObject *base_obj, *inputs, *out_dt_obj, *models, *params;
+    unsigned long long seed;
+    int threads;
+    if (!PyArg_ParseTuple(args, "sOO!OO!OKsi", &method, &base_obj, &PyList_Type, &inputs,
+                          &out_dt_obj, &PyList_Type, &models, &params, &seed, &tname, &threads))
+        return NULL;
+    int m = fc_merge_method_from_name(method);
+    if (m < 0) {
+        PyErr_Format(PyExc_ValueError, "merge_tensor: unknown method %R", PyTuple_GET_ITEM(args, 0));
+        return NULL;
+    }
+    fc_merge_params p;
+    fc_merge_params_init(&p, (fc_merge_method)m);
+    if (parse_globals(params, &p) < 0) return NULL;
+    p.seed = seed;
+    p.tensor_key = fc_merge_tensor_key(tname);
+    int out_dt = fc_py_dtype_arg(out_dt_obj, "out_dtype");
+    if (out_dt < 0) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(inputs);
+    if (PyList_GET_SIZE(models) != n) {
+        PyErr_SetString(PyExc_ValueError, "merge_tensor: one models entry per input is needed");
+        return NULL;
+    }
+    const void **ptrs = PyMem_Calloc((size_t)n + 1, sizeof(void *));
+    fc_dtype *dts = PyMem_Calloc((size_t)n + 1, sizeof(fc_dtype));
+    fc_merge_model_params *mps = PyMem_Calloc((size_t)n + 1, sizeof(fc_merge_model_params));
+    PyObject *result = NULL;
+    PyArrayObject *shape_src = NULL, *out = NULL;
+    if (!ptrs || !dts || !mps) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int base_dt = FC_F32;
+    const void *base = NULL;
+    if (base_obj != Py_None) {
+        PyArrayObject *b = as_input(base_obj, "base", &base_dt);
+        if (!b) goto done;
+        base = PyArray_DATA(b);
+        shape_src = b;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char what[32];
+        snprintf(what, sizeof what, "tensors[%zd]", i);
+        int dt;
+        PyArrayObject *a = as_input(PyList_GET_ITEM(inputs, i), what, &dt);
+        if (!a) goto done;
+        if (!shape_src) shape_src = a;
+        if (PyArray_SIZE(a) != PyArray_SIZE(shape_src)) {
+            PyErr_Format(PyExc_ValueError, "merge_tensor: %s has %zd elements, expected %zd", what,
+                         (Py_ssize_t)PyArray_SIZE(a), (Py_ssize_t)PyArray_SIZE(shape_src));
+            goto done;
+        }
+        ptrs[i] = PyArray_DATA(a);
+        dts[i] = (fc_dtype)dt;
+        fc_merge_model_params_init(&mps[i]);
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(models, i), "ddddd", &mps[i].weight,
+                              &mps[i].density, &mps[i].gamma, &mps[i].epsilon, &mps[i].scale))
+            goto done;
+    }
+    if (!shape_src) {
+        PyErr_SetString(PyExc_ValueError, "merge_tensor: no tensors given");
+        goto done;
+    }
+    p.models = mps;
+    PyArray_Descr *descr = fc_py_descr_from_dtype((fc_dtype)out_dt);
+    if (!descr) goto done;
+    out = (PyArrayObject *)PyArray_NewFromDescr(&PyArray_Type, descr, PyArray_NDIM(shape_src),
+                                                PyArray_DIMS(shape_src), NULL, NULL, 0, NULL);
+    if (!out) goto done;
+    int ndim = PyArray_NDIM(shape_src);
+    int64_t shape[64];
+    for (int d = 0; d < ndim && d < 64; d++) shape[d] = PyArray_DIMS(shape_src)[d];
+    fc_error err;
+    fc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = fc_merge_tensor(&p, base, (fc_dtype)base_dt, ptrs, dts, (int)n, ndim, shape,
+                         PyArray_DATA(out), (fc_dtype)out_dt, threads, &err);
+    Py_END_ALLOW_THREADS
+    if (st != FC_OK) {
+        fc_py_raise(&err);
+        goto done;
+    }
+    result = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(out);
+    PyMem_Free(ptrs);
+    PyMem_Free(dts);
+    PyMem_Free(mps);
+    return result;
+}
+
+static PyObject *py_merge_methods(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    PyObject *l = PyList_New(0);
+    for (int i = 0; l && i < FC_MERGE_METHOD_COUNT; i++) {
+        PyObject *s = PyUnicode_FromString(fc_merge_method_name((fc_merge_method)i));
+        if (!s || PyList_Append(l, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(l);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    return l;
+}
+
 static PyMethodDef methods[] = {
+    {"merge_tensor", py_merge_tensor, METH_VARARGS,
+     "merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads)"
+     " -> ndarray: one tensor merged by fc_merge_tensor (see fusechat.merge.merge_tensors)."},
+    {"merge_methods", py_merge_methods, METH_NOARGS, "the merge method names known to the C core"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,299 @@
+/* merge_gta.c - the task-arithmetic family: task_arithmetic, ties, dare_ties, dare_linear,
+ * breadcrumbs, breadcrumbs_ties, della, della_linear.
+ *
+ * For the N non-base inputs: delta_i = x_i - B; delta_i <- sparsify(delta_i) (top-k
+ * magnitude, magnitude outliers, Bernoulli(density), or DELLA's rank-dependent Bernoulli),
+ * optionally L1-rescaled; D_i = w_i * delta_i; with sign consensus only the D_i whose sign
+ * matches sign(sum D) count; mix = sum D_i (/ sum of the counted w_i if normalize) * lambda;
+ * out = B + mix. The work is done in passes over the inputs, never storing a delta:
+ *   1. top-k thresholds (select.c) for the magnitude sparsifiers,
+ *   2. L1 sums per fixed block when rescaling,
+ *   3. the output pass. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "merge_internal.h"
+#include "rng.h"
+
+typedef enum { SP_NONE, SP_MAGNITUDE, SP_OUTLIERS, SP_RANDOM, SP_DELLA } sparsifier;
+
+typedef struct {
+    sparsifier sp;
+    int consensus, stats;
+    int *active;           /* density < 1: this model is sparsified */
+    fc_topk *keep, *drop;  /* magnitude: keep; outliers: keep minus drop */
+    uint64_t *stream;
+    float *scale;          /* L1 rescale factor per model */
+    double *partials;      /* stats pass: [block][2n] = sum |delta|, sum |kept delta| */
+    int64_t block;
+} gta_ctx;
+
+typedef struct {
+    const mg_tensor *t;
+    int i;
+} key_ctx;
+
+static void delta_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
+    key_ctx *k = (key_ctx *)vctx;
+    float b[8192], x[8192]; /* select.c asks for at most 8192 keys at a time */
+    mg_load(k->t->base, k->t->base_dt, begin, n, b);
+    mg_load(k->t->in[k->i], k->t->in_dt[k->i], begin, n, x);
+    for (int64_t j = 0; j < n; j++) keys[j] = fc_float_key(fabsf(x[j] - b[j]));
+}
+
+typedef struct {
+    uint32_t *keys;
+    int i;
+} fill_ctx;
+
+/* One pass over base and model i storing every |delta| key: the selection then histograms
+ * the stored keys instead of reloading and converting the inputs in each of its passes. */
+static fc_status fill_keys(const mg_tensor *t, void *user, int64_t begin, int64_t len,
+                           float *scratch, int64_t index) {
+    (void)scratch;
+    (void)index;
+    fill_ctx *f = (fill_ctx *)user;
+    key_ctx kc = {t, f->i};
+    delta_keys(&kc, begin, len, f->keys + begin);
+    return FC_OK;
+}
+
+typedef struct {
+    float mag;
+    int64_t idx;
+} ranked;
+
+static int by_magnitude(const void *a, const void *b) {
+    const ranked *x = (const ranked *)a, *y = (const ranked *)b;
+    if (x->mag != y->mag) return x->mag < y->mag ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* DELLA: per row, keep with probability density - eps + 2 eps * (rank - 1) / (cols - 1),
+ * rank of |delta| ascending (ties by index). d holds whole rows starting at element e0. */
+static fc_status della_mask(const mg_tensor *t, const gta_ctx *g, int i, int64_t e0,
+                            int64_t len, float *d) {
+    const fc_merge_model_params *mp = &t->p->models[i];
+    int64_t cols = t->cols;
+    ranked *r = malloc((size_t)cols * sizeof(ranked));
+    if (!r) return FC_ERR_NOMEM;
+    for (int64_t row0 = 0; row0 < len; row0 += cols) {
+        float *dr = d + row0;
+        for (int64_t c = 0; c < cols; c++) r[c] = (ranked){fabsf(dr[c]), c};
+        qsort(r, (size_t)cols, sizeof(ranked), by_magnitude);
+        for (int64_t rank = 0; rank < cols; rank++) {
+            int64_t c = r[rank].idx;
+            double norm = cols > 1 ? (double)rank / (double)(cols - 1) : 0.5;
+            float p = (float)(mp->density - mp->epsilon + 2.0 * mp->epsilon * norm);
+            dr[c] = fcx_keep_or_zero(dr[c], fcx_rng_uniform(g->stream[i], (uint64_t)(e0 + row0 + c)) < p);
+        }
+    }
+    free(r);
+    return FC_OK;
+}
+
+/* Zero the elements of d[0, len) (element index begin + k) outside the top-k set `keep`,
+ * and inside `drop` if given (breadcrumbs). Branch-free, 32-bit compares: vectorises. */
+static void keep_topk(int64_t len, int64_t begin, float *restrict d, const fc_topk *keep,
+                      const fc_topk *drop) {
+    int64_t lk = keep->cut - begin, ld = drop ? drop->cut - begin : -1;
+    int32_t cut_k = (int32_t)(lk < -1 ? -1 : lk > len ? len : lk);
+    int32_t cut_d = (int32_t)(ld < -1 ? -1 : ld > len ? len : ld);
+    uint32_t key_k = keep->key, key_d = drop ? drop->key : UINT32_MAX;
+    for (int32_t k = 0; k < (int32_t)len; k++) {
+        uint32_t b;
+        memcpy(&b, d + k, 4);
+        uint32_t key = (b & 0x7fffffffu) | 0x80000000u; /* fc_float_key(|d|) */
+        int in_k = (key > key_k) | ((key == key_k) & (k < cut_k));
+        int in_d = (key > key_d) | ((key == key_d) & (k < cut_d));
+        b &= (uint32_t)0 - (uint32_t)(in_k & !in_d);
+        memcpy(d + k, &b, 4);
+    }
+}
+
+/* Loads B into s and the sparsified deltas of model i into s + (i + 1) * len. */
+static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin, int64_t len,
+                            float *s, double *part) {
+    float *b = s;
+    mg_load(t->base, t->base_dt, begin, len, b);
+    for (int i = 0; i < t->n; i++) {
+        float *d = s + (size_t)(i + 1) * len;
+        mg_load(t->in[i], t->in_dt[i], begin, len, d);
+        for (int64_t k = 0; k < len; k++) d[k] -= b[k];
+        double l1_all = part ? mg_sum_abs(d, len) : 0.0;
+        if (!g->active[i]) continue;
+        const fc_merge_model_params *mp = &t->p->models[i];
+        switch (g->sp) {
+        case SP_MAGNITUDE:
+        case SP_OUTLIERS:
+            keep_topk(len, begin, d, &g->keep[i], g->sp == SP_OUTLIERS ? &g->drop[i] : NULL);
+            break;
+        case SP_RANDOM: {
+            float p = (float)mp->density;
+            uint64_t stream = g->stream[i];
+            for (int64_t k = 0; k < len; k++)
+                d[k] = fcx_keep_or_zero(d[k], fcx_rng_uniform(stream, (uint64_t)(begin + k)) < p);
+            break;
+        }
+        case SP_DELLA:
+            if (della_mask(t, g, i, begin, len, d) != FC_OK) return FC_ERR_NOMEM;
+            break;
+        case SP_NONE: break;
+        }
+        if (part) {
+            part[2 * i] = l1_all;
+            part[2 * i + 1] = mg_sum_abs(d, len);
+        }
+    }
+    return FC_OK;
+}
+
+static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
+                           float *s, int64_t index) {
+    gta_ctx *g = (gta_ctx *)user;
+    const fc_merge_params *p = t->p;
+    if (g->stats) return gta_deltas(t, g, begin, len, s, g->partials + (size_t)index * 2 * t->n);
+    if (gta_deltas(t, g, begin, len, s, NULL) != FC_OK) return FC_ERR_NOMEM;
+    /* model-outer loops without branches, so they vectorise: D_i = w_i * scale_i * delta_i
+     * in place, the election sum, then the agreeing mix and divisor */
+    float *b = s, *mix = s + (size_t)(t->n + 1) * len, *div = mix + len;
+    double *sum = mg_doubles_at(s, (size_t)(t->n + 3) * len);
+    for (int64_t k = 0; k < len; k++) {
+        sum[k] = 0.0;
+        mix[k] = 0.0f;
+        div[k] = 0.0f;
+    }
+    for (int i = 0; i < t->n; i++) {
+        float *d = s + (size_t)(i + 1) * len, w = (float)p->models[i].weight, sc = g->scale[i];
+        for (int64_t k = 0; k < len; k++) {
+            float ds = d[k] * sc;
+            /* float64 election: each product of two floats is exact there, so a sum that
+             * is exactly zero (common with bf16 inputs) is seen as zero */
+            sum[k] += (double)w * (double)ds;
+            d[k] = w * ds;
+        }
+    }
+    float *sign = (float *)(sum + len); /* the elected sign, +1 where the sum is >= 0 */
+    for (int64_t k = 0; k < len; k++) sign[k] = sum[k] >= 0.0 ? 1.0f : -1.0f;
+    for (int i = 0; i < t->n; i++) {
+        const float *d = s + (size_t)(i + 1) * len;
+        float w = (float)p->models[i].weight;
+        if (g->consensus) {
+            mg_add_agreeing(len, d, sign, 1.0f, w, mix, div);
+        } else {
+            for (int64_t k = 0; k < len; k++) {
+                mix[k] += d[k];
+                div[k] += w;
+            }
+        }
+    }
+    float lambda = (float)p->lambda;
+    float *out = mix;
+    for (int64_t k = 0; k < len; k++) {
+        float m = mix[k], dv = div[k];
+        if (p->normalize) {
+            if (g->consensus ? dv == 0.0f : fabsf(dv) < 1e-8f) dv = 1.0f;
+            m /= dv;
+        }
+        if (p->lambda != 1.0) m *= lambda;
+        out[k] = b[k] + m;
+    }
+    mg_store(t->out, t->out_dt, begin, len, out);
+    return FC_OK;
+}
+
+fc_status mg_merge_gta(const mg_tensor *t) {
+    const fc_merge_params *p = t->p;
+    int n = t->n;
+    gta_ctx g = {0};
+    uint32_t *keys = NULL; /* |delta| keys of one model at a time; NULL: recompute */
+    switch (p->method) {
+    case FC_MERGE_TIES: g.sp = SP_MAGNITUDE; g.consensus = 1; break;
+    case FC_MERGE_DARE_TIES: g.sp = SP_RANDOM; g.consensus = 1; break;
+    case FC_MERGE_DARE_LINEAR: g.sp = SP_RANDOM; break;
+    case FC_MERGE_BREADCRUMBS: g.sp = SP_OUTLIERS; break;
+    case FC_MERGE_BREADCRUMBS_TIES: g.sp = SP_OUTLIERS; g.consensus = 1; break;
+    case FC_MERGE_DELLA: g.sp = SP_DELLA; g.consensus = 1; break;
+    case FC_MERGE_DELLA_LINEAR: g.sp = SP_DELLA; break;
+    default: g.sp = SP_NONE; break;
+    }
+    g.block = MG_BLOCK;
+    if (g.sp == SP_DELLA) { /* blocks of whole rows */
+        int64_t r = MG_BLOCK / t->cols;
+        g.block = (r < 1 ? 1 : r) * t->cols;
+    }
+    fc_status st = FC_ERR_NOMEM;
+    g.active = mg_calloc(t, (size_t)n, sizeof(int));
+    g.keep = mg_calloc(t, (size_t)n, sizeof(fc_topk));
+    g.drop = mg_calloc(t, (size_t)n, sizeof(fc_topk));
+    g.stream = mg_calloc(t, (size_t)n, sizeof(uint64_t));
+    g.scale = mg_calloc(t, (size_t)n, sizeof(float));
+    if (!g.active || !g.keep || !g.drop || !g.stream || !g.scale) goto done;
+    int any_rescale = 0;
+    keys = g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS
+                         ? malloc((size_t)t->numel * sizeof(uint32_t)) : NULL;
+    for (int i = 0; i < n; i++) {
+        const fc_merge_model_params *mp = &p->models[i];
+        g.scale[i] = 1.0f;
+        g.stream[i] = fcx_rng_stream(p->seed, p->tensor_key, (uint64_t)i);
+        g.active[i] = g.sp != SP_NONE && mp->density < 1.0;
+        if (!g.active[i]) continue;
+        any_rescale |= p->rescale;
+        int64_t N = t->numel;
+        key_ctx kc = {t, i};
+        fc_key_fn keyfn = delta_keys;
+        void *keyctx = &kc;
+        if ((g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS) && keys) {
+            fill_ctx fc = {keys, i};
+            st = mg_for_blocks(t, N, MG_BLOCK, 1, fill_keys, &fc);
+            if (st != FC_OK) goto done;
+            keyfn = NULL;
+            keyctx = keys;
+        }
+        if (g.sp == SP_MAGNITUDE) {
+            int64_t k = (int64_t)(mp->density * (double)N);
+            st = fc_select_topk(N, k, keyfn, keyctx, t->nthreads, &g.keep[i], t->err);
+            if (st != FC_OK) goto done;
+        } else if (g.sp == SP_OUTLIERS) {
+            int64_t target = (int64_t)(mp->density * (double)N);
+            int64_t n_top = (int64_t)(mp->gamma * (double)N);
+            int64_t n_bot = N - target - n_top;
+            if (n_bot < 0) {
+                n_top += n_bot;
+                n_bot = 0;
+            }
+            st = fc_select_topk(N, N - n_bot, keyfn, keyctx, t->nthreads, &g.keep[i], t->err);
+            if (st == FC_OK)
+                st = fc_select_topk(N, n_top, keyfn, keyctx, t->nthreads, &g.drop[i], t->err);
+            if (st != FC_OK) goto done;
+        }
+    }
+    if (any_rescale) {
+        int64_t nblocks = (t->numel + g.block - 1) / g.block;
+        g.partials = mg_calloc(t, (size_t)nblocks * 2 * (n ? n : 1), sizeof(double));
+        if (!g.partials) goto done;
+        g.stats = 1;
+        st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block + 2, gta_block, &g);
+        if (st != FC_OK) goto done;
+        g.stats = 0;
+        for (int i = 0; i < n; i++) {
+            double all = 0, kept = 0;
+            for (int64_t b = 0; b < nblocks; b++) {
+                all += g.partials[(size_t)b * 2 * n + 2 * i];
+                kept += g.partials[(size_t)b * 2 * n + 2 * i + 1];
+            }
+            if (g.active[i] && all >= 1e-7 && kept >= 1e-7) g.scale[i] = (float)(all / kept);
+        }
+    }
+    st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block + 2, gta_block, &g);
+done:
+    free(keys);
+    free(g.active);
+    free(g.keep);
+    free(g.drop);
+    free(g.stream);
+    free(g.scale);
+    free(g.partials);
+    return st;
+}

@@ -1,0 +1,83 @@
+/* merge_internal.h - what the merge kernels share (merge_common.c): the tensor being
+ * merged, block loading with conversion to float32, deterministic blocked reductions and
+ * the linear-combination output pass. Not part of the public API. */
+#ifndef FC_MERGE_INTERNAL_H
+#define FC_MERGE_INTERNAL_H
+
+#include "fusechat.h"
+
+#define MG_BLOCK 8192 /* elements per block: fixed, so reductions never depend on threads */
+
+typedef struct mg_tensor {
+    const fc_merge_params *p;
+    int n;                       /* inputs, not counting the base */
+    const void *base;            /* NULL if none */
+    fc_dtype base_dt;
+    const void *const *in;
+    const fc_dtype *in_dt;
+    int64_t numel, rows, cols;   /* rows * cols == numel; cols = last dimension */
+    int ndim;
+    void *out;
+    fc_dtype out_dt;
+    int nthreads;
+    fc_error *err;
+} mg_tensor;
+
+/* Convert elements [begin, begin + n) of src to float32. */
+void mg_load(const void *src, fc_dtype dt, int64_t begin, int64_t n, float *dst);
+/* Round n float32 values once to dt and store them at element `begin` of dst. */
+void mg_store(void *dst, fc_dtype dt, int64_t begin, int64_t n, const float *src);
+
+/* fn(t, user, begin, len, scratch, block_index) for each fixed block of `block` elements
+ * of [0, total), blocks spread over threads; scratch holds scratch_floats floats per call. */
+typedef fc_status (*mg_block_fn)(const mg_tensor *t, void *user, int64_t begin, int64_t len,
+                                 float *scratch, int64_t block_index);
+fc_status mg_for_blocks(const mg_tensor *t, int64_t total, int64_t block, size_t scratch_floats,
+                        mg_block_fn fn, void *user);
+
+/* Gram matrices of the vectors v_i = x_i - (sub_base ? B : 0), i < n (plus the base as
+ * index n when with_base and sub_base is off). Layouts: one vector for the whole tensor,
+ * one per row (last dimension), or one per column (dim 0, for nuslerp row_wise).
+ * gram[v * m * m + i * m + j], m = n (+1 with base), in float64. */
+typedef enum { MG_FLAT, MG_ROWS, MG_COLS } mg_layout;
+int64_t   mg_vector_count(const mg_tensor *t, mg_layout lay);
+fc_status mg_gram(const mg_tensor *t, mg_layout lay, int sub_base, int with_base, double *gram);
+
+/* out = coef[v][n] * B + sum_i coef[v][i] * x_i for the vector v holding each element;
+ * coef has n + 1 entries per vector (the last for the base, ignored without one). */
+fc_status mg_combine(const mg_tensor *t, mg_layout lay, const float *coef);
+
+/* The sign-consensus accumulation: where d[k] * sign[k] > 0 (so never where d == 0),
+ * mix[k] += scale * d[k] and div[k] += w. Branch-free bit tests, so it vectorises. */
+void mg_add_agreeing(int64_t len, const float *restrict d, const float *restrict sign,
+                     float scale, float w, float *restrict mix, float *restrict div);
+
+/* A float64 array placed inside float scratch at float offset `off` (rounded up to even:
+ * scratch comes from malloc, so an even float offset is 8-byte aligned). Callers leave
+ * one float of slack for the rounding. */
+static inline double *mg_doubles_at(float *scratch, size_t off) {
+    return (double *)(void *)(scratch + ((off + 1) & ~(size_t)1));
+}
+
+/* Float64 sums over float arrays with 8 independent accumulators (a single accumulator is a
+ * serial chain of 4-cycle adds); the order is fixed, so results do not depend on threads. */
+double mg_dot(const float *a, const float *b, int64_t len);   /* sum a[k] * b[k] */
+double mg_sum_abs(const float *a, int64_t len);                /* sum |a[k]| */
+
+/* Allocation helpers that report NOMEM through t->err. */
+void *mg_calloc(const mg_tensor *t, size_t count, size_t size);
+
+/* Kernels, one family per file. */
+fc_status mg_merge_gta(const mg_tensor *t);       /* merge_gta.c: task arithmetic family */
+fc_status mg_merge_sce(const mg_tensor *t);       /* merge_sce.c */
+fc_status mg_merge_varm(const mg_tensor *t);      /* merge_sce.c */
+fc_status mg_merge_linear(const mg_tensor *t);    /* merge_linear.c */
+fc_status mg_merge_passthrough(const mg_tensor *t);
+fc_status mg_merge_nearswap(const mg_tensor *t);
+fc_status mg_merge_model_stock(const mg_tensor *t);
+fc_status mg_merge_slerp(const mg_tensor *t);     /* merge_slerp.c */
+fc_status mg_merge_nuslerp(const mg_tensor *t);
+fc_status mg_merge_multislerp(const mg_tensor *t);/* merge_sphere.c */
+fc_status mg_merge_karcher(const mg_tensor *t);
+
+#endif

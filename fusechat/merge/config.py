@@ -1,0 +1,309 @@
+"""mergekit-style YAML merge configs: reading, checking and per-tensor parameter lookup.
+
+Accepted (mergekit's ``MergeConfiguration``, docs/merging.md "Config"): ``merge_method``,
+``models: [{model, parameters}]`` or ``slices: [{sources: [{model, layer_range,
+parameters}], parameters}]``, ``base_model``, ``parameters``, ``dtype``, ``out_dtype``,
+``tokenizer_source`` (``base``, ``union`` or a model path). Unlike mergekit, unknown keys,
+unknown parameter names, parameters of the wrong scope and out-of-range values are refused
+with a :class:`fusechat.errors.ConfigError` that lists the valid names.
+
+Parameter values: a scalar; a gradient ``[v0, ..., vk]`` interpolated linearly over the
+layers (``t = layer / (L - 1)``; tensors outside the layers use ``t = 0``); or a list of
+``{filter: substring, value: ...}`` where the first entry whose filter is absent, ``"*"``
+or a substring of the tensor name wins.
+"""
+import copy
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from .methods import REQUIRED, check_value, get_method
+
+TOP_KEYS = ("merge_method", "models", "slices", "base_model", "parameters", "dtype",
+            "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "modules")
+DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+
+
+@dataclass
+class ModelEntry:
+    path: str
+    params: dict = field(default_factory=dict)
+    layer_range: tuple = None  # slices only
+
+
+@dataclass
+class SliceSpec:
+    sources: list
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class MergeConfig:
+    method: object                  # methods.Method
+    models: list                    # ModelEntry, config order (the base included if listed)
+    base: str = None
+    params: dict = field(default_factory=dict)
+    dtype: str = None               # safetensors dtype name, or None
+    out_dtype: str = None
+    tokenizer_source: str = None
+    slices: list = None             # SliceSpec list, or None
+    raw: dict = None
+
+    def model_paths(self):
+        paths = [m.path for m in self.models]
+        if self.slices:
+            paths = []
+            for s in self.slices:
+                paths += [m.path for m in s.sources if m.path not in paths]
+        if self.base and self.base not in paths:
+            paths.append(self.base)
+        return list(dict.fromkeys(paths))
+
+
+def _load_raw(config):
+    import yaml
+
+    if isinstance(config, dict):
+        return copy.deepcopy(config), None
+    if isinstance(config, os.PathLike) or (isinstance(config, str) and "\n" not in config
+                                           and os.path.isfile(config)):
+        path = os.fspath(config)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        where = path
+    elif isinstance(config, str):
+        text, where = config, None
+    else:
+        raise ConfigError(f"merge config: expected a path, a YAML string or a dict, got "
+                          f"{type(config).__name__}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where or 'merge config'}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        if isinstance(config, str) and where is None and "\n" not in config:
+            raise ConfigError(f"merge config: {config!r} is neither a file nor a YAML mapping")
+        raise ConfigError(f"{where or 'merge config'}: the top level must be a mapping")
+    return data, where
+
+
+def _check_keys(d, allowed, where):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    bad = [k for k in d if k not in allowed]
+    if bad:
+        raise ConfigError(f"{where}: unknown key {bad[0]!r}; valid keys: {', '.join(allowed)}")
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_setting(method, name, value, where):
+    """A scalar, a gradient of numbers, or a filter list whose values are either."""
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"{where}: {name}: an empty list")
+        if all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                _check_keys(v, ("filter", "value"), f"{where}: {name}[{i}]")
+                if "value" not in v:
+                    raise ConfigError(f"{where}: {name}[{i}] has no value")
+                if v.get("filter") is not None and not isinstance(v["filter"], str):
+                    raise ConfigError(f"{where}: {name}[{i}].filter must be a string")
+                _check_setting(method, name, v["value"], f"{where}: {name}[{i}]")
+            return
+        if all(_is_number(v) for v in value):
+            for v in value:
+                check_value(method, name, v, where, ConfigError)
+            return
+        raise ConfigError(f"{where}: {name}: a list must hold only numbers (a gradient) or "
+                          f"only {{filter, value}} mappings, got {value!r}")
+    check_value(method, name, value, where, ConfigError)
+
+
+def _check_params(method, params, where, scope):
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: parameters must be a mapping")
+    valid = method.param_names() if scope == "top" else sorted(method.tensor)
+    for name, value in params.items():
+        if name not in valid:
+            if scope == "model" and name in method.glob:
+                raise ConfigError(f"{where}: {name} is a global parameter of {method.name}; "
+                                  "set it under the top-level parameters")
+            raise ConfigError(f"{where}: {method.name} has no parameter {name!r}; valid "
+                              f"{'per-model ' if scope == 'model' else ''}parameters: "
+                              f"{', '.join(valid) or '(none)'}")
+        _check_setting(method, name, value, f"{where}: {name}")
+    return dict(params)
+
+
+def _model_path(ref, where):
+    if isinstance(ref, dict):
+        _check_keys(ref, ("model",), where)
+        ref = ref.get("model")
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(f"{where}: model must be a path string, got {ref!r}")
+    if "+" in ref:
+        raise ConfigError(f"{where}: {ref!r}: LoRA references (model+lora) are not supported")
+    path = os.path.expanduser(ref.split("@")[0] if not os.path.exists(ref) else ref)
+    if not os.path.isdir(path) and not path.endswith(".safetensors"):
+        raise ConfigError(f"{where}: model {ref!r} is not a local folder (fusechat reads "
+                          "local Hugging Face folders only; download the model first)")
+    return os.path.abspath(path)
+
+
+def _dtype(value, key):
+    if value is None:
+        return None
+    if value not in DTYPES:
+        raise ConfigError(f"merge config: {key} {value!r} is not supported; valid: "
+                          f"{', '.join(DTYPES)}")
+    return DTYPES[value]
+
+
+def load_config(config):
+    """Read and check a merge config (path, YAML string or dict): a MergeConfig."""
+    raw, where = _load_raw(config)
+    where = where or "merge config"
+    _check_keys(raw, TOP_KEYS, where)
+    if "merge_method" not in raw:
+        raise ConfigError(f"{where}: merge_method is missing")
+    method = get_method(raw["merge_method"], ConfigError)
+    for key in ("modules", "tokenizer", "chat_template"):
+        if raw.get(key) is not None:
+            raise ConfigError(f"{where}: {key} is not supported by fusechat merge")
+    if ("models" in raw) == ("slices" in raw):
+        raise ConfigError(f"{where}: give exactly one of models or slices")
+    params = _check_params(method, raw.get("parameters"), f"{where}: parameters", "top")
+    base = _model_path(raw["base_model"], f"{where}: base_model") if raw.get("base_model") else None
+    cfg = MergeConfig(method=method, models=[], base=base, params=params,
+                      dtype=_dtype(raw.get("dtype"), "dtype"),
+                      out_dtype=_dtype(raw.get("out_dtype"), "out_dtype"), raw=raw)
+    ts = raw.get("tokenizer_source")
+    if ts is not None:
+        if not isinstance(ts, str):
+            raise ConfigError(f"{where}: tokenizer_source must be base, union or a model path")
+        cfg.tokenizer_source = ts if ts in ("base", "union") else _model_path(
+            ts, f"{where}: tokenizer_source")
+    if "models" in raw:
+        if not isinstance(raw["models"], list) or not raw["models"]:
+            raise ConfigError(f"{where}: models must be a non-empty list")
+        for i, m in enumerate(raw["models"]):
+            w = f"{where}: models[{i}]"
+            _check_keys(m, ("model", "parameters"), w)
+            path = _model_path(m.get("model"), w)
+            cfg.models.append(ModelEntry(path, _check_params(method, m.get("parameters"), w, "model")))
+    else:
+        cfg.slices = _load_slices(raw["slices"], method, where)
+    _check_roles(cfg, where)
+    return cfg
+
+
+def _load_slices(slices, method, where):
+    if not isinstance(slices, list) or not slices:
+        raise ConfigError(f"{where}: slices must be a non-empty list")
+    out = []
+    for i, s in enumerate(slices):
+        w = f"{where}: slices[{i}]"
+        _check_keys(s, ("sources", "parameters", "base_model", "residual_weight"), w)
+        if s.get("base_model") is not None:
+            raise ConfigError(f"{w}: a per-slice base_model is not supported; set base_model "
+                              "at the top level")
+        if not isinstance(s.get("sources"), list) or not s["sources"]:
+            raise ConfigError(f"{w}: sources must be a non-empty list")
+        srcs = []
+        for j, src in enumerate(s["sources"]):
+            ws = f"{w}.sources[{j}]"
+            _check_keys(src, ("model", "layer_range", "parameters"), ws)
+            lr = src.get("layer_range")
+            if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(v, int) for v in lr)
+                    and 0 <= lr[0] < lr[1]):
+                raise ConfigError(f"{ws}: layer_range must be [start, end) with 0 <= start < end")
+            srcs.append(ModelEntry(_model_path(src.get("model"), ws),
+                                   _check_params(method, src.get("parameters"), ws, "model"),
+                                   tuple(lr)))
+        n = {m.layer_range[1] - m.layer_range[0] for m in srcs}
+        if len(n) != 1:
+            raise ConfigError(f"{w}: every source must span the same number of layers")
+        out.append(SliceSpec(srcs, _check_params(method, s.get("parameters"), w, "top")))
+    return out
+
+
+def _check_roles(cfg, where):
+    m = cfg.method
+    paths = [e.path for e in cfg.models] if cfg.models else \
+        [e.path for e in cfg.slices[0].sources]
+    if m.base == "required" and not cfg.base:
+        raise ConfigError(f"{where}: {m.name} needs base_model")
+    others = [p for p in paths if p != cfg.base]
+    if m.name in ("slerp", "nearswap") and len(others) != 1:
+        raise ConfigError(f"{where}: {m.name} needs exactly two models: base_model and one "
+                          f"other (got {len(others)} besides the base)")
+    if m.name == "nuslerp" and len(others) != 2:
+        raise ConfigError(f"{where}: nuslerp needs exactly two models besides the base, "
+                          f"got {len(others)}")
+    if m.name == "model_stock" and len(others) < 2:
+        raise ConfigError(f"{where}: model_stock needs at least two models besides the base")
+    if m.name == "passthrough" and cfg.models and len(paths) != 1:
+        raise ConfigError(f"{where}: passthrough takes exactly one model per slice")
+    # required per-model parameters must be reachable for every non-base model
+    for name, default in m.tensor.items():
+        if default is REQUIRED and name not in cfg.params:
+            entries = cfg.models or [s for sl in cfg.slices for s in sl.sources]
+            for e in entries:
+                if (e.path != cfg.base or m.base == "none") and name not in e.params:
+                    raise ConfigError(f"{where}: {m.name} needs {name} for model {e.path}")
+            if m.base == "none" and cfg.base and cfg.base not in paths:
+                raise ConfigError(f"{where}: {m.name} merges base_model {cfg.base} as one more "
+                                  f"input, so it needs a {name}: list it under models with one")
+    for name, default in m.glob.items():
+        if default is REQUIRED and name not in cfg.params and not (
+                cfg.slices and all(name in s.params for s in cfg.slices)):
+            raise ConfigError(f"{where}: {m.name} needs the parameter {name}")
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation per tensor
+
+def evaluate(value, tensor_name, t):
+    """The value of a setting for one tensor at layer position t in [0, 1]."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        for entry in value:
+            f = entry.get("filter")
+            if f is None or f == "*" or f in tensor_name:
+                return evaluate(entry["value"], tensor_name, t)
+        return None
+    if isinstance(value, list):
+        k = len(value) - 1
+        if k == 0:
+            return value[0]
+        s = t * k
+        i0 = min(int(math.floor(s)), k)
+        frac = s - i0
+        return (1 - frac) * value[i0] + frac * value[min(k, i0 + 1)]
+    return value
+
+
+def lookup(name, tensor_name, t, *layers):
+    """First non-None value of parameter `name` over the parameter dicts (most specific
+    first); None if none sets it."""
+    for params in layers:
+        if params and name in params:
+            v = evaluate(params[name], tensor_name, t)
+            if v is not None:
+                return v
+    return None
+
+
+LAYER_RE = re.compile(r"\.(\d+)\.")
+
+
+def layer_index(tensor_name):
+    m = LAYER_RE.search(tensor_name)
+    return int(m.group(1)) if m else None
+

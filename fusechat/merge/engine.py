@@ -1,0 +1,235 @@
+"""The streaming merge engine: Hugging Face folders in, a Hugging Face folder out.
+
+1. The config is read and checked (config.py); every input is opened read-only through the
+   fusechat safetensors reader (mmap, headers validated).
+2. The whole plan is made before any math (plan.py): the inputs, parameters, output dtype
+   and shape of every output tensor, so every error (a missing tensor, a shape or dtype
+   mismatch, a missing parameter) comes before any work, and the output header is fixed.
+3. Tensors are merged one at a time by the C kernels (multithreaded, GIL released) while
+   the previous one is written to its final offset in the output shard by a second thread,
+   and the next one's pages are requested (madvise WILLNEED). Peak memory: two output
+   tensors, the top-k keys of one tensor and the kernels' block buffers; inputs are only
+   mapped.
+4. The output folder is assembled in a temporary folder next to OUT (shards + index,
+   config.json with torch_dtype, tokenizer and generation config, the merge config, a model
+   card) and renamed into place only when complete.
+"""
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import safetensors as st
+from ..progress import tqdm
+from .config import load_config
+from .plan import is_embed, roles, plan
+from .tensors import merge_tensors
+
+LOG = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+                   "tokenizer.model", "added_tokens.json", "merges.txt", "vocab.json",
+                   "chat_template.jinja", "chat_template.json")
+TORCH_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+
+
+def parse_shard_size(size):
+    """'5G', '500M', '5GB', '2GiB' or an int (bytes)."""
+    if isinstance(size, str) and size.strip()[-1:].upper() in "KMGT" and size.strip()[-1:].isalpha():
+        size = size.strip() + "B"
+    return st.parse_size(size)
+
+
+def _view(f, name, shape):
+    a = f.get(name)
+    if tuple(a.shape) != tuple(shape):  # embedding cut to the top-left submatrix
+        a = np.ascontiguousarray(a[tuple(slice(0, s) for s in shape)])
+    return a
+
+
+def _merge_job(job, files, method, seed, threads, vocab=None):
+    if job.copy_from:
+        return np.asarray(files[job.copy_from[0]].get(job.copy_from[1]))
+    if job.permute:
+        srcs = ([job.base] if job.base else []) + list(job.inputs)
+        rows = vocab.permute(job.name, {p: files[p].get(n) for p, n in srcs})
+        base = rows[job.base[0]] if job.base else None
+        xs = [rows[p] for p, _ in job.inputs]
+    else:
+        base = _view(files[job.base[0]], job.base[1], job.out_shape) if job.base else None
+        xs = [_view(files[p], n, job.out_shape) for p, n in job.inputs]
+    if method.base == "required" and not xs:
+        return base.astype(st.numpy_dtype(job.out_dtype))
+    try:
+        return merge_tensors(method.name, base, xs, out_dtype=st.numpy_dtype(job.out_dtype),
+                             seed=seed, tensor_name=job.name, threads=threads, **job.params)
+    except ValueError as exc:
+        raise type(exc)(f"tensor {job.name!r} (models "
+                        f"{', '.join(p for p, _ in job.inputs)}): {exc}") from None
+
+
+def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, seed=0,
+        dtype=None, quiet=False):
+    """Merge and write the output folder; returns its path. See the module docstring."""
+    cfg = load_config(config)
+    out_path = os.path.abspath(os.fspath(out_path))
+    if os.path.lexists(out_path) and not overwrite:
+        raise FileExistsError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
+    if dtype is not None:
+        from .config import _dtype
+        dtype = _dtype(dtype, "dtype")
+    shard_bytes = parse_shard_size(out_shard_size)
+    files = {p: st.open(p) for p in cfg.model_paths()}
+    entries = cfg.models or [e for sl in cfg.slices for e in sl.sources]
+    base_entry, inputs = roles(cfg, entries)
+    base_path = base_entry.path if base_entry else None
+    donor = cfg.base or entries[0].path
+    vocab = None
+    if cfg.tokenizer_source:
+        from .vocab import VocabPlan
+        vocab = VocabPlan(cfg.tokenizer_source, base_path, list(dict.fromkeys(
+            ([base_path] if base_path else []) + [e.path for e in inputs])))
+    jobs = plan(cfg, files, dtype, vocab)
+    parent = os.path.dirname(out_path)
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale_temps(out_path)
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(out_path) + f"{os.getpid()}-", dir=parent)
+    t0 = time.perf_counter()
+    try:
+        entries = [(j.name, j.out_dtype, j.out_shape) for j in jobs]
+        total = sum(int(np.prod(j.out_shape, dtype=np.int64)) * st.numpy_dtype(j.out_dtype).itemsize
+                    for j in jobs)
+        writer = st.Writer(tmp, entries, {"format": "pt"}, max_shard_size=shard_bytes)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="merge", disable=quiet)
+        try:
+            with ThreadPoolExecutor(1) as io:
+                pending = None
+                for i, job in enumerate(jobs):
+                    if i + 1 < len(jobs):
+                        nxt = jobs[i + 1]
+                        for p, n in set((nxt.base,) + nxt.inputs + (nxt.copy_from,)) - {None}:
+                            files[p].prefetch(n)
+                    arr = _merge_job(job, files, cfg.method, seed, threads, vocab)
+                    if pending is not None:
+                        pending.result()
+                        bar.update(pending_bytes)
+                    pending = io.submit(writer.write, job.name, arr)
+                    pending_bytes = arr.nbytes
+                if pending is not None:
+                    pending.result()
+                    bar.update(pending_bytes)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            bar.close()
+        _write_side_files(tmp, cfg, donor, jobs, seed, vocab)
+        _move_into_place(tmp, out_path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    LOG.info("merged %d tensors into %s in %.1f s", len(jobs), out_path, time.perf_counter() - t0)
+    return out_path
+
+
+def _temp_prefix(out_path):
+    return f".{os.path.basename(out_path)}.fusechat-tmp-"
+
+
+def _remove_stale_temps(out_path):
+    """Remove the temporary folders that killed merges into out_path left behind (their
+    process id, in the name, is no longer running)."""
+    parent, prefix = os.path.dirname(out_path), _temp_prefix(out_path)
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (another merge into the same path)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        LOG.info("removing %s, left by an interrupted merge", name)
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _move_into_place(tmp, out_path, overwrite):
+    if os.path.lexists(out_path):
+        if not overwrite:
+            raise FileExistsError(f"{out_path} appeared during the merge; not replaced")
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.old-", dir=os.path.dirname(out_path))
+        os.rename(out_path, os.path.join(old, "out"))
+        os.rename(tmp, out_path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out_path)
+
+
+def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
+    import yaml
+
+    out_dtypes = {j.out_dtype for j in jobs if not j.copy_from}
+    cfg_path = os.path.join(donor, "config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            model_cfg = json.load(f)
+        if len(out_dtypes) == 1:
+            model_cfg["torch_dtype"] = TORCH_DTYPES.get(out_dtypes.pop(), model_cfg.get("torch_dtype"))
+        for j in jobs:
+            if is_embed(j.name, j.out_shape) and "embed" in j.name and \
+                    model_cfg.get("vocab_size", j.out_shape[0]) != j.out_shape[0]:
+                model_cfg["vocab_size"] = j.out_shape[0]
+        if vocab:
+            model_cfg["vocab_size"] = len(vocab.tokens)
+        if cfg.slices and "num_hidden_layers" in model_cfg:
+            model_cfg["num_hidden_layers"] = sum(
+                sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0] for sl in cfg.slices)
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(model_cfg, f, indent=2)
+            f.write("\n")
+    tok_donor = vocab.donor if vocab else donor
+    for name in TOKENIZER_FILES:
+        src = os.path.join(tok_donor, name)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(tmp, name))
+    if vocab:
+        vocab.write_tokenizer(tmp)
+    gen = os.path.join(donor, "generation_config.json")
+    if os.path.isfile(gen):
+        shutil.copyfile(gen, os.path.join(tmp, "generation_config.json"))
+    resolved = dict(cfg.raw)
+    if cfg.base:
+        resolved["base_model"] = cfg.base
+    if "models" in resolved:
+        resolved["models"] = [dict(m, model=e.path) for m, e in zip(resolved["models"], cfg.models)]
+    if "slices" in resolved:
+        resolved["slices"] = [
+            dict(raw, sources=[dict(r, model=e.path) for r, e in zip(raw["sources"], sl.sources)])
+            for raw, sl in zip(resolved["slices"], cfg.slices)]
+    text = yaml.safe_dump(resolved, sort_keys=False)
+    with open(os.path.join(tmp, "mergekit_config.yml"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+        f.write(_model_card(cfg, text, seed))
+
+
+def _model_card(cfg, text, seed):
+    from .. import __version__
+
+    models = "\n".join(f"* {p}" for p in cfg.model_paths())
+    rnd = f" Random masks use seed {seed}." if cfg.method.randomized else ""
+    return (f"---\ntags:\n- merge\n- fusechat\n---\n# Merged model\n\n"
+            f"Merged with fusechat {__version__} (`fusechat merge`) using the "
+            f"**{cfg.method.name}** method"
+            f"{f' with base model {cfg.base}' if cfg.base else ''}.{rnd}\n\n"
+            f"## Models\n\n{models}\n\n## Configuration\n\n```yaml\n{text}```\n")

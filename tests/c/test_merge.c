@@ -1,0 +1,176 @@
+/* test_merge.c - the merge core under ASan+UBSan: exact top-k selection against a brute
+ * force count, the counter RNG, and every kernel run on awkward shapes (memory safety and
+ * thread-count independence; numbers are checked against the NumPy twins in pytest). */
+#include <math.h>
+
+#include "ctest.h"
+#include "fusechat.h"
+
+typedef struct {
+    const uint32_t *keys;
+} arr_ctx;
+
+static void arr_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
+    memcpy(keys, ((arr_ctx *)vctx)->keys + begin, (size_t)n * sizeof(uint32_t));
+}
+
+/* Check the selection is exactly the k best under (key desc, index asc). */
+static void check_topk(const uint32_t *keys, int64_t n, int64_t k, int threads) {
+    arr_ctx c = {keys};
+    fc_topk t;
+    fc_error err;
+    CHECK(fc_select_topk(n, k, arr_keys, &c, threads, &t, &err) == FC_OK);
+    int64_t sel = 0, bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int in = fc_topk_has(&t, keys[i], i);
+        sel += in;
+        /* count elements that rank above i */
+        if (in) {
+            for (int64_t j = 0; j < n && j < 4000; j++) {
+                int above = keys[j] > keys[i] || (keys[j] == keys[i] && j < i);
+                if (above && !fc_topk_has(&t, keys[j], j)) bad++;
+            }
+        }
+    }
+    fc_topk direct; /* the same selection reading the key array in place (fn NULL) */
+    CHECK(fc_select_topk(n, k, NULL, (void *)keys, threads, &direct, &err) == FC_OK);
+    CHECK(direct.key == t.key && direct.cut == t.cut);
+    int64_t want = k < 0 ? 0 : k > n ? n : k;
+    CHECK_MSG(sel == want, "n %lld k %lld selected %lld", (long long)n, (long long)k, (long long)sel);
+    CHECK_MSG(bad == 0, "n %lld k %lld: %lld better elements left out", (long long)n, (long long)k,
+              (long long)bad);
+}
+
+static void test_select(void) {
+    int64_t n = 3000;
+    uint32_t *keys = malloc((size_t)n * sizeof(uint32_t));
+    uint64_t s = 1;
+    for (int mode = 0; mode < 3; mode++) {
+        for (int64_t i = 0; i < n; i++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            uint32_t r = (uint32_t)(s >> 33);
+            keys[i] = mode == 0 ? r : mode == 1 ? (r % 7) << 20 | 0x1234 : 42; /* ties */
+        }
+        int64_t ks[] = {-1, 0, 1, 2, 999, 1500, 2999, 3000, 5000};
+        for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
+            check_topk(keys, n, ks[j], 1);
+            check_topk(keys, n, ks[j], 3);
+        }
+    }
+    free(keys);
+    /* many blocks, all tied: the cut is exactly at index k */
+    int64_t big = 200000;
+    uint32_t *tied = malloc((size_t)big * sizeof(uint32_t));
+    for (int64_t i = 0; i < big; i++) tied[i] = 7;
+    arr_ctx c = {tied};
+    fc_topk t;
+    fc_error err;
+    CHECK(fc_select_topk(big, 123457, arr_keys, &c, 4, &t, &err) == FC_OK);
+    CHECK(t.key == 7 && t.cut == 123457);
+    free(tied);
+}
+
+static void test_rng(void) {
+    uint64_t st = fc_rng_stream(1, fc_merge_tensor_key("a"), 0);
+    CHECK(st != fc_rng_stream(1, fc_merge_tensor_key("a"), 1));
+    CHECK(st != fc_rng_stream(2, fc_merge_tensor_key("a"), 0));
+    double sum = 0;
+    int below = 0;
+    for (uint64_t i = 0; i < 100000; i++) {
+        float u = fc_rng_uniform(st, i);
+        CHECK(u >= 0.0f && u < 1.0f);
+        sum += u;
+        below += u < 0.25f;
+    }
+    CHECK(fabs(sum / 100000 - 0.5) < 0.01);
+    CHECK(abs(below - 25000) < 600);
+    CHECK(fc_rng_uniform(st, 17) == fc_rng_uniform(st, 17));
+    CHECK(fc_merge_tensor_key("") == 0xcbf29ce484222325ull);
+}
+
+static void test_kernels(void) {
+    int64_t shapes[][2] = {{37, 113}, {1, 113}, {1, 1}, {130, 70}};
+    int ndims[] = {2, 1, 0, 2};
+    for (size_t si = 0; si < 4; si++) {
+        int64_t *shape = shapes[si];
+        int64_t numel = shape[0] * shape[1];
+        int64_t sh[2] = {shape[0], shape[1]};
+        if (ndims[si] == 1) sh[0] = shape[1];
+        uint16_t *x[6];
+        for (int i = 0; i < 6; i++) {
+            x[i] = malloc((size_t)numel * 2);
+            for (int64_t e = 0; e < numel; e++)
+                x[i][e] = fc_f32_to_bf16((float)sin(e * 0.37 + i * 1.3) * (1 + i * 0.1f));
+        }
+        const void *in[5] = {x[1], x[2], x[3], x[4], x[5]};
+        fc_dtype dts[5] = {FC_BF16, FC_BF16, FC_BF16, FC_BF16, FC_BF16};
+        fc_merge_model_params mp[5];
+        for (int i = 0; i < 5; i++) {
+            fc_merge_model_params_init(&mp[i]);
+            mp[i].weight = 0.3 + 0.1 * i;
+            mp[i].density = 0.5;
+            mp[i].epsilon = 0.1;
+        }
+        float *o1 = malloc((size_t)numel * 4), *o2 = malloc((size_t)numel * 4);
+        for (int m = 0; m < FC_MERGE_METHOD_COUNT; m++) {
+            fc_merge_params p;
+            fc_merge_params_init(&p, (fc_merge_method)m);
+            p.models = mp;
+            p.select_topk = 0.3;
+            p.filter_wise = 1;
+            p.nuslerp_flatten = 0;
+            p.nuslerp_row_wise = si & 1;
+            int n = m == FC_MERGE_SLERP || m == FC_MERGE_NEARSWAP || m == FC_MERGE_PASSTHROUGH ? 1
+                    : m == FC_MERGE_NUSLERP ? 2 : 5;
+            int nobase = m == FC_MERGE_LINEAR || m == FC_MERGE_KARCHER || m == FC_MERGE_PASSTHROUGH;
+            fc_error err;
+            fc_status a = fc_merge_tensor(&p, nobase ? NULL : x[0], FC_BF16, in, dts, n, ndims[si],
+                                          sh, o1, FC_F32, 1, &err);
+            fc_status b = fc_merge_tensor(&p, nobase ? NULL : x[0], FC_BF16, in, dts, n, ndims[si],
+                                          sh, o2, FC_F32, 3, &err);
+            CHECK_MSG(a == FC_OK && b == FC_OK, "%s: %s", fc_merge_method_name(m), err.msg);
+            CHECK_MSG(memcmp(o1, o2, (size_t)numel * 4) == 0, "%s: threads change the bytes",
+                      fc_merge_method_name(m));
+        }
+        free(o1);
+        free(o2);
+        for (int i = 0; i < 6; i++) free(x[i]);
+    }
+}
+
+static void test_errors(void) {
+    float b[4] = {0}, x[4] = {1, 2, 3, 4}, o[4];
+    const void *in[2] = {x, x};
+    fc_dtype dts[2] = {FC_F32, FC_F32};
+    fc_merge_model_params mp[2];
+    fc_merge_model_params_init(&mp[0]);
+    fc_merge_model_params_init(&mp[1]);
+    int64_t shape[1] = {4};
+    fc_merge_params p;
+    fc_error err;
+    fc_merge_params_init(&p, FC_MERGE_TIES);
+    p.models = mp;
+    CHECK(fc_merge_tensor(&p, NULL, FC_F32, in, dts, 1, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
+    CHECK(strcmp(err.rule, "base_required") == 0);
+    mp[0].density = 0;
+    CHECK(fc_merge_tensor(&p, b, FC_F32, in, dts, 1, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
+    CHECK(strstr(err.msg, "density") != NULL);
+    mp[0].density = 1;
+    fc_merge_params_init(&p, FC_MERGE_SLERP);
+    p.models = mp;
+    CHECK(fc_merge_tensor(&p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
+    CHECK(strstr(err.msg, "exactly 1") != NULL);
+    fc_merge_params_init(&p, FC_MERGE_LINEAR);
+    p.models = mp;
+    CHECK(fc_merge_tensor(&p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
+    CHECK(fc_merge_tensor(&p, NULL, FC_F32, in, dts, 2, 1, shape, o, FC_I32, 1, &err) == FC_ERR_TYPE);
+    CHECK(fc_merge_method_from_name("sce") == FC_MERGE_SCE && fc_merge_method_from_name("x") == -1);
+}
+
+int main(void) {
+    test_select();
+    test_rng();
+    test_kernels();
+    test_errors();
+    return ctest_report("test_merge");
+}

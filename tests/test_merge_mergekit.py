@@ -1,0 +1,113 @@
+"""fusechat merge against mergekit (the oracle) on tiny random Llama checkpoints in float32,
+for every deterministic method both implement: max |fusechat - mergekit| / max |mergekit|
+below 1e-5 for every tensor. Skipped only when mergekit is not importable."""
+import os
+
+import numpy as np
+import pytest
+
+mergekit = pytest.importorskip("mergekit")
+
+import safetensors.numpy  # noqa: E402
+
+from fusechat.merge import METHODS, run  # noqa: E402
+from tests.merge_models import make_family  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mk_models")
+    return make_family(str(root), 3, "float32", seed=11)
+
+
+def _models(paths, **per_model):
+    out = []
+    for i, p in enumerate(paths):
+        params = {k: (v[i] if isinstance(v, tuple) else v) for k, v in per_model.items()}
+        out.append({"model": p, "parameters": params} if params else {"model": p})
+    return out
+
+
+def configs(base, ts):
+    grad = [0.0, 0.5, 1.0]
+    return {
+        "linear": {"models": _models(ts, weight=(0.5, -0.2, 1.0))},
+        "linear_filters": {"models": _models(ts, weight=(0.5, 0.3, 1.0)), "parameters": {
+            "weight": [{"filter": "mlp", "value": [1.0, 0.1]}, {"value": 0.7}]}},
+        "task_arithmetic": {"base_model": base, "models": _models(ts, weight=(0.3, 0.5, -0.2)),
+                            "parameters": {"lambda": 0.8}},
+        "ties": {"base_model": base, "models": _models(ts, weight=(0.2, 0.5, 0.3),
+                                                       density=(0.6, 0.3, 0.9))},
+        "ties_gradient": {"base_model": base, "models": _models(ts, weight=0.2),
+                          "parameters": {"density": grad[::-1][:2] + [0.4], "normalize": False}},
+        "breadcrumbs": {"base_model": base, "models": _models(ts, weight=0.4, density=0.7,
+                                                              gamma=0.05)},
+        "breadcrumbs_ties": {"base_model": base, "models": _models(ts, weight=(1.0, 0.5, 0.5),
+                                                                   density=0.8, gamma=0.1)},
+        "sce": {"base_model": base, "models": _models(ts), "parameters": {"select_topk": 0.1}},
+        "sce_full": {"base_model": base, "models": _models(ts)},
+        "slerp": {"base_model": base, "models": _models([base, ts[0]]),
+                  "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 0.5, 0.3]},
+                                       {"filter": "mlp", "value": [1.0, 0.5, 0.7]},
+                                       {"value": 0.5}]}},
+        "nuslerp": {"base_model": base, "models": _models(ts[:2], weight=(1.0, 2.0))},
+        "nuslerp_rows": {"models": _models(ts[:2], weight=(1.0, 3.0)),
+                         "parameters": {"nuslerp_flatten": False}},
+        "multislerp": {"base_model": base, "models": _models(ts, weight=(1.0, 2.0, 0.5))},
+        "karcher": {"base_model": base, "models": _models(ts)},
+        "model_stock": {"base_model": base, "models": _models(ts)},
+        "nearswap": {"base_model": base, "models": _models(ts[:1]), "parameters": {"t": 0.01}},
+        "dare_linear_density1": {"base_model": base, "models": _models(ts, weight=0.3)},
+        "passthrough_frankenmerge": {"slices": [
+            {"sources": [{"model": ts[0], "layer_range": [0, 2]}]},
+            {"sources": [{"model": ts[1], "layer_range": [1, 3]}]},
+            {"sources": [{"model": base, "layer_range": [2, 3],
+                          "parameters": {"scale": [{"filter": "o_proj", "value": 0.5},
+                                                   {"value": 1.0}]}}]}]},
+        "slerp_slices": {"base_model": base, "parameters": {"t": [0.1, 0.9]}, "slices": [
+            {"sources": [{"model": base, "layer_range": [0, 2]},
+                         {"model": ts[0], "layer_range": [0, 2]}]},
+            {"sources": [{"model": base, "layer_range": [1, 3]},
+                         {"model": ts[1], "layer_range": [1, 3]}],
+             "parameters": {"t": 0.3}}]},
+    }
+
+
+def _load(folder):
+    out = {}
+    for name in os.listdir(folder):
+        if name.endswith(".safetensors"):
+            out.update(safetensors.numpy.load_file(os.path.join(folder, name)))
+    return out
+
+
+def _run_mergekit(cfg, out):
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    run_merge(MergeConfiguration.model_validate(cfg), out,
+              MergeOptions(copy_tokenizer=False, quiet=True))
+
+
+@pytest.mark.parametrize("case", sorted(configs("b", ["t0", "t1", "t2"])))
+def test_matches_mergekit(family, tmp_path, case):
+    base, ts = family
+    cfg = dict(configs(base, ts)[case])
+    cfg["merge_method"] = max((m for m in METHODS if case == m or case.startswith(m + "_")),
+                              key=len)
+    cfg["dtype"] = "float32"
+    cfg["out_dtype"] = "float32"
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    assert sorted(want) == sorted(got)
+    worst = 0.0
+    for name, w in want.items():
+        g = got[name]
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        rel = float(np.max(np.abs(g.astype(np.float64) - w)) / max(np.max(np.abs(w)), 1e-30))
+        worst = max(worst, rel)
+        assert rel < 1e-5, (name, rel)
+    print(f"{case}: worst relative error {worst:.2e}")
+    assert worst < 1e-5
