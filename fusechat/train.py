@@ -90,6 +90,10 @@ class FusionTrainer(Trainer if Trainer is not None else object):
     def __init__(self, *args, lm_weight=0.9, temperature=1.0, kind="ce", **kwargs):
         from .loss import loss_options
 
+        if not 0.0 <= float(lm_weight) <= 1.0:
+            raise ValueError(f"lm_weight={lm_weight}: must lie in [0, 1]")
+        if not float(temperature) > 0.0:
+            raise ValueError(f"temperature={temperature}: must be > 0")
         loss_options(lm_weight, temperature, kind)  # check the options before any work
         super().__init__(*args, **kwargs)
         self.lm_weight, self.temperature, self.kind = float(lm_weight), temperature, kind
