@@ -59,7 +59,9 @@ def _extract_args(p):
     p.add_argument("--max-length", type=int, default=2048, help="truncate to this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda (cuda:LOCAL_RANK under torchrun) or auto "
+                        "(device_map=auto: one model spread over all visible GPUs)")
     p.add_argument("--logits-dtype", default="F16", choices=["F16", "F32"],
                    help="how the top-K logits are stored")
     p.add_argument("--shard", help="i/n: process slice i of n of the dataset into OUT/part-0000i-of-0000n "

@@ -81,8 +81,11 @@ def _torch_dtype(dtype):
 
 
 def load_model(model, tokenizer, dtype, device):
-    """(model, tokenizer, name) from a path or loaded objects; the model in eval mode on
-    ``device`` in ``dtype`` (a loaded model is moved and cast in place)."""
+    """(model, tokenizer, name, input device) from a path or loaded objects; the model in
+    eval mode on ``device`` in ``dtype`` (a loaded model is moved and cast in place).
+    ``device="auto"`` spreads a model too big for one GPU over all visible GPUs
+    (``device_map="auto"``, the reference's setting for 72B models); a loaded model that
+    already has a device map is left where it is."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tdtype = _torch_dtype(dtype)
@@ -90,7 +93,8 @@ def load_model(model, tokenizer, dtype, device):
         name = os.fspath(model)
         if not os.path.isdir(name):
             raise FileNotFoundError(f"{name}: not a model folder")
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=tdtype)
+        extra = {"device_map": "auto"} if device == "auto" else {}
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=tdtype, **extra)
     else:
         name = getattr(model, "name_or_path", "") or type(model).__name__
     if tokenizer is None:
@@ -101,9 +105,14 @@ def load_model(model, tokenizer, dtype, device):
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("extract needs a fast tokenizer (offsets locate the assistant turns)")
-    model.to(device=device, dtype=tdtype)
+    if getattr(model, "hf_device_map", None) is None:
+        if device == "auto":
+            raise ValueError("device='auto' needs a model path (or a model loaded with a "
+                             "device_map)")
+        model.to(device=device, dtype=tdtype)
     model.eval()
-    return model, tokenizer, name
+    # inputs go where the embeddings are (the first device of a dispatched model)
+    return model, tokenizer, name, model.get_input_embeddings().weight.device
 
 
 def tokenize_all(convs, tokenizer, *, template, max_length, sep, skip_bad_records):
@@ -217,7 +226,7 @@ def extract(model, data, out, *, tokenizer=None, template="openchat_3.5", k=10, 
     start, stop = shard_range(len(records), shard) if shard else (0, len(records))
     path = os.path.join(os.fspath(out), part_name(*shard)) if shard else os.fspath(out)
 
-    model, tokenizer, name = load_model(model, tokenizer, dtype, device)
+    model, tokenizer, name, input_device = load_model(model, tokenizer, dtype, device)
     vocab_size = int(model.get_output_embeddings().weight.shape[0])
     settings = _settings(os.path.basename(name.rstrip("/")) or name,
                          tokenizer_fingerprint(tokenizer), vocab_size, template, int(k),
@@ -250,7 +259,8 @@ def extract(model, data, out, *, tokenizer=None, template="openchat_3.5", k=10, 
             for b0 in range(0, len(order), batch_size):
                 idx = order[b0:b0 + batch_size]
                 for j, r in zip(idx, run_batch(model, [window[j] for j in idx], k=k,
-                                               pad_id=pad_id, device=device, topk_fn=_topk_fn)):
+                                               pad_id=pad_id, device=input_device,
+                                               topk_fn=_topk_fn)):
                     results[j] = r
                 bar.update(len(idx))
             for t, (tk_ids, tk_logits, tce, sce) in zip(window, results):

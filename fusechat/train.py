@@ -118,14 +118,14 @@ class FusionTrainer(Trainer if Trainer is not None else object):
         return (loss, outputs) if return_outputs else loss
 
 
-def _load_pivot(pivot_model, tokenizer, dtype):
+def _load_pivot(pivot_model, tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(pivot_model, (str, os.PathLike)):
         name = os.fspath(pivot_model)
         if not os.path.isdir(name):
             raise FileNotFoundError(f"{name}: not a model folder")
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name)
         tokenizer = tokenizer if tokenizer is not None else name
     else:
         model = pivot_model
@@ -175,8 +175,9 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
             return out
         raise FileExistsError(f"{out}: exists and is not a model folder (pass overwrite=True)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = _load_pivot(pivot_model, tokenizer,
-                                   torch.bfloat16 if bf16 and device == "cpu" else None)
+    # loaded in its stored dtype: --bf16 is mixed precision (autocast), the weights and the
+    # optimizer state stay as they are
+    model, tokenizer = _load_pivot(pivot_model, tokenizer)
     from .extract import tokenizer_fingerprint
 
     fp = tokenizer_fingerprint(tokenizer)

@@ -342,13 +342,18 @@ def test_training_reduces_the_loss_and_publishes_atomically(pivot, store32, tmp_
         return save(self, output_dir, _internal_call)
 
     monkeypatch.setattr(FusionTrainer, "save_model", failing_save)
+    kw = dict(lr=3e-3, batch_size=5, grad_accum=1, device="cpu", quiet=True)
     with pytest.raises(RuntimeError, match="disk full"):
-        train(pivot, store32, out, lr=3e-3, max_steps=3, batch_size=5, grad_accum=1,
-              device="cpu", quiet=True)
-    assert not out.exists()
+        train(pivot, store32, out, max_steps=6, **kw)
+    assert not out.exists() and os.path.isdir(str(out) + ".partial")
     monkeypatch.undo()
-    assert train(pivot, store32, out, lr=3e-3, max_steps=12, batch_size=5, grad_accum=2,
-                 device="cpu", quiet=True, overwrite=True) == str(out)
+    # the rerun resumes from the checkpoint left in OUT.partial: 6 more steps, not 12
+    calls = []
+    compute = FusionTrainer.compute_loss
+    monkeypatch.setattr(FusionTrainer, "compute_loss",
+                        lambda self, *a, **k: calls.append(1) or compute(self, *a, **k))
+    assert train(pivot, store32, out, max_steps=12, **kw) == str(out)
+    assert len(calls) == 6
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
     assert not os.path.exists(str(out) + ".partial")
     after = store_loss(str(out), store32, 0.9)
