@@ -27,7 +27,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from bench_loss import machine  # noqa: E402
+from bench_loss import machine, write_docs  # noqa: E402
 
 SECTION = "## Pipeline (bench_pipeline.py)"
 K = 10
@@ -165,7 +165,7 @@ def main():
     lines = report(size, timing, n, repeats, quick, torch.get_num_threads())
     print("\n".join(lines))
     if args.write_docs:
-        write_docs(lines)
+        write_docs(lines, SECTION)
 
 
 def report(size, timing, n, repeats, quick, threads):
@@ -199,21 +199,6 @@ def report(size, timing, n, repeats, quick, threads):
             spk = "" if name == "fusechat fused" else f"{kt / fk:.2f}x"
             lines.append(f"| {v} | {d} | {name} | {t:.2f} | {kt:.2f} | {sp} | {spk} |")
     return lines
-
-
-def write_docs(lines):
-    path = os.path.join(ROOT, "docs", "benchmarks.md")
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = text.find(SECTION)
-    block = "\n".join(lines) + "\n"
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + block
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + block + (text[nxt + 1:] if nxt >= 0 else "")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -80,31 +80,42 @@ def _torch_dtype(dtype):
     return getattr(torch, dtype)
 
 
-def load_model(model, tokenizer, dtype, device):
-    """(model, tokenizer, name, input device) from a path or loaded objects; the model in
-    eval mode on ``device`` in ``dtype`` (a loaded model is moved and cast in place).
-    ``device="auto"`` spreads a model too big for one GPU over all visible GPUs
-    (``device_map="auto"``, the reference's setting for 72B models); a loaded model that
-    already has a device map is left where it is."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def resolve(model, tokenizer):
+    """(name, tokenizer, vocab size) without loading weights: enough to tell whether an
+    existing output is finished."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    tdtype = _torch_dtype(dtype)
     if isinstance(model, (str, os.PathLike)):
         name = os.fspath(model)
         if not os.path.isdir(name):
             raise FileNotFoundError(f"{name}: not a model folder")
-        extra = {"device_map": "auto"} if device == "auto" else {}
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=tdtype, **extra)
+        config = AutoConfig.from_pretrained(name)
+        vocab_size = int(config.get_text_config().vocab_size)
     else:
         name = getattr(model, "name_or_path", "") or type(model).__name__
+        vocab_size = int(model.get_output_embeddings().weight.shape[0])
     if tokenizer is None:
-        tokenizer = name if os.path.isdir(name) else None
-        if tokenizer is None:
+        if not os.path.isdir(name):
             raise ValueError("tokenizer= is needed when the model is given as an object")
+        tokenizer = name
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("extract needs a fast tokenizer (offsets locate the assistant turns)")
+    return name, tokenizer, vocab_size
+
+
+def load_model(model, dtype, device):
+    """(model, input device): the model in eval mode on ``device`` in ``dtype`` (a loaded
+    model is moved and cast in place). ``device="auto"`` spreads a model too big for one GPU
+    over all visible GPUs (``device_map="auto"``, the reference's setting for 72B models); a
+    loaded model that already has a device map is left where it is."""
+    from transformers import AutoModelForCausalLM
+
+    tdtype = _torch_dtype(dtype)
+    if isinstance(model, (str, os.PathLike)):
+        extra = {"device_map": "auto"} if device == "auto" else {}
+        model = AutoModelForCausalLM.from_pretrained(os.fspath(model), dtype=tdtype, **extra)
     if getattr(model, "hf_device_map", None) is None:
         if device == "auto":
             raise ValueError("device='auto' needs a model path (or a model loaded with a "
@@ -112,13 +123,13 @@ def load_model(model, tokenizer, dtype, device):
         model.to(device=device, dtype=tdtype)
     model.eval()
     # inputs go where the embeddings are (the first device of a dispatched model)
-    return model, tokenizer, name, model.get_input_embeddings().weight.device
+    return model, model.get_input_embeddings().weight.device
 
 
 def tokenize_all(convs, tokenizer, *, template, max_length, sep, skip_bad_records):
     """TokenizedChat per conversation; a conversation whose supervised tokens truncate away
-    raises FormatError naming its record, or is skipped and counted."""
-    out, skipped = [], 0
+    raises FormatError naming its record, or is skipped."""
+    out = []
     for conv in convs:
         try:
             out.append(chat.tokenize(conv, tokenizer, template=template,
@@ -126,8 +137,7 @@ def tokenize_all(convs, tokenizer, *, template, max_length, sep, skip_bad_record
         except FormatError:
             if not skip_bad_records:
                 raise
-            skipped += 1
-    return out, skipped
+    return out
 
 
 def pad_batch(group, pad_id):
@@ -226,8 +236,8 @@ def extract(model, data, out, *, tokenizer=None, template="openchat_3.5", k=10, 
     start, stop = shard_range(len(records), shard) if shard else (0, len(records))
     path = os.path.join(os.fspath(out), part_name(*shard)) if shard else os.fspath(out)
 
-    model, tokenizer, name, input_device = load_model(model, tokenizer, dtype, device)
-    vocab_size = int(model.get_output_embeddings().weight.shape[0])
+    _torch_dtype(dtype)  # checked before any loading
+    name, tokenizer, vocab_size = resolve(model, tokenizer)
     settings = _settings(os.path.basename(name.rstrip("/")) or name,
                          tokenizer_fingerprint(tokenizer), vocab_size, template, int(k),
                          int(max_length), logits_dtype, dtype, shard, len(records))
@@ -235,13 +245,13 @@ def extract(model, data, out, *, tokenizer=None, template="openchat_3.5", k=10, 
         LOG.info("%s: already extracted, skipped", path)
         return path
 
+    model, input_device = load_model(model, dtype, device)
     where = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "dataset"
     convs, _ = chat.load_conversations(records[start:stop], skip_bad_records=skip_bad_records,
                                        first_index=start, name=where)
     sep = chat.end_of_turn_token(tokenizer, name) if template == "openchat_3.5" else None
-    tokenized, _ = tokenize_all(convs, tokenizer, template=template,
-                                      max_length=max_length, sep=sep,
-                                      skip_bad_records=skip_bad_records)
+    tokenized = tokenize_all(convs, tokenizer, template=template, max_length=max_length,
+                             sep=sep, skip_bad_records=skip_bad_records)
     n_bad = (stop - start) - len(tokenized)
     if n_bad:
         LOG.warning("%s: rows %d..%d: skipped %d bad record(s)", where, start, stop, n_bad)

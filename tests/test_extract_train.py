@@ -376,7 +376,7 @@ def test_fingerprint_mismatch_is_refused(store32, tmp_path):
 # --------------------------------------------------------------------------------------
 # CLI
 
-def test_cli_extract_and_train(pivot, records, tmp_path, capsys):
+def test_cli_extract_and_train(pivot, records, tmp_path, capsys, monkeypatch):
     data = tmp_path / "d.json"
     data.write_text(json.dumps(records[:10]))
     out = tmp_path / "cli_store"
@@ -384,6 +384,16 @@ def test_cli_extract_and_train(pivot, records, tmp_path, capsys):
         assert main(["-q", "extract", pivot, str(data), str(out), "--dtype", "float32",
                      "--k", "4", "--batch-size", "3", "--shard", f"{i}/2"]) == 0
     assert capsys.readouterr().out.strip().endswith(part_name(1, 2))
+    # a finished part is recognised without loading the weights
+    import transformers
+
+    def no_load(*a, **k):
+        raise AssertionError("weights loaded for a finished part")
+
+    with monkeypatch.context() as m:
+        m.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+        assert main(["-q", "extract", pivot, str(data), str(out), "--dtype", "float32",
+                     "--k", "4", "--shard", "0/2"]) == 0
     assert len(open_store(out)) == 10 and open_store(out).k == 4
     model_out = tmp_path / "cli_model"
     assert main(["-q", "train", pivot, str(out), str(model_out), "--max-steps", "2",
