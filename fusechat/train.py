@@ -193,7 +193,7 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
         pad_id = next(x for x in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
                       if x is not None)
         work = out + ".partial"
-        if overwrite:
+        if overwrite and int(os.environ.get("RANK", "0")) == 0:
             shutil.rmtree(work, ignore_errors=True)
         args = training_arguments(work, epochs=epochs, lr=lr, batch_size=batch_size,
                                   grad_accum=grad_accum, max_steps=max_steps, seed=seed,
@@ -202,6 +202,7 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
                                 data_collator=FusionCollator(pad_id, store.k, max_length),
                                 processing_class=tokenizer, lm_weight=lm_weight,
                                 temperature=temperature, kind=kind)
+        trainer.accelerator.wait_for_everyone()  # rank 0 has cleared OUT.partial
         resume = _last_checkpoint(work)
         if resume:
             LOG.info("resuming from %s", resume)

@@ -175,6 +175,9 @@ def test_shards_split_resume_and_union(pivot, records, store32, tmp_path, monkey
     assert len(calls) == 3
     shutil.rmtree(out / "elsewhere")
     assert len(open_store(out)) == N_RECORDS
+    rows = open_store(out).to_hf_dataset()
+    assert len(rows) == N_RECORDS and rows[8]["sample_index"] == 8
+    np.testing.assert_array_equal(rows[8]["per_step_indices"], TopKStore(paths[1])[0].topk_ids)
 
     # other settings at the same path: refused unless overwrite
     monkeypatch.delenv("RANK")
