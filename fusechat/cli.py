@@ -106,8 +106,9 @@ def _train_args(p):
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--fsdp", help='FSDP mode for TrainingArguments, e.g. "full_shard auto_wrap"')
-    p.add_argument("--fsdp-config", help="FSDP config (JSON file) for TrainingArguments")
+    p.add_argument("--fsdp", action="store_true",
+                   help="Fully Sharded Data Parallel (under torchrun/accelerate)")
+    p.add_argument("--fsdp-config", help="FSDP config (JSON file), TrainingArguments.fsdp_config")
     p.add_argument("--deepspeed", help="DeepSpeed config (JSON file), e.g. ZeRO-3")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from fusechat import chat, demo_data, demo_models  # noqa: E402
-from fusechat.cli import main  # noqa: E402
+from fusechat.cli import build_parser, main, train_extra_args  # noqa: E402
 from fusechat.errors import FormatError  # noqa: E402
 from fusechat.extract import extract, parse_shard, shard_range, tokenizer_fingerprint  # noqa: E402
 from fusechat.store import TopKStore, open_store, part_name  # noqa: E402
@@ -412,3 +412,16 @@ def test_cli_extract_and_train(pivot, records, tmp_path, capsys, monkeypatch):
     assert main(["-q", "extract", pivot, str(bad), str(tmp_path / "e"), "--dtype", "float32",
                  "--max-length", "64", "--skip-bad-records"]) == 0
     assert len(TopKStore(tmp_path / "e")) == 4
+
+
+def test_cli_train_options_reach_training_arguments():
+    args = build_parser().parse_args(["train", "p", "s", "o", "--fsdp", "--fsdp-config", "f.json",
+                                      "--deepspeed", "ds.json", "--gradient-checkpointing"])
+    assert train_extra_args(args) == {"fsdp": True, "fsdp_config": "f.json",
+                                      "deepspeed": "ds.json", "gradient_checkpointing": True}
+    assert train_extra_args(build_parser().parse_args(["train", "p", "s", "o"])) == {}
+    # the overrides win over train()'s defaults
+    targs = training_arguments("/tmp/unused", epochs=1, lr=1e-3, batch_size=2, grad_accum=1,
+                               max_steps=None, seed=0, bf16=False, device="cpu", quiet=True,
+                               extra={"lr_scheduler_type": "linear", "weight_decay": 0.1})
+    assert (str(targs.lr_scheduler_type), targs.weight_decay) == ("SchedulerType.LINEAR", 0.1)
