@@ -389,10 +389,15 @@ def test_training_reduces_the_loss_and_publishes_atomically(pivot, store32, tmp_
     assert os.stat(out / "model.safetensors").st_mtime_ns == mtime
 
 
-def test_fingerprint_mismatch_is_refused(store32, tmp_path):
+def test_fingerprint_mismatch_is_refused(store32, tmp_path, monkeypatch):
+    import transformers
+
     tok = demo_models.train_tokenizer("byte_level")
     other = str(tmp_path / "gpt2")
     demo_models.save(demo_models.build_model("gpt2", tok), tok, other)
+    # refused from the tokenizer alone, before any weights are loaded
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("weights loaded"))
     with pytest.raises(FormatError, match="tokenizer .*align the store"):
         train(other, store32, tmp_path / "t", max_steps=1, device="cpu", quiet=True)
     assert not (tmp_path / "t").exists()
