@@ -17,8 +17,6 @@ import argparse
 import datetime
 import glob
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -27,6 +25,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+from _common import machine, write_section  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import align_fixtures as F  # noqa: E402
@@ -38,17 +37,6 @@ CACHE = "/tmp/fusechat-bench-align"
 REF_L = 2048          # the reference pads every sequence to 2048 tokens ...
 REF_PASSES = 2        # ... and runs the DTW in the token pass and again in the distribution pass
 CORPUS_ROWS = 95_000  # FuseChat-Mixture
-
-
-def machine():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                      if line.startswith("Model name")), platform.processor())
-    except OSError:
-        model = platform.processor()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
 
 
 def big_bpe(vocab_size, text_bytes):
@@ -253,15 +241,7 @@ Python twin's cost per cell varies with the machine's load (1.1-3 us/cell in our
 the ratio moves with it; the corpus-level gain comes mostly from not padding and not
 aligning twice.
 """
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    start = text.find(title)
-    if start >= 0:
-        end = text.find("\n## ", start + len(title))
-        text = text[:start] + body + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_section(body, path)
     print("wrote", path)
 
 

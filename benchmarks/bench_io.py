@@ -42,6 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from fusechat import safetensors as fst  # noqa: E402
+from _common import machine, write_section  # noqa: E402
 
 SECTION = "## safetensors I/O"
 NOTE = ("Why load is measured against two floors: `cat` reads the bf16 bytes into one reused "
@@ -139,35 +140,10 @@ def write_floor(tensors, path):
             f.write(memoryview(a.reshape(-1).view(np.uint8)))
 
 
-def machine():
-    model = "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, Linux "
-            f"{platform.release()}, Python {platform.python_version()}, NumPy "
-            f"{np.__version__}, safetensors {__import__('safetensors').__version__}, "
+def machine_details():
+    return (f"{machine()}, Python {platform.python_version()}, NumPy {np.__version__}, "
+            f"safetensors {__import__('safetensors').__version__}, "
             f"{datetime.date.today().isoformat()}")
-
-
-def write_docs(text, docs):
-    old = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        new = head + text + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    tmp = docs + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(new)
-    os.replace(tmp, docs)
 
 
 def main():
@@ -254,7 +230,7 @@ def run(args, shapes, work):
              f"{len(shapes)} bf16 tensors (Llama-7B shapes), {gb:.2f} GB, page cache warm, "
              f"best of {args.repeat} runs, fusechat threads: "
              f"{__import__('fusechat')._C.default_threads()}.",
-             f"Machine: {machine()}.", "",
+             f"Machine: {machine_details()}.", "",
              "| operation | implementation | seconds | GB/s (bf16 bytes) | "
              "speed-up vs safetensors | x floor |",
              "|---|---|---:|---:|---:|---:|"]
@@ -267,7 +243,7 @@ def run(args, shapes, work):
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        write_docs(text, os.path.abspath(args.docs))
+        write_section(text, os.path.abspath(args.docs))
         print(f"wrote the section to {os.path.abspath(args.docs)}")
     return 0
 

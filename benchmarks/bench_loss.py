@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+from _common import machine, write_section  # noqa: E402
 
 K = 10
 LM_WEIGHT = 0.9
@@ -224,19 +224,6 @@ def gpu_part(n, v, repeats):
             "t_ours": t_ours, "t_eager": t_eager}, ""
 
 
-def machine():
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 repeats")
@@ -277,7 +264,7 @@ def main():
     lines = report(rows, gpu_rows, args, repeats)
     print("\n".join(lines))
     if args.write_docs:
-        write_docs(lines)
+        write_section("\n".join(lines) + "\n")
 
 
 def report(rows, gpu_rows, args, repeats):
@@ -311,22 +298,6 @@ def report(rows, gpu_rows, args, repeats):
                          f"device-to-device copy (goal 80%), {g['eager_speedup']:.1f}x eager "
                          "sparse PyTorch (goal 3x).")
     return lines
-
-
-def write_docs(lines, section=SECTION):
-    """Replace ``section`` of docs/benchmarks.md by ``lines`` (appended when absent)."""
-    path = os.path.join(ROOT, "docs", "benchmarks.md")
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = text.find(section)
-    block = "\n".join(lines) + "\n"
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + block
-    else:
-        nxt = text.find("\n## ", start + len(section))
-        text = text[:start] + block + (text[nxt + 1:] if nxt >= 0 else "")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

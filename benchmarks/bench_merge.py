@@ -18,7 +18,6 @@ The table is written into docs/benchmarks.md under "## Merge" (other sections ke
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from _common import machine, write_section  # noqa: E402
 
 SIZES = {  # hidden, intermediate, layers, vocab
     "quick": (512, 1376, 4, 8000),
@@ -163,18 +163,6 @@ def out_size(folder):
     return sum(os.path.getsize(f) for f in folder_files(folder))
 
 
-def machine():
-    model = "?"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, {platform.system()}"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny models: a check, not a result")
@@ -229,7 +217,7 @@ def main():
     table = format_table(rows, size)
     print(table)
     if not args.no_docs and not args.quick:
-        update_docs(table)
+        write_section(table)
 
 
 def gib(b):
@@ -279,20 +267,6 @@ def format_table(rows, size):
                      f"({'/'.join(map(str, SIZES[s]))}) because the full-size runs take too long "
                      "on this machine; the ratio compares it with fusechat on that same size.")
     return "\n".join(lines) + "\n"
-
-
-def update_docs(table):
-    path = os.path.join(ROOT, "docs", "benchmarks.md")
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = text.find("## Merge\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + table
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + table + (text[end + 1:] if end >= 0 else "")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from bench_loss import machine, write_docs  # noqa: E402
+from _common import machine, write_section  # noqa: E402
 
 SECTION = "## Pipeline (bench_pipeline.py)"
 K = 10
@@ -165,7 +165,7 @@ def main():
     lines = report(size, timing, n, repeats, quick, torch.get_num_threads())
     print("\n".join(lines))
     if args.write_docs:
-        write_docs(lines, SECTION)
+        write_section("\n".join(lines) + "\n")
 
 
 NOTES = [
