@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from .align_stage import finished, store_identity
 from .fuse import LEVELS, SparseDists, avg_ce, min_ce
 from .progress import tqdm
 from .store import TopKStoreWriter, open_store
@@ -81,9 +82,11 @@ def fuse_stores(pivot_store, aligned_stores, out, *, rule="mince", level="sequen
     if level not in LEVELS:
         raise ValueError(f"level={level!r}: expected one of {sorted(LEVELS)}")
     out = os.fspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out}: exists (pass overwrite=True / --overwrite)")
     piv, aligned = _open_all(pivot_store, list(aligned_stores))
+    settings = {"stores": [store_identity(s) for s in [piv] + aligned], "rule": rule,
+                "level": level}
+    if finished(out, settings, overwrite):
+        return out
     stores = [piv] + aligned
     rows = _rows_all(piv, aligned)
     n = len(rows[0])
@@ -92,8 +95,7 @@ def fuse_stores(pivot_store, aligned_stores, out, *, rule="mince", level="sequen
     models = [s.model for s in stores]
     wins = np.zeros(len(stores), np.int64)
     winner = []
-    info = {"rule": rule, "level": level, "models": models,
-            "stores": [os.path.abspath(s.path) for s in stores],
+    info = {"settings": settings, "rule": rule, "level": level, "models": models,
             "n_pivot": len(piv), "n_dropped": len(piv) - n,
             "values": "logits" if rule == "mince" else "log-probabilities"}
     writer = TopKStoreWriter(out, k=k_out, kind="fused",
