@@ -88,6 +88,9 @@ def matched_rows(a, b, names=("pivot", "source")):
         if len(np.unique(idx)) != len(idx):
             raise ValueError(f"{s.path}: a sample_index occurs twice (rule duplicate_sample)")
     common, ra, rb = np.intersect1d(ia, ib, assume_unique=True, return_indices=True)
+    if len(ia) and len(ib) and not len(common):
+        raise ValueError(f"{a.path} and {b.path}: no sample_index in common (stores of "
+                         "different datasets?) (rule no_common_samples)")
     order = np.argsort(ra, kind="stable")
     ra, rb = ra[order], rb[order]
     for s, idx, name in ((a, ia, names[0]), (b, ib, names[1])):

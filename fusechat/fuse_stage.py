@@ -34,6 +34,9 @@ def _rows_all(piv, aligned):
     keep = piv.sample_indices()
     for a in aligned:
         keep = keep[np.isin(keep, a.sample_indices())]
+        if len(piv) and len(a) and not len(keep):
+            raise ValueError(f"{piv.path} and {a.path}: no sample_index in common (rule "
+                             "no_common_samples)")
     rows = []
     for s in [piv] + aligned:
         idx = s.sample_indices()

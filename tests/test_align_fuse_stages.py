@@ -211,6 +211,13 @@ def test_fingerprint_mismatch_names_the_store(env, stores, tmp_path):
         align_stores(stores["piv"], stores["src"], tmp_path / "x", quiet=True,
                      pivot_tokenizer=root / "tok-src", source_tokenizer=root / "tok-src")
     assert not os.path.exists(tmp_path / "x")
+    other = write_store(tmp_path / "other", toks["src"], [], 0)
+    with TopKStoreWriter(other, k=K, kind="extracted", overwrite=True,
+                         tokenizer_fingerprint=TopKStore(stores["src"]).fingerprint) as w:
+        w.add(10**6, [1, 2], [0, 1], [[-1] * K] * 2, [[0] * K] * 2, [0, 0], 0.0)
+    with pytest.raises(ValueError, match="no_common_samples"):
+        align_stores(stores["piv"], other, tmp_path / "x", quiet=True,
+                     pivot_tokenizer=toks["piv"], source_tokenizer=toks["src"])
 
 
 # -- fuse ------------------------------------------------------------------------------------
