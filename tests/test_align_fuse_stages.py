@@ -352,3 +352,52 @@ def test_cli_align_and_fuse(env, stores, tmp_path, capsys):
     assert m["kind"] == "fused" and len(m["info"]["winner"]) == m["n_samples"]
     assert main(["-q", "fuse", stores["piv"], al_out, fused, "--level", "token"]) == 1
     assert "exists, made from other inputs or settings (level)" in capsys.readouterr().err
+
+
+# -- end to end on tiny models ---------------------------------------------------------------
+
+def test_extract_align_fuse_tiny_models(tmp_path):
+    """Two tiny models with different tokenizers (Llama + Metaspace BPE pivot, Qwen2 +
+    byte-level BPE source, extracted in 2 parts): extract -> align -> fuse, and the fused
+    store is what training opens (pivot fingerprint, pivot positions)."""
+    from fusechat.extract import extract, parse_shard
+    from fusechat.store import open_store
+
+    records = demo_data.make_dataset(10, seed=8)
+    paths = {}
+    for name, arch, kind in (("piv", "llama", "metaspace"), ("src", "qwen2", "byte_level")):
+        tok = demo_models.train_tokenizer(kind, vocab_size=300)
+        paths[name] = str(tmp_path / name)
+        demo_models.save(demo_models.build_model(arch, tok, seed=1), tok, paths[name])
+    extract(paths["piv"], records, tmp_path / "s-piv", k=5, dtype="float32", quiet=True)
+    for i in range(2):
+        extract(paths["src"], records, tmp_path / "s-src", k=5, dtype="float32",
+                shard=parse_shard(f"{i}/2"), quiet=True)
+    aligned = align_stores(tmp_path / "s-piv", tmp_path / "s-src", tmp_path / "al",
+                           pivot_tokenizer=paths["piv"], source_tokenizer=paths["src"],
+                           quiet=True)
+    fused = fuse_stores(tmp_path / "s-piv", [aligned], tmp_path / "fused", quiet=True)
+    piv, src = open_store(tmp_path / "s-piv"), open_store(tmp_path / "s-src")
+    f = open_store(fused, expect_fingerprint=piv.fingerprint)
+    assert len(f) == len(piv) == len(src) == 10
+    assert np.array_equal(f.sample_indices(), piv.sample_indices())
+    pv, sv = Vocab.from_pretrained(paths["piv"]), Vocab.from_pretrained(paths["src"])
+    counts = al.AlignmentCounts(pv.size, sv.size)
+    als = [al.align(s.input_ids, p.input_ids, sv, pv) for p, s in zip(piv, src)]
+    for a, p, s in zip(als, piv, src):
+        counts.update(s.input_ids, p.input_ids, a)
+    vmap = al.vocab_map(sv, pv, "ms", counts=counts)
+    for i, (a, p, s, g, w) in enumerate(zip(als, piv, src, f, f.manifest["info"]["winner"])):
+        assert w == (1 if np.float32(s.seq_ce) < np.float32(p.seq_ce) else 0)
+        chosen = p
+        if w:
+            d = al.align_distributions(s.topk_ids, s.topk_logits, p.input_ids, s.input_ids, a,
+                                       vmap, sv, pv)
+            ids, lg = SparseDists(d.offsets, d.ids, d.logits).to_padded(5)
+            empty = ids[:, 0] < 0
+            chosen = type(p)(p.sample_index, p.input_ids, p.loss_mask,
+                             np.where(empty[:, None], p.topk_ids, ids),
+                             np.where(empty[:, None], p.topk_logits, lg), p.token_ce, s.seq_ce)
+        assert np.array_equal(g.topk_ids, chosen.topk_ids), i
+        assert np.array_equal(g.topk_logits, chosen.topk_logits.astype(g.topk_logits.dtype)), i
+    assert 1 in f.manifest["info"]["winner"]  # the aligned source's lists were checked
