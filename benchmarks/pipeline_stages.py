@@ -177,7 +177,7 @@ def write_subsection(lines):
 
 
 def main():
-    from bench_loss import machine
+    from _common import machine
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="100 conversations instead of 1000")
