@@ -313,15 +313,16 @@ def report(rows, gpu_rows, args, repeats):
     return lines
 
 
-def write_docs(lines):
+def write_docs(lines, section=SECTION):
+    """Replace ``section`` of docs/benchmarks.md by ``lines`` (appended when absent)."""
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = text.find(SECTION)
+    start = text.find(section)
     block = "\n".join(lines) + "\n"
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + block
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(section))
         text = text[:start] + block + (text[nxt + 1:] if nxt >= 0 else "")
     with open(path + ".tmp", "w") as f:
         f.write(text)

@@ -132,18 +132,19 @@ def validate_turns(turns, where):
     return system + rest
 
 
-def load_conversations(source, *, skip_bad_records=False):
+def load_conversations(source, *, skip_bad_records=False, first_index=0, name=None):
     """Validated conversations from a path (.json/.jsonl) or a list of records.
 
     Returns ``(conversations, n_skipped)``; without ``skip_bad_records`` the first bad
-    record raises FormatError naming its index.
+    record raises FormatError naming its index. ``first_index`` is the dataset row of the
+    first record (for a slice of a dataset), ``name`` what errors call the dataset.
     """
     if isinstance(source, (str, os.PathLike)):
-        records, name = read_records(source), os.fspath(source)
+        records, name = read_records(source), name or os.fspath(source)
     else:
-        records, name = list(source), "dataset"
+        records, name = list(source), name or "dataset"
     out, skipped = [], 0
-    for i, record in enumerate(records):
+    for i, record in enumerate(records, first_index):
         where = f"{name}: record {i}"
         try:
             turns = validate_turns(_turns_of(record, where), where)

@@ -68,6 +68,94 @@ def _merge_run(args):
               threads=args.threads, seed=args.seed, dtype=args.dtype,
               quiet=args.quiet or args.merge_quiet)
     print(out)
+# extract
+
+def _extract_args(p):
+    p.add_argument("model", help="Hugging Face model folder (causal LM)")
+    p.add_argument("data", help="chat dataset: .json list or .jsonl (ShareGPT or messages)")
+    p.add_argument("out", help="output TopK store folder (with --shard: a folder of parts)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    p.add_argument("--template", default="openchat_3.5", choices=["openchat_3.5", "model"],
+                   help="openchat_3.5 for every model (the reference) or the model's own")
+    p.add_argument("--k", type=int, default=10, help="top-K entries per position (default 10)")
+    p.add_argument("--max-length", type=int, default=2048, help="truncate to this many tokens")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda (cuda:LOCAL_RANK under torchrun) or auto "
+                        "(device_map=auto: one model spread over all visible GPUs)")
+    p.add_argument("--logits-dtype", default="F16", choices=["F16", "F32"],
+                   help="how the top-K logits are stored")
+    p.add_argument("--shard", help="i/n: process slice i of n of the dataset into OUT/part-0000i-of-0000n "
+                                   "(default under torchrun: RANK/WORLD_SIZE)")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="skip and count bad records instead of stopping at the first")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _extract_run(args):
+    from .extract import extract, parse_shard
+
+    path = extract(args.model, args.data, args.out, tokenizer=args.tokenizer,
+                   template=args.template, k=args.k, max_length=args.max_length,
+                   batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                   shard=parse_shard(args.shard) if args.shard else None,
+                   logits_dtype=args.logits_dtype, skip_bad_records=args.skip_bad_records,
+                   overwrite=args.overwrite, quiet=args.quiet)
+    print(path)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# train
+
+def _train_args(p):
+    p.add_argument("pivot_model", help="Hugging Face folder of the pivot model")
+    p.add_argument("fused_store", help="TopK store made with the pivot's tokenizer "
+                                       "(fused, or extracted for self-distillation)")
+    p.add_argument("out", help="output model folder")
+    p.add_argument("--lm-weight", type=float, default=0.9,
+                   help="weight of the gold CE (default 0.9; 1.0 = plain SFT baseline)")
+    p.add_argument("--temperature", type=float, default=1.0, help="target temperature")
+    p.add_argument("--loss", default="ce", choices=["ce", "kl"], help="fusion term")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--batch-size", type=int, default=4, help="per device")
+    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--max-length", type=int, help="truncate stored samples to this length")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--fsdp", action="store_true",
+                   help="Fully Sharded Data Parallel (under torchrun/accelerate)")
+    p.add_argument("--fsdp-config", help="FSDP config (JSON file), TrainingArguments.fsdp_config")
+    p.add_argument("--deepspeed", help="DeepSpeed config (JSON file), e.g. ZeRO-3")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def train_extra_args(args):
+    """The TrainingArguments overrides the train CLI options name."""
+    extra = {}
+    if args.gradient_checkpointing:
+        extra["gradient_checkpointing"] = True
+    for key in ("fsdp", "fsdp_config", "deepspeed"):
+        if getattr(args, key):
+            extra[key] = getattr(args, key)
+    return extra
+
+
+def _train_run(args):
+    from .train import train
+
+    path = train(args.pivot_model, args.fused_store, args.out, lm_weight=args.lm_weight,
+                 temperature=args.temperature, kind=args.loss, epochs=args.epochs, lr=args.lr,
+                 batch_size=args.batch_size, grad_accum=args.grad_accum,
+                 max_steps=args.max_steps, max_length=args.max_length, seed=args.seed,
+                 bf16=args.bf16, device=args.device, overwrite=args.overwrite,
+                 quiet=args.quiet, training_args=train_extra_args(args))
+    print(path)
     return 0
 
 
@@ -77,6 +165,10 @@ COMMANDS = [
     ("merge", "merge checkpoints with a mergekit-style YAML config (linear, ties, dare, sce, ...)",
      _merge_args, _merge_run),
     ("demo", "run the demo on tiny models built on the fly", _demo_args, _demo_run),
+    ("extract", "run a model over a chat dataset and write its top-K store", _extract_args,
+     _extract_run),
+    ("train", "fine-tune the pivot on gold CE + CE against a fused top-K store", _train_args,
+     _train_run),
 ]
 
 

@@ -1,0 +1,205 @@
+"""Benchmark: the pipeline's extraction stage (TopK store size and extraction time).
+
+(a) Bytes per token of the TopK store (measured from its files) against the reference's
+    padded Arrow layout for the same samples (method.md 2.6): every row is 2048 positions of
+    input_ids int64 + labels int64 + attention_mask bool + 10 x (fp16 logit + int64 index),
+    plus 2047 fp16 per-token CEs and one fp16 sequence CE (Arrow's list offsets not counted,
+    which favours the reference). Goal: at most 64 B/token at K = 10.
+(b) Extraction time with the fused top-K + CE kernel (fusechat.torch.topk_and_ce, one pass
+    over the logits) against torch.topk + a separate F.cross_entropy on the same logits, in
+    the same run on the same tiny model and data (a 2-layer Llama with a real-sized
+    vocabulary, so that the logits dominate as in a 7B model's last layer), timing both
+    the whole extraction and the top-K/CE part alone.
+
+    python benchmarks/bench_pipeline.py --quick
+    flock /tmp/fusechat-bench.lock python benchmarks/bench_pipeline.py --write-docs
+"""
+import argparse
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from bench_loss import machine, write_docs  # noqa: E402
+
+SECTION = "## Pipeline (bench_pipeline.py)"
+K = 10
+REF_LEN = 2048
+# per position: input_ids int64 + labels int64 + attention_mask bool + K x (fp16 + int64)
+REF_ROW_BYTES = REF_LEN * (8 + 8 + 1 + K * (2 + 8)) + (REF_LEN - 1) * 2 + 2
+
+
+def tiny_model(vocab, tokenizer, seed=0):
+    """A 2-layer Llama whose LM head has ``vocab`` rows (ids past the tokenizer's are never
+    input, but they are scored, as a real model's vocabulary is)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=384,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, tie_word_embeddings=False,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+class Timed:
+    """Wraps a top-K/CE function and accumulates its wall time."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, logits, labels, k):
+        t = time.perf_counter()
+        out = self.fn(logits, labels, k)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def torch_topk_ce(logits, labels, k):
+    """The anchor: torch.topk over the vocabulary, then a separate cross-entropy pass."""
+    import torch
+    import torch.nn.functional as F
+
+    from fusechat.torch import hf_shift_labels
+
+    vals, ids = torch.topk(logits, k, dim=-1)
+    shifted = hf_shift_labels(labels)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                         reduction="none", ignore_index=-100).reshape(shifted.shape).float()
+    sup = shifted != -100
+    seq = (ce * sup).sum(-1) / sup.sum(-1)
+    return ids.to(torch.int32), vals.float(), ce, seq
+
+
+def measure_extraction(records, tok, vocab, dtype, repeats, batch_size, work):
+    import torch
+
+    from fusechat.extract import _fused_topk, extract
+
+    model = tiny_model(vocab, tok)
+    res = {}
+    for name, fn in (("fusechat fused", _fused_topk), ("torch.topk + CE", torch_topk_ce)):
+        best = None
+        for r in range(repeats):
+            timed = Timed(fn)
+            out = os.path.join(work, f"x-{dtype}-{r}")
+            t = time.perf_counter()
+            extract(model, records, out, tokenizer=tok, dtype=dtype, batch_size=batch_size,
+                    k=K, quiet=True, overwrite=True, _topk_fn=timed)
+            total = time.perf_counter() - t
+            shutil.rmtree(out)
+            if best is None or total < best[0]:
+                best = (total, timed.seconds)
+        res[name] = best
+    return res
+
+
+def store_size(records, tok, work):
+    """(store B/token, reference B/token, mean tokens per sample, n samples) on the pivot
+    store of these records."""
+    from fusechat.demo_models import build_model
+    from fusechat.extract import extract
+    from fusechat.store import TopKStore
+
+    out = os.path.join(work, "store")
+    extract(build_model("llama", tok), records, out, tokenizer=tok, dtype="float32", k=K,
+            quiet=True, overwrite=True)
+    with TopKStore(out) as store:
+        n, tokens = len(store), store.n_tokens
+        ours = store.bytes_per_token()
+        fields = sum(os.path.getsize(os.path.join(out, sh["file"]))
+                     for sh in store.manifest["shards"])
+        manifest = os.path.getsize(os.path.join(out, "manifest.json"))
+    ref = n * REF_ROW_BYTES / tokens
+    return dict(ours=ours, ours_with_manifest=(fields + manifest) / tokens, ref=ref,
+                mean_len=tokens / n, n=n, tokens=tokens)
+
+
+def long_records(n, seed):
+    """Demo records with several turns each, so that samples have realistic lengths."""
+    from fusechat.demo_data import make_dataset
+
+    base = make_dataset(n * 8, seed=seed)
+    out = []
+    for i in range(n):
+        msgs = []
+        for rec in base[i * 8:(i + 1) * 8]:
+            msgs += rec["messages"]
+        out.append({"messages": msgs})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, 2 repeats")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="replace this benchmark's section of docs/benchmarks.md")
+    args = ap.parse_args()
+    import torch
+
+    from fusechat.demo_models import train_tokenizer
+
+    quick = args.quick
+    n = 16 if quick else 128
+    repeats = 2 if quick else 3
+    vocabs = [8000] if quick else [32000, 151936]
+    dtypes = ["float32"] if quick else ["float32", "bfloat16"]
+    tok = train_tokenizer("metaspace")
+    records = long_records(n, seed=1)
+    work = tempfile.mkdtemp(prefix="fusechat-bench-pipeline-")
+    try:
+        size = store_size(records, tok, work)
+        timing = [(v, d, measure_extraction(records, tok, v, d, repeats, 8, work))
+                  for v in vocabs for d in dtypes]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = report(size, timing, n, repeats, quick, torch.get_num_threads())
+    print("\n".join(lines))
+    if args.write_docs:
+        write_docs(lines, SECTION)
+
+
+def report(size, timing, n, repeats, quick, threads):
+    date = datetime.date.today().isoformat()
+    per_token = (4 + 1 + K * 4 + K * 2 + 4)
+    lines = [SECTION, "",
+             f"Machine: {machine()}; torch threads {threads}; {date}"
+             + (" (--quick)" if quick else "") + ".", "",
+             f"**Store size** ({size['n']} demo conversations of 8 turns, "
+             f"{size['mean_len']:.0f} tokens on average, K = {K}, f16 logits):", "",
+             "| layout | bytes per real token |", "|---|---:|",
+             f"| fusechat TopK store, shard files | {size['ours']:.1f} |",
+             f"| fusechat TopK store, with manifest.json | {size['ours_with_manifest']:.1f} |",
+             f"| fusechat fields alone (4+1+{K}x4+{K}x2+4) | {per_token} |",
+             f"| reference, padded to 2048 (same samples) | {size['ref']:,.0f} |",
+             f"| reference, a row of exactly 2048 real tokens (its best case) | "
+             f"{REF_ROW_BYTES / REF_LEN:.1f} |", "",
+             f"Store vs reference on the same samples: {size['ref'] / size['ours']:,.0f}x "
+             f"smaller; vs the reference's best case: "
+             f"{REF_ROW_BYTES / REF_LEN / size['ours']:.2f}x. Goal <= 64 B/token: "
+             + ("met" if size["ours"] <= 64 else f"NOT met ({size['ours']:.1f})") + ".", "",
+             f"**Extraction time** ({n} conversations, batch 8, K = {K}, best of {repeats}; "
+             "2-layer Llama, hidden 128, with the vocabulary V below; 'top-K + CE' is the time "
+             "inside the top-K/CE step alone):", "",
+             "| V | model dtype | method | extraction (s) | top-K + CE (s) | fused speedup "
+             "(extraction) | fused speedup (top-K + CE) |", "|---|---|---|---:|---:|---:|---:|"]
+    for v, d, res in timing:
+        ft, fk = res["fusechat fused"]
+        for name, (t, kt) in res.items():
+            sp = "" if name == "fusechat fused" else f"{t / ft:.2f}x"
+            spk = "" if name == "fusechat fused" else f"{kt / fk:.2f}x"
+            lines.append(f"| {v} | {d} | {name} | {t:.2f} | {kt:.2f} | {sp} | {spk} |")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
