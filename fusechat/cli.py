@@ -68,6 +68,10 @@ def _merge_run(args):
               threads=args.threads, seed=args.seed, dtype=args.dtype,
               quiet=args.quiet or args.merge_quiet)
     print(out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # extract
 
 def _extract_args(p):
