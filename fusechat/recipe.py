@@ -160,8 +160,12 @@ def path_fingerprint(path):
 
 
 def read_marker(folder):
+    return read_marker_file(os.path.join(folder, MARKER))
+
+
+def read_marker_file(path):
     try:
-        with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -382,33 +386,51 @@ def run(recipe, *, workdir=None, quiet=False, say=None):
     r = load_recipe(recipe)
     if workdir is not None:
         r["output"] = os.path.abspath(workdir)
-    say = say or (lambda msg: LOG.info("%s", msg))
     out = r["output"]
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "recipe.resolved.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(r, f, sort_keys=False)
     steps = plan(r, quiet=quiet)
+    run_steps(steps, out, say=say)
+    return {s.name: s.out for s in steps}
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def run_steps(steps, log_dir, say=None):
+    """Run the steps not already done (see the module docstring), logging into log_dir."""
+    say = say or (lambda msg: LOG.info("%s", msg))
+    os.makedirs(log_dir, exist_ok=True)
     for step in steps:
         t0 = time.time()
         marker = read_marker(step.out)
         if marker and marker.get("fingerprint") == step.fingerprint:
-            _log(out, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step.name,
-                       "status": "skipped", "seconds": 0.0, "fingerprint": step.fingerprint})
+            _log(log_dir, {"time": _now(), "step": step.name, "status": "skipped",
+                           "seconds": 0.0, "fingerprint": step.fingerprint})
             say(f"{step.name}: up to date, skipped")
             continue
         if os.path.lexists(step.out):
             # interrupted (no marker) or made from other inputs: start it over
             shutil.rmtree(step.out)
+        # a stage's own resume state (train's OUT.partial) is kept only for the same inputs
+        pending = step.out + ".pending.json"
+        if (read_marker_file(pending) or {}).get("fingerprint") != step.fingerprint:
+            shutil.rmtree(step.out + ".partial", ignore_errors=True)
+        os.makedirs(os.path.dirname(step.out), exist_ok=True)
+        with open(pending, "w", encoding="utf-8") as f:
+            json.dump({"step": step.name, "fingerprint": step.fingerprint}, f)
         say(f"{step.name}: running")
-        _log(out, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step.name,
-                   "status": "started", "fingerprint": step.fingerprint})
+        _log(log_dir, {"time": _now(), "step": step.name, "status": "started",
+                       "fingerprint": step.fingerprint})
         step.fn(step.out)
         write_marker(step.out, step.name, step.fingerprint)
+        os.remove(pending)
         dt = time.time() - t0
-        _log(out, {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step.name,
-                   "status": "ran", "seconds": round(dt, 3), "fingerprint": step.fingerprint})
+        _log(log_dir, {"time": _now(), "step": step.name, "status": "ran",
+                       "seconds": round(dt, 3), "fingerprint": step.fingerprint})
         say(f"{step.name}: done in {dt:.1f} s")
-    return {s.name: s.out for s in steps}
 
 
 def read_run_log(out):
