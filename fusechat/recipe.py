@@ -45,7 +45,7 @@ SCHEMA = {
     "extract": {"k": 10, "batch_size": 8, "dtype": "bfloat16", "device": "cpu",
                 "logits_dtype": "F16"},
     "align": {"method": "dtw", "map": "ms"},
-    "fuse": {"rule": "mince"},
+    "fuse": {"rule": "mince", "level": "sequence"},
     "train": {"lm_weight": 0.9, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
               "max_steps": None, "seed": 42, "bf16": False, "device": None},
     "baseline": {"sft": True, "lm_weight": 1.0},
@@ -275,7 +275,7 @@ def plan(r, *, quiet=False):
 
         def run_fuse(o, al=al):
             from .fuse_stage import fuse_stores
-            fuse_stores(piv_store.out, [al.out], o, rule=r["fuse"]["rule"], quiet=quiet)
+            fuse_stores(piv_store.out, [al.out], o, quiet=quiet, **r["fuse"])
         fu = Step(f"fuse/{src['name']}", os.path.join(out, "fused", src["name"]),
                   {"pivot": piv_store.fingerprint, "aligned": al.fingerprint, **r["fuse"]},
                   run_fuse)
