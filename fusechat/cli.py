@@ -165,6 +165,58 @@ def _extract_run(args):
 
 
 # --------------------------------------------------------------------------------------
+# align
+
+def _align_args(p):
+    p.add_argument("pivot_store", help="the pivot's TopK store (extracted)")
+    p.add_argument("source_store", help="the source's TopK store (extracted)")
+    p.add_argument("out", help="output aligned store folder")
+    p.add_argument("--pivot-tokenizer", required=True, help="the pivot's tokenizer folder")
+    p.add_argument("--source-tokenizer", required=True, help="the source's tokenizer folder")
+    p.add_argument("--method", default="dtw", choices=["dtw", "offsets"],
+                   help="sequence alignment: the reference's DTW or exact byte offsets")
+    p.add_argument("--map", default="ms", choices=["ms", "mined", "em"],
+                   help="vocabulary map (default ms, FuseChat's statistics-based map)")
+    p.add_argument("--counts", help="co-alignment counts .npz (default OUT.counts.npz)")
+    p.add_argument("--threads", type=int, default=0, help="threads (0 = all CPUs)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _align_run(args):
+    from .align_stage import align_stores
+
+    print(align_stores(args.pivot_store, args.source_store, args.out,
+                       pivot_tokenizer=args.pivot_tokenizer,
+                       source_tokenizer=args.source_tokenizer, method=args.method, map=args.map,
+                       counts_path=args.counts, threads=args.threads, overwrite=args.overwrite,
+                       quiet=args.quiet))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# fuse
+
+def _fuse_args(p):
+    p.add_argument("pivot_store", help="the pivot's TopK store (extracted)")
+    p.add_argument("aligned", nargs="+", help="aligned source stores, then OUT (the fused store)")
+    p.add_argument("--rule", default="mince", choices=["mince", "avgce"],
+                   help="mince (FuseChat, default) or avgce (FuseLLM)")
+    p.add_argument("--level", default="sequence", choices=["sequence", "token"],
+                   help="compare CE per sequence (default) or per token")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _fuse_run(args):
+    from .fuse_stage import fuse_stores
+
+    if len(args.aligned) < 2:
+        raise ValueError("fuse: give at least one aligned store and then OUT")
+    print(fuse_stores(args.pivot_store, args.aligned[:-1], args.aligned[-1], rule=args.rule,
+                      level=args.level, overwrite=args.overwrite, quiet=args.quiet))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # train
 
 def _train_args(p):
@@ -229,6 +281,10 @@ COMMANDS = [
      _eval_args, _eval_run),
     ("extract", "run a model over a chat dataset and write its top-K store", _extract_args,
      _extract_run),
+    ("align", "map a source's TopK store onto the pivot's tokens and vocabulary", _align_args,
+     _align_run),
+    ("fuse", "fuse the pivot's and aligned sources' stores (MinCE or AvgCE) for training",
+     _fuse_args, _fuse_run),
     ("train", "fine-tune the pivot on gold CE + CE against a fused top-K store", _train_args,
      _train_run),
 ]
