@@ -190,25 +190,36 @@ class Step:
         self.fingerprint = _hash({"step": name, **key})
 
 
-def split_dataset(path, out, *, eval_fraction, eval_size, seed):
-    """Write out/train.jsonl and out/eval.jsonl: a seeded random held-out split of the rows."""
+def split_dataset(path, out, *, eval_fraction, eval_size, seed, skip_bad_records=False):
+    """Write out/train.jsonl and out/eval.jsonl: a seeded random held-out split of the
+    dataset's valid records, and out/split.json with the counts. Records are validated here
+    (chat.load_conversations), so a bad record's error names its row in the dataset; with
+    ``skip_bad_records`` bad rows are left out of both splits and listed in split.json."""
     import numpy as np
 
-    from .chat import read_records
+    from .chat import load_conversations, read_records
 
     records = read_records(path)
-    n_eval = int(eval_size) if eval_size is not None else int(round(len(records) * eval_fraction))
-    if not 0 <= n_eval < len(records):
+    convs, n_bad = load_conversations(records, skip_bad_records=skip_bad_records, name=path)
+    good = [c.index for c in convs]
+    bad = sorted(set(range(len(records))) - set(good))
+    if n_bad:
+        LOG.warning("%s: skipped %d bad record(s): rows %s", path, n_bad, bad[:20])
+    n_eval = int(eval_size) if eval_size is not None else int(round(len(good) * eval_fraction))
+    if not 0 <= n_eval < len(good):
         raise ConfigError(f"dataset: the held-out split ({n_eval} rows) must leave training "
-                          f"rows out of {len(records)}")
-    order = np.random.default_rng(seed).permutation(len(records))
-    held = set(order[:n_eval].tolist())
+                          f"rows out of {len(good)} valid records")
+    order = np.random.default_rng(seed).permutation(len(good))
+    held = {good[i] for i in order[:n_eval].tolist()}
     os.makedirs(out, exist_ok=True)
     for name, keep in (("train.jsonl", lambda i: i not in held), ("eval.jsonl", held.__contains__)):
         with open(os.path.join(out, name), "w", encoding="utf-8") as f:
-            for i, rec in enumerate(records):
+            for i in good:
                 if keep(i):
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    f.write(json.dumps(records[i], ensure_ascii=False) + "\n")
+    with open(os.path.join(out, "split.json"), "w", encoding="utf-8") as f:
+        json.dump({"records": len(records), "train": len(good) - n_eval, "eval": n_eval,
+                   "skipped_bad_records": bad}, f, indent=1)
 
 
 def _tokenizer_of(m):
@@ -239,10 +250,12 @@ def plan(r, *, quiet=False):
         return fp_cache[path]
 
     data_dir = os.path.join(out, "data")
-    split_opts = {k: ds[k] for k in ("eval_fraction", "eval_size", "split_seed")}
+    split_opts = {k: ds[k] for k in ("eval_fraction", "eval_size", "split_seed",
+                                      "skip_bad_records")}
     split = Step("split", data_dir, {"data": fp(ds["path"]), **split_opts},
                  lambda o: split_dataset(ds["path"], o, eval_fraction=ds["eval_fraction"],
-                                         eval_size=ds["eval_size"], seed=ds["split_seed"]))
+                                         eval_size=ds["eval_size"], seed=ds["split_seed"],
+                                         skip_bad_records=ds["skip_bad_records"]))
     steps = [split]
     train_data = os.path.join(data_dir, "train.jsonl")
     ext_opts = {**ex, "template": ds["template"], "max_length": ds["max_length"],
