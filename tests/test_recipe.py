@@ -228,3 +228,35 @@ def test_demo_quick_prints_the_table(tmp_path, capsys):
     log = recipe.read_run_log(str(tmp_path / "pipeline"))
     runs = [e for e in log if e["status"] in ("ran", "skipped")]
     assert {e["status"] for e in runs[len(runs) // 2:]} == {"skipped"}
+
+
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    """examples/quickstart.ipynb runs top to bottom (nbclient when installed, else its code
+    cells exec'd in order) and ends with the comparison table."""
+    import nbformat
+
+    nb = nbformat.read(os.path.join(EXAMPLES, "quickstart.ipynb"), as_version=4)
+    monkeypatch.setenv("FUSECHAT_QUICKSTART_DIR", str(tmp_path))
+    monkeypatch.setenv("FUSECHAT_DISABLE_PROGRESS_BARS", "1")
+    root = os.path.dirname(EXAMPLES)
+    monkeypatch.setenv("PYTHONPATH", root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        from nbclient import NotebookClient
+    except ImportError:
+        NotebookClient = None
+    if NotebookClient is not None:
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+        text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                       for o in c.get("outputs", []))
+    else:
+        import contextlib
+        import io
+        buf, scope = io.StringIO(), {}
+        with contextlib.redirect_stdout(buf):
+            for c in nb.cells:
+                if c.cell_type == "code":
+                    exec(compile(c.source, "quickstart.ipynb", "exec"), scope)
+        text = buf.getvalue()
+    assert "NLL/token" in text and "\nfused " in text
+    assert os.path.isdir(tmp_path / "fused-model")
