@@ -132,7 +132,7 @@ def run_demo(workdir, quiet=False, quick=False):
     """Run (or resume) the demo in ``workdir``. Returns 0 when the pipeline ran through."""
     from .evaluate import compare, format_table
 
-    say = (lambda *a: None) if quiet else print
+    say = (lambda *a: None) if quiet else print  # step messages; the results always print
     size = SIZES["quick" if quick else "full"]
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -145,11 +145,11 @@ def run_demo(workdir, quiet=False, quick=False):
     out = run(demo_recipe(workdir, size), quiet=quiet, say=lambda m: say("  " + m))
     results = load_results(out["eval"])
     table = format_table(compare(results, baseline="pivot"))
-    say("\nheld-out evaluation (NLL per supervised token; exact match of the greedy answer; "
+    print("\nheld-out evaluation (NLL per supervised token; exact match of the greedy answer; "
         "95% bootstrap CIs; 'exact vs base' = paired difference against the pivot):")
-    say(table)
+    print(table)
     png = os.path.join(workdir, "demo.png")
     if plot(results, png):
-        say(f"plot: {png}")
-    say(f"demo finished in {time.perf_counter() - t0:.1f} s (work folder {workdir})")
+        print(f"plot: {png}")
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s (work folder {workdir})")
     return 0
