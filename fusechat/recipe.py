@@ -51,7 +51,8 @@ SCHEMA = {
     "baseline": {"sft": True, "lm_weight": 1.0},
     "merge": {"method": "sce", "parameters": {"select_topk": 0.1}, "dtype": "float32",
               "seed": 0},
-    "eval": {"enabled": True, "baseline": "pivot", "max_new_tokens": 16, "max_items": None},
+    "eval": {"enabled": True, "baseline": "pivot", "max_new_tokens": 16, "max_items": None,
+             "sources": False},
 }
 SOURCE_KEYS = {"name": None, "model": None, "tokenizer": None}
 TOP_KEYS = ("pivot", "sources", "dataset", "extract", "align", "fuse", "train", "baseline",
@@ -327,6 +328,9 @@ def plan(r, *, quiet=False):
         models += [(os.path.basename(t.out), t.out, t.out, t.fingerprint) for t in targets]
         if merged:
             models.append(("fused", merged.out, merged.out, merged.fingerprint))
+        if r["eval"]["sources"]:  # each source with its own tokenizer, for reference
+            models += [(f"source-{s['name']}", s["model"], _tokenizer_of(s), fp(s["model"]))
+                       for s in sources]
         ev_opts = {**r["eval"], "template": ds["template"], "max_length": ds["max_length"]}
 
         def run_eval(o):

@@ -215,7 +215,8 @@ def test_demo_quick_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("model "))
     assert "NLL/token" in header and "exact match" in header
-    for model in ("pivot", "sft", "target-qwen2-arith", "target-gpt2-facts", "fused"):
+    for model in ("pivot", "sft", "target-qwen2-arith", "target-gpt2-facts", "fused",
+                  "source-qwen2-arith", "source-gpt2-facts"):
         rows = [line for line in out.splitlines() if line.startswith(model + " ")]
         assert {line.split()[1] for line in rows} == {"arithmetic", "strings", "facts", "all"}
     try:
