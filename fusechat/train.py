@@ -118,22 +118,28 @@ class FusionTrainer(Trainer if Trainer is not None else object):
         return (loss, outputs) if return_outputs else loss
 
 
-def _load_pivot(pivot_model, tokenizer):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _pivot_tokenizer(pivot_model, tokenizer):
+    from transformers import AutoTokenizer
+
+    if tokenizer is None:
+        if not isinstance(pivot_model, (str, os.PathLike)):
+            raise ValueError("tokenizer= is needed when the pivot model is given as an object")
+        tokenizer = pivot_model
+    if isinstance(tokenizer, (str, os.PathLike)):
+        if not os.path.isdir(tokenizer):
+            raise FileNotFoundError(f"{os.fspath(tokenizer)}: not a model/tokenizer folder")
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+    return tokenizer
+
+
+def _pivot_model(pivot_model):
+    from transformers import AutoModelForCausalLM
 
     if isinstance(pivot_model, (str, os.PathLike)):
-        name = os.fspath(pivot_model)
-        if not os.path.isdir(name):
-            raise FileNotFoundError(f"{name}: not a model folder")
-        model = AutoModelForCausalLM.from_pretrained(name)
-        tokenizer = tokenizer if tokenizer is not None else name
-    else:
-        model = pivot_model
-        if tokenizer is None:
-            raise ValueError("tokenizer= is needed when the pivot model is given as an object")
-    if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
-    return model, tokenizer
+        # loaded in its stored dtype: bf16=True is mixed precision (autocast); the weights
+        # and the optimizer state stay as they are
+        return AutoModelForCausalLM.from_pretrained(os.fspath(pivot_model))
+    return pivot_model
 
 
 def training_arguments(work, *, epochs, lr, batch_size, grad_accum, max_steps, seed, bf16,
@@ -175,9 +181,7 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
             return out
         raise FileExistsError(f"{out}: exists and is not a model folder (pass overwrite=True)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # loaded in its stored dtype: --bf16 is mixed precision (autocast), the weights and the
-    # optimizer state stay as they are
-    model, tokenizer = _load_pivot(pivot_model, tokenizer)
+    tokenizer = _pivot_tokenizer(pivot_model, tokenizer)
     from .extract import tokenizer_fingerprint
 
     fp = tokenizer_fingerprint(tokenizer)
@@ -192,6 +196,7 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
             raise FormatError(f"{fused_store}: the store has no samples")
         pad_id = next(x for x in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
                       if x is not None)
+        model = _pivot_model(pivot_model)  # only once the store is known to fit it
         work = out + ".partial"
         if overwrite and int(os.environ.get("RANK", "0")) == 0:
             shutil.rmtree(work, ignore_errors=True)

@@ -79,32 +79,54 @@ def assert_same_store(a, b, logits_rtol=0.0, ce_atol=0.0):
 # --------------------------------------------------------------------------------------
 # extraction
 
-def test_extract_matches_torch_topk_and_cross_entropy(pivot, records, store32):
-    model, tok = load(pivot)
-    sep = chat.end_of_turn_token(tok)
+def check_against_torch(store, model, tok, records, template="openchat_3.5"):
+    """Every stored sample against torch.topk + F.cross_entropy on the model's float32 logits
+    for that conversation alone (no padding, no batching)."""
+    sep = chat.end_of_turn_token(tok) if template == "openchat_3.5" else None
     convs, _ = chat.load_conversations(records)
-    store = TopKStore(store32, expect_fingerprint=tokenizer_fingerprint(tok))
-    m = store.manifest
-    assert (m["kind"], m["k"], m["model"], m["vocab_size"]) == ("extracted", 10, "pivot", len(tok))
-    assert m["info"]["template"] == "openchat_3.5" and m["info"]["max_length"] == 2048
-    assert len(store) == N_RECORDS
+    assert len(store) == len(convs)
     for conv, s in zip(convs, store):
-        t = chat.tokenize(conv, tok, sep=sep)  # the supervision tested in test_chat
+        t = chat.tokenize(conv, tok, template=template, sep=sep)  # tested in test_chat
         assert s.sample_index == conv.index
         np.testing.assert_array_equal(s.input_ids, t.input_ids)
         np.testing.assert_array_equal(s.loss_mask, t.loss_mask)
         ids = torch.from_numpy(t.input_ids.astype(np.int64))[None]
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0].float()  # alone: no padding at all
-        vals, top = torch.topk(logits, 10)
+            logits = model(input_ids=ids).logits[0].float()
+        vals, top = torch.topk(logits, store.k)
         np.testing.assert_array_equal(s.topk_ids, top.numpy())
-        np.testing.assert_allclose(s.topk_logits, vals.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s.topk_logits.astype(np.float32), vals.numpy(),
+                                   rtol=1e-5, atol=1e-5)
         ce = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:], reduction="none")
         sup = torch.from_numpy(t.loss_mask[1:].astype(bool))
         want = torch.where(sup, ce, 0.0).numpy()
         np.testing.assert_allclose(s.token_ce[:-1], want, rtol=1e-5, atol=1e-5)
         assert s.token_ce[-1] == 0  # nothing after the last token
         np.testing.assert_allclose(s.seq_ce, ce[sup].mean().item(), rtol=1e-5)
+
+
+def test_extract_matches_torch_topk_and_cross_entropy(pivot, records, store32):
+    model, tok = load(pivot)
+    store = TopKStore(store32, expect_fingerprint=tokenizer_fingerprint(tok))
+    m = store.manifest
+    assert (m["kind"], m["k"], m["model"], m["vocab_size"]) == ("extracted", 10, "pivot", len(tok))
+    assert m["info"]["template"] == "openchat_3.5" and m["info"]["max_length"] == 2048
+    assert len(store) == N_RECORDS
+    check_against_torch(store, model, tok, records)
+
+
+def test_extract_gpt2_byte_level_with_the_model_template(records, tmp_path):
+    """No BOS, byte-level BPE, GPT-2 architecture, the tokenizer's own chat template, K=7."""
+    tok = demo_models.train_tokenizer("byte_level")
+    tok.chat_template = ("{% for m in messages %}<|end_of_turn|>{{ m['role'] }}\n"
+                         "{{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<|end_of_turn|>assistant\n{% endif %}")
+    model = demo_models.build_model("gpt2", tok, seed=5).eval()
+    path = extract(model, records[:9], tmp_path / "g", tokenizer=tok, template="model", k=7,
+                   dtype="float32", batch_size=4, logits_dtype="F32", quiet=True)
+    store = TopKStore(path)
+    assert store.manifest["info"]["template"] == "model" and store.k == 7
+    check_against_torch(store, model, tok, records[:9], template="model")
 
 
 def test_f16_logits_are_the_rounded_f32_ones(pivot, records, store32, tmp_path):
@@ -367,10 +389,15 @@ def test_training_reduces_the_loss_and_publishes_atomically(pivot, store32, tmp_
     assert os.stat(out / "model.safetensors").st_mtime_ns == mtime
 
 
-def test_fingerprint_mismatch_is_refused(store32, tmp_path):
+def test_fingerprint_mismatch_is_refused(store32, tmp_path, monkeypatch):
+    import transformers
+
     tok = demo_models.train_tokenizer("byte_level")
     other = str(tmp_path / "gpt2")
     demo_models.save(demo_models.build_model("gpt2", tok), tok, other)
+    # refused from the tokenizer alone, before any weights are loaded
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("weights loaded"))
     with pytest.raises(FormatError, match="tokenizer .*align the store"):
         train(other, store32, tmp_path / "t", max_steps=1, device="cpu", quiet=True)
     assert not (tmp_path / "t").exists()
