@@ -163,6 +163,9 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = report(size, timing, n, repeats, quick, torch.get_num_threads())
+    from pipeline_stages import align_fuse_lines, measure_align_fuse  # align + fuse rows
+
+    lines += [""] + align_fuse_lines(measure_align_fuse(quick))
     print("\n".join(lines))
     if args.write_docs:
         write_docs(lines, SECTION)

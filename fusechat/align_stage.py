@@ -55,6 +55,31 @@ def _open(store, vocab, role):
     return s
 
 
+def store_identity(store):
+    """What a derived output records about one input store (to tell a finished output)."""
+    return {"path": os.path.abspath(store.path), "model": store.model,
+            "fingerprint": store.fingerprint, "n_samples": len(store), "n_tokens": store.n_tokens}
+
+
+def finished(out, settings, overwrite):
+    """True if ``out`` is a complete store made with ``settings`` (rerun: skip it); raises
+    FileExistsError if it exists with other settings and not ``overwrite``."""
+    mpath = os.path.join(out, "manifest.json")
+    if overwrite or not os.path.exists(out):
+        return False
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            have = json.load(f).get("info", {}).get("settings")
+    except (OSError, ValueError):
+        have = None
+    if have == settings:
+        LOG.info("%s: already done with the same inputs and settings; skipped", out)
+        return True
+    diff = sorted(k for k in settings if not isinstance(have, dict) or have.get(k) != settings[k])
+    raise FileExistsError(f"{out}: exists, made from other inputs or settings ({', '.join(diff)}); "
+                          "pass overwrite=True / --overwrite to replace it")
+
+
 def matched_rows(a, b, names=("pivot", "source")):
     """(rows of a, rows of b) holding the same sample_index, in a's order; logs what is
     dropped."""
@@ -63,6 +88,9 @@ def matched_rows(a, b, names=("pivot", "source")):
         if len(np.unique(idx)) != len(idx):
             raise ValueError(f"{s.path}: a sample_index occurs twice (rule duplicate_sample)")
     common, ra, rb = np.intersect1d(ia, ib, assume_unique=True, return_indices=True)
+    if len(ia) and len(ib) and not len(common):
+        raise ValueError(f"{a.path} and {b.path}: no sample_index in common (stores of "
+                         "different datasets?) (rule no_common_samples)")
     order = np.argsort(ra, kind="stable")
     ra, rb = ra[order], rb[order]
     for s, idx, name in ((a, ia, names[0]), (b, ib, names[1])):
@@ -145,10 +173,12 @@ def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_toke
     if map not in al.MAP_MODES:
         raise ValueError(f"map={map!r}: expected one of {sorted(al.MAP_MODES)}")
     out = os.fspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out}: exists (pass overwrite=True / --overwrite)")
     pv, sv = as_vocab(pivot_tokenizer), as_vocab(source_tokenizer)
     piv, src = _open(pivot_store, pv, "pivot"), _open(source_store, sv, "source")
+    settings = {"pivot": store_identity(piv), "source": store_identity(src), "method": method,
+                "map": map}
+    if finished(out, settings, overwrite):
+        return out
     if piv.kind != "extracted" or src.kind != "extracted":
         raise ValueError(f"{piv.path if piv.kind != 'extracted' else src.path}: kind "
                          f"{piv.kind if piv.kind != 'extracted' else src.kind!r}, expected "
@@ -156,7 +186,7 @@ def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_toke
     rows = matched_rows(piv, src)
     n = len(rows[0])
     same = sv.same_as(pv)
-    info = {"source_model": src.model, "source_fingerprint": src.fingerprint,
+    info = {"settings": settings, "source_model": src.model, "source_fingerprint": src.fingerprint,
             "pivot_model": piv.model, "method": "copy" if same else method,
             "map": "identity" if same else map, "n_pivot": len(piv), "n_source": len(src),
             "n_dropped_pivot": len(piv) - n, "n_dropped_source": len(src) - n}

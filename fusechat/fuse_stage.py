@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from .align_stage import finished, store_identity
 from .fuse import LEVELS, SparseDists, avg_ce, min_ce
 from .progress import tqdm
 from .store import TopKStoreWriter, open_store
@@ -33,6 +34,9 @@ def _rows_all(piv, aligned):
     keep = piv.sample_indices()
     for a in aligned:
         keep = keep[np.isin(keep, a.sample_indices())]
+        if len(piv) and len(a) and not len(keep):
+            raise ValueError(f"{piv.path} and {a.path}: no sample_index in common (rule "
+                             "no_common_samples)")
     rows = []
     for s in [piv] + aligned:
         idx = s.sample_indices()
@@ -81,9 +85,11 @@ def fuse_stores(pivot_store, aligned_stores, out, *, rule="mince", level="sequen
     if level not in LEVELS:
         raise ValueError(f"level={level!r}: expected one of {sorted(LEVELS)}")
     out = os.fspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out}: exists (pass overwrite=True / --overwrite)")
     piv, aligned = _open_all(pivot_store, list(aligned_stores))
+    settings = {"stores": [store_identity(s) for s in [piv] + aligned], "rule": rule,
+                "level": level}
+    if finished(out, settings, overwrite):
+        return out
     stores = [piv] + aligned
     rows = _rows_all(piv, aligned)
     n = len(rows[0])
@@ -92,8 +98,7 @@ def fuse_stores(pivot_store, aligned_stores, out, *, rule="mince", level="sequen
     models = [s.model for s in stores]
     wins = np.zeros(len(stores), np.int64)
     winner = []
-    info = {"rule": rule, "level": level, "models": models,
-            "stores": [os.path.abspath(s.path) for s in stores],
+    info = {"settings": settings, "rule": rule, "level": level, "models": models,
             "n_pivot": len(piv), "n_dropped": len(piv) - n,
             "values": "logits" if rule == "mince" else "log-probabilities"}
     writer = TopKStoreWriter(out, k=k_out, kind="fused",

@@ -109,6 +109,10 @@ def test_aligned_store_matches_library_and_twin(env, stores, tmp_path):
         ids, lg = SparseDists(d.offsets, d.ids, d.logits).to_padded(K)
         assert np.array_equal(g.topk_ids, ids) and np.array_equal(g.topk_logits, lg)
         n_empty_rows += int((g.topk_ids[:, 0] < 0).sum())
+        sup = np.append(p.loss_mask[1:] > 0, False)
+        for j, J in enumerate(alignments[g.sample_index].lists()):
+            want_ce = (s.token_ce[J[-1]] if J else np.nan) if sup[j] else 0.0
+            assert g.token_ce[j] == np.float32(want_ce) or (np.isnan(want_ce) and np.isnan(g.token_ce[j]))
         if i < 4:  # the twin: DTW and the distribution rules from the spec, in Python
             pl, sl = p.input_ids.tolist(), s.input_ids.tolist()
             piv_to_src = R.dtw([sdec[x] for x in sl], [pdec[x] for x in pl], sv.marker, pv.marker)
@@ -169,6 +173,35 @@ def test_same_vocabulary_copies_with_roles(env, stores, tmp_path):
     assert not os.path.exists(str(tmp_path / "al") + ".counts.npz")
 
 
+def test_same_vocabulary_realigns_samples_that_tokenize_differently(env, stores, tmp_path):
+    """A same-vocabulary source whose sample lost a token (e.g. another chat template) is
+    aligned like a foreign one (DTW, exact-match map), the others copied."""
+    root, toks, _ = env
+    piv = TopKStore(stores["piv"])
+    path = tmp_path / "cut"
+    with TopKStoreWriter(path, k=K, kind="extracted", logits_dtype="F32",
+                         tokenizer_fingerprint=piv.fingerprint) as w:
+        for s in piv:
+            n = len(s.input_ids) - (1 if s.sample_index == 2 else 0)
+            w.add(s.sample_index, s.input_ids[:n], s.loss_mask[:n], s.topk_ids[:n],
+                  s.topk_logits[:n], s.token_ce[:n], s.seq_ce)
+    out = align_stores(piv.path, path, tmp_path / "al", pivot_tokenizer=toks["piv"],
+                       source_tokenizer=toks["piv"], quiet=True)
+    got = TopKStore(out)
+    info = got.manifest["info"]
+    assert (info["n_copied"], info["n_realigned"]) == (len(piv) - 1, 1)
+    pv = Vocab.from_tokenizer(toks["piv"])
+    p = next(s for s in piv if s.sample_index == 2)
+    g = next(s for s in got if s.sample_index == 2)
+    n = len(p.input_ids) - 1
+    a = al.align(p.input_ids[:n], p.input_ids, pv, pv)
+    d = al.align_distributions(p.topk_ids[:n], p.topk_logits[:n], p.input_ids, p.input_ids[:n],
+                               a, al.vocab_map(pv, pv, "em"), pv, pv, mode="em")
+    ids, lg = SparseDists(d.offsets, d.ids, d.logits).to_padded(K)
+    assert np.array_equal(g.topk_ids, ids) and np.array_equal(g.topk_logits, lg)
+    assert np.array_equal(g.topk_ids[:n - 1], p.topk_ids[:n - 1])  # 1-1 positions copied
+
+
 def test_fingerprint_mismatch_names_the_store(env, stores, tmp_path):
     root, toks, _ = env
     with pytest.raises(ValueError, match=r"src: the source store .*tokenizer_mismatch"):
@@ -178,6 +211,13 @@ def test_fingerprint_mismatch_names_the_store(env, stores, tmp_path):
         align_stores(stores["piv"], stores["src"], tmp_path / "x", quiet=True,
                      pivot_tokenizer=root / "tok-src", source_tokenizer=root / "tok-src")
     assert not os.path.exists(tmp_path / "x")
+    other = write_store(tmp_path / "other", toks["src"], [], 0)
+    with TopKStoreWriter(other, k=K, kind="extracted", overwrite=True,
+                         tokenizer_fingerprint=TopKStore(stores["src"]).fingerprint) as w:
+        w.add(10**6, [1, 2], [0, 1], [[-1] * K] * 2, [[0] * K] * 2, [0, 0], 0.0)
+    with pytest.raises(ValueError, match="no_common_samples"):
+        align_stores(stores["piv"], other, tmp_path / "x", quiet=True,
+                     pivot_tokenizer=toks["piv"], source_tokenizer=toks["src"])
 
 
 # -- fuse ------------------------------------------------------------------------------------
@@ -277,8 +317,13 @@ def test_fuse_refuses_other_tokenizer_and_keeps_no_partial(env, stores, tmp_path
     assert not os.path.exists(tmp_path / "f")
     assert not [n for n in os.listdir(tmp_path) if n.startswith("f.tmp")]
     fuse_stores(piv.path, [a1], tmp_path / "f", quiet=True)
-    with pytest.raises(FileExistsError):
-        fuse_stores(piv.path, [a1], tmp_path / "f", quiet=True)
+    stamp = os.stat(tmp_path / "f" / "manifest.json").st_mtime_ns
+    fuse_stores(piv.path, [a1], tmp_path / "f", quiet=True)  # same inputs: skipped
+    assert os.stat(tmp_path / "f" / "manifest.json").st_mtime_ns == stamp
+    with pytest.raises(FileExistsError, match="rule"):
+        fuse_stores(piv.path, [a1], tmp_path / "f", rule="avgce", quiet=True)
+    fuse_stores(piv.path, [a1], tmp_path / "f", rule="avgce", overwrite=True, quiet=True)
+    assert TopKStore(tmp_path / "f").manifest["info"]["rule"] == "avgce"
 
 
 def test_token_level_mince(env, tmp_path):
@@ -305,5 +350,54 @@ def test_cli_align_and_fuse(env, stores, tmp_path, capsys):
     assert capsys.readouterr().out.split() == [al_out, fused]
     m = json.load(open(os.path.join(fused, "manifest.json")))
     assert m["kind"] == "fused" and len(m["info"]["winner"]) == m["n_samples"]
-    assert main(["-q", "fuse", stores["piv"], al_out, fused]) == 1  # exists
-    assert "exists" in capsys.readouterr().err
+    assert main(["-q", "fuse", stores["piv"], al_out, fused, "--level", "token"]) == 1
+    assert "exists, made from other inputs or settings (level)" in capsys.readouterr().err
+
+
+# -- end to end on tiny models ---------------------------------------------------------------
+
+def test_extract_align_fuse_tiny_models(tmp_path):
+    """Two tiny models with different tokenizers (Llama + Metaspace BPE pivot, Qwen2 +
+    byte-level BPE source, extracted in 2 parts): extract -> align -> fuse, and the fused
+    store is what training opens (pivot fingerprint, pivot positions)."""
+    from fusechat.extract import extract, parse_shard
+    from fusechat.store import open_store
+
+    records = demo_data.make_dataset(10, seed=8)
+    paths = {}
+    for name, arch, kind in (("piv", "llama", "metaspace"), ("src", "qwen2", "byte_level")):
+        tok = demo_models.train_tokenizer(kind, vocab_size=300)
+        paths[name] = str(tmp_path / name)
+        demo_models.save(demo_models.build_model(arch, tok, seed=1), tok, paths[name])
+    extract(paths["piv"], records, tmp_path / "s-piv", k=5, dtype="float32", quiet=True)
+    for i in range(2):
+        extract(paths["src"], records, tmp_path / "s-src", k=5, dtype="float32",
+                shard=parse_shard(f"{i}/2"), quiet=True)
+    aligned = align_stores(tmp_path / "s-piv", tmp_path / "s-src", tmp_path / "al",
+                           pivot_tokenizer=paths["piv"], source_tokenizer=paths["src"],
+                           quiet=True)
+    fused = fuse_stores(tmp_path / "s-piv", [aligned], tmp_path / "fused", quiet=True)
+    piv, src = open_store(tmp_path / "s-piv"), open_store(tmp_path / "s-src")
+    f = open_store(fused, expect_fingerprint=piv.fingerprint)
+    assert len(f) == len(piv) == len(src) == 10
+    assert np.array_equal(f.sample_indices(), piv.sample_indices())
+    pv, sv = Vocab.from_pretrained(paths["piv"]), Vocab.from_pretrained(paths["src"])
+    counts = al.AlignmentCounts(pv.size, sv.size)
+    als = [al.align(s.input_ids, p.input_ids, sv, pv) for p, s in zip(piv, src)]
+    for a, p, s in zip(als, piv, src):
+        counts.update(s.input_ids, p.input_ids, a)
+    vmap = al.vocab_map(sv, pv, "ms", counts=counts)
+    for i, (a, p, s, g, w) in enumerate(zip(als, piv, src, f, f.manifest["info"]["winner"])):
+        assert w == (1 if np.float32(s.seq_ce) < np.float32(p.seq_ce) else 0)
+        chosen = p
+        if w:
+            d = al.align_distributions(s.topk_ids, s.topk_logits, p.input_ids, s.input_ids, a,
+                                       vmap, sv, pv)
+            ids, lg = SparseDists(d.offsets, d.ids, d.logits).to_padded(5)
+            empty = ids[:, 0] < 0
+            chosen = type(p)(p.sample_index, p.input_ids, p.loss_mask,
+                             np.where(empty[:, None], p.topk_ids, ids),
+                             np.where(empty[:, None], p.topk_logits, lg), p.token_ce, s.seq_ce)
+        assert np.array_equal(g.topk_ids, chosen.topk_ids), i
+        assert np.array_equal(g.topk_logits, chosen.topk_logits.astype(g.topk_logits.dtype)), i
+    assert 1 in f.manifest["info"]["winner"]  # the aligned source's lists were checked
