@@ -64,7 +64,7 @@ def main():
              f"`benchmarks/bench_demo.py`{' --quick' if args.quick else ''}, "
              f"{time.strftime('%Y-%m-%d')}, {machine()}. Wall time of `fusechat demo` "
              "(build 3 tiny models, extract 3, align 2, fuse 2, train 2 targets + SFT, SCE "
-             "merge, evaluate 5 models) in an empty work folder, then rerun in the same folder.",
+             "merge, evaluate 7 models: pivot, SFT, 2 targets, merge, 2 sources) in an empty work folder, then rerun in the same folder.",
              "", "| run | wall s | vs the 600 s goal |", "|---|---|---|",
              f"| demo ({mode}), fresh work folder | {fresh:.1f} | {fresh / GOAL_S:.2f}x |",
              f"| demo ({mode}), rerun, every step cached | {cached:.1f} | "
