@@ -51,7 +51,7 @@ SCHEMA = {
     "baseline": {"sft": True, "lm_weight": 1.0},
     "merge": {"method": "sce", "parameters": {"select_topk": 0.1}, "dtype": "float32",
               "seed": 0},
-    "eval": {"enabled": True, "baseline": "pivot", "max_new_tokens": 16, "max_items": None,
+    "eval": {"enabled": True, "baseline": None, "max_new_tokens": 16, "max_items": None,
              "sources": False},
 }
 SOURCE_KEYS = {"name": None, "model": None, "tokenizer": None}
@@ -119,6 +119,7 @@ def load_recipe(recipe, base_dir=None):
     names = [out["pivot"]["name"]] + [s["name"] for s in out["sources"]]
     if len(set(names)) != len(names) or "sft" in names:
         raise ConfigError(f"{where}: model names must be distinct and not 'sft': {names}")
+    out["eval"]["baseline"] = out["eval"]["baseline"] or out["pivot"]["name"]
     if not 0 <= float(out["dataset"]["eval_fraction"]) < 1:
         raise ConfigError(f"{where}: dataset.eval_fraction must be in [0, 1)")
 
@@ -358,6 +359,10 @@ def evaluate_models(models, data, out, opts, quiet=False):
     from .chat import load_conversations, read_records
     from .evaluate import compare, evaluate, format_table
 
+    names = [m[0] for m in models]
+    if opts.get("baseline") and opts["baseline"] not in names:
+        raise ConfigError(f"eval.baseline {opts['baseline']!r}: not one of the evaluated "
+                          f"models {names}")
     convs, _ = load_conversations(read_records(data), skip_bad_records=True, name=data)
     if opts.get("max_items"):
         convs = convs[:int(opts["max_items"])]
