@@ -123,17 +123,19 @@ def load_recipe(recipe, base_dir=None):
     if not 0 <= float(out["dataset"]["eval_fraction"]) < 1:
         raise ConfigError(f"{where}: dataset.eval_fraction must be in [0, 1)")
 
-    def local(p):
+    def local(p, hub_ok=True):
         if p is None:
             return None
         p = os.path.expanduser(str(p))
-        full = p if os.path.isabs(p) else os.path.join(base_dir, p)
-        # a name that is not a local path stays as is (a Hugging Face Hub id)
-        return os.path.abspath(full) if os.path.exists(full) or p.startswith(".") else p
+        full = os.path.abspath(p if os.path.isabs(p) else os.path.join(base_dir, p))
+        # a model name that is not a local path stays as is (a Hugging Face Hub id)
+        if hub_ok and not os.path.exists(full) and not p.startswith((".", "/", "~")):
+            return p
+        return full
 
     for m in [out["pivot"]] + out["sources"]:
         m["model"], m["tokenizer"] = local(m["model"]), local(m["tokenizer"])
-    out["dataset"]["path"] = local(out["dataset"]["path"])
+    out["dataset"]["path"] = local(out["dataset"]["path"], hub_ok=False)
     out["output"] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(str(raw["output"]))))
     return out
 

@@ -163,7 +163,10 @@ def test_recipe_errors_name_the_key(tmp_path):
 
 def test_the_fusechat_7b_v2_recipe_parses():
     r = recipe.load_recipe(os.path.join(EXAMPLES, "recipes", "fusechat-7b-v2.yaml"))
-    assert r["pivot"]["model"] == "openchat/openchat_3.5"
+    assert r["pivot"]["model"] == "openchat/openchat_3.5"  # Hub ids stay as they are
+    assert r["dataset"]["path"] == os.path.join(
+        EXAMPLES, "recipes", "data", "fusechat_v1_clean_split_2048_filter_wrong.json")
+    assert r["eval"]["baseline"] == "openchat-3.5"
     assert [s["model"] for s in r["sources"]] == [
         "berkeley-nest/Starling-LM-7B-alpha", "NousResearch/Nous-Hermes-2-SOLAR-10.7B",
         "bartowski/internlm2-chat-20b-llama-old", "mistralai/Mixtral-8x7B-Instruct-v0.1",
