@@ -111,7 +111,7 @@ def plot(results, path):
 
     skills = sorted(set(np.concatenate([r.skill for r in results]).tolist()))
     width = 0.8 / len(results)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 5))
     for j, r in enumerate(results):
         s = [r.summary(k)["exact"] for k in skills]
         mean = np.array([x[0] for x in s])
@@ -123,7 +123,7 @@ def plot(results, path):
     ax.set_ylabel("exact match (95% CI)")
     ax.set_ylim(0, 1.05)
     ax.set_title("fusechat demo: held-out exact match per skill")
-    ax.legend(fontsize=8, ncol=len(results))
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
