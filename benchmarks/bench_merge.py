@@ -52,7 +52,7 @@ def model_config(size):
 
 
 def shapes(size):
-    from fusechat.demo import llama_shapes
+    from fusechat.tiny_llama import llama_shapes
 
     return list(llama_shapes(model_config(size)).items())
 

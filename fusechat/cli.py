@@ -36,13 +36,67 @@ def _inspect_run(args):
 
 def _demo_args(p):
     p.add_argument("--workdir", default="fusechat-demo",
-                   help="folder for the demo's artefacts (default: ./fusechat-demo)")
+                   help="folder for the demo's artefacts, reused by a rerun (default: ./fusechat-demo)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer samples and epochs (a smoke run, as the tests use)")
 
 
 def _demo_run(args):
     from .demo import run_demo
 
-    return run_demo(args.workdir, quiet=args.quiet)
+    return run_demo(args.workdir, quiet=args.quiet, quick=args.quick)
+
+
+# --------------------------------------------------------------------------------------
+# run, eval
+
+def _run_args(p):
+    p.add_argument("recipe", help="a YAML recipe (see docs/pipeline.md)")
+    p.add_argument("--workdir", help="output folder (overrides the recipe's output)")
+
+
+def _run_run(args):
+    from .recipe import run
+
+    out = run(args.recipe, workdir=args.workdir, quiet=args.quiet, say=print)
+    if "eval" in out:
+        with open(os.path.join(out["eval"], "table.txt"), encoding="utf-8") as f:
+            print(f.read(), end="")
+    return 0
+
+
+def _eval_args(p):
+    p.add_argument("models", nargs="+", help="Hugging Face model folders; NAME=PATH names one")
+    p.add_argument("--data", required=True, help="held-out chat dataset (.json/.jsonl)")
+    p.add_argument("--baseline", help="name of the model the others are compared against "
+                                      "(paired bootstrap)")
+    p.add_argument("--template", default="openchat_3.5", choices=["openchat_3.5", "model"])
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-items", type=int, help="score only the first N conversations")
+
+
+def _eval_run(args):
+    from .recipe import evaluate_models
+
+    models = []
+    for spec in args.models:
+        name, _, path = spec.rpartition("=")
+        name = name or os.path.basename(os.path.normpath(path))
+        models.append((name, path, path, None))
+    names = [m[0] for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be distinct (use NAME=PATH): {names}")
+    if args.baseline and args.baseline not in names:
+        raise ValueError(f"--baseline {args.baseline!r}: not one of the models {names}")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluate_models(models, args.data, tmp, {
+            "template": args.template, "max_length": args.max_length, "baseline": args.baseline,
+            "max_new_tokens": args.max_new_tokens, "max_items": args.max_items}, args.quiet)
+        with open(os.path.join(tmp, "table.txt"), encoding="utf-8") as f:
+            print(f.read(), end="")
+    return 0
 
 
 # --------------------------------------------------------------------------------------
@@ -220,7 +274,11 @@ COMMANDS = [
      _inspect_args, _inspect_run),
     ("merge", "merge checkpoints with a mergekit-style YAML config (linear, ties, dare, sce, ...)",
      _merge_args, _merge_run),
-    ("demo", "run the demo on tiny models built on the fly", _demo_args, _demo_run),
+    ("demo", "the whole pipeline on tiny models built on the fly (no download)", _demo_args,
+     _demo_run),
+    ("run", "run a YAML recipe: every pipeline step not already done", _run_args, _run_run),
+    ("eval", "compare models on a held-out chat set: NLL and exact match with bootstrap CIs",
+     _eval_args, _eval_run),
     ("extract", "run a model over a chat dataset and write its top-K store", _extract_args,
      _extract_run),
     ("align", "map a source's TopK store onto the pivot's tokens and vocabulary", _align_args,

@@ -1,4 +1,4 @@
-"""`fusechat inspect` and the foundation demo (`fusechat demo`)."""
+"""`fusechat inspect` and the tiny Llama checkpoint (fusechat.tiny_llama)."""
 import json
 import os
 import struct
@@ -8,7 +8,8 @@ import pytest
 
 from fusechat import cli
 from fusechat import safetensors as st
-from fusechat.demo import TINY_LLAMA, build_tiny_llama, llama_shapes, run_demo
+from fusechat.tiny_llama import (TINY_LLAMA, build_tiny_llama, llama_shapes, round_trip,
+                                 write_checkpoint)
 from st_files import entry, write
 
 
@@ -17,11 +18,14 @@ def header_of(path):
     return json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
 
 
-def test_demo_runs_and_transformers_loads_its_checkpoint(tmp_path, capsys):
-    assert run_demo(str(tmp_path)) == 0
-    out = capsys.readouterr().out
-    assert "demo passed" in out and "bytes identical" in out
+def test_tiny_llama_round_trips_and_transformers_loads_it(tmp_path):
+    tensors = build_tiny_llama()
     folder = tmp_path / "tiny-llama"
+    write_checkpoint(str(folder), tensors, TINY_LLAMA,
+                     max_shard_size=sum(v.nbytes for v in tensors.values()) // 2 + 1)
+    round_trip(str(folder), str(tmp_path / "rt.safetensors"))  # bf16 -> f32 -> bf16 is exact
+    with st.open(str(tmp_path / "rt.safetensors")) as g:
+        assert all(g.get(k).tobytes() == v.tobytes() for k, v in tensors.items())
     files = sorted(os.listdir(folder))
     assert "model.safetensors.index.json" in files and "config.json" in files
     assert any(f.startswith("model-00001-of-") for f in files)

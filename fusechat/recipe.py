@@ -1,0 +1,462 @@
+"""``fusechat run RECIPE.yaml``: the whole FuseChat pipeline from one YAML recipe, resumable.
+
+A recipe names the pivot, the sources, the dataset and the options of every stage (schema:
+``SCHEMA`` below and docs/pipeline.md). The runner plans these steps, in order:
+
+  split            dataset -> data/train.jsonl + data/eval.jsonl (held-out split)
+  extract/<name>   every model's TopK store on the training split
+  align/<source>   each source's store aligned to the pivot's tokens and vocabulary
+  fuse/<source>    pivot store + one aligned source store -> fused store (pairwise fusion)
+  train/<source>   the pivot fine-tuned on each fused store (one target per source)
+  train/sft        the pivot fine-tuned with plain CE on the same data (baseline; optional)
+  merge            the targets merged onto the pivot (SCE by default; needs >= 2 targets)
+  eval             pivot, SFT, targets, merged model scored on the held-out split
+
+Each step's output is a folder under ``output``; beside its files the runner writes
+``.fusechat-step.json`` with the step's fingerprint (a SHA-256 of its resolved options and
+of its inputs' fingerprints, so a change anywhere upstream reruns everything downstream).
+A step whose output folder carries a matching fingerprint is skipped; a folder without one
+(an interrupted step) or with another one is removed and the step runs again. The run log
+(``run.log.jsonl``: time, step, ran/skipped, seconds) and the resolved recipe
+(``recipe.resolved.yaml``) are written into ``output``.
+"""
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+
+import yaml
+
+from .errors import ConfigError
+
+LOG = logging.getLogger(__name__)
+MARKER = ".fusechat-step.json"
+RUN_LOG = "run.log.jsonl"
+
+# section -> {key: default}; None means "no default" (required keys are checked apart)
+SCHEMA = {
+    "pivot": {"name": "pivot", "model": None, "tokenizer": None},
+    "dataset": {"path": None, "template": "openchat_3.5", "max_length": 2048,
+                "skip_bad_records": False, "eval_fraction": 0.1, "eval_size": None,
+                "split_seed": 0},
+    "extract": {"k": 10, "batch_size": 8, "dtype": "bfloat16", "device": "cpu",
+                "logits_dtype": "F16"},
+    "align": {"method": "dtw", "map": "ms"},
+    "fuse": {"rule": "mince", "level": "sequence"},
+    "train": {"lm_weight": 0.9, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
+              "max_steps": None, "seed": 42, "bf16": False, "device": None},
+    "baseline": {"sft": True, "lm_weight": 1.0},
+    "merge": {"method": "sce", "parameters": {"select_topk": 0.1}, "dtype": "float32",
+              "seed": 0},
+    "eval": {"enabled": True, "baseline": None, "max_new_tokens": 16, "max_items": None,
+             "sources": False},
+}
+SOURCE_KEYS = {"name": None, "model": None, "tokenizer": None}
+TOP_KEYS = ("pivot", "sources", "dataset", "extract", "align", "fuse", "train", "baseline",
+            "merge", "eval", "output")
+
+
+def _check_keys(section, given, valid):
+    if not isinstance(given, dict):
+        raise ConfigError(f"recipe: {section}: expected a mapping, got {type(given).__name__}")
+    for key in given:
+        if key not in valid:
+            raise ConfigError(f"recipe: unknown key {section}.{key}; valid keys of {section}: "
+                              f"{', '.join(valid)}")
+
+
+def load_recipe(recipe, base_dir=None):
+    """The resolved recipe (a dict with every default filled in) of a path, YAML string or dict.
+    Relative paths are resolved against the recipe file's folder (or ``base_dir``)."""
+    if isinstance(recipe, dict):
+        raw, where = copy.deepcopy(recipe), "recipe"
+    else:
+        text, where = recipe, "recipe"
+        if isinstance(recipe, os.PathLike) or (isinstance(recipe, str) and "\n" not in recipe
+                                               and os.path.exists(recipe)):
+            where = os.fspath(recipe)
+            with open(where, encoding="utf-8") as f:
+                text = f.read()
+            base_dir = base_dir or os.path.dirname(os.path.abspath(where))
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    base_dir = base_dir or os.getcwd()
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(TOP_KEYS)}")
+    out = {}
+    for section, defaults in SCHEMA.items():
+        given = raw.get(section) or {}
+        if section == "pivot" and isinstance(given, str):
+            given = {"model": given}
+        _check_keys(section, given, defaults)
+        out[section] = {**copy.deepcopy(defaults), **given}
+    sources = raw.get("sources") or []
+    if not isinstance(sources, list):
+        raise ConfigError(f"{where}: sources: expected a list")
+    out["sources"] = []
+    for i, s in enumerate(sources):
+        s = {"model": s} if isinstance(s, str) else s
+        _check_keys(f"sources[{i}]", s, SOURCE_KEYS)
+        s = {**SOURCE_KEYS, **s}
+        if not s["model"]:
+            raise ConfigError(f"{where}: sources[{i}].model is required")
+        s["name"] = s["name"] or f"source{i}"
+        out["sources"].append(s)
+    for req in ("pivot.model", "dataset.path"):
+        sec, key = req.split(".")
+        if not out[sec][key]:
+            raise ConfigError(f"{where}: {req} is required")
+    if "output" not in raw or not raw["output"]:
+        raise ConfigError(f"{where}: output is required (the folder for every step's output)")
+    names = [out["pivot"]["name"]] + [s["name"] for s in out["sources"]]
+    if len(set(names)) != len(names) or "sft" in names:
+        raise ConfigError(f"{where}: model names must be distinct and not 'sft': {names}")
+    out["eval"]["baseline"] = out["eval"]["baseline"] or out["pivot"]["name"]
+    if not 0 <= float(out["dataset"]["eval_fraction"]) < 1:
+        raise ConfigError(f"{where}: dataset.eval_fraction must be in [0, 1)")
+
+    def local(p, hub_ok=True):
+        if p is None:
+            return None
+        p = os.path.expanduser(str(p))
+        full = os.path.abspath(p if os.path.isabs(p) else os.path.join(base_dir, p))
+        # a model name that is not a local path stays as is (a Hugging Face Hub id)
+        if hub_ok and not os.path.exists(full) and not p.startswith((".", "/", "~")):
+            return p
+        return full
+
+    for m in [out["pivot"]] + out["sources"]:
+        m["model"], m["tokenizer"] = local(m["model"]), local(m["tokenizer"])
+    out["dataset"]["path"] = local(out["dataset"]["path"], hub_ok=False)
+    out["output"] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(str(raw["output"]))))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# fingerprints
+
+def _hash(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def path_fingerprint(path):
+    """A file's SHA-256, or a folder's hash over its files' names and contents (model folders
+    are hashed once per run; a Hub id, not a local path, is its own fingerprint)."""
+    if not os.path.exists(path):
+        return "name:" + str(path)
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f != MARKER)
+    for f in files:
+        h.update(os.path.relpath(f, path).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def read_marker(folder):
+    return read_marker_file(os.path.join(folder, MARKER))
+
+
+def read_marker_file(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_marker(folder, step, fingerprint):
+    tmp = os.path.join(folder, MARKER + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"step": step, "fingerprint": fingerprint}, f, indent=1)
+    os.replace(tmp, os.path.join(folder, MARKER))
+
+
+# --------------------------------------------------------------------------------------
+# steps
+
+class Step:
+    """One unit of work: ``fn(out)`` writes the folder ``out``; ``key`` is what it depends on
+    (options and the fingerprints of its inputs)."""
+
+    def __init__(self, name, out, key, fn):
+        self.name, self.out, self.fn = name, out, fn
+        self.fingerprint = _hash({"step": name, **key})
+
+
+def split_dataset(path, out, *, eval_fraction, eval_size, seed, skip_bad_records=False):
+    """Write out/train.jsonl and out/eval.jsonl: a seeded random held-out split of the
+    dataset's valid records, and out/split.json with the counts. Records are validated here
+    (chat.load_conversations), so a bad record's error names its row in the dataset; with
+    ``skip_bad_records`` bad rows are left out of both splits and listed in split.json."""
+    import numpy as np
+
+    from .chat import load_conversations, read_records
+
+    records = read_records(path)
+    convs, n_bad = load_conversations(records, skip_bad_records=skip_bad_records, name=path)
+    good = [c.index for c in convs]
+    bad = sorted(set(range(len(records))) - set(good))
+    if n_bad:
+        LOG.warning("%s: skipped %d bad record(s): rows %s", path, n_bad, bad[:20])
+    n_eval = int(eval_size) if eval_size is not None else int(round(len(good) * eval_fraction))
+    if not 0 <= n_eval < len(good):
+        raise ConfigError(f"dataset: the held-out split ({n_eval} rows) must leave training "
+                          f"rows out of {len(good)} valid records")
+    order = np.random.default_rng(seed).permutation(len(good))
+    held = {good[i] for i in order[:n_eval].tolist()}
+    os.makedirs(out, exist_ok=True)
+    for name, keep in (("train.jsonl", lambda i: i not in held), ("eval.jsonl", held.__contains__)):
+        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+            for i in good:
+                if keep(i):
+                    f.write(json.dumps(records[i], ensure_ascii=False) + "\n")
+    with open(os.path.join(out, "split.json"), "w", encoding="utf-8") as f:
+        json.dump({"records": len(records), "train": len(good) - n_eval, "eval": n_eval,
+                   "skipped_bad_records": bad}, f, indent=1)
+
+
+def _tokenizer_of(m):
+    return m["tokenizer"] or m["model"]
+
+
+def _copy_tokenizer(src, dst):
+    """Copy the tokenizer files of HF folder src into dst (merge outputs carry weights and
+    config only)."""
+    if not os.path.isdir(src):
+        return
+    for f in os.listdir(src):
+        if (f.startswith("tokenizer") or f in ("special_tokens_map.json", "vocab.json",
+                                                "merges.txt", "chat_template.jinja")) \
+                and not os.path.exists(os.path.join(dst, f)):
+            shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
+
+
+def plan(r, *, quiet=False):
+    """The steps of resolved recipe ``r``, in order."""
+    out, ds, ex, tr = r["output"], r["dataset"], r["extract"], r["train"]
+    pivot, sources = r["pivot"], r["sources"]
+    fp_cache = {}
+
+    def fp(path):
+        if path not in fp_cache:
+            fp_cache[path] = path_fingerprint(path)
+        return fp_cache[path]
+
+    data_dir = os.path.join(out, "data")
+    split_opts = {k: ds[k] for k in ("eval_fraction", "eval_size", "split_seed",
+                                      "skip_bad_records")}
+    split = Step("split", data_dir, {"data": fp(ds["path"]), **split_opts},
+                 lambda o: split_dataset(ds["path"], o, eval_fraction=ds["eval_fraction"],
+                                         eval_size=ds["eval_size"], seed=ds["split_seed"],
+                                         skip_bad_records=ds["skip_bad_records"]))
+    steps = [split]
+    train_data = os.path.join(data_dir, "train.jsonl")
+    ext_opts = {**ex, "template": ds["template"], "max_length": ds["max_length"],
+                "skip_bad_records": ds["skip_bad_records"]}
+    stores = {}
+    for m in [pivot] + sources:
+        def run_extract(o, m=m):
+            from .extract import extract
+            extract(m["model"], train_data, o, tokenizer=m["tokenizer"], quiet=quiet, **ext_opts)
+        s = Step(f"extract/{m['name']}", os.path.join(out, "stores", m["name"]),
+                 {"model": fp(m["model"]), "tokenizer": fp(_tokenizer_of(m)),
+                  "data": split.fingerprint, **ext_opts}, run_extract)
+        stores[m["name"]] = s
+        steps.append(s)
+
+    train_opts = {k: v for k, v in tr.items()}
+    targets = []
+    for src in sources:
+        piv_store, src_store = stores[pivot["name"]], stores[src["name"]]
+
+        def run_align(o, src=src):
+            from .align_stage import align_stores
+            align_stores(piv_store.out, stores[src["name"]].out, o,
+                         pivot_tokenizer=_tokenizer_of(pivot),
+                         source_tokenizer=_tokenizer_of(src), method=r["align"]["method"],
+                         map=r["align"]["map"], quiet=quiet)
+        al = Step(f"align/{src['name']}", os.path.join(out, "aligned", src["name"]),
+                  {"pivot": piv_store.fingerprint, "source": src_store.fingerprint,
+                   **r["align"]}, run_align)
+
+        def run_fuse(o, al=al):
+            from .fuse_stage import fuse_stores
+            fuse_stores(piv_store.out, [al.out], o, quiet=quiet, **r["fuse"])
+        fu = Step(f"fuse/{src['name']}", os.path.join(out, "fused", src["name"]),
+                  {"pivot": piv_store.fingerprint, "aligned": al.fingerprint, **r["fuse"]},
+                  run_fuse)
+        tg = _train_step(f"train/{src['name']}", os.path.join(out, "models", f"target-{src['name']}"),
+                         pivot, fp, fu, train_opts, quiet)
+        steps += [al, fu, tg]
+        targets.append(tg)
+
+    sft = None
+    if r["baseline"]["sft"]:
+        sft = _train_step("train/sft", os.path.join(out, "models", "sft"), pivot, fp,
+                          stores[pivot["name"]],
+                          {**train_opts, "lm_weight": r["baseline"]["lm_weight"]}, quiet)
+        steps.append(sft)
+
+    merged = None
+    if len(targets) >= 2:
+        mg = r["merge"]
+        cfg = {"models": [{"model": t.out} for t in targets], "merge_method": mg["method"],
+               "base_model": pivot["model"], "parameters": mg["parameters"],
+               "dtype": mg["dtype"]}
+
+        def run_merge(o):
+            from . import merge
+            merge.run(cfg, o, seed=mg["seed"], quiet=quiet)
+            _copy_tokenizer(_tokenizer_of(pivot), o)
+        merged = Step("merge", os.path.join(out, "models", "fused"),
+                      {"pivot": fp(pivot["model"]), "targets": [t.fingerprint for t in targets],
+                       **mg}, run_merge)
+        steps.append(merged)
+
+    if r["eval"]["enabled"]:
+        models = [(pivot["name"], pivot["model"], _tokenizer_of(pivot), fp(pivot["model"]))]
+        if sft:
+            models.append(("sft", sft.out, sft.out, sft.fingerprint))
+        models += [(os.path.basename(t.out), t.out, t.out, t.fingerprint) for t in targets]
+        if merged:
+            models.append(("fused", merged.out, merged.out, merged.fingerprint))
+        if r["eval"]["sources"]:  # each source with its own tokenizer, for reference
+            models += [(f"source-{s['name']}", s["model"], _tokenizer_of(s), fp(s["model"]))
+                       for s in sources]
+        ev_opts = {**r["eval"], "template": ds["template"], "max_length": ds["max_length"]}
+
+        def run_eval(o):
+            evaluate_models(models, os.path.join(data_dir, "eval.jsonl"), o, ev_opts, quiet)
+        steps.append(Step("eval", os.path.join(out, "eval"),
+                          {"data": split.fingerprint, "models": [m[3] for m in models],
+                           **ev_opts}, run_eval))
+    return steps
+
+
+def _train_step(name, out, pivot, fp, store_step, opts, quiet):
+    def run_train(o):
+        from .train import train
+        train(pivot["model"], store_step.out, o, tokenizer=pivot["tokenizer"], quiet=quiet,
+              **opts)
+    return Step(name, out, {"pivot": fp(pivot["model"]), "tokenizer": fp(_tokenizer_of(pivot)),
+                            "store": store_step.fingerprint, **opts}, run_train)
+
+
+def evaluate_models(models, data, out, opts, quiet=False):
+    """Score [(name, model, tokenizer, _)] on data; write out/results.json (per-item scores)
+    and out/table.txt (compare() against opts["baseline"])."""
+    from transformers import AutoTokenizer
+
+    from .chat import load_conversations, read_records
+    from .evaluate import compare, evaluate, format_table
+
+    names = [m[0] for m in models]
+    if opts.get("baseline") and opts["baseline"] not in names:
+        raise ConfigError(f"eval.baseline {opts['baseline']!r}: not one of the evaluated "
+                          f"models {names}")
+    convs, _ = load_conversations(read_records(data), skip_bad_records=True, name=data)
+    if opts.get("max_items"):
+        convs = convs[:int(opts["max_items"])]
+    results = []
+    for name, model, tok, _ in models:
+        results.append(evaluate(model, convs, tokenizer=AutoTokenizer.from_pretrained(tok),
+                                name=name, template=opts["template"],
+                                max_length=opts["max_length"],
+                                max_new_tokens=opts["max_new_tokens"], quiet=quiet))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump([{"name": e.name, "index": e.index.tolist(), "skill": e.skill.tolist(),
+                    "nll": e.nll.tolist(), "exact": e.exact.tolist()} for e in results], f)
+    rows = compare(results, baseline=opts.get("baseline"))
+    with open(os.path.join(out, "table.txt"), "w", encoding="utf-8") as f:
+        f.write(format_table(rows) + "\n")
+
+
+def load_results(folder):
+    """The EvalResults an eval step wrote (``folder``/results.json)."""
+    import numpy as np
+
+    from .evaluate import EvalResult
+
+    with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
+        rows = json.load(f)
+    return [EvalResult(r["name"], np.asarray(r["index"], np.int64),
+                       np.asarray(r["skill"], dtype=object), np.asarray(r["nll"]),
+                       np.asarray(r["exact"])) for r in rows]
+
+
+# --------------------------------------------------------------------------------------
+# the runner
+
+def _log(out, entry):
+    with open(os.path.join(out, RUN_LOG), "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def run(recipe, *, workdir=None, quiet=False, say=None):
+    """Run every step of ``recipe`` that is not already done. ``workdir`` overrides the
+    recipe's output folder. Returns {step name: output folder}."""
+    r = load_recipe(recipe)
+    if workdir is not None:
+        r["output"] = os.path.abspath(workdir)
+    out = r["output"]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "recipe.resolved.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(r, f, sort_keys=False)
+    steps = plan(r, quiet=quiet)
+    run_steps(steps, out, say=say)
+    return {s.name: s.out for s in steps}
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def run_steps(steps, log_dir, say=None):
+    """Run the steps not already done (see the module docstring), logging into log_dir."""
+    say = say or (lambda msg: LOG.info("%s", msg))
+    os.makedirs(log_dir, exist_ok=True)
+    for step in steps:
+        t0 = time.time()
+        marker = read_marker(step.out)
+        if marker and marker.get("fingerprint") == step.fingerprint:
+            _log(log_dir, {"time": _now(), "step": step.name, "status": "skipped",
+                           "seconds": 0.0, "fingerprint": step.fingerprint})
+            say(f"{step.name}: up to date, skipped")
+            continue
+        if os.path.lexists(step.out):
+            # interrupted (no marker) or made from other inputs: start it over
+            shutil.rmtree(step.out)
+        # a stage's own resume state (train's OUT.partial) is kept only for the same inputs
+        pending = step.out + ".pending.json"
+        if (read_marker_file(pending) or {}).get("fingerprint") != step.fingerprint:
+            shutil.rmtree(step.out + ".partial", ignore_errors=True)
+        os.makedirs(os.path.dirname(step.out), exist_ok=True)
+        with open(pending, "w", encoding="utf-8") as f:
+            json.dump({"step": step.name, "fingerprint": step.fingerprint}, f)
+        say(f"{step.name}: running")
+        _log(log_dir, {"time": _now(), "step": step.name, "status": "started",
+                       "fingerprint": step.fingerprint})
+        step.fn(step.out)
+        write_marker(step.out, step.name, step.fingerprint)
+        os.remove(pending)
+        dt = time.time() - t0
+        _log(log_dir, {"time": _now(), "step": step.name, "status": "ran",
+                       "seconds": round(dt, 3), "fingerprint": step.fingerprint})
+        say(f"{step.name}: done in {dt:.1f} s")
+
+
+def read_run_log(out):
+    with open(os.path.join(out, RUN_LOG), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

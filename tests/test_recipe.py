@@ -1,0 +1,266 @@
+"""`fusechat run` (fusechat.recipe), `fusechat eval` and `fusechat demo --quick`, end to end on
+tiny models built here: the tiny recipe runs every stage; an interrupted run resumes without
+redoing finished steps and gives the same outputs as an uninterrupted one; recipe and
+dataset errors name what is wrong."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from fusechat import cli, demo_data, demo_models, recipe  # noqa: E402
+from fusechat.errors import ConfigError, FormatError  # noqa: E402
+from fusechat.store import open_store  # noqa: E402
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples")
+TINY = os.path.join(EXAMPLES, "recipes", "tiny.yaml")
+MODELS = [("pivot", "llama", "metaspace"), ("qwen2", "qwen2", "byte_level"),
+          ("gpt2", "gpt2", "unigram")]
+
+
+def build_tiny_models(folder, n=40):
+    """The tiny recipe's inputs: three briefly trained models and a dataset, in ``folder``."""
+    for i, (name, arch, kind) in enumerate(MODELS):
+        tok = demo_models.train_tokenizer(kind)
+        model = demo_models.build_model(arch, tok, hidden=16, layers=1, seed=i)
+        demo_models.train_chat_model(model, tok, demo_data.make_dataset(32, seed=i), epochs=1,
+                                     quiet=True)
+        demo_models.save(model, tok, os.path.join(folder, "tiny-models", name))
+    with open(os.path.join(folder, "tiny-data.jsonl"), "w") as f:
+        for rec in demo_data.make_dataset(n, seed=3):
+            f.write(json.dumps(rec) + "\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-inputs")
+    build_tiny_models(str(folder))
+    return folder
+
+
+def place_recipe(tiny_inputs, tmp_path):
+    """A copy of examples/recipes/tiny.yaml beside (links to) the tiny models and data."""
+    shutil.copy(TINY, tmp_path / "tiny.yaml")
+    for name in ("tiny-models", "tiny-data.jsonl"):
+        os.symlink(tiny_inputs / name, tmp_path / name)
+    return str(tmp_path / "tiny.yaml")
+
+
+def tree_digest(folder):
+    """{relative path: sha256} of every file under folder (markers included)."""
+    out = {}
+    for d, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+STEPS = ["split", "extract/pivot", "extract/qwen2", "extract/gpt2", "align/qwen2", "fuse/qwen2",
+         "train/qwen2", "align/gpt2", "fuse/gpt2", "train/gpt2", "train/sft", "merge", "eval"]
+
+
+def outputs(out):
+    """Digests of the content every step wrote: store shards and model weights (.safetensors),
+    the splits, the per-item scores and the table. Manifests, configs and logs are left out:
+    they record the work folder's own path."""
+    return {k: v for k, v in tree_digest(out).items()
+            if k.endswith((".safetensors", ".jsonl", "results.json", "table.txt"))
+            and not k.startswith("run.log")}
+
+
+def test_tiny_recipe_runs_then_resumes_after_an_interruption(tiny_inputs, tmp_path,
+                                                             monkeypatch, capsys):
+    path = place_recipe(tiny_inputs, tmp_path)
+    clean = str(tmp_path / "clean")
+    assert cli.main(["-q", "run", path, "--workdir", clean]) == 0
+    table = capsys.readouterr().out
+    for model in ("pivot", "sft", "target-qwen2", "target-gpt2", "fused"):
+        assert f"\n{model} " in table
+    log = recipe.read_run_log(clean)
+    assert [e["step"] for e in log if e["status"] == "ran"] == STEPS
+    # the stages' outputs are what they claim: stores with the pivot's tokenizer after
+    # alignment and fusion, HF model folders that load
+    with open_store(os.path.join(clean, "stores", "pivot")) as piv, \
+            open_store(os.path.join(clean, "aligned", "gpt2")) as al, \
+            open_store(os.path.join(clean, "fused", "gpt2")) as fu:
+        assert al.fingerprint == piv.fingerprint == fu.fingerprint
+        assert len(piv) == len(fu) == 40 - 12
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(os.path.join(clean, "models", "fused"))
+    resolved = recipe.load_recipe(os.path.join(clean, "recipe.resolved.yaml"))
+    assert resolved["merge"]["parameters"] == {"select_topk": 0.1}
+
+    # interrupt the same recipe in a late step (the merge), then rerun it
+    resumed = str(tmp_path / "resumed")
+    from fusechat import merge
+
+    real_merge = merge.run
+
+    def broken(*a, **k):
+        raise KeyboardInterrupt("injected")
+    monkeypatch.setattr(merge, "run", broken)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.run(path, workdir=resumed, quiet=True)
+    before = outputs(resumed)
+    assert not os.path.exists(os.path.join(resumed, "models", "fused", recipe.MARKER))
+    n_first = len(recipe.read_run_log(resumed))
+    monkeypatch.setattr(merge, "run", real_merge)
+    recipe.run(path, workdir=resumed, quiet=True)
+    log = recipe.read_run_log(resumed)
+    second = log[n_first:]
+    assert [e["step"] for e in second if e["status"] == "skipped"] == STEPS[:11]
+    assert [e["step"] for e in second if e["status"] == "ran"] == ["merge", "eval"]
+    after = outputs(resumed)
+    assert sum(k.endswith(".safetensors") for k in after) >= 3 + 2 * 2 + 3 + 1
+    # the finished steps were not touched, and the outputs equal the uninterrupted run's
+    assert {k: v for k, v in after.items() if k in before and not k.startswith("models/fused")
+            and not k.startswith("eval")} == \
+        {k: v for k, v in before.items() if not k.startswith("models/fused")}
+    assert after == outputs(clean)
+
+    # a changed option reruns that step and everything downstream of it, nothing else
+    text = open(path).read().replace("select_topk: 0.1", "select_topk: 0.5")
+    open(path, "w").write(text)
+    recipe.run(path, workdir=resumed, quiet=True)
+    third = recipe.read_run_log(resumed)[len(log):]
+    assert [e["step"] for e in third if e["status"] == "ran"] == ["merge", "eval"]
+
+
+def test_fusechat_eval_compares_models(tiny_inputs, tmp_path, capsys):
+    data = tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_data.make_dataset(6, seed=9)))
+    models = [f"{n}={tiny_inputs / 'tiny-models' / n}" for n, *_ in MODELS]
+    assert cli.main(["-q", "eval", *models, "--data", str(data), "--baseline", "pivot",
+                     "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["model", "skill", "n"]
+    assert sum(1 for line in out if line.startswith("gpt2 ") and line.split()[1] == "all") == 1
+    assert cli.main(["eval", models[0], "--data", str(data), "--baseline", "nope"]) == 1
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    base = {"pivot": {"model": "p"}, "dataset": {"path": "d.jsonl"}, "output": "o"}
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'.*valid keys: pivot, sources"):
+        recipe.load_recipe({**base, "trian": {}})
+    with pytest.raises(ConfigError, match=r"train\.learning_rate.*valid keys of train: "
+                                          r"lm_weight, epochs, lr"):
+        recipe.load_recipe({**base, "train": {"learning_rate": 1e-5}})
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.path"):
+        recipe.load_recipe({**base, "sources": [{"path": "x"}]})
+    with pytest.raises(ConfigError, match="output is required"):
+        recipe.load_recipe({k: v for k, v in base.items() if k != "output"})
+    with pytest.raises(ConfigError, match="dataset.path is required"):
+        recipe.load_recipe({**base, "dataset": {}})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        recipe.load_recipe("pivot: [\n")
+
+
+def test_the_fusechat_7b_v2_recipe_parses():
+    r = recipe.load_recipe(os.path.join(EXAMPLES, "recipes", "fusechat-7b-v2.yaml"))
+    assert r["pivot"]["model"] == "openchat/openchat_3.5"  # Hub ids stay as they are
+    assert r["dataset"]["path"] == os.path.join(
+        EXAMPLES, "recipes", "data", "fusechat_v1_clean_split_2048_filter_wrong.json")
+    assert r["eval"]["baseline"] == "openchat-3.5"
+    assert [s["model"] for s in r["sources"]] == [
+        "berkeley-nest/Starling-LM-7B-alpha", "NousResearch/Nous-Hermes-2-SOLAR-10.7B",
+        "bartowski/internlm2-chat-20b-llama-old", "mistralai/Mixtral-8x7B-Instruct-v0.1",
+        "Qwen/Qwen1.5-72B-Chat"]
+    assert (r["extract"]["k"], r["train"]["lm_weight"], r["fuse"]["rule"]) == (10, 0.9, "mince")
+    assert r["merge"]["method"] == "sce" and r["merge"]["parameters"]["select_topk"] == 0.1
+    # the plan: 6 extractions, 5 x (align, fuse, train), SFT, merge, eval (nothing runs)
+    names = [s.name for s in recipe.plan(r)]
+    assert len(names) == 1 + 6 + 15 + 1 + 1 + 1 and names[-2:] == ["merge", "eval"]
+
+
+BAD = [  # (record, words the error must contain)
+    ({"messages": [{"content": "hi"}, {"role": "assistant", "content": "yo"}]}, "role"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+     "altern"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]},
+     "empty"),
+    ({"messages": [{"role": "user", "content": "word " * 200},
+                   {"role": "assistant", "content": "ok"}]}, "supervised"),
+]
+
+
+@pytest.mark.parametrize("bad,words", BAD, ids=["no-role", "not-alternating", "empty-answer",
+                                                 "truncated-away"])
+def test_bad_records_name_their_index_or_are_skipped(tiny_inputs, tmp_path, bad, words):
+    records = demo_data.make_dataset(10, seed=5)
+    records.insert(7, bad)
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    r = {"pivot": {"model": str(tiny_inputs / "tiny-models" / "pivot")},
+         "dataset": {"path": str(tmp_path / "data.jsonl"), "max_length": 64, "eval_size": 0},
+         "extract": {"k": 2, "dtype": "float32"}, "baseline": {"sft": False},
+         "eval": {"enabled": False}, "output": str(tmp_path / "out")}
+    with pytest.raises(FormatError, match=r"(?i)(record|row|index)\D*7\b.*" + words
+                       + "|" + words + r".*(record|row|index)\D*7\b"):
+        recipe.run(r, quiet=True)
+    r["dataset"]["skip_bad_records"] = True
+    out = recipe.run(r, workdir=str(tmp_path / "out2"), quiet=True)
+    # structural errors are caught when the dataset is split, truncation when the pivot's
+    # tokenizer is applied: either way one record is skipped and counted
+    split = json.load(open(os.path.join(out["split"], "split.json")))
+    with open_store(out["extract/pivot"]) as s:
+        assert len(s) == 10
+        assert len(split["skipped_bad_records"]) + s.manifest["info"]["skipped_records"] == 1
+        assert split["skipped_bad_records"] in ([], [7])
+
+
+def test_demo_quick_prints_the_table(tmp_path, capsys):
+    assert cli.main(["-q", "demo", "--quick", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("model "))
+    assert "NLL/token" in header and "exact match" in header
+    for model in ("pivot", "sft", "target-qwen2-arith", "target-gpt2-facts", "fused",
+                  "source-qwen2-arith", "source-gpt2-facts"):
+        rows = [line for line in out.splitlines() if line.startswith(model + " ")]
+        assert {line.split()[1] for line in rows} == {"arithmetic", "strings", "facts", "all"}
+    try:
+        import matplotlib  # noqa: F401
+        assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    except ImportError:
+        assert not (tmp_path / "demo.png").exists()
+    # a rerun reuses every step
+    assert cli.main(["-q", "demo", "--quick", "--workdir", str(tmp_path)]) == 0
+    log = recipe.read_run_log(str(tmp_path / "pipeline"))
+    runs = [e for e in log if e["status"] in ("ran", "skipped")]
+    assert {e["status"] for e in runs[len(runs) // 2:]} == {"skipped"}
+
+
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    """examples/quickstart.ipynb runs top to bottom (nbclient when installed, else its code
+    cells exec'd in order) and ends with the comparison table."""
+    import nbformat
+
+    nb = nbformat.read(os.path.join(EXAMPLES, "quickstart.ipynb"), as_version=4)
+    monkeypatch.setenv("FUSECHAT_QUICKSTART_DIR", str(tmp_path))
+    monkeypatch.setenv("FUSECHAT_DISABLE_PROGRESS_BARS", "1")
+    root = os.path.dirname(EXAMPLES)
+    monkeypatch.setenv("PYTHONPATH", root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        from nbclient import NotebookClient
+    except ImportError:
+        NotebookClient = None
+    if NotebookClient is not None:
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+        text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                       for o in c.get("outputs", []))
+    else:
+        import contextlib
+        import io
+        buf, scope = io.StringIO(), {}
+        with contextlib.redirect_stdout(buf):
+            for c in nb.cells:
+                if c.cell_type == "code":
+                    exec(compile(c.source, "quickstart.ipynb", "exec"), scope)
+        text = buf.getvalue()
+    assert "NLL/token" in text and "\nfused " in text
+    assert os.path.isdir(tmp_path / "fused-model")
