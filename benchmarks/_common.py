@@ -21,20 +21,34 @@ def machine():
     return f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
-def write_section(text, path=DOCS):
-    """Put `text` (starting with its '## heading' line) in place of the section with the same
-    heading, or append it; other sections are kept. Written atomically."""
+def write_section(text, path=DOCS, parent=None):
+    """Put `text` (starting with its '## heading' line, or '### heading' with `parent` the
+    '## heading' it belongs under) in place of the (sub)section with the same heading, or
+    append it (to the end of `parent`, created if missing); everything else is kept.
+    Written atomically."""
     heading = text.split("\n", 1)[0]
-    if not heading.startswith("## "):
-        raise ValueError(f"a section must start with a '## ' heading, got {heading!r}")
+    level = "### " if parent else "## "
+    if not heading.startswith(level):
+        raise ValueError(f"a section must start with a {level!r} heading, got {heading!r}")
     old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    start = old.find(heading + "\n")
     block = text.rstrip("\n") + "\n"
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + block
+
+    def end_of(start, stops):  # first following heading of the given levels, or the end
+        found = [i for i in (old.find(s, start + 1) for s in stops) if i >= 0]
+        return min(found) + 1 if found else len(old)
+
+    start = old.find("\n" + heading + "\n")
+    if start >= 0:
+        start += 1
+        end = end_of(start, ("\n## ", "\n### ") if parent else ("\n## ",))
+        new = old[:start] + block + ("\n" + old[end:] if end < len(old) else "")
+    elif parent and "\n" + parent + "\n" in old:
+        end = end_of(old.find("\n" + parent + "\n") + 1, ("\n## ",))
+        new = (old[:end].rstrip("\n") + "\n\n" + block
+               + ("\n" + old[end:] if end < len(old) else ""))
     else:
-        end = old.find("\n## ", start + len(heading))
-        new = old[:start] + block + ("\n" + old[end + 1:] if end >= 0 else "")
+        head = f"{parent}\n\n" if parent else ""
+        new = old.rstrip("\n") + "\n\n" + head + block
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(new)
     os.replace(path + ".tmp", path)

@@ -153,31 +153,8 @@ def align_fuse_lines(res):
     return lines
 
 
-def write_subsection(lines):
-    """Put ``lines`` under the Pipeline section of docs/benchmarks.md, replacing only this
-    subsection."""
-    path = os.path.join(ROOT, "docs", "benchmarks.md")
-    text = open(path).read()
-    block = "\n".join(lines) + "\n"
-    start = text.find(SUBSECTION)
-    if start >= 0:
-        nxt = min([i for i in (text.find("\n## ", start), text.find("\n### ", start + 1))
-                   if i >= 0] or [len(text)])
-        text = text[:start] + block + text[nxt + 1:]
-    elif "\n## Pipeline" in text:
-        sec = text.find("\n## Pipeline")
-        nxt = text.find("\n## ", sec + 1)
-        nxt = len(text) if nxt < 0 else nxt + 1
-        text = text[:nxt].rstrip("\n") + "\n\n" + block + ("\n" + text[nxt:] if nxt < len(text) else "")
-    else:
-        text = text.rstrip("\n") + "\n\n## Pipeline (bench_pipeline.py)\n\n" + block
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main():
-    from _common import machine
+    from _common import machine, write_section
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="100 conversations instead of 1000")
@@ -190,7 +167,7 @@ def main():
                  + (" (--quick)" if args.quick else "") + ".\n")
     print("\n".join(lines))
     if args.write_docs:
-        write_subsection(lines)
+        write_section("\n".join(lines) + "\n", parent="## Pipeline (bench_pipeline.py)")
 
 
 if __name__ == "__main__":

@@ -89,18 +89,15 @@ def build_model(arch, tokenizer, *, hidden=64, layers=2, heads=4, seed=0):
     vocab_size = len(tokenizer)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id)
+    # Llama and Qwen2 take the same config fields (grouped-query attention, untied head)
+    decoder = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 3,
+                   num_hidden_layers=layers, num_attention_heads=heads,
+                   num_key_value_heads=heads // 2, max_position_embeddings=256,
+                   tie_word_embeddings=False, **ids)
     if arch == "llama":
-        cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 3,
-                          num_hidden_layers=layers, num_attention_heads=heads,
-                          num_key_value_heads=heads // 2, max_position_embeddings=256,
-                          tie_word_embeddings=False, **ids)
-        return LlamaForCausalLM(cfg)
+        return LlamaForCausalLM(LlamaConfig(**decoder))
     if arch == "qwen2":
-        cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 3,
-                          num_hidden_layers=layers, num_attention_heads=heads,
-                          num_key_value_heads=heads // 2, max_position_embeddings=256,
-                          tie_word_embeddings=False, **ids)
-        return Qwen2ForCausalLM(cfg)
+        return Qwen2ForCausalLM(Qwen2Config(**decoder))
     if arch == "gpt2":
         cfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
                          n_positions=256, **ids)
