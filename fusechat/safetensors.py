@@ -105,7 +105,7 @@ class SafetensorsFile:
         dtype, shape, begin, end, off, nbytes, shard = self._handle().info(name)
         return TensorInfo(name, dtype, shape, begin, end, off, nbytes, self._shards[shard])
 
-    def get(self, name, dtype=None, threads=0):
+    def get(self, name, dtype=None, threads=0, out=None):
         """Tensor ``name`` as a NumPy array.
 
         ``dtype=None`` (or the stored dtype): a read-only view on the mapping, no copy; BF16
@@ -114,8 +114,18 @@ class SafetensorsFile:
         Another float dtype (float16, bfloat16, float32, float64): a new array converted in
         C on ``threads`` threads (0 = all), round to nearest even, NaN/inf kept. Integer and
         bool tensors convert only to their own dtype.
+
+        ``out``: an existing writeable, C-contiguous array of the tensor's shape to fill
+        instead (its dtype is the target when ``dtype`` is None), returned. This is how
+        parameters already allocated (a model's, a buffer reused across files) are loaded
+        without allocating and zeroing new memory.
         """
         h = self._handle()
+        if out is not None:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"get: out= for tensor {name!r} must be a numpy.ndarray, "
+                                f"not {type(out).__name__}")
+            return h.read(name, out.dtype if dtype is None else dtype, threads, out)
         if dtype is None:
             return h.view(name)
         stored = h.info(name)[0]
@@ -123,6 +133,20 @@ class SafetensorsFile:
         if want == stored:
             return h.view(name)
         return h.read(name, dtype, threads)
+
+    def load_into(self, arrays, threads=0):
+        """Fill ``arrays`` (a dict name -> ndarray, e.g. a model's parameters as NumPy) in
+        place with the tensors of the same names, converted to each array's dtype. Every name
+        must exist here (KeyError naming it); shapes must match (ValueError). Returns
+        ``arrays``."""
+        h = self._handle()
+        missing = [n for n in arrays if not h.contains(n)]
+        if missing:
+            raise KeyError(f"load_into: {len(missing)} tensor(s) not in {self.path!r}, "
+                           f"first: {missing[0]!r}")
+        for n, a in arrays.items():
+            self.get(n, threads=threads, out=a)
+        return arrays
 
     def __getitem__(self, name):
         return self.get(name)

@@ -182,6 +182,51 @@ def test_get_integer_conversion_refused(tmp_path):
             f.get("nope")
 
 
+@pytest.mark.parametrize("dst_dt", [np.float16, ml_dtypes.bfloat16, np.float32])
+def test_get_into_existing_array_matches_a_new_one(tmp_path, dst_dt):
+    rng = np.random.default_rng(3)
+    tensors = {"w": random_array(ml_dtypes.bfloat16, (129, 65), rng),
+               "b": random_array(np.float32, (65,), rng),
+               "s": random_array(np.float16, (), rng)}
+    st.save(tensors, tmp_path / "m.safetensors")
+    with st.open(tmp_path / "m.safetensors") as f:
+        outs = {k: np.full(v.shape, 7, dst_dt) for k, v in tensors.items()}
+        ids = {k: id(v) for k, v in outs.items()}
+        assert f.load_into(outs, threads=2) is outs
+        for k, a in tensors.items():
+            assert id(outs[k]) == ids[k]  # filled in place, not replaced
+            assert same_bytes(outs[k], f.get(k, dtype=dst_dt))
+        # out= alone: its dtype is the target; the same array comes back
+        o = np.empty((129, 65), np.float64)
+        with np.errstate(invalid="ignore"):
+            want = tensors["w"].astype(np.float64)
+        assert f.get("w", out=o) is o and same_bytes(o, want)
+
+
+def test_get_into_bad_out_names_the_tensor(tmp_path):
+    st.save({"w": np.ones((4, 6), np.float32), "i": np.arange(3, dtype=np.int32)},
+            tmp_path / "m.safetensors")
+    with st.open(tmp_path / "m.safetensors") as f:
+        with pytest.raises(ValueError, match="'w'.*shape"):
+            f.get("w", out=np.empty((6, 4), np.float32))
+        with pytest.raises(TypeError, match="'w'.*dtype F16, expected F32"):
+            f.get("w", dtype=np.float32, out=np.empty((4, 6), np.float16))
+        with pytest.raises(ValueError, match="'w'.*C-contiguous"):
+            f.get("w", out=np.empty((6, 4), np.float32).T)
+        ro = np.empty((4, 6), np.float32)
+        ro.flags.writeable = False
+        with pytest.raises(ValueError, match="'w'.*writeable"):
+            f.get("w", out=ro)
+        with pytest.raises(TypeError, match="'w'.*ndarray"):
+            f.get("w", out=[0.0] * 24)
+        with pytest.raises(TypeError, match="'i'"):
+            f.get("i", out=np.empty(3, np.float32))  # integers convert only to themselves
+        i = np.zeros(3, np.int32)
+        assert same_bytes(f.get("i", out=i), np.arange(3, dtype=np.int32))
+        with pytest.raises(KeyError, match="'nope'"):
+            f.load_into({"w": np.empty((4, 6), np.float32), "nope": np.empty(1, np.float32)})
+
+
 # ---------------------------------------------------------------------------------------
 # views and the mapping's lifetime
 

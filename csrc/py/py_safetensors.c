@@ -138,12 +138,45 @@ static PyObject *stmodel_view(STModel *self, PyObject *name) {
     return arr;
 }
 
-/* read(name, dtype, threads=0) -> new ndarray, converted in C with the GIL released */
+/* out= must be an ndarray we may write: C-contiguous, aligned, of the tensor's shape and the
+ * requested dtype. Anything else is a TypeError/ValueError naming the tensor. */
+static int check_out(PyObject *out, const fc_st_tensor_info *t, int dt, const npy_intp *dims) {
+    if (!PyArray_Check(out)) {
+        PyErr_Format(PyExc_TypeError, "read: out= for tensor '%s' must be a numpy.ndarray, not %s",
+                     t->name, Py_TYPE(out)->tp_name);
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)out;
+    int have = fc_py_dtype_from_descr(PyArray_DESCR(a));
+    if (have != dt) {
+        PyErr_Format(PyExc_TypeError, "read: out= for tensor '%s' has dtype %s, expected %s",
+                     t->name, have < 0 ? "?" : fc_dtype_name((fc_dtype)have),
+                     fc_dtype_name((fc_dtype)dt));
+        return -1;
+    }
+    int same = PyArray_NDIM(a) == t->ndim;
+    for (int d = 0; same && d < t->ndim; d++) same = PyArray_DIMS(a)[d] == dims[d];
+    if (!same) {
+        PyErr_Format(PyExc_ValueError, "read: out= for tensor '%s' has the wrong shape "
+                     "(it must equal the tensor's)", t->name);
+        return -1;
+    }
+    if (!PyArray_ISCARRAY(a)) {
+        PyErr_Format(PyExc_ValueError, "read: out= for tensor '%s' must be writeable, aligned "
+                     "and C-contiguous", t->name);
+        return -1;
+    }
+    return 0;
+}
+
+/* read(name, dtype, threads=0, out=None) -> ndarray converted in C with the GIL released:
+ * a new one, or `out` filled in place (no allocation: loading into existing parameters) */
 static PyObject *stmodel_read(STModel *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"name", "dtype", "threads", NULL};
-    PyObject *name, *dt_obj;
+    static char *kwlist[] = {"name", "dtype", "threads", "out", NULL};
+    PyObject *name, *dt_obj, *out = Py_None;
     int threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|i:read", kwlist, &name, &dt_obj, &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|iO:read", kwlist, &name, &dt_obj, &threads,
+                                     &out))
         return NULL;
     const fc_st_tensor_info *t = lookup(self, name);
     if (!t) return NULL;
@@ -151,11 +184,15 @@ static PyObject *stmodel_read(STModel *self, PyObject *args, PyObject *kw) {
     if (dt < 0) return NULL;
     npy_intp dims[NPY_MAXDIMS];
     if (np_dims(t, dims) < 0) return NULL;
-    PyArray_Descr *descr = fc_py_descr_from_dtype((fc_dtype)dt);
-    if (!descr) return NULL;
-    PyObject *out = PyArray_NewFromDescr(&PyArray_Type, descr, t->ndim, dims, NULL, NULL, 0,
-                                         NULL);
-    if (!out) return NULL;
+    if (out == Py_None) {
+        PyArray_Descr *descr = fc_py_descr_from_dtype((fc_dtype)dt);
+        if (!descr) return NULL;
+        out = PyArray_NewFromDescr(&PyArray_Type, descr, t->ndim, dims, NULL, NULL, 0, NULL);
+        if (!out) return NULL;
+    } else {
+        if (check_out(out, t, dt, dims) < 0) return NULL;
+        Py_INCREF(out);
+    }
     int64_t index = t - fc_st_tensor(self->m, 0);
     fc_error err;
     fc_error_clear(&err);
@@ -186,7 +223,7 @@ static PyMethodDef stmodel_methods[] = {
      "tensors in shards that the index does not list"},
     {"view", (PyCFunction)stmodel_view, METH_O, "view(name) -> read-only zero-copy ndarray"},
     {"read", (PyCFunction)(void (*)(void))stmodel_read, METH_VARARGS | METH_KEYWORDS,
-     "read(name, dtype, threads=0) -> new ndarray converted to dtype"},
+     "read(name, dtype, threads=0, out=None) -> ndarray converted to dtype"},
     {"prefetch", (PyCFunction)stmodel_prefetch, METH_O, "prefetch(name): madvise WILLNEED"},
     {NULL, NULL, 0, NULL},
 };
