@@ -10,6 +10,7 @@ import os
 import sys
 
 from .errors import ConfigError, CudaError, FormatError, SafetensorsError, TokenizerError
+from .progress import disable_all_bars
 
 LOG = logging.getLogger("fusechat")
 USER_ERRORS = (OSError, ValueError, TypeError, SafetensorsError, TokenizerError, FormatError,
@@ -311,7 +312,7 @@ def main(argv=None):
         "DEBUG" if args.verbose >= 2 else "INFO" if args.verbose == 1 else "WARNING")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.quiet:
-        os.environ["FUSECHAT_DISABLE_PROGRESS_BARS"] = "1"
+        disable_all_bars()
     try:
         return args._run(args)
     except USER_ERRORS as exc:

@@ -44,3 +44,15 @@ def tqdm(iterable=None, disable=None, **kwargs):
     if _tqdm is None or disable is True or bars_disabled():
         return _Silent(iterable, **kwargs)
     return _tqdm(iterable, disable=disable, **kwargs)
+
+
+def disable_all_bars():
+    """--quiet: fusechat's bars and those of transformers / huggingface_hub / datasets."""
+    import sys
+
+    os.environ["FUSECHAT_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by those libraries when imported
+    if "huggingface_hub" in sys.modules:  # already imported: tell them now
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()

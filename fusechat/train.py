@@ -15,6 +15,7 @@ a Hugging Face folder that appears at ``out`` only when complete.
 Multi-GPU: the Trainer runs under torchrun/accelerate with DDP, FSDP or DeepSpeed
 (``training_args=`` passes any ``TrainingArguments``; docs/pipeline.md has launch lines).
 """
+import json
 import logging
 import os
 import shutil
@@ -175,9 +176,14 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
     if torch is None:
         raise ImportError("fusechat.train needs torch and transformers (pip install fusechat[torch])")
     out = os.fspath(out)
+    settings = _settings(pivot_model, fused_store, lm_weight=lm_weight, temperature=temperature,
+                         kind=kind, epochs=epochs, lr=lr, batch_size=batch_size,
+                         grad_accum=grad_accum, max_steps=max_steps, seed=seed, bf16=bf16,
+                         max_length=max_length, training_args=training_args)
     if os.path.exists(out) and not overwrite:
         if os.path.exists(os.path.join(out, "config.json")):
-            LOG.info("%s: already trained, skipped", out)
+            _check_settings(out, settings, what=f"{out}: already trained", skip=())
+            LOG.info("%s: already trained with these settings, skipped", out)
             return out
         raise FileExistsError(f"{out}: exists and is not a model folder (pass overwrite=True)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -207,20 +213,74 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
                                 data_collator=FusionCollator(pad_id, store.k, max_length),
                                 processing_class=tokenizer, lm_weight=lm_weight,
                                 temperature=temperature, kind=kind)
+        if quiet:  # with no progress bar, HF prints every log dict instead
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         trainer.accelerator.wait_for_everyone()  # rank 0 has cleared OUT.partial
         resume = _last_checkpoint(work)
         if resume:
+            # a longer run (epochs, max_steps) may continue a checkpoint; other changes may not
+            _check_settings(work, settings, what=f"{work}: a checkpoint",
+                            skip=("epochs", "max_steps"))
             LOG.info("resuming from %s", resume)
+        if trainer.args.should_save:
+            _write_settings(work, settings)
         trainer.train(resume_from_checkpoint=resume)
         final = os.path.join(work, "final")
         trainer.save_model(final)
         if trainer.args.should_save:
+            _write_settings(final, settings)
             _publish(final, out, overwrite)
             shutil.rmtree(work, ignore_errors=True)
         trainer.accelerator.wait_for_everyone()
     finally:
         store.close()
     return out
+
+
+SETTINGS_FILE = "fusechat_train.json"
+
+
+def _settings(pivot_model, fused_store, **options):
+    """What defines a training run's result: the pivot, the store and every option."""
+    if isinstance(pivot_model, (str, os.PathLike)):
+        pivot = os.path.abspath(os.fspath(pivot_model))
+    else:  # a loaded model: its origin is the best name it has
+        pivot = getattr(getattr(pivot_model, "config", None), "_name_or_path", "") or "(in memory)"
+    store = open_store(fused_store)
+    try:
+        m = store.manifest
+        store_id = {"path": os.path.abspath(os.fspath(fused_store)),
+                    "tokenizer_fingerprint": m.get("tokenizer_fingerprint"),
+                    "n_samples": m.get("n_samples"), "n_tokens": m.get("n_tokens")}
+    finally:
+        store.close()
+    return json.loads(json.dumps({"pivot": pivot, "store": store_id, **options}, default=str))
+
+
+def _write_settings(folder, settings):
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, SETTINGS_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(folder, SETTINGS_FILE))
+
+
+def _check_settings(folder, settings, *, what, skip):
+    """FileExistsError naming every setting that differs from the run recorded in ``folder``
+    (a folder without a record, e.g. from an older fusechat, is accepted as it is)."""
+    path = os.path.join(folder, SETTINGS_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    diff = [k for k in sorted(set(old) | set(settings))
+            if k not in skip and old.get(k) != settings.get(k)]
+    if diff:
+        detail = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff)
+        raise FileExistsError(f"{what} with other settings ({detail}): pass overwrite=True "
+                              "(CLI --overwrite) to train again, or choose another output")
 
 
 def _last_checkpoint(work):

@@ -372,6 +372,9 @@ def test_training_reduces_the_loss_and_publishes_atomically(pivot, store32, tmp_
         train(pivot, store32, out, max_steps=6, **kw)
     assert not out.exists() and os.path.isdir(str(out) + ".partial")
     monkeypatch.undo()
+    # the checkpoint may be continued for longer, not with other settings
+    with pytest.raises(FileExistsError, match="checkpoint with other settings.*lm_weight"):
+        train(pivot, store32, out, max_steps=12, lm_weight=0.5, **kw)
     # the rerun resumes from the checkpoint left in OUT.partial: 6 more steps, not 12
     calls = []
     compute = FusionTrainer.compute_loss
@@ -383,9 +386,13 @@ def test_training_reduces_the_loss_and_publishes_atomically(pivot, store32, tmp_
     assert not os.path.exists(str(out) + ".partial")
     after = store_loss(str(out), store32, 0.9)
     assert after < before - 0.5, (before, after)
-    # rerun: the finished output is kept
+    # rerun with the same settings: the finished output is kept; other settings: refused,
+    # naming each difference
     mtime = os.stat(out / "model.safetensors").st_mtime_ns
-    train(pivot, store32, out, max_steps=1, device="cpu", quiet=True)
+    train(pivot, store32, out, max_steps=12, **kw)
+    with pytest.raises(FileExistsError, match=r"already trained with other settings "
+                                              r"\(lr: 0.003 then, 0.01 now; max_steps"):
+        train(pivot, store32, out, max_steps=1, **{**kw, "lr": 1e-2})
     assert os.stat(out / "model.safetensors").st_mtime_ns == mtime
 
 
@@ -430,6 +437,9 @@ def test_cli_extract_and_train(pivot, records, tmp_path, capsys, monkeypatch):
                  "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-3", "--device", "cpu",
                  "--lm-weight", "1.0"]) == 0
     assert (model_out / "model.safetensors").exists()
+    printed = capsys.readouterr()  # -q: no log dicts, no progress bars, the output path last
+    assert "'loss'" not in printed.out and printed.out.strip().splitlines()[-1] == str(model_out)
+    assert "%|" not in printed.err
     assert main(["extract", pivot, str(data), str(tmp_path / "e"), "--shard", "5/2"]) == 1
     assert "shard 5/2" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
