@@ -38,50 +38,22 @@ done:
  *         seq_has, stream=0) -> None, every tensor on the device */
 static PyObject *py_topk_ce(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"logits", "labels", "k", "ignore_index", "seq_offsets", "top_ids",
-                             "top_logits", "token_ce", "seq_ce", "seq_has", "stream", NULL};
-    PyObject *lo, *la, *so, *ti, *tl, *tc, *sc, *sh;
-    long long k, ignore;
-    Py_ssize_t stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLLOOOOOO|n:topk_ce", kwlist, &lo, &la, &k,
-                                     &ignore, &so, &ti, &tl, &tc, &sc, &sh, &stream))
-        return NULL;
-    fc_py_tensor t[8];
-    memset(t, 0, sizeof t);
-    int has[8];
+    fc_py_topk_call c;
     PyObject *ret = NULL;
-    const char *names[8] = {"logits", "labels", "seq_offsets", "top_ids", "top_logits",
-                            "token_ce", "seq_ce", "seq_has"};
-    PyObject *objs[8] = {lo, la, so, ti, tl, tc, sc, sh};
-    const int dts[8] = {-1, FC_I64, FC_I64, FC_I32, FC_F32, FC_F32, FC_F32, FC_U8};
-    const int dims[8] = {2, 1, 1, 2, 2, 1, 1, 1};
-    for (int i = 0; i < 8; i++)
-        if (fc_py_loss_take(objs[i], names[i], i >= 3, dts[i], dims[i], FC_DL_CUDA,
-                            (intptr_t)stream, &t[i], &has[i]) < 0)
-            goto done;
-    int64_t n = t[0].shape[0], v = t[0].shape[1], ns = has[2] ? t[2].shape[0] - 1 : 0;
-    if (fc_py_check(has[0] && has[3] && has[4] && t[3].shape[0] == n && t[3].shape[1] == k &&
-                    t[4].shape[0] == n && t[4].shape[1] == k, "topk_and_ce",
-                    "logits and top_ids/top_logits [N, k] are required") < 0 ||
-        fc_py_check(!has[1] || (t[1].shape[0] == n && has[5] && t[5].shape[0] == n),
-                    "topk_and_ce", "labels and token_ce must be [N]") < 0 ||
-        fc_py_check(!has[2] || (ns >= 0 && has[6] && has[7] && t[6].shape[0] == ns &&
-                                t[7].shape[0] == ns), "topk_and_ce",
-                    "seq_offsets [S+1] needs seq_ce and seq_has [S]") < 0)
-        goto done;
+    if (fc_py_topk_parse(args, kw, FC_DL_CUDA, &c) < 0) goto done;
     fc_error err;
     fc_error_clear(&err);
     fc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = fc_cuda_topk_ce(t[0].data, t[0].dtype, n, v, k, has[1] ? t[1].data : NULL, ignore,
-                         t[3].data, t[4].data, has[5] ? t[5].data : NULL,
-                         has[2] ? t[2].data : NULL, ns, has[6] ? t[6].data : NULL,
-                         has[7] ? t[7].data : NULL, (void *)stream, &err);
+    st = fc_cuda_topk_ce(c.logits.data, c.logits.dtype, c.n, c.v, c.k, c.labels.data,
+                         c.ignore_index, c.top_ids.data, c.top_logits.data, c.token_ce.data,
+                         c.seq_offsets.data, c.n_seq, c.seq_ce.data, c.seq_has.data,
+                         (void *)c.last, &err);
     Py_END_ALLOW_THREADS
     if (st != FC_OK) fc_py_raise(&err);
     else ret = Py_NewRef(Py_None);
 done:
-    for (int i = 0; i < 8; i++) fc_py_tensor_release(&t[i]);
+    fc_py_topk_release(&c);
     return ret;
 }
 

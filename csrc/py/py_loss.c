@@ -33,50 +33,21 @@ done:
  *         seq_has, threads) -> None; labels/seq_offsets and their outputs may be None */
 static PyObject *py_topk_ce(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"logits", "labels", "k", "ignore_index", "seq_offsets", "top_ids",
-                             "top_logits", "token_ce", "seq_ce", "seq_has", "threads", NULL};
-    PyObject *lo, *la, *so, *ti, *tl, *tc, *sc, *sh;
-    long long k, ignore;
-    int threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLLOOOOOO|i:topk_ce", kwlist, &lo, &la, &k,
-                                     &ignore, &so, &ti, &tl, &tc, &sc, &sh, &threads))
-        return NULL;
-    fc_py_tensor t[8];
-    memset(t, 0, sizeof t);
+    fc_py_topk_call c;
     PyObject *ret = NULL;
-    int has[8];
-    if (fc_py_loss_take(lo, "logits", 0, -1, 2, FC_DL_CPU, 0, &t[0], &has[0]) < 0 ||
-        fc_py_loss_take(la, "labels", 0, FC_I64, 1, FC_DL_CPU, 0, &t[1], &has[1]) < 0 ||
-        fc_py_loss_take(so, "seq_offsets", 0, FC_I64, 1, FC_DL_CPU, 0, &t[2], &has[2]) < 0 ||
-        fc_py_loss_take(ti, "top_ids", 1, FC_I32, 2, FC_DL_CPU, 0, &t[3], &has[3]) < 0 ||
-        fc_py_loss_take(tl, "top_logits", 1, FC_F32, 2, FC_DL_CPU, 0, &t[4], &has[4]) < 0 ||
-        fc_py_loss_take(tc, "token_ce", 1, FC_F32, 1, FC_DL_CPU, 0, &t[5], &has[5]) < 0 ||
-        fc_py_loss_take(sc, "seq_ce", 1, FC_F32, 1, FC_DL_CPU, 0, &t[6], &has[6]) < 0 ||
-        fc_py_loss_take(sh, "seq_has", 1, FC_U8, 1, FC_DL_CPU, 0, &t[7], &has[7]) < 0)
-        goto done;
-    int64_t n = t[0].shape[0], v = t[0].shape[1], ns = has[2] ? t[2].shape[0] - 1 : 0;
-    if (fc_py_check(has[0] && has[3] && has[4], "topk_and_ce", "logits, top_ids and top_logits "
-                    "are required") < 0 ||
-        fc_py_check(t[3].shape[0] == n && t[3].shape[1] == k && t[4].shape[0] == n &&
-                    t[4].shape[1] == k, "topk_and_ce", "top_ids/top_logits must be [N, k]") < 0 ||
-        fc_py_check(!has[1] || (t[1].shape[0] == n && has[5] && t[5].shape[0] == n),
-                    "topk_and_ce", "labels and token_ce must be [N]") < 0 ||
-        fc_py_check(!has[2] || (ns >= 0 && has[6] && has[7] && t[6].shape[0] == ns &&
-                                t[7].shape[0] == ns), "topk_and_ce",
-                    "seq_offsets [S+1] needs seq_ce and seq_has [S]") < 0)
-        goto done;
+    if (fc_py_topk_parse(args, kw, FC_DL_CPU, &c) < 0) goto done;
     fc_error err;
     fc_error_clear(&err);
     fc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = fc_topk_ce(t[0].data, t[0].dtype, n, v, k, has[1] ? t[1].data : NULL, ignore, t[3].data,
-                    t[4].data, has[5] ? t[5].data : NULL, has[2] ? t[2].data : NULL, ns,
-                    has[6] ? t[6].data : NULL, has[7] ? t[7].data : NULL, threads, &err);
+    st = fc_topk_ce(c.logits.data, c.logits.dtype, c.n, c.v, c.k, c.labels.data, c.ignore_index,
+                    c.top_ids.data, c.top_logits.data, c.token_ce.data, c.seq_offsets.data,
+                    c.n_seq, c.seq_ce.data, c.seq_has.data, (int)c.last, &err);
     Py_END_ALLOW_THREADS
     if (st != FC_OK) fc_py_raise(&err);
     else ret = Py_NewRef(Py_None);
 done:
-    for (int i = 0; i < 8; i++) fc_py_tensor_release(&t[i]);
+    fc_py_topk_release(&c);
     return ret;
 }
 

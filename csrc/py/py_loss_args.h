@@ -133,4 +133,80 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
     return 0;
 }
 
+typedef struct fc_py_topk_call {
+    /* logits [N, V] any float; labels [N] int64; seq_offsets [S+1] int64; top_ids [N, k]
+     * int32; top_logits [N, k] float32; token_ce [N], seq_ce [S] float32; seq_has [S] uint8 */
+    fc_py_tensor logits, labels, seq_offsets, top_ids, top_logits, token_ce, seq_ce, seq_has;
+    int has_labels, has_seq;
+    int64_t n, v, k, n_seq, ignore_index;
+    Py_ssize_t last; /* the CPU's `threads` or CUDA's `stream` */
+} fc_py_topk_call;
+
+static void fc_py_topk_release(fc_py_topk_call *c) {
+    fc_py_tensor *all[] = {&c->logits, &c->labels, &c->seq_offsets, &c->top_ids,
+                           &c->top_logits, &c->token_ce, &c->seq_ce, &c->seq_has};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) fc_py_tensor_release(all[i]);
+}
+
+/* Parse topk_ce(logits, labels, k, ignore_index, seq_offsets, top_ids, top_logits, token_ce,
+ * seq_ce, seq_has, <last>) where <last> is "threads" on the CPU and "stream" on CUDA; labels,
+ * seq_offsets and their outputs may be None. On error: -1 with an exception; release c
+ * anyway. */
+static int fc_py_topk_parse(PyObject *args, PyObject *kw, int device_type, fc_py_topk_call *c) {
+    static char *cpu_kw[] = {"logits", "labels", "k", "ignore_index", "seq_offsets", "top_ids",
+                             "top_logits", "token_ce", "seq_ce", "seq_has", "threads", NULL};
+    static char *cuda_kw[] = {"logits", "labels", "k", "ignore_index", "seq_offsets",
+                              "top_ids", "top_logits", "token_ce", "seq_ce", "seq_has",
+                              "stream", NULL};
+    const char *f = "topk_and_ce";
+    PyObject *lo, *la, *so, *ti, *tl, *tc, *sc, *sh;
+    long long k, ignore;
+    memset(c, 0, sizeof *c);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLLOOOOOO|n:topk_ce",
+                                     device_type == FC_DL_CUDA ? cuda_kw : cpu_kw, &lo, &la, &k,
+                                     &ignore, &so, &ti, &tl, &tc, &sc, &sh, &c->last))
+        return -1;
+    c->k = k;
+    c->ignore_index = ignore;
+    intptr_t stream = device_type == FC_DL_CUDA ? (intptr_t)c->last : 0;
+    int has_ids, has_vals, has_ce, has_sce, has_sh;
+    if (fc_py_loss_take(lo, "logits", 0, -1, 2, device_type, stream, &c->logits, NULL) < 0 ||
+        fc_py_loss_take(la, "labels", 0, FC_I64, 1, device_type, stream, &c->labels,
+                        &c->has_labels) < 0 ||
+        fc_py_loss_take(so, "seq_offsets", 0, FC_I64, 1, device_type, stream, &c->seq_offsets,
+                        &c->has_seq) < 0 ||
+        fc_py_loss_take(ti, "top_ids", 1, FC_I32, 2, device_type, stream, &c->top_ids,
+                        &has_ids) < 0 ||
+        fc_py_loss_take(tl, "top_logits", 1, FC_F32, 2, device_type, stream, &c->top_logits,
+                        &has_vals) < 0 ||
+        fc_py_loss_take(tc, "token_ce", 1, FC_F32, 1, device_type, stream, &c->token_ce,
+                        &has_ce) < 0 ||
+        fc_py_loss_take(sc, "seq_ce", 1, FC_F32, 1, device_type, stream, &c->seq_ce,
+                        &has_sce) < 0 ||
+        fc_py_loss_take(sh, "seq_has", 1, FC_U8, 1, device_type, stream, &c->seq_has,
+                        &has_sh) < 0)
+        return -1;
+    c->n = c->logits.shape[0];
+    c->v = c->logits.shape[1];
+    c->n_seq = c->has_seq ? c->seq_offsets.shape[0] - 1 : 0;
+    const fc_py_tensor *all[] = {&c->labels, &c->seq_offsets, &c->top_ids, &c->top_logits,
+                                 &c->token_ce, &c->seq_ce, &c->seq_has};
+    for (size_t i = 0; device_type == FC_DL_CUDA && i < sizeof all / sizeof all[0]; i++)
+        if (all[i]->data && all[i]->device_id != c->logits.device_id)
+            return fc_py_check(0, f, "every tensor must be on the logits' CUDA device");
+    if (fc_py_check(has_ids && has_vals, f, "logits, top_ids and top_logits are required") < 0 ||
+        fc_py_check(c->top_ids.shape[0] == c->n && c->top_ids.shape[1] == k &&
+                    c->top_logits.shape[0] == c->n && c->top_logits.shape[1] == k, f,
+                    "top_ids/top_logits must be [N, k]") < 0 ||
+        fc_py_check(!c->has_labels || (c->labels.shape[0] == c->n && has_ce &&
+                                       c->token_ce.shape[0] == c->n), f,
+                    "labels and token_ce must be [N]") < 0 ||
+        fc_py_check(!c->has_seq || (c->n_seq >= 0 && has_sce && has_sh &&
+                                    c->seq_ce.shape[0] == c->n_seq &&
+                                    c->seq_has.shape[0] == c->n_seq), f,
+                    "seq_offsets [S+1] needs seq_ce and seq_has [S]") < 0)
+        return -1;
+    return 0;
+}
+
 #endif
