@@ -157,7 +157,9 @@ def training_arguments(work, *, epochs, lr, batch_size, grad_accum, max_steps, s
                 optim="adamw_torch", bf16=bf16, use_cpu=(device == "cpu"),
                 remove_unused_columns=False, save_strategy="epoch", save_total_limit=1,
                 logging_steps=10, report_to=[], disable_tqdm=quiet,
-                dataloader_pin_memory=(device != "cpu"))
+                dataloader_pin_memory=(device != "cpu"),
+                # causal LMs use every parameter in each step: skip DDP's extra graph walk
+                ddp_find_unused_parameters=False)
     args.update(extra or {})
     return TrainingArguments(**args)
 
