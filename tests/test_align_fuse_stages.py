@@ -459,3 +459,37 @@ def test_u16_stores_give_the_results_of_i32_stores(env, tmp_path, monkeypatch):
         assert u16["batch"][key].dtype == t.dtype and bool((u16["batch"][key] == t).all()), key
     assert str(u16["batch"]["input_ids"].dtype) == str(u16["batch"]["labels"].dtype) == "torch.int64"
     assert all(np.array_equal(x, y) for x, y in zip(u16["counts"], i32["counts"]))
+
+
+def test_id_taking_calls_accept_u16_arrays(env, stores):
+    """Raw U16 id arrays (what a U16 store holds, pads aside) given straight to the calls that
+    take ids: alignment, counts, distribution alignment, fusion and the loss give what int32
+    ids give."""
+    from fusechat.loss import fusion_loss
+
+    root, toks, _ = env
+    pv, sv = Vocab.from_tokenizer(toks["piv"]), Vocab.from_tokenizer(toks["src"])
+    p, s = TopKStore(stores["piv"])[0], TopKStore(stores["src"])[0]
+    a32 = al.align(s.input_ids, p.input_ids, sv, pv)
+    a16 = al.align(s.input_ids.astype(np.uint16), p.input_ids.astype(np.uint16), sv, pv)
+    assert np.array_equal(a32.indptr, a16.indptr) and np.array_equal(a32.indices, a16.indices)
+    c32, c16 = al.AlignmentCounts(pv.size, sv.size), al.AlignmentCounts(pv.size, sv.size)
+    c32.update([s.input_ids], [p.input_ids], [a32])
+    c16.update([s.input_ids.astype(np.uint16)], [p.input_ids.astype(np.uint16)], [a16])
+    assert all(np.array_equal(x, y) for x, y in zip(c32.to_coo(), c16.to_coo()))
+    vmap = al.vocab_map(sv, pv, "ms", counts=c32)
+    d32 = al.align_distributions(s.topk_ids, s.topk_logits, p.input_ids, s.input_ids, a32,
+                                 vmap, sv, pv)
+    d16 = al.align_distributions(s.topk_ids.astype(np.uint16), s.topk_logits,
+                                 p.input_ids.astype(np.uint16), s.input_ids.astype(np.uint16),
+                                 a32, vmap, sv, pv)
+    assert all(np.array_equal(getattr(d32, f), getattr(d16, f)) for f in ("offsets", "ids", "logits"))
+    f32 = SparseDists.from_padded(p.topk_ids, p.topk_logits)
+    f16 = SparseDists.from_padded(p.topk_ids.astype(np.uint16), p.topk_logits)
+    assert np.array_equal(f32.ids, f16.ids) and f16.ids.dtype == np.int32
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(p.input_ids), pv.size)).astype(np.float32)
+    labels = np.where(p.loss_mask > 0, p.input_ids, -100)
+    l32 = fusion_loss(logits, labels, p.topk_ids, p.topk_logits)
+    l16 = fusion_loss(logits, labels.astype(np.int64), p.topk_ids.astype(np.uint16), p.topk_logits)
+    assert l32.loss == l16.loss and np.array_equal(l32.grad, l16.grad)
