@@ -195,7 +195,7 @@ NOTES = [
     "fields: input_ids (2 or 4) + loss_mask U8 (1) + topk_ids (K x 2 or K x 4) + topk_logits "
     "F16 (K x 2) + token_ce F32 (4); per-sample arrays and headers add < 1 B/token at these "
     "lengths. Ids are U16 when the store's vocabulary has at most 65535 ids (65535 pads the "
-    "top-K rows), I32 otherwise (format 1.1, docs/pipeline.md): extracted stores of models "
+    "top-K rows), I32 otherwise (format 1.1, docs/formats.md): extracted stores of models "
     "with <= 65535 ids (Llama-2/Mistral/OpenChat 32k, Yi 64000) and every aligned or MinCE "
     "fused store of such a pivot meet the goal (47 B/token); an extracted store of a larger "
     "vocabulary (Qwen 151936, Llama-3 128256, Gemma 256000) stays at 69 B/token and does "
