@@ -4,7 +4,10 @@
     padded Arrow layout for the same samples (method.md 2.6): every row is 2048 positions of
     input_ids int64 + labels int64 + attention_mask bool + 10 x (fp16 logit + int64 index),
     plus 2047 fp16 per-token CEs and one fp16 sequence CE (Arrow's list offsets not counted,
-    which favours the reference). Goal: at most 64 B/token at K = 10.
+    which favours the reference). Goal: at most 64 B/token at K = 10. Two cases, as the
+    store's id dtype follows its vocabulary: the demo pivot's extracted store (a few hundred
+    ids: U16 ids), and the same samples written for a 151936-id vocabulary (Qwen's: I32 ids;
+    the store's size does not depend on the id values, so a synthetic rewrite measures it).
 (b) Extraction time with the fused top-K + CE kernel (fusechat.torch.topk_and_ce, one pass
     over the logits) against torch.topk + a separate F.cross_entropy on the same logits, in
     the same run on the same tiny model and data (a 2-layer Llama with a real-sized
@@ -31,6 +34,7 @@ from _common import machine, write_section  # noqa: E402
 
 SECTION = "## Pipeline (bench_pipeline.py)"
 K = 10
+BIG_VOCAB = 151936  # Qwen's vocabulary: past 65535 ids, so I32 ids
 REF_LEN = 2048
 # per position: input_ids int64 + labels int64 + attention_mask bool + K x (fp16 + int64)
 REF_ROW_BYTES = REF_LEN * (8 + 8 + 1 + K * (2 + 8)) + (REF_LEN - 1) * 2 + 2
@@ -104,24 +108,36 @@ def measure_extraction(records, tok, vocab, dtype, repeats, batch_size, work):
 
 
 def store_size(records, tok, work):
-    """(store B/token, reference B/token, mean tokens per sample, n samples) on the pivot
-    store of these records."""
+    """Bytes per token of the pivot's extracted store of these records (small vocabulary:
+    U16 ids) and of the same samples written for a BIG_VOCAB-id vocabulary (I32 ids), with
+    the reference's on the same samples."""
     from fusechat.demo_models import build_model
     from fusechat.extract import extract
-    from fusechat.store import TopKStore
+    from fusechat.store import TopKStore, TopKStoreWriter
 
     out = os.path.join(work, "store")
     extract(build_model("llama", tok), records, out, tokenizer=tok, dtype="float32", k=K,
             quiet=True, overwrite=True)
+    big = os.path.join(work, "store-big-vocab")
     with TopKStore(out) as store:
-        n, tokens = len(store), store.n_tokens
-        ours = store.bytes_per_token()
-        fields = sum(os.path.getsize(os.path.join(out, sh["file"]))
-                     for sh in store.manifest["shards"])
-        manifest = os.path.getsize(os.path.join(out, "manifest.json"))
-    ref = n * REF_ROW_BYTES / tokens
-    return dict(ours=ours, ours_with_manifest=(fields + manifest) / tokens, ref=ref,
-                mean_len=tokens / n, n=n, tokens=tokens)
+        m = store.manifest
+        with TopKStoreWriter(big, k=K, model=m["model"], vocab_size=BIG_VOCAB,
+                             tokenizer_fingerprint=m["tokenizer_fingerprint"]) as w:
+            for s in store:
+                w.add(s.sample_index, s.input_ids, s.loss_mask, s.topk_ids, s.topk_logits,
+                      s.token_ce, s.seq_ce)
+    cases = []
+    for path in (out, big):
+        with TopKStore(path) as store:
+            m = store.manifest
+            n, tokens = len(store), store.n_tokens
+            files = sum(os.path.getsize(os.path.join(path, sh["file"])) for sh in m["shards"])
+            manifest = os.path.getsize(os.path.join(path, "manifest.json"))
+            cases.append(dict(vocab=m["vocab_size"], ids=m["dtypes"]["topk_ids"],
+                              ours=store.bytes_per_token(),
+                              ours_with_manifest=(files + manifest) / tokens))
+    return dict(cases=cases, ref=n * REF_ROW_BYTES / tokens, mean_len=tokens / n, n=n,
+                tokens=tokens)
 
 
 def long_records(n, seed):
@@ -176,36 +192,46 @@ NOTES = [
     "the forward pass (which dominates for this 2-layer model and would even more for a 7B "
     "one), tokenization and writing, and moves by several seconds between runs on this shared "
     "machine, so its ratio is the less reliable figure. The store's bytes per token are its "
-    "fields: input_ids I32 (4) + loss_mask U8 (1) + topk_ids I32 (K x 4) + topk_logits F16 "
-    "(K x 2) + token_ce F32 (4); per-sample arrays and headers add < 1 B/token at these "
-    "lengths. Reaching 64 B/token needs a narrower field, e.g. topk_ids as I16 when the "
-    "vocabulary has at most 32768 ids (47 B/token with token_ce F16; every aligned or fused "
-    "store of a 32k-vocabulary pivot such as OpenChat qualifies) while 150k-vocabulary "
-    "extracted stores keep I32 (67 B/token with token_ce F16); the manifest's dtypes table "
-    "can carry that choice, but it changes what readers accept, so it is a proposal, not done "
-    "here.",
+    "fields: input_ids (2 or 4) + loss_mask U8 (1) + topk_ids (K x 2 or K x 4) + topk_logits "
+    "F16 (K x 2) + token_ce F32 (4); per-sample arrays and headers add < 1 B/token at these "
+    "lengths. Ids are U16 when the store's vocabulary has at most 65535 ids (65535 pads the "
+    "top-K rows), I32 otherwise (format 1.1, docs/formats.md): extracted stores of models "
+    "with <= 65535 ids (Llama-2/Mistral/OpenChat 32k, Yi 64000) and every aligned or MinCE "
+    "fused store of such a pivot meet the goal (47 B/token); an extracted store of a larger "
+    "vocabulary (Qwen 151936, Llama-3 128256, Gemma 256000) stays at 69 B/token and does "
+    "NOT meet it (token_ce stays F32 because MinCE compares sums of it; F16 there would "
+    "still give 67 B/token). AvgCE fused stores keep F32 "
+    "log-probabilities over the union of the inputs' lists (K = sum of the inputs' K), a "
+    "different layout outside this goal.",
 ]
 
 
 def report(size, timing, n, repeats, quick, threads):
     date = datetime.date.today().isoformat()
-    per_token = (4 + 1 + K * 4 + K * 2 + 4)
+    best = REF_ROW_BYTES / REF_LEN
     lines = [SECTION, "",
              f"Machine: {machine()}; torch threads {threads}; {date}"
              + (" (--quick)" if quick else "") + ".", "",
              f"**Store size** ({size['n']} demo conversations of 8 turns, "
-             f"{size['mean_len']:.0f} tokens on average, K = {K}, f16 logits):", "",
-             "| layout | bytes per real token |", "|---|---:|",
-             f"| fusechat TopK store, shard files | {size['ours']:.1f} |",
-             f"| fusechat TopK store, with manifest.json | {size['ours_with_manifest']:.1f} |",
-             f"| fusechat fields alone (4+1+{K}x4+{K}x2+4) | {per_token} |",
-             f"| reference, padded to 2048 (same samples) | {size['ref']:,.0f} |",
-             f"| reference, a row of exactly 2048 real tokens (its best case) | "
-             f"{REF_ROW_BYTES / REF_LEN:.1f} |", "",
-             f"Store vs reference on the same samples: {size['ref'] / size['ours']:,.0f}x "
-             f"smaller; vs the reference's best case: "
-             f"{REF_ROW_BYTES / REF_LEN / size['ours']:.2f}x. Goal <= 64 B/token: "
-             + ("met" if size["ours"] <= 64 else f"NOT met ({size['ours']:.1f})") + ".", "",
+             f"{size['mean_len']:.0f} tokens on average, K = {K}, f16 logits; the store's id "
+             "dtype follows its vocabulary):", "",
+             "| layout | ids | bytes per real token (shard files) | with manifest.json | "
+             "vs reference, same samples | vs reference's best case | goal <= 64 B/token |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for c in size["cases"]:
+        b = 2 if c["ids"] == "U16" else 4
+        what = ("demo pivot's extracted store" if c is size["cases"][0]
+                else "same samples, synthetic writer")
+        lines.append(
+            f"| fusechat TopK store, V = {c['vocab']:,} ({what}) | {c['ids']} | "
+            f"{c['ours']:.1f} | {c['ours_with_manifest']:.1f} | "
+            f"{size['ref'] / c['ours']:,.0f}x smaller | {best / c['ours']:.2f}x smaller | "
+            + ("met" if c["ours"] <= 64 else "NOT met") + " |")
+        lines.append(f"| fusechat fields alone ({b}+1+{K}x{b}+{K}x2+4) | {c['ids']} | "
+                     f"{b + 1 + K * b + K * 2 + 4} | | | | |")
+    lines += [f"| reference, padded to 2048 (same samples) | I64 | {size['ref']:,.0f} | | | | |",
+              f"| reference, a row of exactly 2048 real tokens (its best case) | I64 | "
+              f"{best:.1f} | | | | |", "",
              f"**Extraction time** ({n} conversations, batch 8, K = {K}, best of {repeats}; "
              "2-layer Llama, hidden 128, with the vocabulary V below; 'top-K + CE' is the time "
              "inside the top-K/CE step alone):", "",

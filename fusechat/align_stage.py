@@ -163,6 +163,13 @@ def _aligned_token_ce(src_ce, alignment, piv_mask):
     return out
 
 
+def _pivot_ids(piv, pv):
+    """How many ids an aligned store can hold (its vocab_size, which sets the id dtype): the
+    pivot model's vocabulary (its store's), or the pivot tokenizer's if that is larger -
+    every stored id comes from one of them."""
+    return max(piv.manifest.get("vocab_size") or 0, pv.size)
+
+
 def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_tokenizer,
                  method="dtw", map="ms", counts_path=None, threads=0, overwrite=False,
                  quiet=False):
@@ -194,8 +201,7 @@ def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_toke
     writer = TopKStoreWriter(out, k=k, kind="aligned",
                              logits_dtype=src.manifest["dtypes"]["topk_logits"],
                              model=src.model, tokenizer_fingerprint=pv.fingerprint,
-                             vocab_size=piv.manifest.get("vocab_size"), info=info,
-                             overwrite=overwrite)
+                             vocab_size=_pivot_ids(piv, pv), info=info, overwrite=overwrite)
     info = writer.meta["info"]  # the manifest's own dict: filled in as we go
     with writer:
         if same:

@@ -71,6 +71,13 @@ def _open_all(pivot_store, aligned_stores):
     return piv, aligned
 
 
+def _joint_vocab(stores):
+    """The fused store's vocab_size (it sets the id dtype): the largest of the inputs', as
+    its ids come from all of them; None (I32 ids) when one of them does not record it."""
+    sizes = [s.manifest.get("vocab_size") for s in stores]
+    return None if None in sizes else max(sizes)
+
+
 def _padded_dists(samples):
     ids = np.concatenate([np.asarray(s.topk_ids) for s in samples])
     vals = np.concatenate([np.asarray(s.topk_logits, np.float32) for s in samples])
@@ -105,7 +112,7 @@ def fuse_stores(pivot_store, aligned_stores, out, *, rule="mince", level="sequen
                              logits_dtype="F32" if rule == "avgce" else
                              piv.manifest["dtypes"]["topk_logits"],
                              model=piv.model, tokenizer_fingerprint=piv.fingerprint,
-                             vocab_size=piv.manifest.get("vocab_size"), info=info,
+                             vocab_size=_joint_vocab(stores), info=info,
                              overwrite=overwrite)
     info = writer.meta["info"]  # the manifest's own dict: filled in as we go
     with writer, tqdm(total=n, desc=f"fuse ({rule})", unit="seq",

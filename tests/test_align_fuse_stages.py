@@ -379,6 +379,8 @@ def test_extract_align_fuse_tiny_models(tmp_path):
     fused = fuse_stores(tmp_path / "s-piv", [aligned], tmp_path / "fused", quiet=True)
     piv, src = open_store(tmp_path / "s-piv"), open_store(tmp_path / "s-src")
     f = open_store(fused, expect_fingerprint=piv.fingerprint)
+    for s in (piv, src, open_store(aligned), f):  # 300-id vocabularies: 2-byte ids
+        assert s.manifest["dtypes"]["input_ids"] == s.manifest["dtypes"]["topk_ids"] == "U16"
     assert len(f) == len(piv) == len(src) == 10
     assert np.array_equal(f.sample_indices(), piv.sample_indices())
     pv, sv = Vocab.from_pretrained(paths["piv"]), Vocab.from_pretrained(paths["src"])
@@ -401,3 +403,93 @@ def test_extract_align_fuse_tiny_models(tmp_path):
         assert np.array_equal(g.topk_ids, chosen.topk_ids), i
         assert np.array_equal(g.topk_logits, chosen.topk_logits.astype(g.topk_logits.dtype)), i
     assert 1 in f.manifest["info"]["winner"]  # the aligned source's lists were checked
+
+
+# -- the id dtype changes nothing downstream -------------------------------------------------
+
+def _run_stages(env, root):
+    """Stores of the module's tokenizers written, aligned (MS map over DTW, and the
+    same-vocabulary copy), fused (MinCE per sequence and per token, AvgCE) and collated;
+    returns every output's samples and the collated batch."""
+    from fusechat.train import FusionCollator
+
+    tr, toks, convs = env
+    piv = write_store(root / "piv", toks["piv"], convs, 1, drop={3}, model="pivot")
+    src = write_store(root / "src", toks["src"], convs, 2, drop={7}, model="source")
+    same = write_store(root / "same", toks["piv"], convs, 4, drop={0}, model="twin")
+    kw = dict(pivot_tokenizer=tr / "tok-piv", quiet=True)
+    outs = {"piv": piv, "src": src,
+            "al": align_stores(piv, src, root / "al", source_tokenizer=toks["src"], **kw),
+            "same": align_stores(piv, same, root / "al-same", source_tokenizer=tr / "tok-piv",
+                                 **kw)}
+    for name, rule, level in (("mince", "mince", "sequence"), ("token", "mince", "token"),
+                              ("avgce", "avgce", "sequence")):
+        outs[name] = fuse_stores(piv, [outs["al"], outs["same"]], root / name, rule=rule,
+                                 level=level, quiet=True)
+    got = {}
+    for name, path in outs.items():
+        st = TopKStore(path)
+        got[name] = (st.manifest["dtypes"]["topk_ids"], st.manifest["info"].get("winner"),
+                     [(s.sample_index, s.input_ids, s.loss_mask, s.topk_ids, s.topk_logits,
+                       s.token_ce, s.seq_ce) for s in st])
+    fused = TopKStore(outs["mince"])
+    got["batch"] = FusionCollator(pad_id=0, k=fused.k)([fused[i] for i in (4, 0, 2)])
+    got["counts"] = al.AlignmentCounts.load(str(root / "al") + ".counts.npz").to_coo()
+    return got
+
+
+def test_u16_stores_give_the_results_of_i32_stores(env, tmp_path, monkeypatch):
+    """The whole path on U16 stores (what 300-id vocabularies get) against the same path with
+    every store forced to I32 ids (format 1.0's layout, the reference)."""
+    from fusechat import store as store_mod
+
+    u16 = _run_stages(env, tmp_path / "u16")
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "ids_dtype_for", lambda vocab_size: "I32")
+        i32 = _run_stages(env, tmp_path / "i32")
+    for name in ("piv", "src", "al", "same", "mince", "token", "avgce"):
+        (dt_u, win_u, rows_u), (dt_i, win_i, rows_i) = u16[name], i32[name]
+        assert (dt_u, dt_i) == ("U16", "I32"), name
+        assert win_u == win_i and len(rows_u) == len(rows_i) > 0, name
+        for a, b in zip(rows_u, rows_i):
+            for x, y in zip(a, b):
+                assert np.array_equal(x, y, equal_nan=True), (name, a[0])
+    assert any((r[3] < 0).any() for r in u16["al"][2])  # pads went through the U16 files
+    for key, t in i32["batch"].items():
+        assert u16["batch"][key].dtype == t.dtype and bool((u16["batch"][key] == t).all()), key
+    assert str(u16["batch"]["input_ids"].dtype) == str(u16["batch"]["labels"].dtype) == "torch.int64"
+    assert all(np.array_equal(x, y) for x, y in zip(u16["counts"], i32["counts"]))
+
+
+def test_id_taking_calls_accept_u16_arrays(env, stores):
+    """Raw U16 id arrays (what a U16 store holds, pads aside) given straight to the calls that
+    take ids: alignment, counts, distribution alignment, fusion and the loss give what int32
+    ids give."""
+    from fusechat.loss import fusion_loss
+
+    root, toks, _ = env
+    pv, sv = Vocab.from_tokenizer(toks["piv"]), Vocab.from_tokenizer(toks["src"])
+    p, s = TopKStore(stores["piv"])[0], TopKStore(stores["src"])[0]
+    a32 = al.align(s.input_ids, p.input_ids, sv, pv)
+    a16 = al.align(s.input_ids.astype(np.uint16), p.input_ids.astype(np.uint16), sv, pv)
+    assert np.array_equal(a32.indptr, a16.indptr) and np.array_equal(a32.indices, a16.indices)
+    c32, c16 = al.AlignmentCounts(pv.size, sv.size), al.AlignmentCounts(pv.size, sv.size)
+    c32.update([s.input_ids], [p.input_ids], [a32])
+    c16.update([s.input_ids.astype(np.uint16)], [p.input_ids.astype(np.uint16)], [a16])
+    assert all(np.array_equal(x, y) for x, y in zip(c32.to_coo(), c16.to_coo()))
+    vmap = al.vocab_map(sv, pv, "ms", counts=c32)
+    d32 = al.align_distributions(s.topk_ids, s.topk_logits, p.input_ids, s.input_ids, a32,
+                                 vmap, sv, pv)
+    d16 = al.align_distributions(s.topk_ids.astype(np.uint16), s.topk_logits,
+                                 p.input_ids.astype(np.uint16), s.input_ids.astype(np.uint16),
+                                 a32, vmap, sv, pv)
+    assert all(np.array_equal(getattr(d32, f), getattr(d16, f)) for f in ("offsets", "ids", "logits"))
+    f32 = SparseDists.from_padded(p.topk_ids, p.topk_logits)
+    f16 = SparseDists.from_padded(p.topk_ids.astype(np.uint16), p.topk_logits)
+    assert np.array_equal(f32.ids, f16.ids) and f16.ids.dtype == np.int32
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(p.input_ids), pv.size)).astype(np.float32)
+    labels = np.where(p.loss_mask > 0, p.input_ids, -100)
+    l32 = fusion_loss(logits, labels, p.topk_ids, p.topk_logits)
+    l16 = fusion_loss(logits, labels.astype(np.int64), p.topk_ids.astype(np.uint16), p.topk_logits)
+    assert l32.loss == l16.loss and np.array_equal(l32.grad, l16.grad)

@@ -111,6 +111,7 @@ def test_extract_matches_torch_topk_and_cross_entropy(pivot, records, store32):
     m = store.manifest
     assert (m["kind"], m["k"], m["model"], m["vocab_size"]) == ("extracted", 10, "pivot", len(tok))
     assert m["info"]["template"] == "openchat_3.5" and m["info"]["max_length"] == 2048
+    assert m["dtypes"]["input_ids"] == m["dtypes"]["topk_ids"] == "U16"  # a small vocabulary
     assert len(store) == N_RECORDS
     check_against_torch(store, model, tok, records)
 
@@ -127,6 +128,25 @@ def test_extract_gpt2_byte_level_with_the_model_template(records, tmp_path):
     store = TopKStore(path)
     assert store.manifest["info"]["template"] == "model" and store.k == 7
     check_against_torch(store, model, tok, records[:9], template="model")
+
+
+def test_extract_with_a_vocabulary_past_65535_keeps_i32_ids(records, tmp_path):
+    """A model scoring 70000 ids (its tokenizer's few hundred plus unused rows, as real
+    models pad theirs): I32 ids, and top-K ids past 65535 stored exactly."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = demo_models.train_tokenizer("metaspace")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=70000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)).eval()
+    path = extract(model, records[:4], tmp_path / "big", tokenizer=tok, dtype="float32",
+                   logits_dtype="F32", quiet=True)
+    store = TopKStore(path)
+    assert store.manifest["vocab_size"] == 70000
+    assert store.manifest["dtypes"]["input_ids"] == store.manifest["dtypes"]["topk_ids"] == "I32"
+    assert max(int(s.topk_ids.max()) for s in store) >= 65535  # ids U16 could not hold
+    check_against_torch(store, model, tok, records[:4])
 
 
 def test_f16_logits_are_the_rounded_f32_ones(pivot, records, store32, tmp_path):

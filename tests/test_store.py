@@ -146,3 +146,190 @@ def test_to_hf_dataset(tmp_path):
     assert row["input_ids"] == s.input_ids.tolist()
     assert row["per_step_indices"] == s.topk_ids.tolist()
     np.testing.assert_allclose(row["per_step_logits"], s.topk_logits.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------
+# token ids: U16 when the vocabulary fits (format 1.1), I32 otherwise, 1.0 stores still read
+
+def padded_samples(n, k, vocab, seed=0):
+    """random_samples with ids spanning the whole vocabulary (its last id included) and
+    -1 pads at the end of some top-K rows."""
+    out = random_samples(n, k, seed=seed, vocab=vocab)
+    rng = np.random.default_rng(seed + 1)
+    for s in out:
+        s["input_ids"][0] = vocab - 1
+        s["topk_ids"][0, 0] = vocab - 1
+        cut = rng.integers(0, k + 1, len(s["input_ids"]))
+        s["topk_ids"][np.arange(k)[None, :] >= cut[:, None]] = -1
+    return out
+
+
+@pytest.mark.parametrize("vocab,want", [
+    (500, "U16"), (65535, "U16"),  # ids up to 65534, 65535 is the pad
+    (65536, "I32"), (151936, "I32"), (None, "I32"),  # no code left for the pad / unknown
+])
+def test_ids_dtype_follows_the_vocabulary_and_round_trips(tmp_path, vocab, want):
+    import safetensors.numpy as hf_st
+
+    samples = padded_samples(23, k=10, vocab=vocab or 70000)
+    path = tmp_path / "store"
+    with TopKStoreWriter(path, k=10, vocab_size=vocab, shard_tokens=150) as w:
+        for s in samples:
+            w.add(**s)
+    m = json.loads((path / "manifest.json").read_text())
+    assert (m["version"], m["minor_version"]) == (1, 1)
+    assert m["dtypes"]["input_ids"] == m["dtypes"]["topk_ids"] == want
+    # the files, read by the safetensors library: the stored dtype, pads as 65535 in U16
+    np_dtype, pad = (np.uint16, 65535) if want == "U16" else (np.int32, -1)
+    files = [hf_st.load_file(str(path / sh["file"])) for sh in m["shards"]]
+    assert len(files) > 1
+    disk_ids = np.concatenate([f["input_ids"] for f in files])
+    disk_topk = np.concatenate([f["topk_ids"] for f in files])
+    assert disk_ids.dtype == np_dtype and disk_topk.dtype == np_dtype
+    np.testing.assert_array_equal(disk_ids, np.concatenate([s["input_ids"] for s in samples]))
+    want_topk = np.concatenate([s["topk_ids"] for s in samples])
+    np.testing.assert_array_equal(disk_topk, np.where(want_topk < 0, pad, want_topk))
+    # what readers see: int32 with -1 pads either way
+    store = TopKStore(path)
+    for s, got in zip(samples, store):
+        assert got.input_ids.dtype == np.int32 and got.topk_ids.dtype == np.int32
+        np.testing.assert_array_equal(got.input_ids, s["input_ids"])
+        np.testing.assert_array_equal(got.topk_ids, s["topk_ids"])
+    # bytes per token: the fields (ids 2 or 4 bytes) plus per-sample arrays and headers
+    b = 2 if want == "U16" else 4
+    fields = b + 1 + 10 * b + 10 * 2 + 4
+    per_sample = (8 + 4 + 8) * len(samples) + 8 * len(files)
+    headers = sum(os.path.getsize(path / sh["file"]) for sh in m["shards"]) \
+        - store.n_tokens * fields - per_sample
+    assert store.bytes_per_token() == pytest.approx(fields + (per_sample + headers) / store.n_tokens)
+    assert 0 < headers < 1000 * len(files)
+
+
+def test_u16_and_i32_stores_read_the_same(tmp_path):
+    samples = padded_samples(9, k=4, vocab=300)
+    stores = []
+    for dt in ("U16", "I32"):
+        with TopKStoreWriter(tmp_path / dt, k=4, vocab_size=300, ids_dtype=dt) as w:
+            for s in samples:
+                w.add(**s)
+        stores.append(TopKStore(tmp_path / dt))
+    u16, i32 = stores
+    assert u16.manifest["dtypes"]["topk_ids"] == "U16" and i32.manifest["dtypes"]["topk_ids"] == "I32"
+    for a, b in zip(u16, i32):
+        for f in ("input_ids", "loss_mask", "topk_ids", "topk_logits", "token_ce"):
+            x, y = getattr(a, f), getattr(b, f)
+            assert x.dtype == y.dtype and np.array_equal(x, y)
+    assert [s.topk_ids.tolist() for s in u16.iter_batches(4).__next__()] == \
+        [s.topk_ids.tolist() for s in i32.iter_batches(4).__next__()]
+    assert u16.bytes_per_token() < i32.bytes_per_token()
+    ra, rb = u16.to_hf_dataset(), i32.to_hf_dataset()
+    assert ra.to_list() == rb.to_list() and min(min(r) for r in ra[0]["per_step_indices"]) >= -1
+
+
+def test_writer_checks_ids(tmp_path):
+    with pytest.raises(ValueError, match="ids_dtype"):
+        TopKStoreWriter(tmp_path / "a", k=2, vocab_size=65536, ids_dtype="U16")
+    with pytest.raises(ValueError, match="ids_dtype"):
+        TopKStoreWriter(tmp_path / "b", k=2, ids_dtype="U16")  # unknown vocabulary
+    with pytest.raises(ValueError, match="ids_dtype"):
+        TopKStoreWriter(tmp_path / "c", k=2, vocab_size=10, ids_dtype="I16")
+    w = TopKStoreWriter(tmp_path / "d", k=2, vocab_size=300)
+    ok = dict(sample_index=0, input_ids=[1, 2], loss_mask=[0, 1], topk_ids=[[3, -1], [4, 5]],
+              topk_logits=[[1, 0], [2, 1]], token_ce=[0, 1], seq_ce=1.0)
+    for bad, field in (([1, 300], "input_ids"), ([1, -1], "input_ids"),
+                       ([[3, -2], [4, 5]], "topk_ids"), ([[3, 65535], [4, 5]], "topk_ids")):
+        with pytest.raises(ValueError, match=f"{field} holds .*token_id_out_of_range"):
+            w.add(**{**ok, field: bad})
+    with pytest.raises(TypeError, match="integer ids"):
+        w.add(**{**ok, "input_ids": [1.0, 2.0]})
+    w.add(**ok)
+    w.close()
+    assert TopKStore(tmp_path / "d")[0].topk_ids.tolist() == [[3, -1], [4, 5]]
+    # I32 with no vocabulary: ids must still fit int32 (no silent wrap)
+    w = TopKStoreWriter(tmp_path / "e", k=2)
+    with pytest.raises(ValueError, match="token_id_out_of_range"):
+        w.add(**{**ok, "input_ids": [1, 2**31]})
+    w.abort()
+
+
+def _u16_store(path):
+    with TopKStoreWriter(path, k=3, vocab_size=500, shard_tokens=30) as w:
+        for s in random_samples(5, k=3):
+            w.add(**s)
+
+
+@pytest.mark.parametrize("edit,rule", [
+    (lambda m: m.update(vocab_size=65536), "ids_dtype"),
+    (lambda m: m.update(vocab_size=None), "ids_dtype"),
+    (lambda m: m.pop("vocab_size"), "ids_dtype"),
+    (lambda m: m.pop("minor_version"), "bad_dtype"),  # a 1.0 store holds I32 ids only
+    (lambda m: m.update(minor_version="1"), "bad_manifest"),
+    (lambda m: m["dtypes"].update(topk_ids="I32"), "bad_tensor"),  # the shards hold U16
+    (lambda m: m["dtypes"].update(input_ids="I64"), "bad_dtype"),
+    (lambda m: m["dtypes"].update(token_ce="F16"), "bad_dtype"),
+    (lambda m: m["dtypes"].pop("topk_logits"), "bad_dtype"),
+    (lambda m: m["dtypes"].update(topk_ids=["U16"]), "bad_dtype"),
+])
+def test_ids_dtype_validation_on_open(tmp_path, edit, rule):
+    path = tmp_path / "store"
+    _u16_store(path)
+    TopKStore(path)
+    _edit_manifest(path, edit)
+    with pytest.raises(FormatError) as e:
+        TopKStore(path)
+    assert e.value.rule == rule and str(path) in str(e.value)
+
+
+def write_v1_0_store(path, samples, k):
+    """A store exactly as format 1.0 wrote it (all ids I32, no minor_version), built with the
+    safetensors library and a hand-written manifest."""
+    import safetensors.numpy as hf_st
+
+    os.makedirs(path)
+    lengths = [len(s["input_ids"]) for s in samples]
+    hf_st.save_file({
+        "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "input_ids": np.concatenate([s["input_ids"] for s in samples]).astype(np.int32),
+        "loss_mask": np.concatenate([s["loss_mask"] for s in samples]).astype(np.uint8),
+        "topk_ids": np.concatenate([s["topk_ids"] for s in samples]).astype(np.int32),
+        "topk_logits": np.concatenate([s["topk_logits"] for s in samples]).astype(np.float16),
+        "token_ce": np.concatenate([s["token_ce"] for s in samples]).astype(np.float32),
+        "seq_ce": np.array([s["seq_ce"] for s in samples], np.float32),
+        "sample_index": np.array([s["sample_index"] for s in samples], np.int64),
+    }, str(path / "shard-00000.safetensors"), metadata={"format": "fusechat-topk"})
+    dtypes = {"offsets": "I64", "input_ids": "I32", "loss_mask": "U8", "topk_ids": "I32",
+              "topk_logits": "F16", "token_ce": "F32", "seq_ce": "F32", "sample_index": "I64"}
+    manifest = {"format": "fusechat-topk", "version": 1, "kind": "extracted", "k": k,
+                "model": "old", "tokenizer_fingerprint": "fp", "vocab_size": 300, "info": {},
+                "dtypes": dtypes, "n_samples": len(samples), "n_tokens": sum(lengths),
+                "shards": [{"file": "shard-00000.safetensors", "n_samples": len(samples),
+                            "n_tokens": sum(lengths)}], "created_by": "fusechat 0.1.0"}
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def test_format_1_0_store_still_opens(tmp_path):
+    from fusechat.store import open_store, part_name
+
+    samples = padded_samples(6, k=4, vocab=300)
+    write_v1_0_store(tmp_path / "old", samples, k=4)
+    old = TopKStore(tmp_path / "old", expect_fingerprint="fp")
+    assert len(old) == 6 and old[0].topk_ids.dtype == np.int32
+    for s, got in zip(samples, old):
+        np.testing.assert_array_equal(got.input_ids, s["input_ids"])
+        np.testing.assert_array_equal(got.topk_ids, s["topk_ids"])
+        assert got.topk_ids.base is not None  # a view of the mapping, not a copy
+    # a parted store whose first part is 1.0 (I32) and second 1.1 (U16): resumed after an
+    # upgrade, read as one store
+    root = tmp_path / "parted"
+    write_v1_0_store(root / part_name(0, 2), samples[:3], k=4)
+    more = padded_samples(3, k=4, vocab=300, seed=5)
+    for s in more:
+        s["sample_index"] += 10**6
+    with TopKStoreWriter(root / part_name(1, 2), k=4, model="old", tokenizer_fingerprint="fp",
+                         vocab_size=300) as w:
+        for s in more:
+            w.add(**s)
+    both = open_store(root)
+    assert both.manifest["dtypes"]["topk_ids"] == "I32|U16"
+    for s, got in zip(samples[:3] + more, both):
+        np.testing.assert_array_equal(got.topk_ids, s["topk_ids"])
