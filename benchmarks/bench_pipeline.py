@@ -6,7 +6,7 @@
     plus 2047 fp16 per-token CEs and one fp16 sequence CE (Arrow's list offsets not counted,
     which favours the reference). Goal: at most 64 B/token at K = 10. Two cases, as the
     store's id dtype follows its vocabulary: the demo pivot's extracted store (a few hundred
-    ids: U16 ids), and the same samples written for a 151936-id vocabulary (Qwen's: I32 ids;
+    ids: U16 ids), and the same samples written for a 151936-id vocabulary (Qwen's: U24 ids;
     the store's size does not depend on the id values, so a synthetic rewrite measures it).
 (b) Extraction time with the fused top-K + CE kernel (fusechat.torch.topk_and_ce, one pass
     over the logits) against torch.topk + a separate F.cross_entropy on the same logits, in
@@ -16,6 +16,7 @@
 
     python benchmarks/bench_pipeline.py --quick
     flock /tmp/fusechat-bench.lock python benchmarks/bench_pipeline.py --write-docs
+    python benchmarks/bench_pipeline.py --store-only --write-docs   # (a) alone, its subsection
 """
 import argparse
 import datetime
@@ -34,7 +35,8 @@ from _common import machine, write_section  # noqa: E402
 
 SECTION = "## Pipeline (bench_pipeline.py)"
 K = 10
-BIG_VOCAB = 151936  # Qwen's vocabulary: past 65535 ids, so I32 ids
+BIG_VOCAB = 151936  # Qwen's vocabulary: past 65535 ids, so U24 ids
+STORE_SECTION = "### TopK store size (bench_pipeline.py)"
 REF_LEN = 2048
 # per position: input_ids int64 + labels int64 + attention_mask bool + K x (fp16 + int64)
 REF_ROW_BYTES = REF_LEN * (8 + 8 + 1 + K * (2 + 8)) + (REF_LEN - 1) * 2 + 2
@@ -109,7 +111,7 @@ def measure_extraction(records, tok, vocab, dtype, repeats, batch_size, work):
 
 def store_size(records, tok, work):
     """Bytes per token of the pivot's extracted store of these records (small vocabulary:
-    U16 ids) and of the same samples written for a BIG_VOCAB-id vocabulary (I32 ids), with
+    U16 ids) and of the same samples written for a BIG_VOCAB-id vocabulary (U24 ids), with
     the reference's on the same samples."""
     from fusechat.demo_models import build_model
     from fusechat.extract import extract
@@ -159,6 +161,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 repeats")
     ap.add_argument("--write-docs", action="store_true",
                     help="replace this benchmark's section of docs/benchmarks.md")
+    ap.add_argument("--store-only", action="store_true",
+                    help="(a) alone: the store sizes (with --write-docs, only their subsection)")
     args = ap.parse_args()
     import torch
 
@@ -174,14 +178,21 @@ def main():
     work = tempfile.mkdtemp(prefix="fusechat-bench-pipeline-")
     try:
         size = store_size(records, tok, work)
-        timing = [(v, d, measure_extraction(records, tok, v, d, repeats, 8, work))
-                  for v in vocabs for d in dtypes]
+        timing = [] if args.store_only else [
+            (v, d, measure_extraction(records, tok, v, d, repeats, 8, work))
+            for v in vocabs for d in dtypes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    lines = report(size, timing, n, repeats, quick, torch.get_num_threads())
+    store = store_lines(size, quick)
+    if args.store_only:
+        print("\n".join(store))
+        if args.write_docs:
+            write_section("\n".join(store) + "\n", parent=SECTION)
+        return
+    lines = report(timing, n, repeats, quick, torch.get_num_threads())
     from pipeline_stages import align_fuse_lines, measure_align_fuse  # align + fuse rows
 
-    lines += [""] + align_fuse_lines(measure_align_fuse(quick))
+    lines += [""] + store + [""] + align_fuse_lines(measure_align_fuse(quick))
     print("\n".join(lines))
     if args.write_docs:
         write_section("\n".join(lines) + "\n")
@@ -191,35 +202,34 @@ NOTES = [
     "Notes. The top-K + CE column is the part the kernel replaces; the extraction column adds "
     "the forward pass (which dominates for this 2-layer model and would even more for a 7B "
     "one), tokenization and writing, and moves by several seconds between runs on this shared "
-    "machine, so its ratio is the less reliable figure. The store's bytes per token are its "
-    "fields: input_ids (2 or 4) + loss_mask U8 (1) + topk_ids (K x 2 or K x 4) + topk_logits "
-    "F16 (K x 2) + token_ce F32 (4); per-sample arrays and headers add < 1 B/token at these "
-    "lengths. Ids are U16 when the store's vocabulary has at most 65535 ids (65535 pads the "
-    "top-K rows), I32 otherwise (format 1.1, docs/formats.md): extracted stores of models "
-    "with <= 65535 ids (Llama-2/Mistral/OpenChat 32k, Yi 64000) and every aligned or MinCE "
-    "fused store of such a pivot meet the goal (47 B/token); an extracted store of a larger "
-    "vocabulary (Qwen 151936, Llama-3 128256, Gemma 256000) stays at 69 B/token and does "
-    "NOT meet it (token_ce stays F32 because MinCE compares sums of it; F16 there would "
-    "still give 67 B/token). AvgCE fused stores keep F32 "
-    "log-probabilities over the union of the inputs' lists (K = sum of the inputs' K), a "
-    "different layout outside this goal.",
+    "machine, so its ratio is the less reliable figure.",
+]
+STORE_NOTES = [
+    "The store's bytes per token are its fields: input_ids (b) + loss_mask U8 (1) + topk_ids "
+    "(K x b) + topk_logits F16 (K x 2) + token_ce F32 (4), with b = 2, 3 or 4 bytes per id; "
+    "per-sample arrays and headers add < 1 B/token at these lengths. Ids take the narrowest "
+    "width the store's vocabulary allows (format 1.2, docs/formats.md): U16 up to 65535 ids "
+    "(Llama-2/Mistral/OpenChat 32k, Yi 64000; 47 B/token), U24 up to 16777215 (Qwen 151936, "
+    "Llama-3 128256, Gemma 256000; three little-endian bytes per id, 58 B/token), I32 only "
+    "when the vocabulary is unknown (69 B/token). Aligned and MinCE-fused stores are in the "
+    "pivot's vocabulary, so a 32k pivot's are U16. token_ce stays F32 because MinCE compares "
+    "sums of it. AvgCE fused stores keep F32 log-probabilities over the union of the inputs' "
+    "lists (K = sum of the inputs' K), a different layout outside this goal.",
 ]
 
 
-def report(size, timing, n, repeats, quick, threads):
-    date = datetime.date.today().isoformat()
+def store_lines(size, quick):
     best = REF_ROW_BYTES / REF_LEN
-    lines = [SECTION, "",
-             f"Machine: {machine()}; torch threads {threads}; {date}"
-             + (" (--quick)" if quick else "") + ".", "",
-             f"**Store size** ({size['n']} demo conversations of 8 turns, "
-             f"{size['mean_len']:.0f} tokens on average, K = {K}, f16 logits; the store's id "
-             "dtype follows its vocabulary):", "",
+    lines = [STORE_SECTION, "",
+             f"Machine: {machine()}; {datetime.date.today().isoformat()}"
+             + (" (--quick)" if quick else "") + ". "
+             f"{size['n']} demo conversations of 8 turns, {size['mean_len']:.0f} tokens on "
+             f"average, K = {K}, f16 logits; the store's id dtype follows its vocabulary.", "",
              "| layout | ids | bytes per real token (shard files) | with manifest.json | "
              "vs reference, same samples | vs reference's best case | goal <= 64 B/token |",
              "|---|---|---:|---:|---:|---:|---|"]
     for c in size["cases"]:
-        b = 2 if c["ids"] == "U16" else 4
+        b = {"U16": 2, "U24": 3, "I32": 4}[c["ids"]]
         what = ("demo pivot's extracted store" if c is size["cases"][0]
                 else "same samples, synthetic writer")
         lines.append(
@@ -231,7 +241,15 @@ def report(size, timing, n, repeats, quick, threads):
                      f"{b + 1 + K * b + K * 2 + 4} | | | | |")
     lines += [f"| reference, padded to 2048 (same samples) | I64 | {size['ref']:,.0f} | | | | |",
               f"| reference, a row of exactly 2048 real tokens (its best case) | I64 | "
-              f"{best:.1f} | | | | |", "",
+              f"{best:.1f} | | | | |", ""]
+    return lines + STORE_NOTES
+
+
+def report(timing, n, repeats, quick, threads):
+    date = datetime.date.today().isoformat()
+    lines = [SECTION, "",
+             f"Machine: {machine()}; torch threads {threads}; {date}"
+             + (" (--quick)" if quick else "") + ".", "",
              f"**Extraction time** ({n} conversations, batch 8, K = {K}, best of {repeats}; "
              "2-layer Llama, hidden 128, with the vocabulary V below; 'top-K + CE' is the time "
              "inside the top-K/CE step alone):", "",

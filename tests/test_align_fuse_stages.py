@@ -438,23 +438,28 @@ def _run_stages(env, root):
     return got
 
 
-def test_u16_stores_give_the_results_of_i32_stores(env, tmp_path, monkeypatch):
-    """The whole path on U16 stores (what 300-id vocabularies get) against the same path with
-    every store forced to I32 ids (format 1.0's layout, the reference)."""
+@pytest.mark.parametrize("narrow", ["U16", "U24"])
+def test_narrow_id_stores_give_the_results_of_i32_stores(env, tmp_path, monkeypatch, narrow):
+    """The whole path on U16 stores (what 300-id vocabularies get) and on U24 stores (what
+    Qwen-sized vocabularies get, forced here) against the same path with every store forced
+    to I32 ids (format 1.0's layout, the reference)."""
     from fusechat import store as store_mod
 
-    u16 = _run_stages(env, tmp_path / "u16")
+    with monkeypatch.context() as m:
+        if narrow == "U24":
+            m.setattr(store_mod, "ids_dtype_for", lambda vocab_size: "U24")
+        u16 = _run_stages(env, tmp_path / narrow)
     with monkeypatch.context() as m:
         m.setattr(store_mod, "ids_dtype_for", lambda vocab_size: "I32")
         i32 = _run_stages(env, tmp_path / "i32")
     for name in ("piv", "src", "al", "same", "mince", "token", "avgce"):
         (dt_u, win_u, rows_u), (dt_i, win_i, rows_i) = u16[name], i32[name]
-        assert (dt_u, dt_i) == ("U16", "I32"), name
+        assert (dt_u, dt_i) == (narrow, "I32"), name
         assert win_u == win_i and len(rows_u) == len(rows_i) > 0, name
         for a, b in zip(rows_u, rows_i):
             for x, y in zip(a, b):
                 assert np.array_equal(x, y, equal_nan=True), (name, a[0])
-    assert any((r[3] < 0).any() for r in u16["al"][2])  # pads went through the U16 files
+    assert any((r[3] < 0).any() for r in u16["al"][2])  # pads went through the narrow files
     for key, t in i32["batch"].items():
         assert u16["batch"][key].dtype == t.dtype and bool((u16["batch"][key] == t).all()), key
     assert str(u16["batch"]["input_ids"].dtype) == str(u16["batch"]["labels"].dtype) == "torch.int64"

@@ -130,9 +130,9 @@ def test_extract_gpt2_byte_level_with_the_model_template(records, tmp_path):
     check_against_torch(store, model, tok, records[:9], template="model")
 
 
-def test_extract_with_a_vocabulary_past_65535_keeps_i32_ids(records, tmp_path):
+def test_extract_with_a_vocabulary_past_65535_stores_u24_ids(records, tmp_path):
     """A model scoring 70000 ids (its tokenizer's few hundred plus unused rows, as real
-    models pad theirs): I32 ids, and top-K ids past 65535 stored exactly."""
+    models pad theirs): three-byte ids, and top-K ids past 65535 stored exactly."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = demo_models.train_tokenizer("metaspace")
@@ -144,7 +144,7 @@ def test_extract_with_a_vocabulary_past_65535_keeps_i32_ids(records, tmp_path):
                    logits_dtype="F32", quiet=True)
     store = TopKStore(path)
     assert store.manifest["vocab_size"] == 70000
-    assert store.manifest["dtypes"]["input_ids"] == store.manifest["dtypes"]["topk_ids"] == "I32"
+    assert store.manifest["dtypes"]["input_ids"] == store.manifest["dtypes"]["topk_ids"] == "U24"
     assert max(int(s.topk_ids.max()) for s in store) >= 65535  # ids U16 could not hold
     check_against_torch(store, model, tok, records[:4])
 

@@ -149,7 +149,7 @@ def test_to_hf_dataset(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# token ids: U16 when the vocabulary fits (format 1.1), I32 otherwise, 1.0 stores still read
+# token ids: U16 or U24 when the vocabulary fits (format 1.1, 1.2), else I32; older stores read
 
 def padded_samples(n, k, vocab, seed=0):
     """random_samples with ids spanning the whole vocabulary (its last id included) and
@@ -166,7 +166,8 @@ def padded_samples(n, k, vocab, seed=0):
 
 @pytest.mark.parametrize("vocab,want", [
     (500, "U16"), (65535, "U16"),  # ids up to 65534, 65535 is the pad
-    (65536, "I32"), (151936, "I32"), (None, "I32"),  # no code left for the pad / unknown
+    (65536, "U24"), (151936, "U24"), (2**24 - 1, "U24"),  # three bytes, 2^24 - 1 the pad
+    (2**24, "I32"), (None, "I32"),  # no code left for the pad / unknown
 ])
 def test_ids_dtype_follows_the_vocabulary_and_round_trips(tmp_path, vocab, want):
     import safetensors.numpy as hf_st
@@ -177,15 +178,20 @@ def test_ids_dtype_follows_the_vocabulary_and_round_trips(tmp_path, vocab, want)
         for s in samples:
             w.add(**s)
     m = json.loads((path / "manifest.json").read_text())
-    assert (m["version"], m["minor_version"]) == (1, 1)
+    assert (m["version"], m["minor_version"]) == (1, 2)
     assert m["dtypes"]["input_ids"] == m["dtypes"]["topk_ids"] == want
-    # the files, read by the safetensors library: the stored dtype, pads as 65535 in U16
-    np_dtype, pad = (np.uint16, 65535) if want == "U16" else (np.int32, -1)
+    # the files, read by the safetensors library: the stored dtype, pads as all ones
+    np_dtype, pad = {"U16": (np.uint16, 65535), "U24": (np.uint8, 2**24 - 1),
+                     "I32": (np.int32, -1)}[want]
     files = [hf_st.load_file(str(path / sh["file"])) for sh in m["shards"]]
     assert len(files) > 1
     disk_ids = np.concatenate([f["input_ids"] for f in files])
     disk_topk = np.concatenate([f["topk_ids"] for f in files])
     assert disk_ids.dtype == np_dtype and disk_topk.dtype == np_dtype
+    if want == "U24":  # little-endian bytes, decoded here independently of the reader
+        assert disk_ids.shape[-1] == 3 and disk_topk.shape[-1] == 3
+        disk_ids, disk_topk = (sum(a[..., j].astype(np.int64) << (8 * j) for j in range(3))
+                               for a in (disk_ids, disk_topk))
     np.testing.assert_array_equal(disk_ids, np.concatenate([s["input_ids"] for s in samples]))
     want_topk = np.concatenate([s["topk_ids"] for s in samples])
     np.testing.assert_array_equal(disk_topk, np.where(want_topk < 0, pad, want_topk))
@@ -195,8 +201,8 @@ def test_ids_dtype_follows_the_vocabulary_and_round_trips(tmp_path, vocab, want)
         assert got.input_ids.dtype == np.int32 and got.topk_ids.dtype == np.int32
         np.testing.assert_array_equal(got.input_ids, s["input_ids"])
         np.testing.assert_array_equal(got.topk_ids, s["topk_ids"])
-    # bytes per token: the fields (ids 2 or 4 bytes) plus per-sample arrays and headers
-    b = 2 if want == "U16" else 4
+    # bytes per token: the fields (ids 2, 3 or 4 bytes) plus per-sample arrays and headers
+    b = {"U16": 2, "U24": 3, "I32": 4}[want]
     fields = b + 1 + 10 * b + 10 * 2 + 4
     per_sample = (8 + 4 + 8) * len(samples) + 8 * len(files)
     headers = sum(os.path.getsize(path / sh["file"]) for sh in m["shards"]) \
@@ -205,30 +211,33 @@ def test_ids_dtype_follows_the_vocabulary_and_round_trips(tmp_path, vocab, want)
     assert 0 < headers < 1000 * len(files)
 
 
-def test_u16_and_i32_stores_read_the_same(tmp_path):
+def test_u16_u24_and_i32_stores_read_the_same(tmp_path):
     samples = padded_samples(9, k=4, vocab=300)
     stores = []
-    for dt in ("U16", "I32"):
+    for dt in ("U16", "U24", "I32"):
         with TopKStoreWriter(tmp_path / dt, k=4, vocab_size=300, ids_dtype=dt) as w:
             for s in samples:
                 w.add(**s)
         stores.append(TopKStore(tmp_path / dt))
-    u16, i32 = stores
-    assert u16.manifest["dtypes"]["topk_ids"] == "U16" and i32.manifest["dtypes"]["topk_ids"] == "I32"
-    for a, b in zip(u16, i32):
-        for f in ("input_ids", "loss_mask", "topk_ids", "topk_logits", "token_ce"):
-            x, y = getattr(a, f), getattr(b, f)
-            assert x.dtype == y.dtype and np.array_equal(x, y)
-    assert [s.topk_ids.tolist() for s in u16.iter_batches(4).__next__()] == \
-        [s.topk_ids.tolist() for s in i32.iter_batches(4).__next__()]
-    assert u16.bytes_per_token() < i32.bytes_per_token()
-    ra, rb = u16.to_hf_dataset(), i32.to_hf_dataset()
-    assert ra.to_list() == rb.to_list() and min(min(r) for r in ra[0]["per_step_indices"]) >= -1
+    assert [s.manifest["dtypes"]["topk_ids"] for s in stores] == ["U16", "U24", "I32"]
+    i32 = stores[-1]
+    for narrow in stores[:2]:
+        for a, b in zip(narrow, i32):
+            for f in ("input_ids", "loss_mask", "topk_ids", "topk_logits", "token_ce"):
+                x, y = getattr(a, f), getattr(b, f)
+                assert x.dtype == y.dtype and np.array_equal(x, y)
+        assert [s.topk_ids.tolist() for s in narrow.iter_batches(4).__next__()] == \
+            [s.topk_ids.tolist() for s in i32.iter_batches(4).__next__()]
+        ra, rb = narrow.to_hf_dataset(), i32.to_hf_dataset()
+        assert ra.to_list() == rb.to_list() and min(min(r) for r in ra[0]["per_step_indices"]) >= -1
+    assert stores[0].bytes_per_token() < stores[1].bytes_per_token() < i32.bytes_per_token()
 
 
 def test_writer_checks_ids(tmp_path):
     with pytest.raises(ValueError, match="ids_dtype"):
         TopKStoreWriter(tmp_path / "a", k=2, vocab_size=65536, ids_dtype="U16")
+    with pytest.raises(ValueError, match="ids_dtype"):
+        TopKStoreWriter(tmp_path / "a", k=2, vocab_size=2**24, ids_dtype="U24")
     with pytest.raises(ValueError, match="ids_dtype"):
         TopKStoreWriter(tmp_path / "b", k=2, ids_dtype="U16")  # unknown vocabulary
     with pytest.raises(ValueError, match="ids_dtype"):
@@ -260,11 +269,14 @@ def _u16_store(path):
 
 @pytest.mark.parametrize("edit,rule", [
     (lambda m: m.update(vocab_size=65536), "ids_dtype"),
+    (lambda m: m.update(minor_version=1, dtypes={**m["dtypes"], "input_ids": "U24",
+                                                  "topk_ids": "U24"}), "bad_dtype"),  # 1.2
     (lambda m: m.update(vocab_size=None), "ids_dtype"),
     (lambda m: m.pop("vocab_size"), "ids_dtype"),
     (lambda m: m.pop("minor_version"), "bad_dtype"),  # a 1.0 store holds I32 ids only
     (lambda m: m.update(minor_version="1"), "bad_manifest"),
     (lambda m: m["dtypes"].update(topk_ids="I32"), "bad_tensor"),  # the shards hold U16
+    (lambda m: m["dtypes"].update(topk_ids="U24"), "bad_tensor"),
     (lambda m: m["dtypes"].update(input_ids="I64"), "bad_dtype"),
     (lambda m: m["dtypes"].update(token_ce="F16"), "bad_dtype"),
     (lambda m: m["dtypes"].pop("topk_logits"), "bad_dtype"),
