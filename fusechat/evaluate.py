@@ -64,14 +64,9 @@ def evaluate(model, conversations, *, tokenizer=None, name=None, template="openc
         targets = np.flatnonzero(tok.loss_mask)  # token t is predicted at position t - 1
         t = torch.as_tensor(targets, device=device)
         nll = -logp[t - 1, ids[0, t]].mean().item()
-        # greedy answer to the last user turn
-        text, spans = chat.render(conv, tokenizer, template, sep)
-        # the prompt stops before the space that leads into the answer: tokenizers fold that
-        # space into the answer's first piece ("▁Soke", "Ġ12"), so a prompt ending in a lone
-        # space piece would be out of distribution
-        prompt_text = text[:spans[-1][0]].rstrip(" ")
-        prompt = tokenizer(prompt_text, add_special_tokens=(template == "openchat_3.5"),
-                           return_tensors="pt")["input_ids"].to(device)
+        # greedy answer to the last user turn, from exactly the tokens that precede it in
+        # training
+        prompt = ids[:, :answer_start(tok.loss_mask)]
         with torch.no_grad():
             out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=sorted(stop_ids) or None,
@@ -84,6 +79,23 @@ def evaluate(model, conversations, *, tokenizer=None, name=None, template="openc
         exact.append(float(answer.strip() == want.strip()))
     return EvalResult(name or getattr(model, "name_or_path", "model"), np.asarray(idx, np.int64),
                       np.asarray(skills, dtype=object), np.asarray(nlls), np.asarray(exact))
+
+
+def answer_start(loss_mask):
+    """Position of the first supervised token of the last assistant turn (the start of the
+    mask's last run of ones): the greedy answer is generated from the ids before it.
+
+    Re-tokenizing the rendered text up to the answer instead would differ from training
+    wherever the tokenizer does not fold the space before the answer into the answer's first
+    piece: Qwen2's split gives "Ġ", "1", "2" for " 12" and Unigram can give "▁", "Tazku"; the
+    lone space piece is never a supervised target, so a model asked to produce it first
+    answers noise."""
+    mask = np.asarray(loss_mask).astype(bool)
+    if not mask.any():
+        raise ValueError("loss_mask: no supervised token")
+    end = len(mask) - int(np.argmax(mask[::-1]))  # one past the last supervised token
+    unsupervised_before = np.flatnonzero(~mask[:end])
+    return int(unsupervised_before[-1]) + 1 if len(unsupervised_before) else 0
 
 
 def compare(results, baseline=None, seed=0):
