@@ -3,7 +3,8 @@ with bootstrap confidence intervals and paired comparisons (fusechat.stats).
 
 For each conversation the model is scored on the supervised tokens of every assistant turn
 (mean negative log-likelihood per token), and asked to answer the last user turn greedily;
-the answer is exact if it equals the last assistant turn after stripping whitespace.
+the answer is exact if it equals the last assistant turn after stripping whitespace, or any
+of the record's ``answers`` (a list of strings) where a question has several right answers.
 Needs torch and transformers (``pip install fusechat[torch]``).
 """
 import logging
@@ -72,11 +73,12 @@ def evaluate(model, conversations, *, tokenizer=None, name=None, template="openc
                                  eos_token_id=sorted(stop_ids) or None,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         answer = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
-        want = conv.turns[-1][1]
+        # a record may list every right answer ("answers": [...]); else the reply is the answer
+        wants = conv.meta.get("answers") or [conv.turns[-1][1]]
         idx.append(conv.index)
         skills.append(conv.meta.get("skill", "all"))
         nlls.append(nll)
-        exact.append(float(answer.strip() == want.strip()))
+        exact.append(float(answer.strip() in {str(w).strip() for w in wants}))
     return EvalResult(name or getattr(model, "name_or_path", "model"), np.asarray(idx, np.int64),
                       np.asarray(skills, dtype=object), np.asarray(nlls), np.asarray(exact))
 
@@ -122,13 +124,15 @@ def compare(results, baseline=None, seed=0):
 
 def format_table(rows):
     """A plain-text table of compare() rows."""
+    def diff(d):
+        return f"{d['diff']:+.3f} [{d['low']:+.3f},{d['high']:+.3f}]" if d else ""
+
     lines = [f"{'model':<22} {'skill':<11} {'n':>4}  {'NLL/token [95% CI]':<24} "
-             f"{'exact match [95% CI]':<24} {'exact vs base':<22}"]
+             f"{'exact match [95% CI]':<24} {'exact vs base':<24} {'NLL vs base'}"]
     for r in rows:
         nll, ex = r["nll"], r["exact"]
-        vs = r.get("exact_vs_base")
-        vs_s = f"{vs['diff']:+.3f} [{vs['low']:+.3f},{vs['high']:+.3f}]" if vs else ""
         lines.append(f"{r['model']:<22} {r['skill']:<11} {r['n']:>4}  "
                      f"{nll[0]:.3f} [{nll[1]:.3f},{nll[2]:.3f}]    "
-                     f"{ex[0]:.3f} [{ex[1]:.3f},{ex[2]:.3f}]    {vs_s}")
+                     f"{ex[0]:.3f} [{ex[1]:.3f},{ex[2]:.3f}]    "
+                     f"{diff(r.get('exact_vs_base')):<24} {diff(r.get('nll_vs_base'))}".rstrip())
     return "\n".join(lines)

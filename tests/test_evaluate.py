@@ -62,6 +62,12 @@ def test_a_model_that_learned_its_answers_scores_exact():
                        quiet=True)
     assert res.exact.tolist() == [1.0] * len(convs)
     assert np.all(res.nll < 0.5)
+    # with an "answers" list, a reply is exact when it is any of them
+    convs[0].meta["answers"] = ["nope", "never"]
+    convs[1].meta["answers"] = ["nope", convs[1].turns[-1][1]]
+    with torch.no_grad():
+        res = evaluate(model, convs[:2], tokenizer=tok, max_new_tokens=4, quiet=True)
+    assert res.exact.tolist() == [0.0, 1.0]
 
 
 @pytest.mark.parametrize("arch,kind", [(arch, kind) for _, arch, kind, *_ in demo.MODELS])
