@@ -9,7 +9,9 @@ pytest.importorskip("transformers")
 from fusechat import chat, demo, demo_data, demo_models  # noqa: E402
 from fusechat.evaluate import answer_start, evaluate  # noqa: E402
 
-ARITH = demo_data.make_dataset(6, seed=2, mix={"arithmetic": 1.0})
+ARITH = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                       {"role": "assistant", "content": str(a + b)}]}
+         for a, b in [(7, 5), (3, 9), (8, 8), (1, 2), (6, 0), (4, 7)]]
 
 
 def test_answer_start_is_the_start_of_the_last_supervised_run():
