@@ -35,6 +35,17 @@ def timed_demo(workdir, quick):
     return dt, proc.stdout
 
 
+def sizes_line(quick):
+    from fusechat.demo import SIZES
+
+    z = SIZES["quick" if quick else "full"]
+    return (f"Sizes: fusion dataset {z['n_data']} synthetic chats ({z['n_eval']} held out), "
+            f"sources {z['source_n']} chats x {z['source_epochs']} epochs, pivot "
+            f"{z['pivot_n']} x {z['pivot_epochs']}, hidden {z['hidden']}, 2 layers, targets "
+            f"and SFT {z['train_epochs']} epochs (lm_weight {z['lm_weight']}). The cached rerun "
+            "checks every step's fingerprint (hashing the model folders) and recomputes nothing.")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="time `fusechat demo --quick`")
@@ -57,7 +68,9 @@ def main():
              "", "| run | wall s | vs the 600 s goal |", "|---|---|---|",
              f"| demo ({mode}), fresh work folder | {fresh:.1f} | {fresh / GOAL_S:.2f}x |",
              f"| demo ({mode}), rerun, every step cached | {cached:.1f} | "
-             f"{cached / GOAL_S:.2f}x |", ""]
+             f"{cached / GOAL_S:.2f}x |", "", sizes_line(args.quick), "",
+             f"Load average when the run ended: {os.getloadavg()[0]:.1f} (other jobs share "
+             "the cores; the demo trains with one torch thread).", ""]
     print("\n".join(lines))
     if args.write_docs:
         write_section("\n".join(lines) + "\n")

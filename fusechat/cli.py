@@ -40,12 +40,15 @@ def _demo_args(p):
                    help="folder for the demo's artefacts, reused by a rerun (default: ./fusechat-demo)")
     p.add_argument("--quick", action="store_true",
                    help="fewer samples and epochs (a smoke run, as the tests use)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="draw other data, models and split (0: the reported table; 1: the dev "
+                        "seed the settings were chosen on)")
 
 
 def _demo_run(args):
     from .demo import run_demo
 
-    return run_demo(args.workdir, quiet=args.quiet, quick=args.quick)
+    return run_demo(args.workdir, quiet=args.quiet, quick=args.quick, seed=args.seed)
 
 
 # --------------------------------------------------------------------------------------

@@ -4,14 +4,16 @@
    string transformations, recall of a generated fact table);
 2. trains three tokenizers (Metaspace BPE, byte-level BPE, Unigram) and three tiny chat
    models of different architectures (Llama, Qwen2, GPT-2 style) so that the two sources are
-   each stronger than the pivot on different skills: the pivot gets little training on the
-   uniform mix, source A much training on arithmetic and strings, source B on facts;
-3. runs the pipeline through the recipe runner (fusechat.recipe): extract all three,
-   align both sources to the pivot (their tokenizers differ), fuse, train two targets,
-   merge them with SCE, train the SFT baseline (pivot + plain CE on the same data), and
-   evaluate pivot, SFT, targets and the merged model on a held-out split;
-4. prints the table per skill with 95% bootstrap CIs and paired differences against the
-   pivot, and saves a plot (demo.png, when matplotlib is installed).
+   each stronger than the pivot on different skills: the pivot gets a light pass over the
+   uniform mix, source A long training on a large arithmetic and strings set, source B on
+   facts;
+3. runs the pipeline through the recipe runner (fusechat.recipe) on a small fusion dataset:
+   extract all three, align both sources to the pivot (their tokenizers differ), fuse, train
+   two targets, merge them with SCE, train the SFT baseline (pivot + plain CE on the same
+   data), and evaluate pivot, SFT, targets, the merged model and the sources on a held-out
+   split;
+4. prints the table per skill with 95% bootstrap CIs and paired differences against the SFT
+   baseline, and saves a plot (demo.png, when matplotlib is installed).
 
 Everything is cached in the work folder: a rerun skips every finished step. The demo
 reports what it measures, whatever the outcome.
@@ -34,12 +36,19 @@ MODELS = [
     ("gpt2-facts", "gpt2", "unigram", {"arithmetic": 0.1, "strings": 0.1, "facts": 0.8},
      "source"),
 ]
-SIZES = {  # (dataset rows, pivot samples, pivot epochs, source samples, source epochs,
-    #          hidden, target epochs, eval rows)
-    "full": dict(n_data=3000, pivot_n=600, pivot_epochs=2, source_n=3000, source_epochs=8,
-                 hidden=96, train_epochs=3, n_eval=240),
-    "quick": dict(n_data=200, pivot_n=100, pivot_epochs=1, source_n=200, source_epochs=1,
-                  hidden=32, train_epochs=1, n_eval=30),
+# The experiment (docs/pipeline.md, "The demo"): each source learns its skills from a large
+# skill-specific set (source_n rows x source_epochs), the pivot gets only a light pass over
+# the uniform mix, and the fusion dataset is small (n_data rows, n_eval of them held out for
+# the table), so the fusion data alone teaches the pivot its skills only partly and the
+# sources know more than it shows. Chosen on the dev seed (seed=1), never on the reported one
+# (seed=0): train_epochs 3 left SFT and targets untrained (exact 0.02), 12 lets SFT learn
+# facts and strings; lm_weight stays the paper's 0.9 (0.5 scored below it in 8 of the 9
+# target/merge x skill cells, by up to 0.34 exact match).
+SIZES = {
+    "full": dict(n_data=900, n_eval=300, pivot_n=600, pivot_epochs=2, source_n=4000,
+                 source_epochs=6, hidden=96, train_epochs=12, lm_weight=0.9),
+    "quick": dict(n_data=200, n_eval=30, pivot_n=100, pivot_epochs=1, source_n=200,
+                  source_epochs=1, hidden=32, train_epochs=1, lm_weight=0.9),
 }
 
 
@@ -51,7 +60,7 @@ def _write_jsonl(path, records):
     os.replace(tmp, path)
 
 
-def model_steps(workdir, size, quiet):
+def model_steps(workdir, size, quiet, seed=0):
     """Steps that build the demo's three chat models (cached like the pipeline's steps)."""
     from . import demo_models
 
@@ -60,9 +69,10 @@ def model_steps(workdir, size, quiet):
         n = size["pivot_n"] if role == "pivot" else size["source_n"]
         epochs = size["pivot_epochs"] if role == "pivot" else size["source_epochs"]
         key = {"arch": arch, "tokenizer": kind, "mix": mix, "n": n, "epochs": epochs,
-               "hidden": size["hidden"], "seed": i}
+               "hidden": size["hidden"], "seed": i + 10 * seed}
 
-        def build(out, name=name, arch=arch, kind=kind, mix=mix, n=n, epochs=epochs, i=i):
+        def build(out, name=name, arch=arch, kind=kind, mix=mix, n=n, epochs=epochs,
+                  i=i + 10 * seed):
             tok = demo_models.train_tokenizer(kind)
             model = demo_models.build_model(arch, tok, hidden=size["hidden"], seed=i)
             records = demo_data.make_dataset(n, seed=100 + i, mix=mix)
@@ -74,25 +84,27 @@ def model_steps(workdir, size, quiet):
     return steps
 
 
-def demo_recipe(workdir, size):
+def demo_recipe(workdir, size, seed=0):
     models = {name: os.path.join(workdir, "models-src", name) for name, *_ in MODELS}
     return {
         "pivot": {"name": "pivot", "model": models["pivot"]},
         "sources": [{"name": name, "model": models[name]}
                     for name, *_, role in MODELS if role == "source"],
         "dataset": {"path": os.path.join(workdir, "dataset.jsonl"), "max_length": 64,
-                    "eval_size": size["n_eval"], "split_seed": 0},
+                    "eval_size": size["n_eval"], "split_seed": seed},
         "extract": {"k": 10, "batch_size": 32, "dtype": "float32", "device": "cpu",
                     "logits_dtype": "F32"},
         "align": {"method": "dtw", "map": "ms"},
         "fuse": {"rule": "mince"},
-        "train": {"lm_weight": 0.9, "epochs": size["train_epochs"], "lr": 2e-3,
+        "train": {"lm_weight": size["lm_weight"], "epochs": size["train_epochs"], "lr": 2e-3,
                   "batch_size": 32, "grad_accum": 1, "seed": 42, "device": "cpu"},
         "baseline": {"sft": True},
         # select_topk 1.0: on models this small, the paper's 0.1 keeps too few of the deltas
         # (measured: the merge then scores as the pivot)
         "merge": {"method": "sce", "parameters": {"select_topk": 1.0}, "dtype": "float32"},
-        "eval": {"enabled": True, "baseline": "pivot", "max_new_tokens": 8, "sources": True},
+        # paired differences against the SFT baseline: the question is what the fusion signal
+        # adds to plain CE on the same data
+        "eval": {"enabled": True, "baseline": "sft", "max_new_tokens": 8, "sources": True},
         "output": os.path.join(workdir, "pipeline"),
     }
 
@@ -130,8 +142,23 @@ def plot(results, path):
     return True
 
 
-def run_demo(workdir, quiet=False, quick=False):
-    """Run (or resume) the demo in ``workdir``. Returns 0 when the pipeline ran through."""
+def run_demo(workdir, quiet=False, quick=False, seed=0):
+    """Run (or resume) the demo in ``workdir``. Returns 0 when the pipeline ran through.
+    ``seed`` draws other data, models and split (seed 1 is the dev seed the settings were
+    tuned on; the reported table is seed 0)."""
+    import torch
+
+    # one intra-op thread: the demo's matrices are tiny, so a second thread buys nothing on an
+    # idle machine and, on a shared one, its spin-waits made training 10x slower (measured)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(workdir, quiet, quick, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(workdir, quiet, quick, seed):
     from .evaluate import compare, format_table
 
     say = (lambda *a: None) if quiet else print  # step messages; the results always print
@@ -141,14 +168,15 @@ def run_demo(workdir, quiet=False, quick=False):
     t0 = time.perf_counter()
     data = os.path.join(workdir, "dataset.jsonl")
     # the dataset is a pure function of (n, seed): rewriting it keeps its fingerprint
-    _write_jsonl(data, demo_data.make_dataset(size["n_data"], seed=7))
+    _write_jsonl(data, demo_data.make_dataset(size["n_data"], seed=7 + 1000 * seed))
     say(f"dataset: {size['n_data']} synthetic chats ({', '.join(demo_data.SKILLS)}) -> {data}")
-    run_steps(model_steps(workdir, size, quiet), workdir, say=lambda m: say("  " + m))
-    out = run(demo_recipe(workdir, size), quiet=quiet, say=lambda m: say("  " + m))
+    run_steps(model_steps(workdir, size, quiet, seed), workdir, say=lambda m: say("  " + m))
+    out = run(demo_recipe(workdir, size, seed), quiet=quiet, say=lambda m: say("  " + m))
     results = load_results(out["eval"])
-    table = format_table(compare(results, baseline="pivot"))
+    table = format_table(compare(results, baseline="sft"))
     print("\nheld-out evaluation (NLL per supervised token; exact match of the greedy answer; "
-        "95% bootstrap CIs; 'exact vs base' = paired difference against the pivot):")
+          "95% bootstrap CIs; 'vs base' = paired difference against the SFT baseline, "
+          "model minus SFT):")
     print(table)
     print("(source-* rows: each source with its own tokenizer, so their NLL is per token of "
           "another vocabulary; exact match is comparable)")

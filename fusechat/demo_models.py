@@ -2,7 +2,7 @@
 
 Three tokenizer families, trained with the `tokenizers` library on the synthetic chat data:
 
-- ``byte_level``: byte-level BPE (GPT-2 / Llama-3 / Qwen2 style)
+- ``byte_level``: byte-level BPE with Qwen2's pre-tokenizer (digits one by one, NFC)
 - ``metaspace``: BPE with the SentencePiece ``▁`` marker and byte fallback (Llama-2 / Mistral)
 - ``unigram``: a Unigram model with ``▁`` (T5 / XLNet style)
 
@@ -23,6 +23,12 @@ LOG = logging.getLogger(__name__)
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<|end_of_turn|>"]
 TOKENIZER_KINDS = ("byte_level", "metaspace", "unigram")
+# Qwen2's published pre-tokenizer split. transformers (5.x) loads any folder whose config says
+# model_type "qwen2" as Qwen2Tokenizer, which rebuilds the pipeline around the saved vocab and
+# merges with this split and NFC, ignoring tokenizer.json's own: a byte-level BPE with another
+# split then tokenizes differently once saved and reloaded (see save()).
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+               r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 
 
@@ -37,14 +43,17 @@ def _corpus(n, seed):
 
 def train_tokenizer(kind, vocab_size=400, seed=0):
     """A transformers fast tokenizer of the given kind, trained on synthetic chat text."""
-    from tokenizers import (Tokenizer, decoders, models, normalizers, pre_tokenizers,
+    from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
                             processors, trainers)
     from transformers import PreTrainedTokenizerFast
 
     texts = _corpus(2000, seed)
     if kind == "byte_level":
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -157,7 +166,25 @@ def train_chat_model(model, tokenizer, records, *, epochs=3, batch_size=32, lr=3
 
 
 def save(model, tokenizer, path):
-    """Save as a Hugging Face folder (safetensors weights, tokenizer files)."""
+    """Save as a Hugging Face folder (safetensors weights, tokenizer files). Raises
+    RuntimeError if ``AutoTokenizer`` does not load back a tokenizer that gives the same ids
+    on the demo's chat text (the pipeline loads it that way; a model evaluated or distilled
+    under another tokenization than it was trained with scores as noise)."""
+    from transformers import AutoTokenizer
+
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    reloaded = AutoTokenizer.from_pretrained(path)
+    for text in _roundtrip_texts():
+        want, got = tokenizer(text)["input_ids"], reloaded(text)["input_ids"]
+        if want != got:
+            raise RuntimeError(
+                f"{path}: AutoTokenizer loads {type(reloaded).__name__}, which tokenizes "
+                f"{text!r} as {reloaded.convert_ids_to_tokens(got)} instead of "
+                f"{tokenizer.convert_ids_to_tokens(want)}")
+
+
+def _roundtrip_texts():
+    convs, _ = chat.load_conversations(demo_data.make_dataset(30, seed=0))
+    return [chat.render(c, None, sep="</s>")[0] for c in convs]

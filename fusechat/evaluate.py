@@ -3,7 +3,8 @@ with bootstrap confidence intervals and paired comparisons (fusechat.stats).
 
 For each conversation the model is scored on the supervised tokens of every assistant turn
 (mean negative log-likelihood per token), and asked to answer the last user turn greedily;
-the answer is exact if it equals the last assistant turn after stripping whitespace.
+the answer is exact if it equals the last assistant turn after stripping whitespace, or any
+of the record's ``answers`` (a list of strings) where a question has several right answers.
 Needs torch and transformers (``pip install fusechat[torch]``).
 """
 import logging
@@ -64,26 +65,39 @@ def evaluate(model, conversations, *, tokenizer=None, name=None, template="openc
         targets = np.flatnonzero(tok.loss_mask)  # token t is predicted at position t - 1
         t = torch.as_tensor(targets, device=device)
         nll = -logp[t - 1, ids[0, t]].mean().item()
-        # greedy answer to the last user turn
-        text, spans = chat.render(conv, tokenizer, template, sep)
-        # the prompt stops before the space that leads into the answer: tokenizers fold that
-        # space into the answer's first piece ("▁Soke", "Ġ12"), so a prompt ending in a lone
-        # space piece would be out of distribution
-        prompt_text = text[:spans[-1][0]].rstrip(" ")
-        prompt = tokenizer(prompt_text, add_special_tokens=(template == "openchat_3.5"),
-                           return_tensors="pt")["input_ids"].to(device)
+        # greedy answer to the last user turn, from exactly the tokens that precede it in
+        # training
+        prompt = ids[:, :answer_start(tok.loss_mask)]
         with torch.no_grad():
             out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=sorted(stop_ids) or None,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         answer = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
-        want = conv.turns[-1][1]
+        # a record may list every right answer ("answers": [...]); else the reply is the answer
+        wants = conv.meta.get("answers") or [conv.turns[-1][1]]
         idx.append(conv.index)
         skills.append(conv.meta.get("skill", "all"))
         nlls.append(nll)
-        exact.append(float(answer.strip() == want.strip()))
+        exact.append(float(answer.strip() in {str(w).strip() for w in wants}))
     return EvalResult(name or getattr(model, "name_or_path", "model"), np.asarray(idx, np.int64),
                       np.asarray(skills, dtype=object), np.asarray(nlls), np.asarray(exact))
+
+
+def answer_start(loss_mask):
+    """Position of the first supervised token of the last assistant turn (the start of the
+    mask's last run of ones): the greedy answer is generated from the ids before it.
+
+    Re-tokenizing the rendered text up to the answer instead would differ from training
+    wherever the tokenizer does not fold the space before the answer into the answer's first
+    piece: Qwen2's split gives "Ġ", "1", "2" for " 12" and Unigram can give "▁", "Tazku"; the
+    lone space piece is never a supervised target, so a model asked to produce it first
+    answers noise."""
+    mask = np.asarray(loss_mask).astype(bool)
+    if not mask.any():
+        raise ValueError("loss_mask: no supervised token")
+    end = len(mask) - int(np.argmax(mask[::-1]))  # one past the last supervised token
+    unsupervised_before = np.flatnonzero(~mask[:end])
+    return int(unsupervised_before[-1]) + 1 if len(unsupervised_before) else 0
 
 
 def compare(results, baseline=None, seed=0):
@@ -110,13 +124,15 @@ def compare(results, baseline=None, seed=0):
 
 def format_table(rows):
     """A plain-text table of compare() rows."""
+    def diff(d):
+        return f"{d['diff']:+.3f} [{d['low']:+.3f},{d['high']:+.3f}]" if d else ""
+
     lines = [f"{'model':<22} {'skill':<11} {'n':>4}  {'NLL/token [95% CI]':<24} "
-             f"{'exact match [95% CI]':<24} {'exact vs base':<22}"]
+             f"{'exact match [95% CI]':<24} {'exact vs base':<24} {'NLL vs base'}"]
     for r in rows:
         nll, ex = r["nll"], r["exact"]
-        vs = r.get("exact_vs_base")
-        vs_s = f"{vs['diff']:+.3f} [{vs['low']:+.3f},{vs['high']:+.3f}]" if vs else ""
         lines.append(f"{r['model']:<22} {r['skill']:<11} {r['n']:>4}  "
                      f"{nll[0]:.3f} [{nll[1]:.3f},{nll[2]:.3f}]    "
-                     f"{ex[0]:.3f} [{ex[1]:.3f},{ex[2]:.3f}]    {vs_s}")
+                     f"{ex[0]:.3f} [{ex[1]:.3f},{ex[2]:.3f}]    "
+                     f"{diff(r.get('exact_vs_base')):<24} {diff(r.get('nll_vs_base'))}".rstrip())
     return "\n".join(lines)

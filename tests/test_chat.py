@@ -110,14 +110,25 @@ def test_demo_dataset_is_deterministic_and_correct():
     for rec in a:
         q, ans = rec["messages"][0]["content"], rec["answer"]
         assert rec["messages"][1]["content"] == ans
-        if rec["skill"] == "arithmetic":
+        assert ans in rec["answers"]
+        if rec["skill"] == "arithmetic" and q.startswith("Name two digits"):
+            total = int(q[len("Name two digits that add up to "):-1])
+            pairs = [tuple(map(int, a.split(" and "))) for a in rec["answers"]]
+            assert sorted(pairs) == [(x, total - x) for x in range(10) if 0 <= total - x <= 9]
+        elif rec["skill"] == "arithmetic":
             x, op, y = q[len("What is "):-1].split()
+            assert rec["answers"] == [ans]
             assert int(ans) == (int(x) + int(y) if op == "+" else int(x) - int(y))
         elif rec["skill"] == "strings":
             w = q.split(": ")[1]
             assert ans in (w[::-1], w.upper())
+        elif q.startswith("Name a city in "):
+            country = q[len("Name a city in "):-1]
+            assert len(set(rec["answers"])) == 3 and rec["answers"][0] == facts[country]
+            others = set(facts) | set(facts.values())
+            assert not others & set(rec["answers"][1:])  # the extra cities are new names
         else:
-            assert facts[q[len("What is the capital of "):-1]] == ans
+            assert rec["answers"] == [ans] == [facts[q[len("What is the capital of "):-1]]]
     only = demo_data.make_dataset(50, seed=1, mix={"facts": 1.0})
     assert {r["skill"] for r in only} == {"facts"}
     with pytest.raises(ValueError, match="unknown skill"):

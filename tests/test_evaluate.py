@@ -1,0 +1,98 @@
+"""fusechat.evaluate: the greedy answer is asked from the training tokenization's own prefix,
+and the demo's model folders load back with the tokenizer they were trained with."""
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from fusechat import chat, demo, demo_data, demo_models  # noqa: E402
+from fusechat.evaluate import answer_start, evaluate  # noqa: E402
+
+ARITH = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                       {"role": "assistant", "content": str(a + b)}]}
+         for a, b in [(7, 5), (3, 9), (8, 8), (1, 2), (6, 0), (4, 7)]]
+
+
+def test_answer_start_is_the_start_of_the_last_supervised_run():
+    assert answer_start([0, 0, 1, 1, 0, 0, 1, 1, 1]) == 6
+    assert answer_start([0, 1, 1, 0, 1, 0, 0]) == 4
+    assert answer_start([0, 0, 0, 1]) == 3
+    with pytest.raises(ValueError, match="no supervised token"):
+        answer_start([0, 0])
+
+
+@pytest.mark.parametrize("kind", demo_models.TOKENIZER_KINDS)
+def test_prompt_plus_answer_is_the_training_tokenization(kind):
+    tok = demo_models.train_tokenizer(kind)
+    sep = chat.end_of_turn_token(tok)
+    for conv in chat.load_conversations(demo_data.make_dataset(20, seed=4))[0]:
+        t = chat.tokenize(conv, tok, sep=sep)
+        s = answer_start(t.loss_mask)
+        assert t.loss_mask[s] == 1 and t.loss_mask[s - 1] == 0 and t.loss_mask[s:].all()
+        answer = tok.decode(t.input_ids[s:].tolist(), skip_special_tokens=True)
+        assert answer.strip() == conv.turns[-1][1]
+
+
+def test_byte_level_answer_prompt_keeps_the_lone_space_piece():
+    """The regression: Qwen2's split makes " 12" -> "Ġ", "1", "2"; re-tokenizing the text up
+    to the answer (stripped of its space) drops the "Ġ" the model was trained to follow."""
+    tok = demo_models.train_tokenizer("byte_level")
+    conv = chat.load_conversations([{"messages": [
+        {"role": "user", "content": "What is 7 + 5?"},
+        {"role": "assistant", "content": "12"}]}])[0][0]
+    t = chat.tokenize(conv, tok, sep="</s>")
+    s = answer_start(t.loss_mask)
+    assert tok.convert_ids_to_tokens(t.input_ids[s - 1:].tolist()) == ["Ġ", "1", "2", "</s>"]
+    text, spans = chat.render(conv, tok, sep="</s>")
+    retokenized = tok(text[:spans[-1][0]].rstrip(" "))["input_ids"]
+    assert retokenized != t.input_ids[:s].tolist()
+
+
+def test_a_model_that_learned_its_answers_scores_exact():
+    """A tiny Qwen2 with the byte-level tokenizer memorises six sums; evaluate must find all six
+    (with the old re-tokenized prompt it had to emit an untrained "Ġ" first and scored 0)."""
+    import torch
+
+    tok = demo_models.train_tokenizer("byte_level")
+    model = demo_models.build_model("qwen2", tok, hidden=32, layers=1, seed=0)
+    demo_models.train_chat_model(model, tok, ARITH * 8, epochs=25, batch_size=16, lr=1e-2,
+                                 quiet=True)
+    convs, _ = chat.load_conversations(ARITH)
+    with torch.no_grad():
+        res = evaluate(model, convs, tokenizer=tok, name="memoriser", max_new_tokens=4,
+                       quiet=True)
+    assert res.exact.tolist() == [1.0] * len(convs)
+    assert np.all(res.nll < 0.5)
+    # with an "answers" list, a reply is exact when it is any of them
+    convs[0].meta["answers"] = ["nope", "never"]
+    convs[1].meta["answers"] = ["nope", convs[1].turns[-1][1]]
+    with torch.no_grad():
+        res = evaluate(model, convs[:2], tokenizer=tok, max_new_tokens=4, quiet=True)
+    assert res.exact.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("arch,kind", [(arch, kind) for _, arch, kind, *_ in demo.MODELS])
+def test_demo_model_folders_reload_with_their_own_tokenizer(tmp_path, arch, kind):
+    tok = demo_models.train_tokenizer(kind)
+    demo_models.save(demo_models.build_model(arch, tok, hidden=16, layers=1), tok, tmp_path)
+
+
+def test_save_rejects_a_tokenizer_that_reloads_differently(tmp_path):
+    """transformers loads a qwen2 folder as Qwen2Tokenizer (its own split over the saved
+    merges); a byte-level BPE with GPT-2's split would silently tokenize digits otherwise."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split
+    bpe.decoder = decoders.ByteLevel()
+    texts = [m["content"] for r in demo_data.make_dataset(500, seed=0) for m in r["messages"]]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=demo_models.SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<unk>")
+    model = demo_models.build_model("qwen2", tok, hidden=16, layers=1)
+    with pytest.raises(RuntimeError, match="Qwen2Tokenizer"):
+        demo_models.save(model, tok, tmp_path)
