@@ -56,7 +56,8 @@ def train_tokenizer(kind, vocab_size=400, seed=0):
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
         tok.train_from_iterator(texts, trainer)
         bos = None  # GPT-2 / Qwen style: no BOS
     elif kind == "metaspace":
@@ -65,7 +66,7 @@ def train_tokenizer(kind, vocab_size=400, seed=0):
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                          decoders.Fuse(), decoders.Strip(" ", 1, 0)])
         bytes_ = [f"<0x{b:02X}>" for b in range(256)]
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256,
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, show_progress=False,
                                       special_tokens=SPECIALS + bytes_)
         tok.train_from_iterator(texts, trainer)
         bos = "<s>"
@@ -75,7 +76,7 @@ def train_tokenizer(kind, vocab_size=400, seed=0):
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
         tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                          unk_token="<unk>")
+                                          unk_token="<unk>", show_progress=False)
         tok.train_from_iterator(texts, trainer)
         bos = "<s>"
     else:
