@@ -125,27 +125,39 @@ static void test_levenshtein(void) {
     }
     CHECK_MSG(bad == 0, "%d mismatches", bad);
 
-    /* packed patterns: 8 of <= 8 or 4 of <= 16 code points against one text */
+    /* packed patterns: 16 of <= 8 or 8 of <= 16 code points against one text, both the
+     * SIMD and the portable code; non-ASCII code points go through the pack's hash */
     bad = 0;
-    for (int t = 0; t < 2000; t++) {
-        int width = t % 2 ? 16 : 8, count = 1 + (int)((x >> 3) % (uint64_t)(64 / width));
-        uint32_t pats[8][16], text[40];
-        const uint32_t *pp[8];
-        int64_t lens[8];
+    for (int t = 0; t < 4000; t++) {
+        int width = t % 2 ? 16 : 8, count = 1 + (int)((x >> 3) % (uint64_t)(128 / width));
+        uint32_t pats[16][16], text[40];
+        const uint32_t *pp[16];
+        int64_t lens[16];
         for (int k = 0; k < count; k++) {
             x ^= x << 13, x ^= x >> 7, x ^= x << 17;
             lens[k] = 1 + (int64_t)(x % (uint64_t)width);
-            for (int64_t i = 0; i < lens[k]; i++) { x ^= x << 13, x ^= x >> 7, x ^= x << 17; pats[k][i] = alphabet[x % 6]; }
+            for (int64_t i = 0; i < lens[k]; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                /* some packs draw from many distinct code points to fill the hash */
+                pats[k][i] = t % 5 == 0 ? 0x4e00 + (uint32_t)(x % 200) : alphabet[x % 6];
+            }
             pp[k] = pats[k];
         }
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         int64_t nt = (int64_t)(x % 40);
-        for (int64_t i = 0; i < nt; i++) { x ^= x << 13, x ^= x >> 7, x ^= x << 17; text[i] = alphabet[x % 6]; }
+        for (int64_t i = 0; i < nt; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            text[i] = t % 5 == 0 ? 0x4e00 + (uint32_t)(x % 200) : alphabet[x % 6];
+        }
         fc_lev_pack pack;
-        int32_t d[8];
+        int32_t d[16], e[16];
         fc_lev_pack_init(&pack, pp, lens, count, width);
-        fc_lev_pack_dist(&pack, text, nt, d);
-        for (int k = 0; k < count; k++) bad += d[k] != lev_naive(pats[k], lens[k], text, nt);
+        fc_lev_pack_dist(&pack, text, nt, d, 1);
+        fc_lev_pack_dist(&pack, text, nt, e, 0);
+        for (int k = 0; k < count; k++) {
+            int64_t want = lev_naive(pats[k], lens[k], text, nt);
+            bad += d[k] != want || e[k] != want;
+        }
     }
     CHECK_MSG(bad == 0, "%d packed mismatches", bad);
 }

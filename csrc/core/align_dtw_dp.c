@@ -1,0 +1,175 @@
+/* align_dtw_dp.c - the forward pass of the DTW (method.md 3.3): every cell's move.
+ *
+ * D[i][j] = c[i][j] + min(D[i-1][j-1], D[i][j-1], D[i-1][j]) with D = +inf outside the
+ * grid (and D[-1][-1] = 0). The backtrack takes at (i, j) the first minimum of
+ * [diag, left, up] over the same three predecessors, so the move is decided here and kept
+ * as two bits per cell: "left" (left < diag and left <= up) and "up" (up < diag); with
+ * neither the move is diag. Only two rows of values live at a time.
+ *
+ * SIMD row (SSE2, 4 cells per vector): the vertical part t[j] = c[j] + min(up, diag) has
+ * no dependency inside the row; the horizontal one, D[j] = min(t[j], D[j-1] + c[j]), is a
+ * scan: with S[j] the prefix sum of c inside a vector and D_in the last value of the
+ * previous vector, D[j] = S[j] + min(D_in, prefix-min over k <= j of (t[k] - S[k])). Every
+ * operation is exact integer arithmetic, so it is the scalar recurrence, reordered. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "align_internal.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define FC_DTW_SSE2 1
+#endif
+
+#define DTW_INF 0x3fffffff
+
+static int simd_enabled = 1;
+
+int fc_align_set_simd(int on) {
+    int was = simd_enabled;
+    simd_enabled = on != 0;
+    return was;
+}
+
+int fc_align_simd(void) {
+#ifdef FC_DTW_SSE2
+    return simd_enabled;
+#else
+    return 0;
+#endif
+}
+
+static inline void set_bit(uint16_t *row, int64_t j) { row[j >> 4] |= (uint16_t)(1u << (j & 15)); }
+
+/* Portable rows, two at a time: the second row's serial chain runs beside the first's. One
+ * cell: ties go to diag, then left, then up; written with selects so that it compiles to
+ * conditional moves. */
+static inline int32_t cell(int32_t dg, int32_t up_v, int32_t left, int32_t cost, int *is_left,
+                           int *is_up) {
+    int32_t up_wins = up_v < dg;
+    int32_t best = up_wins ? up_v : dg;
+    int lw = left < best + up_wins; /* left beats diag only if smaller, up if not larger */
+    *is_left = lw;
+    *is_up = !lw && up_wins;
+    return (lw ? left : best) + cost;
+}
+
+static void rows_portable(const int32_t *c0, const int32_t *c1, int two, int32_t *prev,
+                          int32_t *cur, int32_t *cur2, int64_t m, uint16_t *la_bits,
+                          uint16_t *ua_bits, uint16_t *lb_bits, uint16_t *ub_bits) {
+    int32_t la = c0[0] + prev[0], lb = c1[0] + la;
+    cur[0] = la, cur2[0] = lb;
+    set_bit(ua_bits, 0);
+    if (two) set_bit(ub_bits, 0);
+    for (int64_t j = 1; j < m; j++) {
+        int lw, uw;
+        int32_t va = cell(prev[j - 1], prev[j], la, c0[j], &lw, &uw);
+        if (lw) set_bit(la_bits, j);
+        if (uw) set_bit(ua_bits, j);
+        if (two) {
+            int32_t vb = cell(la, va, lb, c1[j], &lw, &uw);
+            if (lw) set_bit(lb_bits, j);
+            if (uw) set_bit(ub_bits, j);
+            cur2[j] = lb = vb;
+        }
+        cur[j] = la = va;
+    }
+}
+
+#ifdef FC_DTW_SSE2
+static inline __m128i min32(__m128i a, __m128i b) {
+    __m128i gt = _mm_cmpgt_epi32(a, b);
+    return _mm_or_si128(_mm_and_si128(gt, b), _mm_andnot_si128(gt, a));
+}
+
+/* One row i >= 1 from prev (row i-1, with prev[-1] = +inf), 16 cells per step; cells past
+ * m (padding, cost 0) are computed and never read back for cells < m. */
+static void row_sse2(const int32_t *c, const int32_t *prev, int32_t *cur, int64_t m16,
+                     uint16_t *left_bits, uint16_t *up_bits) {
+    const __m128i inf = _mm_set1_epi32(DTW_INF);
+    const __m128i inf0 = _mm_setr_epi32(DTW_INF, 0, 0, 0);
+    const __m128i inf01 = _mm_setr_epi32(DTW_INF, DTW_INF, 0, 0);
+    __m128i carry = inf, last = inf; /* D[j-1] broadcast; the previous vector of D */
+    for (int64_t j = 0; j < m16; j += 16) {
+        unsigned lmask = 0, umask = 0;
+        for (int k = 0; k < 16; k += 4) {
+            __m128i up = _mm_loadu_si128((const __m128i *)(prev + j + k));
+            __m128i dg = _mm_loadu_si128((const __m128i *)(prev + j + k - 1));
+            __m128i cc = _mm_loadu_si128((const __m128i *)(c + j + k));
+            __m128i up_wins = _mm_cmpgt_epi32(dg, up);
+            __m128i best = _mm_or_si128(_mm_and_si128(up_wins, up), _mm_andnot_si128(up_wins, dg));
+            __m128i s = _mm_add_epi32(cc, _mm_slli_si128(cc, 4));
+            s = _mm_add_epi32(s, _mm_slli_si128(s, 8));
+            __m128i u = _mm_sub_epi32(_mm_add_epi32(best, cc), s);
+            u = min32(u, _mm_or_si128(_mm_slli_si128(u, 4), inf0));
+            u = min32(u, _mm_or_si128(_mm_slli_si128(u, 8), inf01));
+            __m128i d = _mm_add_epi32(s, min32(u, carry));
+            _mm_storeu_si128((__m128i *)(cur + j + k), d);
+            __m128i left = _mm_or_si128(_mm_slli_si128(d, 4), _mm_srli_si128(last, 12));
+            /* left < best + up_wins (up_wins is -1 where true) */
+            __m128i lw = _mm_cmpgt_epi32(_mm_sub_epi32(best, up_wins), left);
+            lmask |= (unsigned)_mm_movemask_ps(_mm_castsi128_ps(lw)) << k;
+            umask |= (unsigned)_mm_movemask_ps(_mm_castsi128_ps(up_wins)) << k;
+            last = d;
+            carry = _mm_shuffle_epi32(d, 0xff);
+        }
+        left_bits[j >> 4] = (uint16_t)lmask;
+        up_bits[j >> 4] = (uint16_t)umask;
+    }
+}
+#endif
+
+int fc_dtw_forward(const int32_t *cost, int64_t ncol, const int64_t *si, int64_t n,
+                   const int32_t *pj, int64_t m, fc_dtw_moves *mv) {
+    int64_t m16 = (m + 15) & ~(int64_t)15, stride = m16 >> 4;
+    size_t words = (size_t)n * (size_t)stride;
+    mv->stride = stride;
+    mv->left = calloc(words, sizeof(uint16_t));
+    mv->up = calloc(words, sizeof(uint16_t));
+    /* value rows with one +inf cell in front (prev[-1]) and room for the padding */
+    int32_t *buf = malloc((size_t)(5 * (m16 + 4)) * sizeof *buf);
+    if (!mv->left || !mv->up || !buf) {
+        free(buf); free(mv->left); free(mv->up);
+        mv->left = mv->up = NULL;
+        return -1;
+    }
+    int32_t *prev = buf + 4, *cur = prev + m16 + 4, *cur2 = cur + m16 + 4;
+    int32_t *c0 = cur2 + m16 + 4, *c1 = c0 + m16 + 4;
+    for (int k = 0; k < 5; k++) {
+        buf[k * (m16 + 4) + 3] = DTW_INF;
+        for (int64_t j = m; j < m16; j++) buf[k * (m16 + 4) + 4 + j] = 0;
+    }
+    /* row 0: only moves left */
+    const int32_t *r0 = cost + si[0] * ncol;
+    prev[0] = r0[pj[0]];
+    for (int64_t j = 1; j < m; j++) {
+        prev[j] = prev[j - 1] + r0[pj[j]];
+        set_bit(mv->left, j);
+    }
+    int simd = fc_align_simd();
+    for (int64_t i = 1; i < n;) {
+        const int32_t *ra = cost + si[i] * ncol;
+        for (int64_t j = 0; j < m; j++) c0[j] = ra[pj[j]];
+        uint16_t *la = mv->left + i * stride, *ua = mv->up + i * stride;
+#ifdef FC_DTW_SSE2
+        if (simd) {
+            row_sse2(c0, prev, cur, m16, la, ua);
+            int32_t *t = prev; prev = cur; cur = t;
+            i++;
+            continue;
+        }
+#else
+        (void)simd;
+#endif
+        int two = i + 1 < n;
+        const int32_t *rb = cost + si[two ? i + 1 : i] * ncol;
+        for (int64_t j = 0; j < m; j++) c1[j] = rb[pj[j]];
+        rows_portable(c0, c1, two, prev, cur, cur2, m, la, ua, la + stride, ua + stride);
+        int32_t *t = prev;
+        if (two) { prev = cur2; cur2 = t; }
+        else { prev = cur; cur = t; }
+        i += 1 + two;
+    }
+    free(buf);
+    return 0;
+}
