@@ -172,7 +172,9 @@ fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t 
         || fill_costs(c, us, nus, up, nup, n_cls, cost))
         goto done;
     for (int64_t j = 0; j < m; j++) pj32[j] = (int32_t)pj[j];
-    if (fc_dtw_forward(cost, nup, si, n, pj32, m, &mv)) goto done;
+    int32_t max_cost = 0;
+    for (int64_t k = 0; k < nus * nup; k++) max_cost = cost[k] > max_cost ? cost[k] : max_cost;
+    if (fc_dtw_forward(cost, nus, nup, max_cost, si, n, pj32, m, &mv)) goto done;
 
     /* backtrack; the path has at most n + m - 1 cells */
     path_s = malloc((size_t)(n + m) * sizeof *path_s);

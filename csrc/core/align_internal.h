@@ -43,10 +43,12 @@ typedef struct fc_dtw_moves {
     int64_t   stride;
 } fc_dtw_moves;
 
-/* Cell (i, j) costs cost[si[i] * ncol + pj[j]]. Allocates mv's bitmaps (the caller frees
- * them); -1 when out of memory. Needs n, m >= 1 and every D value below 2^30. */
-int fc_dtw_forward(const int32_t *cost, int64_t ncol, const int64_t *si, int64_t n,
-                   const int32_t *pj, int64_t m, fc_dtw_moves *mv);
+/* Cell (i, j) costs cost[si[i] * ncol + pj[j]] (a table of nrow x ncol), every cost in
+ * [0, max_cost]. Allocates
+ * mv's bitmaps (the caller frees them); -1 when out of memory. Needs n, m >= 1 and every
+ * D value below 2^30. */
+int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_cost,
+                   const int64_t *si, int64_t n, const int32_t *pj, int64_t m, fc_dtw_moves *mv);
 
 /* Whether the SIMD code paths run (x86-64 and not switched off by fc_align_set_simd). */
 int fc_align_simd(void);
