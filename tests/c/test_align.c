@@ -4,6 +4,7 @@
 
 #include "ctest.h"
 #include "fusechat.h"
+#include "../../csrc/core/align_internal.h"
 #include "../../csrc/core/levenshtein.h"
 
 /* byte-level BPE: "Ġ" is a space, "Ċ" a newline; <|im_end|> is special */
@@ -162,6 +163,82 @@ static void test_levenshtein(void) {
     CHECK_MSG(bad == 0, "%d packed mismatches", bad);
 }
 
+/* naive DTW (method.md 3.3): the full matrix, then the backtrack taking the first minimum
+ * of [diag, left, up]; the path from (n-1, m-1) back to (0, 0) */
+static int64_t naive_dtw_path(const int32_t *cost, int64_t ncol, const int64_t *si, int64_t n,
+                              const int32_t *pj, int64_t m, int64_t *path) {
+    int64_t *D = malloc((size_t)(n * m) * sizeof *D), len = 0;
+    const int64_t inf = INT64_MAX / 4;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < m; j++) {
+            int64_t best = i == 0 && j == 0 ? 0 : inf;
+            if (i > 0 && j > 0 && D[(i - 1) * m + j - 1] < best) best = D[(i - 1) * m + j - 1];
+            if (j > 0 && D[i * m + j - 1] < best) best = D[i * m + j - 1];
+            if (i > 0 && D[(i - 1) * m + j] < best) best = D[(i - 1) * m + j];
+            D[i * m + j] = best + cost[si[i] * ncol + pj[j]];
+        }
+    int64_t i = n - 1, j = m - 1;
+    while (i > 0 || j > 0) {
+        path[len++] = i * m + j;
+        int64_t dg = i > 0 && j > 0 ? D[(i - 1) * m + j - 1] : inf;
+        int64_t lf = j > 0 ? D[i * m + j - 1] : inf, up = i > 0 ? D[(i - 1) * m + j] : inf;
+        if (dg <= lf && dg <= up) i--, j--;
+        else if (lf <= up) j--;
+        else i--;
+    }
+    path[len++] = 0;
+    free(D);
+    return len;
+}
+
+/* the forward pass's moves, SIMD (16-bit rows, the handover to 32-bit rows, 32-bit from the
+ * start) and portable, against the naive DTW on random cost tables */
+static void test_dtw_forward(void) {
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, x)
+    int bad = 0, runs = 0;
+    for (int t = 0; t < 400; t++) {
+        int64_t n = 1 + (int64_t)(RND() % 70), m = 1 + (int64_t)(RND() % 70);
+        if (t % 10 == 0) n = 1 + (int64_t)(RND() % 400);
+        if (t % 10 == 1) m = 1 + (int64_t)(RND() % 400);
+        int64_t nrow = 1 + (int64_t)(RND() % 12), ncol = 1 + (int64_t)(RND() % 12);
+        static const int32_t ranges[] = {2, 4, 30, 600, 1500};
+        int32_t range = ranges[t % 5], max_cost = 0;
+        int32_t *cost = malloc((size_t)(nrow * ncol) * sizeof *cost), *pj = malloc((size_t)m * 4);
+        int64_t *si = malloc((size_t)n * 8), *want = malloc((size_t)(n + m) * 8);
+        for (int64_t k = 0; k < nrow * ncol; k++) {
+            cost[k] = (int32_t)(RND() % (uint64_t)(range + 1));
+            if (cost[k] > max_cost) max_cost = cost[k];
+        }
+        for (int64_t i = 0; i < n; i++) si[i] = (int64_t)(RND() % (uint64_t)nrow);
+        for (int64_t j = 0; j < m; j++) pj[j] = (int32_t)(RND() % (uint64_t)ncol);
+        int64_t len = naive_dtw_path(cost, ncol, si, n, pj, m, want);
+        for (int simd = 0; simd < 2; simd++) {
+            int was = fc_align_set_simd(simd);
+            fc_dtw_moves mv;
+            int rc = fc_dtw_forward(cost, nrow, ncol, max_cost, si, n, pj, m, &mv);
+            fc_align_set_simd(was);
+            if (rc) { bad++; continue; }
+            int64_t i = n - 1, j = m - 1, k = 0;
+            while (i > 0 || j > 0) {
+                if (k >= len || want[k] != i * m + j) break;
+                k++;
+                int64_t w = i * mv.stride + (j >> 4), bit = j & 15;
+                if (mv.left[w] >> bit & 1) j--;
+                else if (mv.up[w] >> bit & 1) i--;
+                else i--, j--;
+            }
+            bad += i != 0 || j != 0 || k != len - 1;
+            runs++;
+            free(mv.left);
+            free(mv.up);
+        }
+        free(cost); free(pj); free(si); free(want);
+    }
+#undef RND
+    CHECK_MSG(bad == 0 && runs == 800, "%d of %d forward passes differ from the naive DTW", bad, runs);
+}
+
 static void test_sequences(fc_vocab_t *bl, fc_vocab_t *ms) {
     fc_align_ctx_t *ctx = NULL;
     fc_error err;
@@ -244,6 +321,7 @@ int main(void) {
     }
     test_errors();
     test_levenshtein();
+    test_dtw_forward();
     fc_vocab_free(bl);
     fc_vocab_free(ms);
     return ctest_report("test_align");
