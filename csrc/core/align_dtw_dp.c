@@ -203,7 +203,7 @@ int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_
     /* the 16-bit cost rows in pivot position order, once per distinct source token (a
      * gather per cell is as slow as the SIMD row itself) */
     int16_t *rows16 = NULL;
-    if (narrow && nrow < n && (size_t)nrow * (size_t)m16 <= ((size_t)1 << 25))
+    if (narrow && nrow < n && (size_t)nrow * (size_t)m16 <= ((size_t)1 << 23)) /* 16 MB */
         rows16 = malloc((size_t)nrow * (size_t)m16 * sizeof *rows16);
     if (rows16)
         for (int64_t a = 0; a < nrow; a++) {
