@@ -120,50 +120,59 @@ static void row_sse2(const int32_t *c, const int32_t *prev, int32_t *cur, int64_
 
 #define INF16 0x7fff
 
-/* The same row in 16-bit lanes, 8 cells per vector. Sums saturate at INF16 (the +inf
- * sentinel), so a value that does not fit comes out as INF16 or just below it, never
- * wrapped; returns the row's largest value for the caller's range check. */
-static int row_sse2_16(const int16_t *c, const int16_t *prev, int16_t *cur, int64_t m16,
-                       uint16_t *left_bits, uint16_t *up_bits) {
+/* The same row in 16-bit lanes, 8 cells per vector, from the costs c and their prefix
+ * sums s inside each vector of 8 (which depend only on the source token: see
+ * prefix_sums8). Sums saturate at INF16 (the +inf sentinel), so a value that does not fit
+ * comes out as INF16 or just below it, never wrapped; returns the row's largest value for
+ * the caller's range check. */
+static int row_sse2_16(const int16_t *c, const int16_t *s, const int16_t *prev, int16_t *cur,
+                       int64_t m16, uint16_t *left_bits, uint16_t *up_bits) {
     const __m128i inf = _mm_set1_epi16(INF16);
     const __m128i inf1 = _mm_setr_epi16(INF16, 0, 0, 0, 0, 0, 0, 0);
     const __m128i inf2 = _mm_setr_epi16(INF16, INF16, 0, 0, 0, 0, 0, 0);
     const __m128i inf4 = _mm_setr_epi16(INF16, INF16, INF16, INF16, 0, 0, 0, 0);
     __m128i carry = inf, last = inf, mx = _mm_setzero_si128();
     for (int64_t j = 0; j < m16; j += 16) {
-        unsigned lmask = 0, umask = 0;
-        for (int k = 0; k < 16; k += 8) {
-            __m128i up = _mm_loadu_si128((const __m128i *)(prev + j + k));
-            __m128i dg = _mm_loadu_si128((const __m128i *)(prev + j + k - 1));
-            __m128i cc = _mm_loadu_si128((const __m128i *)(c + j + k));
-            __m128i up_wins = _mm_cmpgt_epi16(dg, up);
+        __m128i lw[2], up_wins[2];
+        for (int k = 0; k < 2; k++) {
+            int64_t o = j + 8 * k;
+            __m128i up = _mm_loadu_si128((const __m128i *)(prev + o));
+            __m128i dg = _mm_loadu_si128((const __m128i *)(prev + o - 1));
+            __m128i cc = _mm_loadu_si128((const __m128i *)(c + o));
+            __m128i ss = _mm_loadu_si128((const __m128i *)(s + o));
+            up_wins[k] = _mm_cmpgt_epi16(dg, up);
             __m128i best = _mm_min_epi16(up, dg);
-            __m128i s = _mm_add_epi16(cc, _mm_slli_si128(cc, 2));
-            s = _mm_add_epi16(s, _mm_slli_si128(s, 4));
-            s = _mm_add_epi16(s, _mm_slli_si128(s, 8));
-            __m128i u = _mm_sub_epi16(_mm_adds_epi16(best, cc), s);
+            __m128i u = _mm_sub_epi16(_mm_adds_epi16(best, cc), ss);
             u = _mm_min_epi16(u, _mm_or_si128(_mm_slli_si128(u, 2), inf1));
             u = _mm_min_epi16(u, _mm_or_si128(_mm_slli_si128(u, 4), inf2));
             u = _mm_min_epi16(u, _mm_or_si128(_mm_slli_si128(u, 8), inf4));
-            __m128i d = _mm_adds_epi16(s, _mm_min_epi16(u, carry));
-            _mm_storeu_si128((__m128i *)(cur + j + k), d);
+            __m128i d = _mm_adds_epi16(ss, _mm_min_epi16(u, carry));
+            _mm_storeu_si128((__m128i *)(cur + o), d);
             mx = _mm_max_epi16(mx, d);
             __m128i left = _mm_or_si128(_mm_slli_si128(d, 2), _mm_srli_si128(last, 14));
-            __m128i lw = _mm_cmpgt_epi16(_mm_sub_epi16(best, up_wins), left);
-            unsigned bits = (unsigned)_mm_movemask_epi8(_mm_packs_epi16(lw, up_wins));
-            lmask |= (bits & 0xff) << k;
-            umask |= (bits >> 8) << k;
+            lw[k] = _mm_cmpgt_epi16(_mm_sub_epi16(best, up_wins[k]), left);
             last = d;
             carry = _mm_shufflehi_epi16(d, 0xff);
             carry = _mm_unpackhi_epi64(carry, carry);
         }
-        left_bits[j >> 4] = (uint16_t)lmask;
-        up_bits[j >> 4] = (uint16_t)umask;
+        left_bits[j >> 4] = (uint16_t)_mm_movemask_epi8(_mm_packs_epi16(lw[0], lw[1]));
+        up_bits[j >> 4] = (uint16_t)_mm_movemask_epi8(_mm_packs_epi16(up_wins[0], up_wins[1]));
     }
     mx = _mm_max_epi16(mx, _mm_srli_si128(mx, 8));
     mx = _mm_max_epi16(mx, _mm_srli_si128(mx, 4));
     mx = _mm_max_epi16(mx, _mm_srli_si128(mx, 2));
     return (int16_t)_mm_cvtsi128_si32(mx);
+}
+
+/* s = prefix sums of c inside each vector of 8 (costs < 1024: no overflow) */
+static void prefix_sums8(const int16_t *c, int16_t *s, int64_t m16) {
+    for (int64_t j = 0; j < m16; j += 8) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(c + j));
+        v = _mm_add_epi16(v, _mm_slli_si128(v, 2));
+        v = _mm_add_epi16(v, _mm_slli_si128(v, 4));
+        v = _mm_add_epi16(v, _mm_slli_si128(v, 8));
+        _mm_storeu_si128((__m128i *)(s + j), v);
+    }
 }
 #endif
 
@@ -177,7 +186,7 @@ int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_
     /* value rows, 32- and 16-bit, each with a +inf cell in front (prev[-1]) and room for the
      * padding (cost 0; those cells never feed back into cells < m) */
     int32_t *buf = calloc((size_t)(5 * w), sizeof *buf);
-    int16_t *buf16 = calloc((size_t)(3 * w), sizeof *buf16);
+    int16_t *buf16 = calloc((size_t)(4 * w), sizeof *buf16);
     if (!mv->left || !mv->up || !buf || !buf16) {
         free(buf); free(buf16); free(mv->left); free(mv->up);
         mv->left = mv->up = NULL;
@@ -186,7 +195,7 @@ int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_
     int32_t *prev = buf + 16, *cur = prev + w, *cur2 = cur + w, *c0 = cur2 + w, *c1 = c0 + w;
     int16_t *prev16 = buf16 + 16, *cur16 = prev16 + w, *c16 = cur16 + w;
     for (int k = 0; k < 5; k++) buf[k * w + 15] = DTW_INF;
-    for (int k = 0; k < 3; k++) buf16[k * w + 15] = INF16;
+    for (int k = 0; k < 2; k++) buf16[k * w + 15] = INF16;
     /* row 0: only moves left */
     const int32_t *r0 = cost + si[0] * ncol;
     prev[0] = r0[pj[0]];
@@ -200,27 +209,32 @@ int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_
     int32_t limit = INF16 - 16 * max_cost - 2;
     int narrow = simd && max_cost < 1024 && prev[m - 1] < limit;
     for (int64_t j = 0; j < m && narrow; j++) prev16[j] = (int16_t)prev[j];
-    /* the 16-bit cost rows in pivot position order, once per distinct source token (a
-     * gather per cell is as slow as the SIMD row itself) */
+    /* the 16-bit cost rows in pivot position order and their prefix sums, once per
+     * distinct source token (a gather per cell is as slow as the SIMD row itself) */
     int16_t *rows16 = NULL;
-    if (narrow && nrow < n && (size_t)nrow * (size_t)m16 <= ((size_t)1 << 23)) /* 16 MB */
-        rows16 = malloc((size_t)nrow * (size_t)m16 * sizeof *rows16);
-    if (rows16)
-        for (int64_t a = 0; a < nrow; a++) {
-            const int32_t *ra = cost + a * ncol;
-            int16_t *r16 = rows16 + a * m16;
-            for (int64_t j = 0; j < m; j++) r16[j] = (int16_t)ra[pj[j]];
-            for (int64_t j = m; j < m16; j++) r16[j] = 0;
-        }
+#ifdef FC_DTW_SSE2
+    if (narrow && nrow < n && (size_t)nrow * (size_t)m16 <= ((size_t)1 << 22)) /* 16 MB */
+        rows16 = malloc((size_t)nrow * (size_t)(2 * m16) * sizeof *rows16);
+    for (int64_t a = 0; rows16 && a < nrow; a++) {
+        const int32_t *ra = cost + a * ncol;
+        int16_t *r16 = rows16 + a * 2 * m16;
+        for (int64_t j = 0; j < m; j++) r16[j] = (int16_t)ra[pj[j]];
+        for (int64_t j = m; j < m16; j++) r16[j] = 0;
+        prefix_sums8(r16, r16 + m16, m16);
+    }
+#endif
     for (int64_t i = 1; i < n;) {
         const int32_t *ra = cost + si[i] * ncol;
         uint16_t *la = mv->left + i * stride, *ua = mv->up + i * stride;
 #ifdef FC_DTW_SSE2
         if (narrow) {
             const int16_t *cr = c16;
-            if (rows16) cr = rows16 + si[i] * m16;
-            else for (int64_t j = 0; j < m; j++) c16[j] = (int16_t)ra[pj[j]];
-            if (row_sse2_16(cr, prev16, cur16, m16, la, ua) < limit) {
+            if (rows16) cr = rows16 + si[i] * 2 * m16;
+            else {
+                for (int64_t j = 0; j < m; j++) c16[j] = (int16_t)ra[pj[j]];
+                prefix_sums8(c16, c16 + m16, m16);
+            }
+            if (row_sse2_16(cr, cr + m16, prev16, cur16, m16, la, ua) < limit) {
                 int16_t *t = prev16; prev16 = cur16; cur16 = t;
                 i++;
                 continue;

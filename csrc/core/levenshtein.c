@@ -43,6 +43,7 @@ static int64_t lev_dp(const uint32_t *a, int64_t na, const uint32_t *b, int64_t 
 
 int64_t fc_levenshtein(const uint32_t *a, int64_t na, const uint32_t *b, int64_t nb) {
     if (na > nb) { const uint32_t *t = a; a = b; b = t; int64_t tn = na; na = nb; nb = tn; }
+    if (na == 0) return nb; /* common in the DTW: a pivot token that decodes to "" */
     if (na > FC_LEV_WORD) return lev_dp(a, na, b, nb);
     fc_lev_pattern p;
     fc_lev_pattern_init(&p, a, (int)na);
