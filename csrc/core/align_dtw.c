@@ -100,7 +100,11 @@ static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, c
         int64_t s = us[a], n1 = LEN(ss, s);
         int32_t *row = cost + a * nup;
         if (n1 > 0) {
-            for (k = 0; k < npack; k++) fc_lev_pack_dist(&packs[k], PTR(ss, s), n1, row + first[k], simd);
+            for (k = 0; k + 1 < npack; k += 2)
+                fc_lev_pack_dist(&packs[k], &packs[k + 1], PTR(ss, s), n1, row + first[k],
+                                 row + first[k + 1], simd);
+            if (k < npack)
+                fc_lev_pack_dist(&packs[k], NULL, PTR(ss, s), n1, row + first[k], NULL, simd);
             continue;
         }
         for (int64_t b = 0; b < packed; b++) { /* empty stripped source: raw strings */

@@ -148,29 +148,26 @@ static inline __m128i byte_popcounts_sse2(__m128i x) {
     return _mm_and_si128(_mm_add_epi8(x, _mm_srli_epi16(x, 4)), m4);
 }
 
-/* The lane adds and the shifts by one (x + x) are SSE2 byte or word operations, which
- * carry nothing across lanes. */
-#define PACK_DIST_SSE2(ADD, ONE)                                                         \
-    for (int64_t i = 0; i < nt; i++) {                                                   \
-        __m128i eq = _mm_loadu_si128((const __m128i *)pack_eq(p, t[i]));                 \
-        __m128i xv = _mm_or_si128(eq, mv), x = _mm_and_si128(eq, pv);                    \
-        __m128i xh = _mm_or_si128(_mm_xor_si128(ADD(x, pv), pv), eq);                    \
-        __m128i ph = _mm_or_si128(mv, _mm_xor_si128(_mm_or_si128(xh, pv), ones));        \
-        __m128i mh = _mm_and_si128(pv, xh);                                              \
-        ph = _mm_or_si128(ADD(ph, ph), ONE);                                             \
-        mh = ADD(mh, mh);                                                                \
-        pv = _mm_or_si128(mh, _mm_xor_si128(_mm_or_si128(xv, ph), ones));                \
-        mv = _mm_and_si128(ph, xv);                                                      \
-    }
+/* One text code point through Myers' step for one pack (state pv, mv). The lane adds and
+ * the shifts by one (x + x) are SSE2 byte or word operations, which carry nothing across
+ * lanes. */
+#define MYERS_STEP_SSE2(ADD, ONE, eq, pv, mv)                                            \
+    do {                                                                                 \
+        __m128i xv_ = _mm_or_si128(eq, mv), x_ = _mm_and_si128(eq, pv);                  \
+        __m128i xh_ = _mm_or_si128(_mm_xor_si128(ADD(x_, pv), pv), eq);                  \
+        __m128i ph_ = _mm_or_si128(mv, _mm_xor_si128(_mm_or_si128(xh_, pv), ones));      \
+        __m128i mh_ = _mm_and_si128(pv, xh_);                                            \
+        ph_ = _mm_or_si128(ADD(ph_, ph_), ONE);                                          \
+        mh_ = ADD(mh_, mh_);                                                             \
+        pv = _mm_or_si128(mh_, _mm_xor_si128(_mm_or_si128(xv_, ph_), ones));             \
+        mv = _mm_and_si128(ph_, xv_);                                                    \
+    } while (0)
 
-static void pack_dist_sse2(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32_t *out) {
-    const __m128i ones = _mm_set1_epi32(-1);
-    __m128i pv = ones, mv = _mm_setzero_si128();
-    if (p->width == 8) {
-        PACK_DIST_SSE2(_mm_add_epi8, _mm_set1_epi8(1))
-    } else {
-        PACK_DIST_SSE2(_mm_add_epi16, _mm_set1_epi16(1))
-    }
+#define LOAD_EQ(p, c) _mm_loadu_si128((const __m128i *)pack_eq(p, c))
+
+/* the scores from the final vertical deltas (see pack_scores) */
+static void pack_out_sse2(const fc_lev_pack *p, __m128i pv, __m128i mv, int64_t nt,
+                          int32_t *out) {
     __m128i lm = _mm_loadu_si128((const __m128i *)p->len_mask);
     __m128i pc = byte_popcounts_sse2(_mm_and_si128(pv, lm));
     __m128i mc = byte_popcounts_sse2(_mm_and_si128(mv, lm));
@@ -205,13 +202,50 @@ static void pack_dist_sse2(const fc_lev_pack *p, const uint32_t *t, int64_t nt, 
         _mm_storeu_si128((__m128i *)(out + 4), _mm_add_epi32(base, _mm_unpackhi_epi16(dd, sg)));
     }
 }
+
+/* one pack, or two of the same width side by side (Myers' step is a serial chain per
+ * text code point: two independent chains keep the core busy) */
+static void pack_dist_sse2(const fc_lev_pack *p, const fc_lev_pack *q, const uint32_t *t,
+                           int64_t nt, int32_t *out_p, int32_t *out_q) {
+    const __m128i ones = _mm_set1_epi32(-1);
+    __m128i pv = ones, mv = _mm_setzero_si128(), qv = ones, nv = _mm_setzero_si128();
+    const __m128i one8 = _mm_set1_epi8(1), one16 = _mm_set1_epi16(1);
+    if (q && p->width == 8) {
+        for (int64_t i = 0; i < nt; i++) {
+            __m128i e = LOAD_EQ(p, t[i]), f = LOAD_EQ(q, t[i]);
+            MYERS_STEP_SSE2(_mm_add_epi8, one8, e, pv, mv);
+            MYERS_STEP_SSE2(_mm_add_epi8, one8, f, qv, nv);
+        }
+    } else if (q) {
+        for (int64_t i = 0; i < nt; i++) {
+            __m128i e = LOAD_EQ(p, t[i]), f = LOAD_EQ(q, t[i]);
+            MYERS_STEP_SSE2(_mm_add_epi16, one16, e, pv, mv);
+            MYERS_STEP_SSE2(_mm_add_epi16, one16, f, qv, nv);
+        }
+    } else if (p->width == 8) {
+        for (int64_t i = 0; i < nt; i++) {
+            __m128i e = LOAD_EQ(p, t[i]);
+            MYERS_STEP_SSE2(_mm_add_epi8, one8, e, pv, mv);
+        }
+    } else {
+        for (int64_t i = 0; i < nt; i++) {
+            __m128i e = LOAD_EQ(p, t[i]);
+            MYERS_STEP_SSE2(_mm_add_epi16, one16, e, pv, mv);
+        }
+    }
+    pack_out_sse2(p, pv, mv, nt, out_p);
+    if (q) pack_out_sse2(q, qv, nv, nt, out_q);
+}
 #endif
 
-void fc_lev_pack_dist(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32_t *out,
-                      int simd) {
+void fc_lev_pack_dist(const fc_lev_pack *p, const fc_lev_pack *q, const uint32_t *t,
+                      int64_t nt, int32_t *out_p, int32_t *out_q, int simd) {
 #ifdef __SSE2__
-    if (simd) { pack_dist_sse2(p, t, nt, out); return; }
+    if (simd) { pack_dist_sse2(p, q && q->width == p->width ? q : NULL, t, nt, out_p, out_q);
+                if (q && q->width != p->width) pack_dist_sse2(q, NULL, t, nt, out_q, NULL);
+                return; }
 #endif
     (void)simd;
-    pack_dist_portable(p, t, nt, out);
+    pack_dist_portable(p, t, nt, out_p);
+    if (q) pack_dist_portable(q, t, nt, out_q);
 }

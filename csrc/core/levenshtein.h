@@ -69,8 +69,9 @@ typedef struct fc_lev_pack {
 /* count <= 128 / width patterns, each of length 1..width */
 void fc_lev_pack_init(fc_lev_pack *p, const uint32_t *const *a, const int64_t *len, int count,
                       int width);
-/* out[k] = distance between pattern k and t, k < count; simd 0 forces the portable code */
-void fc_lev_pack_dist(const fc_lev_pack *p, const uint32_t *t, int64_t nt, int32_t *out,
-                      int simd);
+/* out_p[k] = distance between pattern k of p and t, k < p->count; the same for pack q and
+ * out_q unless q is NULL (two packs at once run faster); simd 0 forces the portable code */
+void fc_lev_pack_dist(const fc_lev_pack *p, const fc_lev_pack *q, const uint32_t *t,
+                      int64_t nt, int32_t *out_p, int32_t *out_q, int simd);
 
 #endif

@@ -153,8 +153,8 @@ static void test_levenshtein(void) {
         fc_lev_pack pack;
         int32_t d[16], e[16];
         fc_lev_pack_init(&pack, pp, lens, count, width);
-        fc_lev_pack_dist(&pack, text, nt, d, 1);
-        fc_lev_pack_dist(&pack, text, nt, e, 0);
+        fc_lev_pack_dist(&pack, NULL, text, nt, d, NULL, 1);
+        fc_lev_pack_dist(&pack, NULL, text, nt, e, NULL, 0);
         for (int k = 0; k < count; k++) {
             int64_t want = lev_naive(pats[k], lens[k], text, nt);
             bad += d[k] != want || e[k] != want;
