@@ -150,14 +150,27 @@ static void test_levenshtein(void) {
             x ^= x << 13, x ^= x >> 7, x ^= x << 17;
             text[i] = t % 5 == 0 ? 0x4e00 + (uint32_t)(x % 200) : alphabet[x % 6];
         }
-        fc_lev_pack pack;
-        int32_t d[16], e[16];
+        fc_lev_pack pack, pack2;
+        int32_t d[16], e[16], d2[16];
         fc_lev_pack_init(&pack, pp, lens, count, width);
         fc_lev_pack_dist(&pack, NULL, text, nt, d, NULL, 1);
         fc_lev_pack_dist(&pack, NULL, text, nt, e, NULL, 0);
         for (int k = 0; k < count; k++) {
             int64_t want = lev_naive(pats[k], lens[k], text, nt);
             bad += d[k] != want || e[k] != want;
+        }
+        /* two packs at once: a second pack of the same width (the patterns reversed), or of
+         * the other width (patterns of <= 8 in 16-bit lanes) */
+        int count2 = count > 8 ? 8 : count, width2 = t % 4 < 2 ? width : 16;
+        const uint32_t *pp2[16];
+        int64_t lens2[16];
+        for (int k = 0; k < count; k++) pp2[k] = pp[count - 1 - k], lens2[k] = lens[count - 1 - k];
+        fc_lev_pack_init(&pack2, pp2, lens2, width2 == width ? count : count2, width2);
+        for (int simd = 0; simd < 2; simd++) {
+            fc_lev_pack_dist(&pack, &pack2, text, nt, d, d2, simd);
+            for (int k = 0; k < count; k++) bad += d[k] != lev_naive(pats[k], lens[k], text, nt);
+            for (int k = 0; k < pack2.count; k++)
+                bad += d2[k] != lev_naive(pp2[k], lens2[k], text, nt);
         }
     }
     CHECK_MSG(bad == 0, "%d packed mismatches", bad);
