@@ -6,11 +6,13 @@
  * as two bits per cell: "left" (left < diag and left <= up) and "up" (up < diag); with
  * neither the move is diag. Only two rows of values live at a time.
  *
- * SIMD row (SSE2, 4 cells per vector): the vertical part t[j] = c[j] + min(up, diag) has
- * no dependency inside the row; the horizontal one, D[j] = min(t[j], D[j-1] + c[j]), is a
+ * SIMD rows (SSE2, part of x86-64): the vertical part t[j] = c[j] + min(up, diag) has no
+ * dependency inside the row; the horizontal one, D[j] = min(t[j], D[j-1] + c[j]), is a
  * scan: with S[j] the prefix sum of c inside a vector and D_in the last value of the
  * previous vector, D[j] = S[j] + min(D_in, prefix-min over k <= j of (t[k] - S[k])). Every
- * operation is exact integer arithmetic, so it is the scalar recurrence, reordered. */
+ * operation is exact integer arithmetic, so it is the scalar recurrence, reordered. Rows
+ * run in 16-bit lanes (8 cells per vector) while their values fit, checked per row, then
+ * in 32-bit lanes (4 per vector). The portable rows are the plain recurrence. */
 #include <stdlib.h>
 #include <string.h>
 
