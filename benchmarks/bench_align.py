@@ -238,8 +238,9 @@ lanes (32-bit past 2^15): the row's serial chain D[j] = min(t[j], D[j-1] + c[j])
 prefix-min scan inside each vector, and the moves are kept at 2 bits per cell. The costs of
 the distinct token pairs come from Myers' bit-parallel edit distance with 16 pivot strings
 of <= 8 code points (8 of <= 16) per 128-bit vector, two vectors side by side. On these rows
-about 60% of the time is the DP, 25% the edit distances, the rest bookkeeping (distinct
-ids, backtrack) and the call from Python. The previous scalar version (two interleaved
+about half the time is the DP, 30% the edit distances, the rest bookkeeping (distinct ids,
+allocations, backtrack) and the call from Python. The `align_batch` figure is one pass
+over all rows on both cores, so it suffers most from the other jobs on the machine. The previous scalar version (two interleaved
 serial rows, one byte per move, 8 pairs per 64-bit word) measured 3.95 ns/cell (511x) on
 this machine. Exact pruning does not help here: with the optimum itself as the bound,
 70-80% of the cells of real rows stay below it (measured on 300 x 300 rows). The Python
