@@ -3,17 +3,16 @@
  * D[i][j] = cost(s_i, p_j) + min(D[i-1][j], D[i][j-1], D[i-1][j-1]) over n x m cells,
  * then a backtrack from (n-1, m-1) taking the first minimum of [diag, left, up]. The
  * backtrack's choice at (i, j) is the argmin of the same three predecessors the forward
- * pass minimises, so it is recorded then (one byte per cell) and only a few rows of values
- * are kept. Costs depend only on the (source id, pivot id) pair: they are computed once
- * per distinct pair of the sequence, with a bit-parallel Levenshtein (short source strings
- * packed 8 or 4 to a word). */
+ * pass minimises, so it is recorded then (2 bits per cell, align_dtw_dp.c) and only two
+ * rows of values are kept. Costs depend only on the (source id, pivot id) pair: they are
+ * computed here once per distinct pair of the sequence, with a bit-parallel Levenshtein
+ * (short pivot strings packed 16 or 8 to a 128-bit pattern, levenshtein.c). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "align_internal.h"
 #include "levenshtein.h"
 
-#define DTW_INF 0x3fffffff
 
 /* positions -> dense index of their distinct id (open addressing on the id) */
 static int64_t distinct(const int64_t *ids, int64_t n, int64_t *slot_of, int64_t **uniq) {
@@ -157,7 +156,7 @@ fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t 
     if (st) return st;
     if (n == 0 || m == 0) return fc_alignment_from_path(NULL, NULL, 0, m, out, err);
     int64_t bound = (c->src_repl.max_len + c->piv_raw.max_len + 1);
-    if ((n + m) > (int64_t)DTW_INF / bound || n > ((int64_t)1 << 40) / m)
+    if ((n + m) > (int64_t)FC_DTW_INF / bound || n > ((int64_t)1 << 40) / m)
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "dtw_too_long",
                                  "sequences of %lld x %lld tokens are too long for DTW; use "
                                  "method=\"offsets\" (rule dtw_too_long)", (long long)n,

@@ -23,7 +23,8 @@
 #define FC_DTW_SSE2 1
 #endif
 
-#define DTW_INF 0x3fffffff
+
+#define INF16 0x7fff /* +inf of the 16-bit rows */
 
 static int simd_enabled = 1;
 
@@ -88,9 +89,9 @@ static inline __m128i min32(__m128i a, __m128i b) {
  * m (padding, cost 0) are computed and never read back for cells < m. */
 static void row_sse2(const int32_t *c, const int32_t *prev, int32_t *cur, int64_t m16,
                      uint16_t *left_bits, uint16_t *up_bits) {
-    const __m128i inf = _mm_set1_epi32(DTW_INF);
-    const __m128i inf0 = _mm_setr_epi32(DTW_INF, 0, 0, 0);
-    const __m128i inf01 = _mm_setr_epi32(DTW_INF, DTW_INF, 0, 0);
+    const __m128i inf = _mm_set1_epi32(FC_DTW_INF);
+    const __m128i inf0 = _mm_setr_epi32(FC_DTW_INF, 0, 0, 0);
+    const __m128i inf01 = _mm_setr_epi32(FC_DTW_INF, FC_DTW_INF, 0, 0);
     __m128i carry = inf, last = inf; /* D[j-1] broadcast; the previous vector of D */
     for (int64_t j = 0; j < m16; j += 16) {
         unsigned lmask = 0, umask = 0;
@@ -120,7 +121,6 @@ static void row_sse2(const int32_t *c, const int32_t *prev, int32_t *cur, int64_
     }
 }
 
-#define INF16 0x7fff
 
 /* The same row in 16-bit lanes, 8 cells per vector, from the costs c and their prefix
  * sums s inside each vector of 8 (which depend only on the source token: see
@@ -196,7 +196,7 @@ int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_
     }
     int32_t *prev = buf + 16, *cur = prev + w, *cur2 = cur + w, *c0 = cur2 + w, *c1 = c0 + w;
     int16_t *prev16 = buf16 + 16, *cur16 = prev16 + w, *c16 = cur16 + w;
-    for (int k = 0; k < 5; k++) buf[k * w + 15] = DTW_INF;
+    for (int k = 0; k < 5; k++) buf[k * w + 15] = FC_DTW_INF;
     for (int k = 0; k < 2; k++) buf16[k * w + 15] = INF16;
     /* row 0: only moves left */
     const int32_t *r0 = cost + si[0] * ncol;
@@ -224,6 +224,8 @@ int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_
         for (int64_t j = m; j < m16; j++) r16[j] = 0;
         prefix_sums8(r16, r16 + m16, m16);
     }
+#else
+    (void)nrow, (void)c16;
 #endif
     for (int64_t i = 1; i < n;) {
         const int32_t *ra = cost + si[i] * ncol;

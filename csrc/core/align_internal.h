@@ -35,6 +35,9 @@ fc_status fc_align_check_ids(const int64_t *ids, int64_t n, const fc_vocab_t *v,
 fc_status fc_alignment_from_path(const int64_t *src_pos, const int64_t *piv_pos, int64_t len,
                                  int64_t m, fc_alignment *out, fc_error *err);
 
+/* +inf of the DTW; every D value must stay below it (fc_align_dtw checks the bound) */
+#define FC_DTW_INF 0x3fffffff
+
 /* The DTW forward pass (align_dtw_dp.c): for every cell of the n x m grid, whether the
  * backtrack moves left (bit of `left`) or up (bit of `up`, read only where `left` is clear)
  * or else diagonally. Bit j % 16 of word [i * stride + j / 16]. */
