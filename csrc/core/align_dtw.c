@@ -48,7 +48,7 @@ static int pivot_class(const fc_align_ctx_t *c, int64_t p) {
  * indices (a contiguous run of a cost row); pj follows. n_cls gets the class sizes. */
 static int order_pivots(const fc_align_ctx_t *c, int64_t *up, int64_t nup, int64_t *pj,
                         int64_t m, int64_t n_cls[3]) {
-    int64_t *new_of = malloc((size_t)nup * sizeof *new_of), *sorted = malloc((size_t)nup * 8);
+    int64_t *new_of = malloc((size_t)nup * sizeof *new_of), *sorted = malloc((size_t)nup * sizeof *sorted);
     if (!new_of || !sorted) { free(new_of); free(sorted); return -1; }
     int64_t k = 0;
     for (int cls = 0; cls < 3; cls++) {
