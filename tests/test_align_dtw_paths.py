@@ -29,7 +29,8 @@ def odd_pieces():
     """Pieces of every length class the cost code treats apart (1-8, 9-16, 17-64, > 64,
     > 1024 code points), "▁" alone (decodes to the empty string), non-ASCII."""
     rng = np.random.default_rng(3)
-    pieces = ["▁", "▁▁", "a", "b", "▁a", "ab", "ba", "é", "你", "你好", "\U0001f389", "▁é你"]
+    pieces = ["▁", "▁▁", "a", "b", "▁a", "ab", "ba", "é", "你", "你好", "\U0001f389",
+              "▁é你"]
     for n in (7, 8, 9, 15, 16, 17, 40, 63, 64, 65, 70, 130, 1100):
         for alphabet in ("ab", "abé你", "x"):
             pieces.append("".join(rng.choice(list(alphabet), size=n)))

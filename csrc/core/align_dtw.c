@@ -48,7 +48,8 @@ static int pivot_class(const fc_align_ctx_t *c, int64_t p) {
  * indices (a contiguous run of a cost row); pj follows. n_cls gets the class sizes. */
 static int order_pivots(const fc_align_ctx_t *c, int64_t *up, int64_t nup, int64_t *pj,
                         int64_t m, int64_t n_cls[3]) {
-    int64_t *new_of = malloc((size_t)nup * sizeof *new_of), *sorted = malloc((size_t)nup * sizeof *sorted);
+    int64_t *new_of = malloc((size_t)nup * sizeof *new_of);
+    int64_t *sorted = malloc((size_t)nup * sizeof *sorted);
     if (!new_of || !sorted) { free(new_of); free(sorted); return -1; }
     int64_t k = 0;
     for (int cls = 0; cls < 3; cls++) {
@@ -89,7 +90,8 @@ static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, c
         if (cnt > end - b) cnt = end - b;
         const uint32_t *pats[16];
         int64_t lens[16];
-        for (int64_t q = 0; q < cnt; q++) pats[q] = PTR(pst, up[b + q]), lens[q] = LEN(pst, up[b + q]);
+        for (int64_t q = 0; q < cnt; q++)
+            pats[q] = PTR(pst, up[b + q]), lens[q] = LEN(pst, up[b + q]);
         fc_lev_pack_init(&packs[k], pats, lens, (int)cnt, width);
         first[k] = b;
         b += cnt;

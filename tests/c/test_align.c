@@ -249,7 +249,8 @@ static void test_dtw_forward(void) {
         free(cost); free(pj); free(si); free(want);
     }
 #undef RND
-    CHECK_MSG(bad == 0 && runs == 800, "%d of %d forward passes differ from the naive DTW", bad, runs);
+    CHECK_MSG(bad == 0 && runs == 800, "%d of %d forward passes differ from the naive DTW", bad,
+              runs);
 }
 
 static void test_sequences(fc_vocab_t *bl, fc_vocab_t *ms) {
