@@ -3,19 +3,16 @@
  * D[i][j] = cost(s_i, p_j) + min(D[i-1][j], D[i][j-1], D[i-1][j-1]) over n x m cells,
  * then a backtrack from (n-1, m-1) taking the first minimum of [diag, left, up]. The
  * backtrack's choice at (i, j) is the argmin of the same three predecessors the forward
- * pass minimises, so it is recorded then (one byte per cell) and only a few rows of values
- * are kept. Costs depend only on the (source id, pivot id) pair: they are computed once
- * per distinct pair of the sequence, with a bit-parallel Levenshtein (short source strings
- * packed 8 or 4 to a word). */
+ * pass minimises, so it is recorded then (2 bits per cell, align_dtw_dp.c) and only two
+ * rows of values are kept. Costs depend only on the (source id, pivot id) pair: they are
+ * computed here once per distinct pair of the sequence, with a bit-parallel Levenshtein
+ * (short pivot strings packed 16 or 8 to a 128-bit pattern, levenshtein.c). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "align_internal.h"
 #include "levenshtein.h"
 
-enum { MOVE_DIAG = 0, MOVE_LEFT = 1, MOVE_UP = 2 };
-
-#define DTW_INF 0x3fffffff
 
 /* positions -> dense index of their distinct id (open addressing on the id) */
 static int64_t distinct(const int64_t *ids, int64_t n, int64_t *slot_of, int64_t **uniq) {
@@ -37,104 +34,104 @@ static int64_t distinct(const int64_t *ids, int64_t n, int64_t *slot_of, int64_t
     return nu;
 }
 
-#define STR(s, id) ((s)->data + (s)->off[id]), ((s)->off[(id) + 1] - (s)->off[id])
 #define LEN(s, id) ((s)->off[(id) + 1] - (s)->off[id])
+#define PTR(s, id) ((s)->data + (s)->off[id])
 
-/* one cost, from the pattern of source token s (prepared by the caller when short) */
-static int64_t pair_cost(const fc_align_ctx_t *c, int64_t s, int64_t p, const fc_lev_pattern *ps1,
-                         const fc_lev_pattern *ps2) {
-    const u32_strings *ss = &c->src_strip, *sr = &c->src_repl;
-    const u32_strings *pst = &c->piv_strip, *pr = &c->piv_raw;
-    int64_t n1 = LEN(ss, s), n2 = LEN(sr, s), np1 = LEN(pst, p);
-    if (n1 > 0 && np1 > 0) {
-        const uint32_t *t = pst->data + pst->off[p];
-        return n1 <= FC_LEV_WORD ? fc_lev_pattern_dist(ps1, t, np1, -1)
-                                 : fc_levenshtein(ss->data + ss->off[s], n1, t, np1);
-    }
-    const uint32_t *t = pr->data + pr->off[p];
-    return n2 <= FC_LEV_WORD ? fc_lev_pattern_dist(ps2, t, LEN(pr, p), -1)
-                             : fc_levenshtein(sr->data + sr->off[s], n2, t, LEN(pr, p));
+/* packing class of a pivot token by its stripped length: 0 = 1..8 code points (16 to a
+ * pack), 1 = 9..16 (8 to a pack), 2 = the rest (one pair at a time) */
+static int pivot_class(const fc_align_ctx_t *c, int64_t p) {
+    int64_t n = LEN(&c->piv_strip, p);
+    return (n >= 1 && n <= 8) ? 0 : (n >= 9 && n <= 16) ? 1 : 2;
 }
 
-/* cost table [n_src_distinct x n_piv_distinct]. Source tokens whose stripped string has 1..8
- * (or 9..16) code points are packed 8 (4) at a time and compared with every pivot token whose
- * stripped string is non-empty in one bit-parallel pass; the other pairs one by one. */
-static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, const int64_t *up,
-                      int64_t nup, int32_t *cost) {
-    const u32_strings *ss = &c->src_strip, *sr = &c->src_repl, *pst = &c->piv_strip;
-    fc_lev_pattern pat_strip, pat_repl;
-    fc_lev_pack pack;
-    int64_t *order = malloc((size_t)(nus ? nus : 1) * sizeof *order);
-    if (!order) return -1;
-    /* source rows by packing class: 8-wide, 4-wide, then the rest */
-    int64_t no = 0;
-    for (int cls = 0; cls < 3; cls++)
-        for (int64_t a = 0; a < nus; a++) {
-            int64_t n1 = LEN(ss, us[a]);
-            int k = (n1 >= 1 && n1 <= 8) ? 0 : (n1 >= 9 && n1 <= 16) ? 1 : 2;
-            if (k == cls) order[no++] = a;
-        }
-    for (int64_t o = 0; o < nus;) {
-        int64_t a0 = order[o], n0 = LEN(ss, us[a0]);
-        int width = (n0 >= 1 && n0 <= 8) ? 8 : (n0 >= 9 && n0 <= 16) ? 16 : 0;
-        if (width) {
-            const uint32_t *pats[8];
-            int64_t lens[8], rows[8];
-            int cnt = 0;
-            while (cnt < 64 / width && o < nus) {
-                int64_t a = order[o], n1 = LEN(ss, us[a]);
-                int w = (n1 >= 1 && n1 <= 8) ? 8 : (n1 >= 9 && n1 <= 16) ? 16 : 0;
-                if (w != width) break;
-                pats[cnt] = ss->data + ss->off[us[a]];
-                lens[cnt] = n1;
-                rows[cnt++] = a;
-                o++;
-            }
-            fc_lev_pack_init(&pack, pats, lens, cnt, width);
-            int32_t d[8], *row[8];
-            for (int k = 0; k < cnt; k++) row[k] = cost + rows[k] * nup;
-            for (int64_t b = 0; b < nup; b++) {
-                int64_t p = up[b];
-                if (LEN(pst, p) > 0) {
-                    fc_lev_pack_dist(&pack, pst->data + pst->off[p], LEN(pst, p), d);
-                    for (int k = 0; k < cnt; k++) row[k][b] = d[k];
-                } else {
-                    for (int k = 0; k < cnt; k++) {
-                        int64_t s = us[rows[k]], n2 = LEN(sr, s);
-                        if (n2 <= FC_LEV_WORD)
-                            fc_lev_pattern_init(&pat_repl, sr->data + sr->off[s], (int)n2);
-                        int64_t v = pair_cost(c, s, p, NULL, &pat_repl);
-                        if (v < 0) { free(order); return -1; }
-                        cost[rows[k] * nup + b] = (int32_t)v;
-                    }
-                }
-            }
-            continue;
-        }
-        int64_t s = us[a0], n1 = LEN(ss, s), n2 = LEN(sr, s);
-        if (n1 > 0 && n1 <= FC_LEV_WORD)
-            fc_lev_pattern_init(&pat_strip, ss->data + ss->off[s], (int)n1);
-        if (n2 <= FC_LEV_WORD) fc_lev_pattern_init(&pat_repl, sr->data + sr->off[s], (int)n2);
-        for (int64_t b = 0; b < nup; b++) {
-            int64_t v = pair_cost(c, s, up[b], &pat_strip, &pat_repl);
-            if (v < 0) { free(order); return -1; }
-            cost[a0 * nup + b] = (int32_t)v;
-        }
-        o++;
+/* Renumber the distinct pivot tokens by class so that every pack covers consecutive
+ * indices (a contiguous run of a cost row); pj follows. n_cls gets the class sizes. */
+static int order_pivots(const fc_align_ctx_t *c, int64_t *up, int64_t nup, int64_t *pj,
+                        int64_t m, int64_t n_cls[3]) {
+    int64_t *new_of = malloc((size_t)nup * sizeof *new_of);
+    int64_t *sorted = malloc((size_t)nup * sizeof *sorted);
+    if (!new_of || !sorted) { free(new_of); free(sorted); return -1; }
+    int64_t k = 0;
+    for (int cls = 0; cls < 3; cls++) {
+        n_cls[cls] = 0;
+        for (int64_t b = 0; b < nup; b++)
+            if (pivot_class(c, up[b]) == cls) new_of[b] = k, sorted[k++] = up[b], n_cls[cls]++;
     }
-    free(order);
+    memcpy(up, sorted, (size_t)nup * sizeof *up);
+    for (int64_t j = 0; j < m; j++) pj[j] = new_of[pj[j]];
+    free(new_of);
+    free(sorted);
     return 0;
 }
 
-/* One DP cell from its diag, up and left neighbours and its cost: ties go to diag, then
- * left, then up (the first minimum of [diag, left, up]); the move is stored in *move.
- * Written with selects of computed values so that it compiles to conditional moves. */
-static inline int32_t cell(int32_t dg, int32_t up_v, int32_t left, int32_t cost, uint8_t *move) {
-    int32_t is_up = up_v < dg;
-    int32_t best = is_up ? up_v : dg;
-    int lw = left < best + is_up; /* left beats diag only if smaller, up if not larger */
-    *move = lw ? (uint8_t)MOVE_LEFT : (uint8_t)(is_up ? MOVE_UP : MOVE_DIAG);
-    return (lw ? left : best) + cost;
+/* the pair cost when one stripped string is empty (method.md 3.2): a.replace(sm, pm) vs b */
+static int64_t raw_cost(const fc_align_ctx_t *c, int64_t s, int64_t p) {
+    const u32_strings *sr = &c->src_repl, *pr = &c->piv_raw;
+    return fc_levenshtein(PTR(sr, s), LEN(sr, s), PTR(pr, p), LEN(pr, p));
+}
+
+/* Cost table [n_src_distinct x n_piv_distinct], pivots ordered by class. Pivot tokens of
+ * class 0 and 1 are packed 16 or 8 at a time and every source string runs against each
+ * pack in one bit-parallel pass; the class-2 pivots (long or empty) pair by pair, their
+ * pattern prepared once. */
+static int fill_costs(const fc_align_ctx_t *c, const int64_t *us, int64_t nus, const int64_t *up,
+                      int64_t nup, const int64_t n_cls[3], int32_t *cost) {
+    const u32_strings *ss = &c->src_strip, *pst = &c->piv_strip;
+    int64_t npack = (n_cls[0] + 15) / 16 + (n_cls[1] + 7) / 8, packed = n_cls[0] + n_cls[1];
+    fc_lev_pack *packs = malloc((size_t)(npack ? npack : 1) * sizeof *packs);
+    int64_t *first = malloc((size_t)(npack ? npack : 1) * sizeof *first);
+    fc_lev_pattern *pat = malloc(sizeof *pat);
+    if (!packs || !first || !pat) { free(packs); free(first); free(pat); return -1; }
+    int rc = -1;
+    int64_t k = 0;
+    for (int64_t b = 0; b < packed; k++) {
+        int width = b < n_cls[0] ? 8 : 16;
+        int64_t end = b < n_cls[0] ? n_cls[0] : packed, cnt = 128 / width;
+        if (cnt > end - b) cnt = end - b;
+        const uint32_t *pats[16];
+        int64_t lens[16];
+        for (int64_t q = 0; q < cnt; q++)
+            pats[q] = PTR(pst, up[b + q]), lens[q] = LEN(pst, up[b + q]);
+        fc_lev_pack_init(&packs[k], pats, lens, (int)cnt, width);
+        first[k] = b;
+        b += cnt;
+    }
+    int simd = fc_align_simd();
+    for (int64_t a = 0; a < nus; a++) {
+        int64_t s = us[a], n1 = LEN(ss, s);
+        int32_t *row = cost + a * nup;
+        if (n1 > 0) {
+            for (k = 0; k + 1 < npack; k += 2)
+                fc_lev_pack_dist(&packs[k], &packs[k + 1], PTR(ss, s), n1, row + first[k],
+                                 row + first[k + 1], simd);
+            if (k < npack)
+                fc_lev_pack_dist(&packs[k], NULL, PTR(ss, s), n1, row + first[k], NULL, simd);
+            continue;
+        }
+        for (int64_t b = 0; b < packed; b++) { /* empty stripped source: raw strings */
+            int64_t v = raw_cost(c, s, up[b]);
+            if (v < 0) goto done;
+            row[b] = (int32_t)v;
+        }
+    }
+    for (int64_t b = packed; b < nup; b++) {
+        int64_t p = up[b], np = LEN(pst, p);
+        if (np > 0 && np <= FC_LEV_WORD) fc_lev_pattern_init(pat, PTR(pst, p), (int)np);
+        for (int64_t a = 0; a < nus; a++) {
+            int64_t s = us[a], n1 = LEN(ss, s), v;
+            if (n1 == 0 || np == 0) v = raw_cost(c, s, p);
+            else if (np <= FC_LEV_WORD) v = fc_lev_pattern_dist(pat, PTR(ss, s), n1, -1);
+            else v = fc_levenshtein(PTR(ss, s), n1, PTR(pst, p), np);
+            if (v < 0) goto done;
+            cost[a * nup + b] = (int32_t)v;
+        }
+    }
+    rc = 0;
+done:
+    free(packs);
+    free(first);
+    free(pat);
+    return rc;
 }
 
 fc_status fc_alignment_from_path(const int64_t *src_pos, const int64_t *piv_pos, int64_t len,
@@ -161,52 +158,29 @@ fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t 
     if (st) return st;
     if (n == 0 || m == 0) return fc_alignment_from_path(NULL, NULL, 0, m, out, err);
     int64_t bound = (c->src_repl.max_len + c->piv_raw.max_len + 1);
-    if ((n + m) > (int64_t)DTW_INF / bound || n > ((int64_t)1 << 40) / m)
+    if ((n + m) > (int64_t)FC_DTW_INF / bound || n > ((int64_t)1 << 40) / m)
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "dtw_too_long",
                                  "sequences of %lld x %lld tokens are too long for DTW; use "
                                  "method=\"offsets\" (rule dtw_too_long)", (long long)n,
                                  (long long)m);
     int64_t *si = malloc((size_t)n * sizeof *si), *pj = malloc((size_t)m * sizeof *pj);
     int64_t *us = NULL, *up = NULL, *path_s = NULL, *path_p = NULL;
-    int32_t *cost = NULL, *prev = malloc((size_t)m * 4), *cur = malloc((size_t)m * 4);
-    int32_t *crow = malloc((size_t)m * 4), *crow2 = malloc((size_t)m * 4);
-    int32_t *cur2 = malloc((size_t)m * 4);
-    uint8_t *dir = malloc((size_t)n * (size_t)m);
+    int32_t *cost = NULL, *pj32 = malloc((size_t)m * sizeof *pj32);
+    fc_dtw_moves mv = {0};
     st = FC_ERR_NOMEM;
-    if (!si || !pj || !prev || !cur || !crow || !crow2 || !cur2 || !dir) goto done;
+    if (!si || !pj || !pj32) goto done;
     int64_t nus = distinct(src_ids, n, si, &us), nup = distinct(pivot_ids, m, pj, &up);
     if (nus < 0 || nup < 0) goto done;
+    int64_t n_cls[3];
     cost = malloc((size_t)nus * (size_t)nup * sizeof *cost);
-    if (!cost || fill_costs(c, us, nus, up, nup, cost)) goto done;
+    if (!cost || order_pivots(c, up, nup, pj, m, n_cls)
+        || fill_costs(c, us, nus, up, nup, n_cls, cost))
+        goto done;
+    for (int64_t j = 0; j < m; j++) pj32[j] = (int32_t)pj[j];
+    int32_t max_cost = 0;
+    for (int64_t k = 0; k < nus * nup; k++) max_cost = cost[k] > max_cost ? cost[k] : max_cost;
+    if (fc_dtw_forward(cost, nus, nup, max_cost, si, n, pj32, m, &mv)) goto done;
 
-    /* row 0: only moves left */
-    for (int64_t j = 0; j < m; j++) crow[j] = cost[si[0] * nup + pj[j]];
-    prev[0] = cost[si[0] * nup + pj[0]];
-    dir[0] = MOVE_DIAG;
-    for (int64_t j = 1; j < m; j++) { prev[j] = crow[j] + prev[j - 1]; dir[j] = MOVE_LEFT; }
-    /* then two rows at a time: the second row's serial chain runs beside the first's */
-    for (int64_t i = 1; i < n; i += 2) {
-        int two = i + 1 < n;
-        const int32_t *ca = cost + si[i] * nup, *cb = cost + si[two ? i + 1 : i] * nup;
-        for (int64_t j = 0; j < m; j++) crow[j] = ca[pj[j]], crow2[j] = cb[pj[j]];
-        uint8_t *da = dir + i * m, *db = dir + (i + 1) * m;
-        int32_t la = crow[0] + prev[0], lb = crow2[0] + la;
-        cur[0] = la, cur2[0] = lb;
-        da[0] = MOVE_UP;
-        if (two) db[0] = MOVE_UP;
-        for (int64_t j = 1; j < m; j++) {
-            int32_t dg = prev[j - 1], up_v = prev[j];
-            int32_t va = cell(dg, up_v, la, crow[j], da + j);
-            if (two) {
-                int32_t vb = cell(la, va, lb, crow2[j], db + j);
-                cur2[j] = lb = vb;
-            }
-            cur[j] = la = va;
-        }
-        int32_t *t = prev;
-        if (two) { prev = cur2; cur2 = t; }
-        else { prev = cur; cur = t; }
-    }
     /* backtrack; the path has at most n + m - 1 cells */
     path_s = malloc((size_t)(n + m) * sizeof *path_s);
     path_p = malloc((size_t)(n + m) * sizeof *path_p);
@@ -214,10 +188,10 @@ fc_status fc_align_dtw(const fc_align_ctx_t *c, const int64_t *src_ids, int64_t 
     int64_t i = n - 1, j = m - 1, len = 0;
     while (i > 0 || j > 0) {
         path_s[len] = i, path_p[len] = j, len++;
-        uint8_t mv = dir[i * m + j];
-        if (mv == MOVE_DIAG) i--, j--;
-        else if (mv == MOVE_LEFT) j--;
-        else i--;
+        int64_t w = i * mv.stride + (j >> 4), bit = j & 15;
+        if (mv.left[w] >> bit & 1) j--;
+        else if (mv.up[w] >> bit & 1) i--;
+        else i--, j--;
     }
     path_s[len] = 0, path_p[len] = 0, len++;
     for (int64_t a = 0, b = len - 1; a < b; a++, b--) { /* into path order */
@@ -230,8 +204,7 @@ done:
     fc_error_set(err, FC_ERR_NOMEM, "out of memory aligning %lld x %lld tokens", (long long)n,
                  (long long)m);
 finish:
-    free(si); free(pj); free(us); free(up); free(cost); free(prev); free(cur); free(crow);
-    free(crow2); free(cur2);
-    free(dir); free(path_s); free(path_p);
+    free(si); free(pj); free(pj32); free(us); free(up); free(cost);
+    free(mv.left); free(mv.up); free(path_s); free(path_p);
     return st;
 }

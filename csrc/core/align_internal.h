@@ -35,4 +35,25 @@ fc_status fc_align_check_ids(const int64_t *ids, int64_t n, const fc_vocab_t *v,
 fc_status fc_alignment_from_path(const int64_t *src_pos, const int64_t *piv_pos, int64_t len,
                                  int64_t m, fc_alignment *out, fc_error *err);
 
+/* +inf of the DTW; every D value must stay below it (fc_align_dtw checks the bound) */
+#define FC_DTW_INF 0x3fffffff
+
+/* The DTW forward pass (align_dtw_dp.c): for every cell of the n x m grid, whether the
+ * backtrack moves left (bit of `left`) or up (bit of `up`, read only where `left` is clear)
+ * or else diagonally. Bit j % 16 of word [i * stride + j / 16]. */
+typedef struct fc_dtw_moves {
+    uint16_t *left, *up;
+    int64_t   stride;
+} fc_dtw_moves;
+
+/* Cell (i, j) costs cost[si[i] * ncol + pj[j]] (a table of nrow x ncol), every cost in
+ * [0, max_cost]. Allocates
+ * mv's bitmaps (the caller frees them); -1 when out of memory. Needs n, m >= 1 and every
+ * D value below 2^30. */
+int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_cost,
+                   const int64_t *si, int64_t n, const int32_t *pj, int64_t m, fc_dtw_moves *mv);
+
+/* Whether the SIMD code paths run (x86-64 and not switched off by fc_align_set_simd). */
+int fc_align_simd(void);
+
 #endif

@@ -177,6 +177,10 @@ FC_API fc_status fc_vocab_map(const fc_vocab_t *src, const fc_vocab_t *pivot, fc
 /* Levenshtein distance over code points (bit-parallel when one side is <= 64 long). */
 FC_API int64_t fc_levenshtein(const uint32_t *a, int64_t na, const uint32_t *b, int64_t nb);
 
+/* For tests: 0 makes the DTW use its portable code instead of the SIMD one (same results);
+ * returns the previous setting (1 = SIMD where the CPU has it). Process-wide. */
+FC_API int fc_align_set_simd(int on);
+
 /* ------------------------------------------------------------------------------------ */
 /* distribution alignment (method.md section 5) */
 

@@ -182,6 +182,13 @@ static PyObject *py_levenshtein(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong((long long)d);
 }
 
+static PyObject *py_align_set_simd(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    return PyBool_FromLong(fc_align_set_simd(on));
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* sequence alignment */
 
@@ -464,6 +471,8 @@ static PyMethodDef methods[] = {
     {"vocab_set_marker", py_vocab_set_marker, METH_VARARGS, "vocab_set_marker(vocab, marker)"},
     {"vocab_same", py_vocab_same, METH_VARARGS, "vocab_same(src, pivot) -> bool"},
     {"levenshtein", py_levenshtein, METH_VARARGS, "levenshtein(a, b) -> edit distance"},
+    {"align_set_simd", py_align_set_simd, METH_O,
+     "align_set_simd(on) -> previous; for tests: False forces the portable DTW code"},
     {"align_ctx", py_align_ctx, METH_VARARGS, "align_ctx(src vocab, pivot vocab) -> handle"},
     {"align", py_align, METH_VARARGS,
      "align(ctx, src_ids, pivot_ids, method, fallback) -> ((indptr, indices), used_fallback)"},

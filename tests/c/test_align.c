@@ -4,6 +4,7 @@
 
 #include "ctest.h"
 #include "fusechat.h"
+#include "../../csrc/core/align_internal.h"
 #include "../../csrc/core/levenshtein.h"
 
 /* byte-level BPE: "Ġ" is a space, "Ċ" a newline; <|im_end|> is special */
@@ -125,29 +126,131 @@ static void test_levenshtein(void) {
     }
     CHECK_MSG(bad == 0, "%d mismatches", bad);
 
-    /* packed patterns: 8 of <= 8 or 4 of <= 16 code points against one text */
+    /* packed patterns: 16 of <= 8 or 8 of <= 16 code points against one text, both the
+     * SIMD and the portable code; non-ASCII code points go through the pack's hash */
     bad = 0;
-    for (int t = 0; t < 2000; t++) {
-        int width = t % 2 ? 16 : 8, count = 1 + (int)((x >> 3) % (uint64_t)(64 / width));
-        uint32_t pats[8][16], text[40];
-        const uint32_t *pp[8];
-        int64_t lens[8];
+    for (int t = 0; t < 4000; t++) {
+        int width = t % 2 ? 16 : 8, count = 1 + (int)((x >> 3) % (uint64_t)(128 / width));
+        uint32_t pats[16][16], text[40];
+        const uint32_t *pp[16];
+        int64_t lens[16];
         for (int k = 0; k < count; k++) {
             x ^= x << 13, x ^= x >> 7, x ^= x << 17;
             lens[k] = 1 + (int64_t)(x % (uint64_t)width);
-            for (int64_t i = 0; i < lens[k]; i++) { x ^= x << 13, x ^= x >> 7, x ^= x << 17; pats[k][i] = alphabet[x % 6]; }
+            for (int64_t i = 0; i < lens[k]; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                /* some packs draw from many distinct code points to fill the hash */
+                pats[k][i] = t % 5 == 0 ? 0x4e00 + (uint32_t)(x % 200) : alphabet[x % 6];
+            }
             pp[k] = pats[k];
         }
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         int64_t nt = (int64_t)(x % 40);
-        for (int64_t i = 0; i < nt; i++) { x ^= x << 13, x ^= x >> 7, x ^= x << 17; text[i] = alphabet[x % 6]; }
-        fc_lev_pack pack;
-        int32_t d[8];
+        for (int64_t i = 0; i < nt; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            text[i] = t % 5 == 0 ? 0x4e00 + (uint32_t)(x % 200) : alphabet[x % 6];
+        }
+        fc_lev_pack pack, pack2;
+        int32_t d[16], e[16], d2[16];
         fc_lev_pack_init(&pack, pp, lens, count, width);
-        fc_lev_pack_dist(&pack, text, nt, d);
-        for (int k = 0; k < count; k++) bad += d[k] != lev_naive(pats[k], lens[k], text, nt);
+        fc_lev_pack_dist(&pack, NULL, text, nt, d, NULL, 1);
+        fc_lev_pack_dist(&pack, NULL, text, nt, e, NULL, 0);
+        for (int k = 0; k < count; k++) {
+            int64_t want = lev_naive(pats[k], lens[k], text, nt);
+            bad += d[k] != want || e[k] != want;
+        }
+        /* two packs at once: a second pack of the same width (the patterns reversed), or of
+         * the other width (patterns of <= 8 in 16-bit lanes) */
+        int count2 = count > 8 ? 8 : count, width2 = t % 4 < 2 ? width : 16;
+        const uint32_t *pp2[16];
+        int64_t lens2[16];
+        for (int k = 0; k < count; k++) pp2[k] = pp[count - 1 - k], lens2[k] = lens[count - 1 - k];
+        fc_lev_pack_init(&pack2, pp2, lens2, width2 == width ? count : count2, width2);
+        for (int simd = 0; simd < 2; simd++) {
+            fc_lev_pack_dist(&pack, &pack2, text, nt, d, d2, simd);
+            for (int k = 0; k < count; k++) bad += d[k] != lev_naive(pats[k], lens[k], text, nt);
+            for (int k = 0; k < pack2.count; k++)
+                bad += d2[k] != lev_naive(pp2[k], lens2[k], text, nt);
+        }
     }
     CHECK_MSG(bad == 0, "%d packed mismatches", bad);
+}
+
+/* naive DTW (method.md 3.3): the full matrix, then the backtrack taking the first minimum
+ * of [diag, left, up]; the path from (n-1, m-1) back to (0, 0) */
+static int64_t naive_dtw_path(const int32_t *cost, int64_t ncol, const int64_t *si, int64_t n,
+                              const int32_t *pj, int64_t m, int64_t *path) {
+    int64_t *D = malloc((size_t)(n * m) * sizeof *D), len = 0;
+    const int64_t inf = INT64_MAX / 4;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < m; j++) {
+            int64_t best = i == 0 && j == 0 ? 0 : inf;
+            if (i > 0 && j > 0 && D[(i - 1) * m + j - 1] < best) best = D[(i - 1) * m + j - 1];
+            if (j > 0 && D[i * m + j - 1] < best) best = D[i * m + j - 1];
+            if (i > 0 && D[(i - 1) * m + j] < best) best = D[(i - 1) * m + j];
+            D[i * m + j] = best + cost[si[i] * ncol + pj[j]];
+        }
+    int64_t i = n - 1, j = m - 1;
+    while (i > 0 || j > 0) {
+        path[len++] = i * m + j;
+        int64_t dg = i > 0 && j > 0 ? D[(i - 1) * m + j - 1] : inf;
+        int64_t lf = j > 0 ? D[i * m + j - 1] : inf, up = i > 0 ? D[(i - 1) * m + j] : inf;
+        if (dg <= lf && dg <= up) i--, j--;
+        else if (lf <= up) j--;
+        else i--;
+    }
+    path[len++] = 0;
+    free(D);
+    return len;
+}
+
+/* the forward pass's moves, SIMD (16-bit rows, the handover to 32-bit rows, 32-bit from the
+ * start) and portable, against the naive DTW on random cost tables */
+static void test_dtw_forward(void) {
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, x)
+    int bad = 0, runs = 0;
+    for (int t = 0; t < 400; t++) {
+        int64_t n = 1 + (int64_t)(RND() % 70), m = 1 + (int64_t)(RND() % 70);
+        if (t % 10 == 0) n = 1 + (int64_t)(RND() % 400);
+        if (t % 10 == 1) m = 1 + (int64_t)(RND() % 400);
+        int64_t nrow = 1 + (int64_t)(RND() % 12), ncol = 1 + (int64_t)(RND() % 12);
+        static const int32_t ranges[] = {2, 4, 30, 600, 1500};
+        int32_t range = ranges[t % 5], max_cost = 0;
+        int32_t *cost = malloc((size_t)(nrow * ncol) * sizeof *cost), *pj = malloc((size_t)m * 4);
+        int64_t *si = malloc((size_t)n * 8), *want = malloc((size_t)(n + m) * 8);
+        for (int64_t k = 0; k < nrow * ncol; k++) {
+            cost[k] = (int32_t)(RND() % (uint64_t)(range + 1));
+            if (cost[k] > max_cost) max_cost = cost[k];
+        }
+        for (int64_t i = 0; i < n; i++) si[i] = (int64_t)(RND() % (uint64_t)nrow);
+        for (int64_t j = 0; j < m; j++) pj[j] = (int32_t)(RND() % (uint64_t)ncol);
+        int64_t len = naive_dtw_path(cost, ncol, si, n, pj, m, want);
+        for (int simd = 0; simd < 2; simd++) {
+            int was = fc_align_set_simd(simd);
+            fc_dtw_moves mv;
+            int rc = fc_dtw_forward(cost, nrow, ncol, max_cost, si, n, pj, m, &mv);
+            fc_align_set_simd(was);
+            if (rc) { bad++; continue; }
+            int64_t i = n - 1, j = m - 1, k = 0;
+            while (i > 0 || j > 0) {
+                if (k >= len || want[k] != i * m + j) break;
+                k++;
+                int64_t w = i * mv.stride + (j >> 4), bit = j & 15;
+                if (mv.left[w] >> bit & 1) j--;
+                else if (mv.up[w] >> bit & 1) i--;
+                else i--, j--;
+            }
+            bad += i != 0 || j != 0 || k != len - 1;
+            runs++;
+            free(mv.left);
+            free(mv.up);
+        }
+        free(cost); free(pj); free(si); free(want);
+    }
+#undef RND
+    CHECK_MSG(bad == 0 && runs == 800, "%d of %d forward passes differ from the naive DTW", bad,
+              runs);
 }
 
 static void test_sequences(fc_vocab_t *bl, fc_vocab_t *ms) {
@@ -232,6 +335,7 @@ int main(void) {
     }
     test_errors();
     test_levenshtein();
+    test_dtw_forward();
     fc_vocab_free(bl);
     fc_vocab_free(ms);
     return ctest_report("test_align");
