@@ -7,16 +7,7 @@
 
 #include "../../csrc/core/align_internal.h"
 
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-} reader;
-
-static uint8_t take8(reader *r) {
-    if (!r->n) return 0;
-    r->n--;
-    return *r->p++;
-}
+#include "fuzz_reader.h"
 
 /* the path from (n-1, m-1) to (0, 0) as cell indices; its length */
 static int64_t path(const fc_dtw_moves *mv, int64_t n, int64_t m, int64_t *out) {

@@ -7,22 +7,7 @@
 
 #include "fusechat.h"
 
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-} reader;
-
-static uint8_t take8(reader *r) {
-    if (!r->n) return 0;
-    r->n--;
-    return *r->p++;
-}
-
-static int32_t take32(reader *r) {
-    uint32_t x = 0;
-    for (int i = 0; i < 4; i++) x = (x << 8) | take8(r);
-    return (int32_t)x;
-}
+#include "fuzz_reader.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     reader r = {data, size};
