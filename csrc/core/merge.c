@@ -1,5 +1,6 @@
 /* merge.c - fc_merge_tensor: argument checks, defaults and dispatch to the kernels. */
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "merge_internal.h"
@@ -44,6 +45,31 @@ void fc_merge_params_init(fc_merge_params *p, fc_merge_method m) {
     p->max_iter = 10;
     p->tol = 1e-5;
 }
+
+/* ---- instruction set of the hot kernels ---- */
+
+enum { ISA_AUTO, ISA_PORTABLE, ISA_AVX2 };
+static atomic_int isa_choice = ISA_AUTO;
+
+static int cpu_has_avx2(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+int fc_merge_set_isa(const char *name) {
+    int c = !name ? -1 : strcmp(name, "auto") == 0 ? ISA_AUTO
+          : strcmp(name, "portable") == 0 ? ISA_PORTABLE : strcmp(name, "avx2") == 0 ? ISA_AVX2 : -1;
+    if (c < 0 || (c == ISA_AVX2 && !cpu_has_avx2())) return -1;
+    atomic_store(&isa_choice, c);
+    return 0;
+}
+
+int mg_use_avx2(void) { return atomic_load(&isa_choice) != ISA_PORTABLE && cpu_has_avx2(); }
+
+const char *fc_merge_isa(void) { return mg_use_avx2() ? "avx2" : "portable"; }
 
 static int is_gta(fc_merge_method m) {
     return m >= FC_MERGE_TASK_ARITHMETIC && m <= FC_MERGE_DELLA_LINEAR;
@@ -155,10 +181,17 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
         t.cols = shape[ndim - 1];
         t.rows = numel / t.cols;
     }
+    int avx2 = mg_use_avx2();
+    fc_status (*combine)(const mg_tensor *, mg_layout, const float *) =
+        avx2 ? mg_combine_avx2 : mg_combine;
     switch (p->method) {
     case FC_MERGE_LINEAR: st = mg_merge_linear(&t); break;
-    case FC_MERGE_SCE: st = n ? mg_merge_sce(&t) : mg_combine(&t, MG_FLAT, (float[]){1.0f}); break;
-    case FC_MERGE_VARM: st = n ? mg_merge_varm(&t) : mg_combine(&t, MG_FLAT, (float[]){1.0f}); break;
+    case FC_MERGE_SCE:
+        st = !n ? combine(&t, MG_FLAT, (float[]){1.0f}) : avx2 ? mg_merge_sce_avx2(&t) : mg_merge_sce(&t);
+        break;
+    case FC_MERGE_VARM:
+        st = !n ? combine(&t, MG_FLAT, (float[]){1.0f}) : avx2 ? mg_merge_varm_avx2(&t) : mg_merge_varm(&t);
+        break;
     case FC_MERGE_SLERP: st = mg_merge_slerp(&t); break;
     case FC_MERGE_NUSLERP: st = mg_merge_nuslerp(&t); break;
     case FC_MERGE_MULTISLERP: st = mg_merge_multislerp(&t); break;
@@ -166,7 +199,7 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
     case FC_MERGE_MODEL_STOCK: st = mg_merge_model_stock(&t); break;
     case FC_MERGE_NEARSWAP: st = mg_merge_nearswap(&t); break;
     case FC_MERGE_PASSTHROUGH: st = mg_merge_passthrough(&t); break;
-    default: st = mg_merge_gta(&t); break;
+    default: st = avx2 ? mg_merge_gta_avx2(&t) : mg_merge_gta(&t); break;
     }
     if (st != FC_OK && err->code == FC_OK)
         fc_error_set(err, st, "%s: merge failed (%s)", name, fc_status_name(st));

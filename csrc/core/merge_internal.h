@@ -80,4 +80,12 @@ fc_status mg_merge_nuslerp(const mg_tensor *t);
 fc_status mg_merge_multislerp(const mg_tensor *t);/* merge_sphere.c */
 fc_status mg_merge_karcher(const mg_tensor *t);
 
+/* The AVX2 build of the hot kernels (merge_avx2.c; x86-64 only), used when
+ * mg_use_avx2() says so (merge.c: the CPU has AVX2 and fc_merge_set_isa allows it). */
+int mg_use_avx2(void);
+fc_status mg_merge_gta_avx2(const mg_tensor *t);
+fc_status mg_merge_sce_avx2(const mg_tensor *t);
+fc_status mg_merge_varm_avx2(const mg_tensor *t);
+fc_status mg_combine_avx2(const mg_tensor *t, mg_layout lay, const float *coef);
+
 #endif

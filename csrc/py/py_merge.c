@@ -178,11 +178,31 @@ static PyObject *py_merge_methods(PyObject *self, PyObject *noargs) {
     return l;
 }
 
+static PyObject *py_merge_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    if (fc_merge_set_isa(name) != 0)
+        return PyErr_Format(PyExc_ValueError,
+                            "merge_set_isa: %R is not 'auto', 'portable' or an instruction set "
+                            "this CPU has ('avx2')", arg);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_merge_isa(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(fc_merge_isa());
+}
+
 static PyMethodDef methods[] = {
     {"merge_tensor", py_merge_tensor, METH_VARARGS,
      "merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads)"
      " -> ndarray: one tensor merged by fc_merge_tensor (see fusechat.merge.merge_tensors)."},
     {"merge_methods", py_merge_methods, METH_NOARGS, "the merge method names known to the C core"},
+    {"merge_set_isa", py_merge_set_isa, METH_O,
+     "merge_set_isa(name): 'auto', 'avx2' or 'portable' kernels (the same bytes either way)"},
+    {"merge_isa", py_merge_isa, METH_NOARGS, "the instruction set the merge kernels use now"},
     {NULL, NULL, 0, NULL},
 };
 
