@@ -48,28 +48,59 @@ void fc_merge_params_init(fc_merge_params *p, fc_merge_method m) {
 
 /* ---- instruction set of the hot kernels ---- */
 
-enum { ISA_AUTO, ISA_PORTABLE, ISA_AVX2 };
+static const mg_kernels portable = {mg_merge_gta, mg_merge_sce, mg_merge_varm, mg_combine};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+extern const mg_kernels mg_kernels_avx2, mg_kernels_avx512;
+#define HAVE_ISA_BUILDS 1
+#else
+#define HAVE_ISA_BUILDS 0
+#endif
+
+enum { ISA_AUTO, ISA_PORTABLE, ISA_AVX2, ISA_AVX512, ISA_COUNT };
+static const char *const isa_names[ISA_COUNT] = {"auto", "portable", "avx2", "avx512"};
 static atomic_int isa_choice = ISA_AUTO;
 
-static int cpu_has_avx2(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    return __builtin_cpu_supports("avx2");
-#else
-    return 0;
+static int cpu_has(int isa) {
+#if HAVE_ISA_BUILDS
+    if (isa == ISA_AVX2) return __builtin_cpu_supports("avx2");
+    if (isa == ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx2");
 #endif
+    return isa == ISA_AUTO || isa == ISA_PORTABLE;
 }
 
 int fc_merge_set_isa(const char *name) {
-    int c = !name ? -1 : strcmp(name, "auto") == 0 ? ISA_AUTO
-          : strcmp(name, "portable") == 0 ? ISA_PORTABLE : strcmp(name, "avx2") == 0 ? ISA_AVX2 : -1;
-    if (c < 0 || (c == ISA_AVX2 && !cpu_has_avx2())) return -1;
-    atomic_store(&isa_choice, c);
-    return 0;
+    for (int c = 0; name && c < ISA_COUNT; c++)
+        if (strcmp(name, isa_names[c]) == 0) {
+            if (!cpu_has(c)) return -1;
+            atomic_store(&isa_choice, c);
+            return 0;
+        }
+    return -1;
 }
 
-int mg_use_avx2(void) { return atomic_load(&isa_choice) != ISA_PORTABLE && cpu_has_avx2(); }
+/* the build in use: the one chosen, or with "auto" the widest the CPU has */
+static int isa_now(void) {
+    int c = atomic_load(&isa_choice);
+    if (c != ISA_AUTO) return c;
+    return cpu_has(ISA_AVX512) ? ISA_AVX512 : cpu_has(ISA_AVX2) ? ISA_AVX2 : ISA_PORTABLE;
+}
 
-const char *fc_merge_isa(void) { return mg_use_avx2() ? "avx2" : "portable"; }
+const char *fc_merge_isa(void) { return isa_names[isa_now()]; }
+
+static const mg_kernels *kernels_now(void) {
+#if HAVE_ISA_BUILDS
+    switch (isa_now()) {
+    case ISA_AVX2: return &mg_kernels_avx2;
+    case ISA_AVX512: return &mg_kernels_avx512;
+    default: break;
+    }
+#endif
+    return &portable;
+}
 
 static int is_gta(fc_merge_method m) {
     return m >= FC_MERGE_TASK_ARITHMETIC && m <= FC_MERGE_DELLA_LINEAR;
@@ -181,17 +212,11 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
         t.cols = shape[ndim - 1];
         t.rows = numel / t.cols;
     }
-    int avx2 = mg_use_avx2();
-    fc_status (*combine)(const mg_tensor *, mg_layout, const float *) =
-        avx2 ? mg_combine_avx2 : mg_combine;
+    const mg_kernels *k = kernels_now();
     switch (p->method) {
     case FC_MERGE_LINEAR: st = mg_merge_linear(&t); break;
-    case FC_MERGE_SCE:
-        st = !n ? combine(&t, MG_FLAT, (float[]){1.0f}) : avx2 ? mg_merge_sce_avx2(&t) : mg_merge_sce(&t);
-        break;
-    case FC_MERGE_VARM:
-        st = !n ? combine(&t, MG_FLAT, (float[]){1.0f}) : avx2 ? mg_merge_varm_avx2(&t) : mg_merge_varm(&t);
-        break;
+    case FC_MERGE_SCE: st = n ? k->sce(&t) : k->combine(&t, MG_FLAT, (float[]){1.0f}); break;
+    case FC_MERGE_VARM: st = n ? k->varm(&t) : k->combine(&t, MG_FLAT, (float[]){1.0f}); break;
     case FC_MERGE_SLERP: st = mg_merge_slerp(&t); break;
     case FC_MERGE_NUSLERP: st = mg_merge_nuslerp(&t); break;
     case FC_MERGE_MULTISLERP: st = mg_merge_multislerp(&t); break;
@@ -199,7 +224,7 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
     case FC_MERGE_MODEL_STOCK: st = mg_merge_model_stock(&t); break;
     case FC_MERGE_NEARSWAP: st = mg_merge_nearswap(&t); break;
     case FC_MERGE_PASSTHROUGH: st = mg_merge_passthrough(&t); break;
-    default: st = avx2 ? mg_merge_gta_avx2(&t) : mg_merge_gta(&t); break;
+    default: st = k->gta(&t); break;
     }
     if (st != FC_OK && err->code == FC_OK)
         fc_error_set(err, st, "%s: merge failed (%s)", name, fc_status_name(st));

@@ -24,6 +24,8 @@ typedef struct {
     int *active;           /* density < 1: this model is sparsified */
     fc_topk *keep, *drop;  /* magnitude: keep; outliers: keep minus drop */
     uint64_t *stream;
+    uint8_t *masks;        /* random masks with rescaling: the keep flags the stats pass drew,
+                            * [i * numel + e], so the output pass need not draw them again */
     float *scale;          /* L1 rescale factor per model */
     double *partials;      /* stats pass: [block][2n] = sum |delta|, sum |kept delta| */
     int64_t block;
@@ -132,8 +134,18 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         case SP_RANDOM: {
             float p = (float)mp->density;
             uint64_t stream = g->stream[i];
-            for (int64_t k = 0; k < len; k++)
-                d[k] = fcx_keep_or_zero(d[k], fcx_rng_uniform(stream, (uint64_t)(begin + k)) < p);
+            uint8_t *m = g->masks ? g->masks + (size_t)i * t->numel + begin : NULL;
+            if (m && !part) { /* output pass: the flags drawn by the stats pass */
+                for (int64_t k = 0; k < len; k++) d[k] = fcx_keep_or_zero(d[k], m[k]);
+            } else if (m) {
+                for (int64_t k = 0; k < len; k++) {
+                    m[k] = fcx_rng_uniform(stream, (uint64_t)(begin + k)) < p;
+                    d[k] = fcx_keep_or_zero(d[k], m[k]);
+                }
+            } else {
+                for (int64_t k = 0; k < len; k++)
+                    d[k] = fcx_keep_or_zero(d[k], fcx_rng_uniform(stream, (uint64_t)(begin + k)) < p);
+            }
             break;
         }
         case SP_DELLA:
@@ -232,7 +244,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     if (!g.active || !g.keep || !g.drop || !g.stream || !g.scale) goto done;
     int any_rescale = 0;
     keys = g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS
-                         ? malloc((size_t)t->numel * sizeof(uint32_t)) : NULL;
+                         ? mg_buffer_take((size_t)t->numel * sizeof(uint32_t)) : NULL;
     for (int i = 0; i < n; i++) {
         const fc_merge_model_params *mp = &p->models[i];
         g.scale[i] = 1.0f;
@@ -269,6 +281,10 @@ fc_status mg_merge_gta(const mg_tensor *t) {
             if (st != FC_OK) goto done;
         }
     }
+    /* keep the random flags for the output pass where they take at most 512 MiB (else draw
+     * them again) */
+    if (any_rescale && g.sp == SP_RANDOM && (uint64_t)t->numel * (uint64_t)n <= (1u << 29))
+        g.masks = mg_buffer_take((size_t)t->numel * (size_t)n);
     if (any_rescale) {
         int64_t nblocks = (t->numel + g.block - 1) / g.block;
         g.partials = mg_calloc(t, (size_t)nblocks * 2 * (n ? n : 1), sizeof(double));
@@ -288,7 +304,8 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     }
     st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block + 2, gta_block, &g);
 done:
-    free(keys);
+    mg_buffer_give(keys);
+    mg_buffer_give(g.masks);
     free(g.active);
     free(g.keep);
     free(g.drop);

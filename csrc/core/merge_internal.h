@@ -64,6 +64,11 @@ static inline double *mg_doubles_at(float *scratch, size_t off) {
 double mg_dot(const float *a, const float *b, int64_t len);   /* sum a[k] * b[k] */
 double mg_sum_abs(const float *a, int64_t len);                /* sum |a[k]| */
 
+/* Big uninitialised buffers, reused between tensors while fc_merge_keep_buffers(1) is in
+ * force (merge_buffers.c); take returns NULL when out of memory. */
+void *mg_buffer_take(size_t bytes);
+void  mg_buffer_give(void *p);
+
 /* Allocation helpers that report NOMEM through t->err. */
 void *mg_calloc(const mg_tensor *t, size_t count, size_t size);
 
@@ -80,12 +85,13 @@ fc_status mg_merge_nuslerp(const mg_tensor *t);
 fc_status mg_merge_multislerp(const mg_tensor *t);/* merge_sphere.c */
 fc_status mg_merge_karcher(const mg_tensor *t);
 
-/* The AVX2 build of the hot kernels (merge_avx2.c; x86-64 only), used when
- * mg_use_avx2() says so (merge.c: the CPU has AVX2 and fc_merge_set_isa allows it). */
-int mg_use_avx2(void);
-fc_status mg_merge_gta_avx2(const mg_tensor *t);
-fc_status mg_merge_sce_avx2(const mg_tensor *t);
-fc_status mg_merge_varm_avx2(const mg_tensor *t);
-fc_status mg_combine_avx2(const mg_tensor *t, mg_layout lay, const float *coef);
+/* The hot kernels of one build: portable (merge.c), AVX2 or AVX-512 (merge_avx2.c,
+ * merge_avx512.c; x86-64 only). merge.c picks one per call (fc_merge_set_isa). */
+typedef struct mg_kernels {
+    fc_status (*gta)(const mg_tensor *t);
+    fc_status (*sce)(const mg_tensor *t);
+    fc_status (*varm)(const mg_tensor *t);
+    fc_status (*combine)(const mg_tensor *t, mg_layout lay, const float *coef);
+} mg_kernels;
 
 #endif

@@ -178,7 +178,7 @@ fc_status mg_merge_sce(const mg_tensor *t) {
     fc_status st = FC_ERR_NOMEM;
     if (!c.partials || !c.w) goto done;
     if (c.masked) {
-        c.keys = malloc((size_t)t->numel * sizeof(uint32_t)); /* NULL: recompute instead */
+        c.keys = mg_buffer_take((size_t)t->numel * sizeof(uint32_t)); /* NULL: recompute */
         c.pass = 0;
         st = mg_for_blocks(t, t->numel, MG_BLOCK, scratch, sce_block, &c);
         if (st != FC_OK) goto done;
@@ -200,7 +200,7 @@ fc_status mg_merge_sce(const mg_tensor *t) {
 done:
     free(c.partials);
     free(c.w);
-    free(c.keys);
+    mg_buffer_give(c.keys);
     return st;
 }
 

@@ -185,7 +185,7 @@ static PyObject *py_merge_set_isa(PyObject *self, PyObject *arg) {
     if (fc_merge_set_isa(name) != 0)
         return PyErr_Format(PyExc_ValueError,
                             "merge_set_isa: %R is not 'auto', 'portable' or an instruction set "
-                            "this CPU has ('avx2')", arg);
+                            "this CPU has ('avx2', 'avx512')", arg);
     Py_RETURN_NONE;
 }
 
@@ -195,13 +195,24 @@ static PyObject *py_merge_isa(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(fc_merge_isa());
 }
 
+static PyObject *py_merge_keep_buffers(PyObject *self, PyObject *arg) {
+    (void)self;
+    int keep = PyObject_IsTrue(arg);
+    if (keep < 0) return NULL;
+    fc_merge_keep_buffers(keep);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"merge_tensor", py_merge_tensor, METH_VARARGS,
      "merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads)"
      " -> ndarray: one tensor merged by fc_merge_tensor (see fusechat.merge.merge_tensors)."},
     {"merge_methods", py_merge_methods, METH_NOARGS, "the merge method names known to the C core"},
     {"merge_set_isa", py_merge_set_isa, METH_O,
-     "merge_set_isa(name): 'auto', 'avx2' or 'portable' kernels (the same bytes either way)"},
+     "merge_set_isa(name): 'auto', 'avx512', 'avx2' or 'portable' kernels (the same bytes either way)"},
+    {"merge_keep_buffers", py_merge_keep_buffers, METH_O,
+     "merge_keep_buffers(keep): keep the kernels' big buffers between tensors (True) or free "
+     "them (False, the default)"},
     {"merge_isa", py_merge_isa, METH_NOARGS, "the instruction set the merge kernels use now"},
     {NULL, NULL, 0, NULL},
 };

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import _C
 from .. import safetensors as st
 from ..progress import tqdm
 from .config import load_config
@@ -106,6 +107,7 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
                     for j in jobs)
         writer = st.Writer(tmp, entries, {"format": "pt"}, max_shard_size=shard_bytes)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="merge", disable=quiet)
+        _C.merge_keep_buffers(True)  # the kernels reuse their big buffers between tensors
         try:
             with ThreadPoolExecutor(1) as io:
                 pending = None
@@ -128,6 +130,7 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
             writer.abort()
             raise
         finally:
+            _C.merge_keep_buffers(False)
             bar.close()
         _write_side_files(tmp, cfg, donor, jobs, seed, vocab)
         _move_into_place(tmp, out_path, overwrite)
