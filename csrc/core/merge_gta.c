@@ -44,21 +44,13 @@ static void delta_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     for (int64_t j = 0; j < n; j++) keys[j] = fc_float_key(fabsf(x[j] - b[j]));
 }
 
-typedef struct {
-    uint32_t *keys;
-    int i;
-} fill_ctx;
-
-/* One pass over base and model i storing every |delta| key: the selection then histograms
- * the stored keys instead of reloading and converting the inputs in each of its passes. */
-static fc_status fill_keys(const mg_tensor *t, void *user, int64_t begin, int64_t len,
-                           float *scratch, int64_t index) {
-    (void)scratch;
-    (void)index;
-    fill_ctx *f = (fill_ctx *)user;
-    key_ctx kc = {t, f->i};
-    delta_keys(&kc, begin, len, f->keys + begin);
-    return FC_OK;
+/* The top k of model kc->i's |delta| keys. With a keys array (NULL: out of memory, keys
+ * recomputed in every pass) the keys are computed once, in the selection's first pass,
+ * and stored there for its later passes. */
+static fc_status select_delta_keys(const mg_tensor *t, key_ctx *kc, uint32_t *keys, int64_t k,
+                                   fc_topk *out) {
+    if (keys) return mg_select_topk_store(t->numel, k, delta_keys, kc, keys, t->nthreads, out, t->err);
+    return fc_select_topk(t->numel, k, delta_keys, kc, t->nthreads, out, t->err);
 }
 
 typedef struct {
@@ -219,7 +211,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     const fc_merge_params *p = t->p;
     int n = t->n;
     gta_ctx g = {0};
-    uint32_t *keys = NULL; /* |delta| keys of one model at a time; NULL: recompute */
+    uint32_t *keys = NULL; /* |delta| keys of one model at a time; NULL: recomputed */
     switch (p->method) {
     case FC_MERGE_TIES: g.sp = SP_MAGNITUDE; g.consensus = 1; break;
     case FC_MERGE_DARE_TIES: g.sp = SP_RANDOM; g.consensus = 1; break;
@@ -254,18 +246,9 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         any_rescale |= p->rescale;
         int64_t N = t->numel;
         key_ctx kc = {t, i};
-        fc_key_fn keyfn = delta_keys;
-        void *keyctx = &kc;
-        if ((g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS) && keys) {
-            fill_ctx fc = {keys, i};
-            st = mg_for_blocks(t, N, MG_BLOCK, 1, fill_keys, &fc);
-            if (st != FC_OK) goto done;
-            keyfn = NULL;
-            keyctx = keys;
-        }
         if (g.sp == SP_MAGNITUDE) {
             int64_t k = (int64_t)(mp->density * (double)N);
-            st = fc_select_topk(N, k, keyfn, keyctx, t->nthreads, &g.keep[i], t->err);
+            st = select_delta_keys(t, &kc, keys, k, &g.keep[i]);
             if (st != FC_OK) goto done;
         } else if (g.sp == SP_OUTLIERS) {
             int64_t target = (int64_t)(mp->density * (double)N);
@@ -275,9 +258,10 @@ fc_status mg_merge_gta(const mg_tensor *t) {
                 n_top += n_bot;
                 n_bot = 0;
             }
-            st = fc_select_topk(N, N - n_bot, keyfn, keyctx, t->nthreads, &g.keep[i], t->err);
-            if (st == FC_OK)
-                st = fc_select_topk(N, n_top, keyfn, keyctx, t->nthreads, &g.drop[i], t->err);
+            st = select_delta_keys(t, &kc, keys, N - n_bot, &g.keep[i]);
+            if (st == FC_OK) /* the same keys again: stored by the first selection if kept */
+                st = fc_select_topk(N, n_top, keys ? NULL : delta_keys, keys ? (void *)keys : &kc,
+                                    t->nthreads, &g.drop[i], t->err);
             if (st != FC_OK) goto done;
         }
     }

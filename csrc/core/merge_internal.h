@@ -69,6 +69,11 @@ double mg_sum_abs(const float *a, int64_t len);                /* sum |a[k]| */
 void *mg_buffer_take(size_t bytes);
 void  mg_buffer_give(void *p);
 
+/* fc_select_topk computing the keys once with fn, fused with its first histogram pass, into
+ * store[n]: its later passes and the caller read them there (select.c). */
+fc_status mg_select_topk_store(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint32_t *store,
+                               int nthreads, fc_topk *out, fc_error *err);
+
 /* Allocation helpers that report NOMEM through t->err. */
 void *mg_calloc(const mg_tensor *t, size_t count, size_t size);
 

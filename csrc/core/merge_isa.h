@@ -21,6 +21,7 @@
 #define mg_merge_gta MG_ISA(mg_merge_gta)
 #define mg_merge_sce MG_ISA(mg_merge_sce)
 #define mg_merge_varm MG_ISA(mg_merge_varm)
-#define fc_select_topk MG_ISA(mg_select_topk)
+#define fc_select_topk MG_ISA(fc_select_topk)
+#define mg_select_topk_store MG_ISA(mg_select_topk_store)
 
 #endif
