@@ -53,7 +53,23 @@ def _view(f, name, shape):
     return a
 
 
-def _merge_job(job, files, method, seed, threads, vocab=None):
+class _OutBuffers:
+    """Two output buffers used in turn: the tensor merged into one is written to disk while
+    the next is merged into the other, and their pages are faulted in once per merge, not
+    once per tensor."""
+
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+        self.bufs = [None, None]
+
+    def view(self, i, dtype, shape):
+        if self.bufs[i % 2] is None:
+            self.bufs[i % 2] = np.empty(self.nbytes, np.uint8)
+        count = int(np.prod(shape, dtype=np.int64))
+        return self.bufs[i % 2][:count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _merge_job(job, files, method, seed, threads, vocab=None, out=None):
     if job.copy_from:
         return np.asarray(files[job.copy_from[0]].get(job.copy_from[1]))
     if job.permute:
@@ -68,7 +84,8 @@ def _merge_job(job, files, method, seed, threads, vocab=None):
         return base.astype(st.numpy_dtype(job.out_dtype))
     try:
         return merge_tensors(method.name, base, xs, out_dtype=st.numpy_dtype(job.out_dtype),
-                             seed=seed, tensor_name=job.name, threads=threads, **job.params)
+                             seed=seed, tensor_name=job.name, threads=threads, out=out,
+                             **job.params)
     except ValueError as exc:
         raise type(exc)(f"tensor {job.name!r} (models "
                         f"{', '.join(p for p, _ in job.inputs)}): {exc}") from None
@@ -103,8 +120,10 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
     t0 = time.perf_counter()
     try:
         entries = [(j.name, j.out_dtype, j.out_shape) for j in jobs]
-        total = sum(int(np.prod(j.out_shape, dtype=np.int64)) * st.numpy_dtype(j.out_dtype).itemsize
-                    for j in jobs)
+        sizes = [int(np.prod(j.out_shape, dtype=np.int64)) * st.numpy_dtype(j.out_dtype).itemsize
+                 for j in jobs]
+        total = sum(sizes)
+        outs = _OutBuffers(max(sizes, default=0))
         writer = st.Writer(tmp, entries, {"format": "pt"}, max_shard_size=shard_bytes)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="merge", disable=quiet)
         _C.merge_keep_buffers(True)  # the kernels reuse their big buffers between tensors
@@ -116,7 +135,8 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
                         nxt = jobs[i + 1]
                         for p, n in set((nxt.base,) + nxt.inputs + (nxt.copy_from,)) - {None}:
                             files[p].prefetch(n)
-                    arr = _merge_job(job, files, cfg.method, seed, threads, vocab)
+                    out = outs.view(i, st.numpy_dtype(job.out_dtype), job.out_shape)
+                    arr = _merge_job(job, files, cfg.method, seed, threads, vocab, out)
                     if pending is not None:
                         pending.result()
                         bar.update(pending_bytes)
