@@ -88,9 +88,9 @@ static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_
     int need_var = c->masked && (c->pass == 0 || !c->keys);
     sce_load(t, begin, len, s, need_var ? var : NULL, acc);
     if (c->pass == 0) {
-        double nz = 0;
+        int64_t nz = 0; /* an integer count: a float64 one is a serial chain of adds */
         for (int64_t k = 0; k < len; k++) nz += var[k] != 0.0f;
-        c->partials[index] = nz;
+        c->partials[index] = (double)nz;
         if (c->keys)
             for (int64_t k = 0; k < len; k++) c->keys[begin + k] = fc_float_key(var[k]);
         return FC_OK;
