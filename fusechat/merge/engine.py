@@ -53,6 +53,22 @@ def _view(f, name, shape):
     return a
 
 
+# Writer threads. Writing a new file's pages costs CPU time (copying into fresh page-cache
+# pages, which a virtual machine's host may first have to back); a big tensor is written as
+# WRITERS chunks in parallel, so the writing does not hold the merge back on one core.
+WRITERS = 2
+_SPLIT_BYTES = 8 << 20
+
+
+def _submit_write(io, writer, name, arr):
+    if arr.nbytes < _SPLIT_BYTES or WRITERS == 1:
+        return [io.submit(writer.write, name, arr)]
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    step = -(-flat.size // WRITERS)
+    return [io.submit(writer.write, name, flat[k:k + step], k * flat.itemsize)
+            for k in range(0, flat.size, step)]
+
+
 class _OutBuffers:
     """Two output buffers used in turn: the tensor merged into one is written to disk while
     the next is merged into the other, and their pages are faulted in once per merge, not
@@ -128,8 +144,8 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="merge", disable=quiet)
         _C.merge_keep_buffers(True)  # the kernels reuse their big buffers between tensors
         try:
-            with ThreadPoolExecutor(1) as io:
-                pending = None
+            with ThreadPoolExecutor(WRITERS) as io:
+                pending = []
                 for i, job in enumerate(jobs):
                     if i + 1 < len(jobs):
                         nxt = jobs[i + 1]
@@ -137,14 +153,14 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
                             files[p].prefetch(n)
                     out = outs.view(i, st.numpy_dtype(job.out_dtype), job.out_shape)
                     arr = _merge_job(job, files, cfg.method, seed, threads, vocab, out)
-                    if pending is not None:
-                        pending.result()
-                        bar.update(pending_bytes)
-                    pending = io.submit(writer.write, job.name, arr)
+                    for f in pending:
+                        f.result()
+                    bar.update(pending_bytes if pending else 0)
+                    pending = _submit_write(io, writer, job.name, arr)
                     pending_bytes = arr.nbytes
-                if pending is not None:
-                    pending.result()
-                    bar.update(pending_bytes)
+                for f in pending:
+                    f.result()
+                bar.update(pending_bytes if pending else 0)
             writer.close()
         except BaseException:
             writer.abort()
