@@ -17,13 +17,21 @@
 #include <string.h>
 
 #define MG_DO_PRAGMA(x) _Pragma(#x)
+#ifdef __clang__ /* Clang has no "GCC target" pragma: the attribute on every function */
+#define MG_TARGET_PRAGMA(t) MG_DO_PRAGMA(clang attribute push(__attribute__((target t)), apply_to = function))
+#else
 #define MG_TARGET_PRAGMA(t) MG_DO_PRAGMA(GCC target t)
+#endif
 MG_TARGET_PRAGMA(MG_ISA_TARGET)
 
 #include "merge_common.c"
 #include "merge_gta.c"
 #include "merge_sce.c"
 #include "select.c"
+
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
 
 const mg_kernels MG_ISA(mg_kernels) = {mg_merge_gta, mg_merge_sce, mg_merge_varm, mg_combine};
 #endif
