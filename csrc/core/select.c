@@ -89,7 +89,13 @@ static fc_status sel_hist_worker(void *vctx, int64_t w, int64_t w_end) {
                     s3[k[i + 3] >> 16]++;
                 }
                 for (; i < len; i++) s0[k[i] >> 16]++;
-            } else { /* few keys fall under the prefix: a well-predicted branch */
+            } else { /* few keys fall under the prefix: compare 16 at a time (vectorises),
+                      * count the matches by their bits */
+                for (; i + 16 <= len; i += 16) {
+                    uint32_t hits = 0;
+                    for (int j = 0; j < 16; j++) hits |= (uint32_t)((k[i + j] >> 16) == prefix) << j;
+                    for (; hits; hits &= hits - 1) s0[k[i + __builtin_ctz(hits)] & 0xffffu]++;
+                }
                 for (; i < len; i++)
                     if ((k[i] >> 16) == prefix) s0[k[i] & 0xffffu]++;
             }
