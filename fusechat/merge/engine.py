@@ -6,10 +6,11 @@
    and shape of every output tensor, so every error (a missing tensor, a shape or dtype
    mismatch, a missing parameter) comes before any work, and the output header is fixed.
 3. Tensors are merged one at a time by the C kernels (multithreaded, GIL released) while
-   the previous one is written to its final offset in the output shard by a second thread,
-   and the next one's pages are requested (madvise WILLNEED). Peak memory: two output
-   tensors, the top-k keys of one tensor and the kernels' block buffers; inputs are only
-   mapped.
+   the previous one is written to its final offset in the output shard by two writer
+   threads, and the next one's pages are requested (madvise WILLNEED). Peak memory: two
+   output buffers used in turn, the top-k keys (or DARE flags, SCE kept deltas) of one
+   tensor and the kernels' block buffers, all kept from one tensor to the next and freed
+   at the end; inputs are only mapped.
 4. The output folder is assembled in a temporary folder next to OUT (shards + index,
    config.json with torch_dtype, tokenizer and generation config, the merge config, a model
    card) and renamed into place only when complete.
