@@ -189,6 +189,11 @@ def main():
             write_config(cfg, method, paths[0], paths[1:], per_model, glob)
             out = os.path.join(args.workdir, "out-fc")
             warm(paths)
+            # An unmeasured floor run first. Writing a new file costs far more in memory pages
+            # the machine has not used lately (a VM's host may first have to back them) than
+            # in pages a deleted file just freed; so every measured run (fusechat, the floor,
+            # mergekit) follows another run whose output was deleted.
+            io_floor(paths, n_params * 2, os.path.join(args.workdir, "out-floor"))
             fc = run_measured([sys.executable, "-m", "fusechat", "merge", cfg, out, "--quiet",
                                "--overwrite"], env)
             nbytes = out_size(out)

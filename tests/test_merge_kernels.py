@@ -223,6 +223,65 @@ def test_same_bytes_for_any_thread_count(case):
     assert outs[0] == outs[1] == outs[2]
 
 
+ISA_CASES = ["task_arithmetic", "task_arithmetic_lambda", "ties", "ties_nonorm", "dare_ties",
+             "dare_linear", "dare_linear_norescale", "breadcrumbs", "breadcrumbs_ties", "della",
+             "della_linear", "sce", "sce_full", "sce_fuse", "varm"]
+
+
+@pytest.fixture
+def isa_switch():
+    """Sets the kernels' instruction set; back to "auto" afterwards."""
+    from fusechat import _C
+
+    yield _C.merge_set_isa
+    _C.merge_set_isa("auto")
+
+
+def available_isas(isa_switch):
+    """The kernel builds this CPU can run (the portable one always)."""
+    isas = ["portable"]
+    for isa in ("avx2", "avx512"):
+        try:
+            isa_switch(isa)
+            isas.append(isa)
+        except ValueError:
+            pass
+    return isas
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ISA_CASES)
+def test_same_bytes_for_every_instruction_set(case, dtype, isa_switch):
+    """The AVX2 and AVX-512 builds of the kernels give the same bytes as the portable one
+    (the DARE and DELLA masks included), for any thread count; sizes that are not
+    multiples of any vector width or block size."""
+    isas = available_isas(isa_switch)
+    if len(isas) == 1:
+        pytest.skip("this CPU runs only the portable build of the kernels")
+    params, n, uses_base = CASES[case]
+    base, xs = make_inputs((97, 3001), n, dtype, seed=17)
+    base = base if uses_base else None
+    outs = {}
+    for isa in isas:
+        isa_switch(isa)
+        for threads in (1, 3):
+            outs[isa, threads] = merge_tensors(method_of(case), base, xs, seed=9, threads=threads,
+                                               tensor_name="model.layers.3.mlp.up_proj.weight",
+                                               **params).tobytes()
+    assert len(set(outs.values())) == 1, [k for k in outs if outs[k] != outs["portable", 1]]
+
+
+def test_instruction_set_names(isa_switch):
+    from fusechat import _C
+
+    isa_switch("portable")
+    assert _C.merge_isa() == "portable"
+    isa_switch("auto")
+    assert _C.merge_isa() == available_isas(isa_switch)[-1]  # auto: the widest
+    with pytest.raises(ValueError, match="avx512"):
+        isa_switch("sse9")
+
+
 def test_topk_ties_broken_by_index():
     # every |delta| equal: TIES at density 0.5 keeps exactly the first half of the elements
     base = np.zeros(1000, np.float32)

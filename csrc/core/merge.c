@@ -1,5 +1,6 @@
 /* merge.c - fc_merge_tensor: argument checks, defaults and dispatch to the kernels. */
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "merge_internal.h"
@@ -43,6 +44,62 @@ void fc_merge_params_init(fc_merge_params *p, fc_merge_method m) {
     p->eps = 1e-8;
     p->max_iter = 10;
     p->tol = 1e-5;
+}
+
+/* ---- instruction set of the hot kernels ---- */
+
+static const mg_kernels portable = {mg_merge_gta, mg_merge_sce, mg_merge_varm, mg_combine};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+extern const mg_kernels mg_kernels_avx2, mg_kernels_avx512;
+#define HAVE_ISA_BUILDS 1
+#else
+#define HAVE_ISA_BUILDS 0
+#endif
+
+enum { ISA_AUTO, ISA_PORTABLE, ISA_AVX2, ISA_AVX512, ISA_COUNT };
+static const char *const isa_names[ISA_COUNT] = {"auto", "portable", "avx2", "avx512"};
+static atomic_int isa_choice = ISA_AUTO;
+
+static int cpu_has(int isa) {
+#if HAVE_ISA_BUILDS
+    if (isa == ISA_AVX2) return __builtin_cpu_supports("avx2");
+    if (isa == ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx2");
+#endif
+    return isa == ISA_AUTO || isa == ISA_PORTABLE;
+}
+
+int fc_merge_set_isa(const char *name) {
+    for (int c = 0; name && c < ISA_COUNT; c++)
+        if (strcmp(name, isa_names[c]) == 0) {
+            if (!cpu_has(c)) return -1;
+            atomic_store(&isa_choice, c);
+            return 0;
+        }
+    return -1;
+}
+
+/* the build in use: the one chosen, or with "auto" the widest the CPU has */
+static int isa_now(void) {
+    int c = atomic_load(&isa_choice);
+    if (c != ISA_AUTO) return c;
+    return cpu_has(ISA_AVX512) ? ISA_AVX512 : cpu_has(ISA_AVX2) ? ISA_AVX2 : ISA_PORTABLE;
+}
+
+const char *fc_merge_isa(void) { return isa_names[isa_now()]; }
+
+static const mg_kernels *kernels_now(void) {
+#if HAVE_ISA_BUILDS
+    switch (isa_now()) {
+    case ISA_AVX2: return &mg_kernels_avx2;
+    case ISA_AVX512: return &mg_kernels_avx512;
+    default: break;
+    }
+#endif
+    return &portable;
 }
 
 static int is_gta(fc_merge_method m) {
@@ -155,10 +212,11 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
         t.cols = shape[ndim - 1];
         t.rows = numel / t.cols;
     }
+    const mg_kernels *k = kernels_now();
     switch (p->method) {
     case FC_MERGE_LINEAR: st = mg_merge_linear(&t); break;
-    case FC_MERGE_SCE: st = n ? mg_merge_sce(&t) : mg_combine(&t, MG_FLAT, (float[]){1.0f}); break;
-    case FC_MERGE_VARM: st = n ? mg_merge_varm(&t) : mg_combine(&t, MG_FLAT, (float[]){1.0f}); break;
+    case FC_MERGE_SCE: st = n ? k->sce(&t) : k->combine(&t, MG_FLAT, (float[]){1.0f}); break;
+    case FC_MERGE_VARM: st = n ? k->varm(&t) : k->combine(&t, MG_FLAT, (float[]){1.0f}); break;
     case FC_MERGE_SLERP: st = mg_merge_slerp(&t); break;
     case FC_MERGE_NUSLERP: st = mg_merge_nuslerp(&t); break;
     case FC_MERGE_MULTISLERP: st = mg_merge_multislerp(&t); break;
@@ -166,7 +224,7 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
     case FC_MERGE_MODEL_STOCK: st = mg_merge_model_stock(&t); break;
     case FC_MERGE_NEARSWAP: st = mg_merge_nearswap(&t); break;
     case FC_MERGE_PASSTHROUGH: st = mg_merge_passthrough(&t); break;
-    default: st = mg_merge_gta(&t); break;
+    default: st = k->gta(&t); break;
     }
     if (st != FC_OK && err->code == FC_OK)
         fc_error_set(err, st, "%s: merge failed (%s)", name, fc_status_name(st));

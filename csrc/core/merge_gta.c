@@ -24,6 +24,8 @@ typedef struct {
     int *active;           /* density < 1: this model is sparsified */
     fc_topk *keep, *drop;  /* magnitude: keep; outliers: keep minus drop */
     uint64_t *stream;
+    uint8_t *masks;        /* random masks with rescaling: the keep flags the stats pass drew,
+                            * [i * numel + e], so the output pass need not draw them again */
     float *scale;          /* L1 rescale factor per model */
     double *partials;      /* stats pass: [block][2n] = sum |delta|, sum |kept delta| */
     int64_t block;
@@ -42,21 +44,13 @@ static void delta_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     for (int64_t j = 0; j < n; j++) keys[j] = fc_float_key(fabsf(x[j] - b[j]));
 }
 
-typedef struct {
-    uint32_t *keys;
-    int i;
-} fill_ctx;
-
-/* One pass over base and model i storing every |delta| key: the selection then histograms
- * the stored keys instead of reloading and converting the inputs in each of its passes. */
-static fc_status fill_keys(const mg_tensor *t, void *user, int64_t begin, int64_t len,
-                           float *scratch, int64_t index) {
-    (void)scratch;
-    (void)index;
-    fill_ctx *f = (fill_ctx *)user;
-    key_ctx kc = {t, f->i};
-    delta_keys(&kc, begin, len, f->keys + begin);
-    return FC_OK;
+/* The top k of model kc->i's |delta| keys. With a keys array (NULL: out of memory, keys
+ * recomputed in every pass) the keys are computed once, in the selection's first pass,
+ * and stored there for its later passes. */
+static fc_status select_delta_keys(const mg_tensor *t, key_ctx *kc, uint32_t *keys, int64_t k,
+                                   fc_topk *out) {
+    if (keys) return mg_select_topk_store(t->numel, k, delta_keys, kc, keys, t->nthreads, out, t->err);
+    return fc_select_topk(t->numel, k, delta_keys, kc, t->nthreads, out, t->err);
 }
 
 typedef struct {
@@ -132,8 +126,18 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         case SP_RANDOM: {
             float p = (float)mp->density;
             uint64_t stream = g->stream[i];
-            for (int64_t k = 0; k < len; k++)
-                d[k] = fcx_keep_or_zero(d[k], fcx_rng_uniform(stream, (uint64_t)(begin + k)) < p);
+            uint8_t *m = g->masks ? g->masks + (size_t)i * t->numel + begin : NULL;
+            if (m && !part) { /* output pass: the flags drawn by the stats pass */
+                for (int64_t k = 0; k < len; k++) d[k] = fcx_keep_or_zero(d[k], m[k]);
+            } else if (m) {
+                for (int64_t k = 0; k < len; k++) {
+                    m[k] = fcx_rng_uniform(stream, (uint64_t)(begin + k)) < p;
+                    d[k] = fcx_keep_or_zero(d[k], m[k]);
+                }
+            } else {
+                for (int64_t k = 0; k < len; k++)
+                    d[k] = fcx_keep_or_zero(d[k], fcx_rng_uniform(stream, (uint64_t)(begin + k)) < p);
+            }
             break;
         }
         case SP_DELLA:
@@ -207,7 +211,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     const fc_merge_params *p = t->p;
     int n = t->n;
     gta_ctx g = {0};
-    uint32_t *keys = NULL; /* |delta| keys of one model at a time; NULL: recompute */
+    uint32_t *keys = NULL; /* |delta| keys of one model at a time; NULL: recomputed */
     switch (p->method) {
     case FC_MERGE_TIES: g.sp = SP_MAGNITUDE; g.consensus = 1; break;
     case FC_MERGE_DARE_TIES: g.sp = SP_RANDOM; g.consensus = 1; break;
@@ -232,7 +236,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     if (!g.active || !g.keep || !g.drop || !g.stream || !g.scale) goto done;
     int any_rescale = 0;
     keys = g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS
-                         ? malloc((size_t)t->numel * sizeof(uint32_t)) : NULL;
+                         ? mg_buffer_take((size_t)t->numel * sizeof(uint32_t)) : NULL;
     for (int i = 0; i < n; i++) {
         const fc_merge_model_params *mp = &p->models[i];
         g.scale[i] = 1.0f;
@@ -242,18 +246,9 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         any_rescale |= p->rescale;
         int64_t N = t->numel;
         key_ctx kc = {t, i};
-        fc_key_fn keyfn = delta_keys;
-        void *keyctx = &kc;
-        if ((g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS) && keys) {
-            fill_ctx fc = {keys, i};
-            st = mg_for_blocks(t, N, MG_BLOCK, 1, fill_keys, &fc);
-            if (st != FC_OK) goto done;
-            keyfn = NULL;
-            keyctx = keys;
-        }
         if (g.sp == SP_MAGNITUDE) {
             int64_t k = (int64_t)(mp->density * (double)N);
-            st = fc_select_topk(N, k, keyfn, keyctx, t->nthreads, &g.keep[i], t->err);
+            st = select_delta_keys(t, &kc, keys, k, &g.keep[i]);
             if (st != FC_OK) goto done;
         } else if (g.sp == SP_OUTLIERS) {
             int64_t target = (int64_t)(mp->density * (double)N);
@@ -263,12 +258,17 @@ fc_status mg_merge_gta(const mg_tensor *t) {
                 n_top += n_bot;
                 n_bot = 0;
             }
-            st = fc_select_topk(N, N - n_bot, keyfn, keyctx, t->nthreads, &g.keep[i], t->err);
-            if (st == FC_OK)
-                st = fc_select_topk(N, n_top, keyfn, keyctx, t->nthreads, &g.drop[i], t->err);
+            st = select_delta_keys(t, &kc, keys, N - n_bot, &g.keep[i]);
+            if (st == FC_OK) /* the same keys again: stored by the first selection if kept */
+                st = fc_select_topk(N, n_top, keys ? NULL : delta_keys, keys ? (void *)keys : &kc,
+                                    t->nthreads, &g.drop[i], t->err);
             if (st != FC_OK) goto done;
         }
     }
+    /* keep the random flags for the output pass where they take at most 512 MiB (else draw
+     * them again) */
+    if (any_rescale && g.sp == SP_RANDOM && (uint64_t)t->numel * (uint64_t)n <= (1u << 29))
+        g.masks = mg_buffer_take((size_t)t->numel * (size_t)n);
     if (any_rescale) {
         int64_t nblocks = (t->numel + g.block - 1) / g.block;
         g.partials = mg_calloc(t, (size_t)nblocks * 2 * (n ? n : 1), sizeof(double));
@@ -288,7 +288,8 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     }
     st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block + 2, gta_block, &g);
 done:
-    free(keys);
+    mg_buffer_give(keys);
+    mg_buffer_give(g.masks);
     free(g.active);
     free(g.keep);
     free(g.drop);

@@ -64,6 +64,16 @@ static inline double *mg_doubles_at(float *scratch, size_t off) {
 double mg_dot(const float *a, const float *b, int64_t len);   /* sum a[k] * b[k] */
 double mg_sum_abs(const float *a, int64_t len);                /* sum |a[k]| */
 
+/* Big uninitialised buffers, reused between tensors while fc_merge_keep_buffers(1) is in
+ * force (merge_buffers.c); take returns NULL when out of memory. */
+void *mg_buffer_take(size_t bytes);
+void  mg_buffer_give(void *p);
+
+/* fc_select_topk computing the keys once with fn, fused with its first histogram pass, into
+ * store[n]: its later passes and the caller read them there (select.c). */
+fc_status mg_select_topk_store(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint32_t *store,
+                               int nthreads, fc_topk *out, fc_error *err);
+
 /* Allocation helpers that report NOMEM through t->err. */
 void *mg_calloc(const mg_tensor *t, size_t count, size_t size);
 
@@ -79,5 +89,14 @@ fc_status mg_merge_slerp(const mg_tensor *t);     /* merge_slerp.c */
 fc_status mg_merge_nuslerp(const mg_tensor *t);
 fc_status mg_merge_multislerp(const mg_tensor *t);/* merge_sphere.c */
 fc_status mg_merge_karcher(const mg_tensor *t);
+
+/* The hot kernels of one build: portable (merge.c), AVX2 or AVX-512 (merge_avx2.c,
+ * merge_avx512.c; x86-64 only). merge.c picks one per call (fc_merge_set_isa). */
+typedef struct mg_kernels {
+    fc_status (*gta)(const mg_tensor *t);
+    fc_status (*sce)(const mg_tensor *t);
+    fc_status (*varm)(const mg_tensor *t);
+    fc_status (*combine)(const mg_tensor *t, mg_layout lay, const float *coef);
+} mg_kernels;
 
 #endif

@@ -14,6 +14,7 @@
  * VaRM: w_i = mean(T_i^2) / sum_j mean(T_j^2) (uniform if the sum is 0); out = B + sum w_i T_i.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +29,12 @@ typedef struct {
     float *w;
     uint32_t *keys;    /* variance keys of the whole tensor, kept from pass 0 so later
                         * passes need not recompute the variance; NULL if too big */
+    /* compact output (mask_deltas with a mask): pass 1 also stores the deltas of the kept
+     * positions, so pass 2 reads B and those instead of every input; every other position
+     * merges to B + 0. NULL: pass 2 reloads the inputs. */
+    float *kept;       /* [j * n + i]: model i's delta at the j-th kept position */
+    int64_t *offsets;  /* the first kept position of each block (its index j) */
+    atomic_int nonfinite; /* pass 1 met an inf/NaN delta: the compact output does not hold */
 } sce_ctx;
 
 /* Loads B into s, T_i into s + (i + 1) * len, and the population variance over models into
@@ -79,6 +86,97 @@ static void var_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     if (s != stack) free(s);
 }
 
+/* keep[k]: 1.0 where the position survives the variance mask, else 0.0 (var: the block's
+ * variances, read only without stored keys) */
+static void sce_keep(const sce_ctx *c, int64_t begin, int64_t len, const float *var, float *keep) {
+    if (c->mask_none || !c->masked) {
+        for (int64_t k = 0; k < len; k++) keep[k] = c->mask_none ? 0.0f : 1.0f;
+        return;
+    }
+    /* branch-free, 32-bit compares (see keep_topk in merge_gta.c) */
+    int64_t lc = c->top.cut - begin;
+    int32_t cut = (int32_t)(lc < -1 ? -1 : lc > len ? len : lc);
+    uint32_t kk = c->top.key;
+    for (int32_t k = 0; k < (int32_t)len; k++) {
+        uint32_t key = c->keys ? c->keys[begin + k] : fc_float_key(var[k]);
+        keep[k] = (float)((key > kk) | ((key == kk) & (k < cut)));
+    }
+}
+
+/* Before pass 1 of the compact output: the kept positions of each block, into
+ * offsets[index + 1] (summed into offsets afterwards). */
+static fc_status sce_count_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
+                                 float *keep, int64_t index) {
+    (void)t;
+    sce_ctx *c = (sce_ctx *)user;
+    sce_keep(c, begin, len, NULL, keep);
+    int64_t count = 0;
+    for (int64_t k = 0; k < len; k++) count += keep[k] != 0.0f;
+    c->offsets[index + 1] = count;
+    return FC_OK;
+}
+
+/* Bit j set where keep[j] != 0, for j < min(len, 64): the kept positions are visited by
+ * their set bits (a branch per position would mispredict at random). */
+static uint64_t kept_bits(const float *keep, int64_t len) {
+    uint64_t bits = 0;
+    for (int j = 0; j < (len < 64 ? (int)len : 64); j++) bits |= (uint64_t)(keep[j] != 0.0f) << j;
+    return bits;
+}
+
+/* Pass 1 of the compact output: the masked deltas s + (i + 1) * len of the kept positions
+ * into dst, in position order; flags any inf or NaN delta (an inf times the mask's 0 is a
+ * NaN that reaches the output, which the compact pass 2 would not see). */
+static void sce_compact(const mg_tensor *t, sce_ctx *c, int64_t len, const float *s,
+                        const float *keep, float *dst) {
+    int n = t->n;
+    uint32_t special = 0;
+    for (int i = 0; i < n; i++) {
+        const float *d = s + (size_t)(i + 1) * len;
+        for (int64_t k = 0; k < len; k++) {
+            uint32_t b;
+            memcpy(&b, d + k, 4);
+            special |= (uint32_t)((b & 0x7f800000u) == 0x7f800000u);
+        }
+    }
+    if (special) atomic_store(&c->nonfinite, 1);
+    for (int64_t k0 = 0; k0 < len; k0 += 64)
+        for (uint64_t bits = kept_bits(keep + k0, len - k0); bits; bits &= bits - 1) {
+            int64_t k = k0 + __builtin_ctzll(bits);
+            for (int i = 0; i < n; i++) dst[i] = s[(size_t)(i + 1) * len + k];
+            dst += n;
+        }
+}
+
+/* Pass 2 of the compact output, with mask_deltas: the same operations as sce_block's pass 2
+ * (in the same order, so the same bits) on the stored deltas of the kept positions; a
+ * position outside the mask has all deltas 0, so its merge is B + 0 / 1e-6 = B + 0. */
+static fc_status sce_out_compact(const mg_tensor *t, void *user, int64_t begin, int64_t len,
+                                 float *s, int64_t index) {
+    sce_ctx *c = (sce_ctx *)user;
+    int n = t->n;
+    float *b = s, *keep = s + len, *out = keep + len;
+    mg_load(t->base, t->base_dt, begin, len, b);
+    sce_keep(c, begin, len, NULL, keep);
+    for (int64_t k = 0; k < len; k++) out[k] = b[k] + 0.0f / 1e-6f;
+    const float *d = c->kept + (size_t)c->offsets[index] * n;
+    for (int64_t k0 = 0; k0 < len; k0 += 64) {
+        for (uint64_t bits = kept_bits(keep + k0, len - k0); bits; bits &= bits - 1) {
+            int64_t k = k0 + __builtin_ctzll(bits);
+            double sum = 0.0;
+            for (int i = 0; i < n; i++) sum += d[i];
+            float sign = sum >= 0.0 ? 1.0f : -1.0f, num = 0.0f, den = 0.0f;
+            for (int i = 0; i < n; i++) /* mg_add_agreeing for one position */
+                mg_add_agreeing(1, d + i, &sign, c->w[i], c->w[i], &num, &den);
+            float dv = den < 1e-6f ? 1e-6f : den;
+            out[k] = b[k] + num / dv;
+            d += n;
+        }
+    }
+    mg_store(t->out, t->out_dt, begin, len, out);
+    return FC_OK;
+}
+
 static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     sce_ctx *c = (sce_ctx *)user;
@@ -88,31 +186,21 @@ static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_
     int need_var = c->masked && (c->pass == 0 || !c->keys);
     sce_load(t, begin, len, s, need_var ? var : NULL, acc);
     if (c->pass == 0) {
-        double nz = 0;
+        int64_t nz = 0; /* an integer count: a float64 one is a serial chain of adds */
         for (int64_t k = 0; k < len; k++) nz += var[k] != 0.0f;
-        c->partials[index] = nz;
+        c->partials[index] = (double)nz;
         if (c->keys)
             for (int64_t k = 0; k < len; k++) c->keys[begin + k] = fc_float_key(var[k]);
         return FC_OK;
     }
-    /* keep[k]: 1.0 where the position survives the variance mask, else 0.0 */
-    if (c->mask_none || !c->masked) {
-        for (int64_t k = 0; k < len; k++) keep[k] = c->mask_none ? 0.0f : 1.0f;
-    } else { /* branch-free, 32-bit compares (see keep_topk in merge_gta.c) */
-        int64_t lc = c->top.cut - begin;
-        int32_t cut = (int32_t)(lc < -1 ? -1 : lc > len ? len : lc);
-        uint32_t kk = c->top.key;
-        for (int32_t k = 0; k < (int32_t)len; k++) {
-            uint32_t key = c->keys ? c->keys[begin + k] : fc_float_key(var[k]);
-            keep[k] = (float)((key > kk) | ((key == kk) & (k < cut)));
-        }
-    }
+    sce_keep(c, begin, len, var, keep);
     if (c->pass == 1) {
         for (int i = 0; i < n; i++) {
             float *d = s + (size_t)(i + 1) * len;
             for (int64_t k = 0; k < len; k++) d[k] *= keep[k];
             c->partials[(size_t)index * n + i] = mg_dot(d, d, len);
         }
+        if (c->kept) sce_compact(t, c, len, s, keep, c->kept + (size_t)c->offsets[index] * n);
         return FC_OK;
     }
     int mask_deltas = t->p->mask_deltas;
@@ -178,7 +266,7 @@ fc_status mg_merge_sce(const mg_tensor *t) {
     fc_status st = FC_ERR_NOMEM;
     if (!c.partials || !c.w) goto done;
     if (c.masked) {
-        c.keys = malloc((size_t)t->numel * sizeof(uint32_t)); /* NULL: recompute instead */
+        c.keys = mg_buffer_take((size_t)t->numel * sizeof(uint32_t)); /* NULL: recompute */
         c.pass = 0;
         st = mg_for_blocks(t, t->numel, MG_BLOCK, scratch, sce_block, &c);
         if (st != FC_OK) goto done;
@@ -191,16 +279,32 @@ fc_status mg_merge_sce(const mg_tensor *t) {
                                       t->err)) != FC_OK)
             goto done;
     }
+    atomic_init(&c.nonfinite, 0);
+    if (c.masked && !c.mask_none && c.keys && p->mask_deltas &&
+        (uint64_t)c.top.cut <= (uint64_t)t->numel && /* always; keeps the size below sane */
+        (c.offsets = mg_calloc(t, (size_t)nblocks + 1, sizeof(int64_t))) != NULL) {
+        st = mg_for_blocks(t, t->numel, MG_BLOCK, MG_BLOCK, sce_count_block, &c);
+        if (st != FC_OK) goto done;
+        for (int64_t b = 0; b < nblocks; b++) c.offsets[b + 1] += c.offsets[b];
+        uint64_t bytes = (uint64_t)c.offsets[nblocks] * (uint64_t)n * sizeof(float);
+        if (bytes <= ((uint64_t)1 << 29)) /* at most 512 MiB; else reload the inputs */
+            c.kept = mg_buffer_take((size_t)bytes + sizeof(float));
+    }
     c.pass = 1;
     st = mg_for_blocks(t, t->numel, MG_BLOCK, scratch, sce_block, &c);
     if (st != FC_OK) goto done;
     weights_from_partials(t, c.partials, nblocks, p->mask_deltas ? 1e-6 : 0.0, c.w);
     c.pass = 2;
-    st = mg_for_blocks(t, t->numel, MG_BLOCK, scratch, sce_block, &c);
+    if (c.kept && !atomic_load(&c.nonfinite))
+        st = mg_for_blocks(t, t->numel, MG_BLOCK, 3 * MG_BLOCK, sce_out_compact, &c);
+    else
+        st = mg_for_blocks(t, t->numel, MG_BLOCK, scratch, sce_block, &c);
 done:
     free(c.partials);
     free(c.w);
-    free(c.keys);
+    free(c.offsets);
+    mg_buffer_give(c.kept);
+    mg_buffer_give(c.keys);
     return st;
 }
 

@@ -94,6 +94,18 @@ FC_API fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_
                                  int ndim, const int64_t *shape, void *out, fc_dtype out_dt,
                                  int nthreads, fc_error *err);
 
+/* The instruction set of the hot kernels (task-arithmetic family, SCE, VaRM): "auto" (the
+ * default: the widest the CPU has), "avx512", "avx2" or "portable" (SSE2 on x86-64). The
+ * results are the same bytes whichever is used; this exists to test that. Returns 0, or -1 for an unknown
+ * name or an instruction set the CPU lacks. fc_merge_isa: the one in use. */
+FC_API int fc_merge_set_isa(const char *name);
+FC_API const char *fc_merge_isa(void);
+
+/* keep 1: the kernels keep their big working buffers (top-k keys, masks) for the next
+ * tensor instead of freeing them (saves faulting in and zeroing fresh pages for each
+ * tensor of a model); keep 0: free them (the default state). */
+FC_API void fc_merge_keep_buffers(int keep);
+
 /* ------------------------------------------------------------------------------------ */
 /* counter-based randomness (rng.c): uniform floats in [0, 1) with 24 random bits */
 

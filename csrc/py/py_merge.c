@@ -65,16 +65,18 @@ static PyArrayObject *as_input(PyObject *obj, const char *what, int *dt) {
     return a;
 }
 
-/* merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads)
- * models: one (weight, density, gamma, epsilon, scale) tuple per input. */
+/* merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads
+ *              [, out]) models: one (weight, density, gamma, epsilon, scale) tuple per input;
+ * out: an array to write the result into (returned), else a new one. */
 static PyObject *py_merge_tensor(PyObject *self, PyObject *args) {
     (void)self;
     const char *method, *tname;
-    PyObject *base_obj, *inputs, *out_dt_obj, *models, *params;
+    PyObject *base_obj, *inputs, *out_dt_obj, *models, *params, *out_obj = Py_None;
     unsigned long long seed;
     int threads;
-    if (!PyArg_ParseTuple(args, "sOO!OO!OKsi", &method, &base_obj, &PyList_Type, &inputs,
-                          &out_dt_obj, &PyList_Type, &models, &params, &seed, &tname, &threads))
+    if (!PyArg_ParseTuple(args, "sOO!OO!OKsi|O", &method, &base_obj, &PyList_Type, &inputs,
+                          &out_dt_obj, &PyList_Type, &models, &params, &seed, &tname, &threads,
+                          &out_obj))
         return NULL;
     int m = fc_merge_method_from_name(method);
     if (m < 0) {
@@ -136,8 +138,23 @@ static PyObject *py_merge_tensor(PyObject *self, PyObject *args) {
     p.models = mps;
     PyArray_Descr *descr = fc_py_descr_from_dtype((fc_dtype)out_dt);
     if (!descr) goto done;
-    out = (PyArrayObject *)PyArray_NewFromDescr(&PyArray_Type, descr, PyArray_NDIM(shape_src),
-                                                PyArray_DIMS(shape_src), NULL, NULL, 0, NULL);
+    if (out_obj != Py_None) { /* the caller's array (reused between tensors) */
+        Py_DECREF(descr);
+        if (!PyArray_Check(out_obj) ||
+            fc_py_dtype_from_descr(PyArray_DESCR((PyArrayObject *)out_obj)) != out_dt ||
+            !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)out_obj) ||
+            !PyArray_ISWRITEABLE((PyArrayObject *)out_obj) ||
+            PyArray_SIZE((PyArrayObject *)out_obj) != PyArray_SIZE(shape_src)) {
+            PyErr_SetString(PyExc_ValueError, "merge_tensor: out must be a writeable C-contiguous "
+                                              "array of out_dtype with one element per input element");
+            goto done;
+        }
+        out = (PyArrayObject *)out_obj;
+        Py_INCREF(out);
+    } else {
+        out = (PyArrayObject *)PyArray_NewFromDescr(&PyArray_Type, descr, PyArray_NDIM(shape_src),
+                                                    PyArray_DIMS(shape_src), NULL, NULL, 0, NULL);
+    }
     if (!out) goto done;
     int ndim = PyArray_NDIM(shape_src);
     int64_t shape[64];
@@ -178,11 +195,42 @@ static PyObject *py_merge_methods(PyObject *self, PyObject *noargs) {
     return l;
 }
 
+static PyObject *py_merge_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    if (fc_merge_set_isa(name) != 0)
+        return PyErr_Format(PyExc_ValueError,
+                            "merge_set_isa: %R is not 'auto', 'portable' or an instruction set "
+                            "this CPU has ('avx2', 'avx512')", arg);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_merge_isa(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(fc_merge_isa());
+}
+
+static PyObject *py_merge_keep_buffers(PyObject *self, PyObject *arg) {
+    (void)self;
+    int keep = PyObject_IsTrue(arg);
+    if (keep < 0) return NULL;
+    fc_merge_keep_buffers(keep);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"merge_tensor", py_merge_tensor, METH_VARARGS,
      "merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads)"
      " -> ndarray: one tensor merged by fc_merge_tensor (see fusechat.merge.merge_tensors)."},
     {"merge_methods", py_merge_methods, METH_NOARGS, "the merge method names known to the C core"},
+    {"merge_set_isa", py_merge_set_isa, METH_O,
+     "merge_set_isa(name): 'auto', 'avx512', 'avx2' or 'portable' kernels (the same bytes either way)"},
+    {"merge_keep_buffers", py_merge_keep_buffers, METH_O,
+     "merge_keep_buffers(keep): keep the kernels' big buffers between tensors (True) or free "
+     "them (False, the default)"},
+    {"merge_isa", py_merge_isa, METH_NOARGS, "the instruction set the merge kernels use now"},
     {NULL, NULL, 0, NULL},
 };
 

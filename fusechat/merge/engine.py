@@ -6,10 +6,11 @@
    and shape of every output tensor, so every error (a missing tensor, a shape or dtype
    mismatch, a missing parameter) comes before any work, and the output header is fixed.
 3. Tensors are merged one at a time by the C kernels (multithreaded, GIL released) while
-   the previous one is written to its final offset in the output shard by a second thread,
-   and the next one's pages are requested (madvise WILLNEED). Peak memory: two output
-   tensors, the top-k keys of one tensor and the kernels' block buffers; inputs are only
-   mapped.
+   the previous one is written to its final offset in the output shard by two writer
+   threads, and the next one's pages are requested (madvise WILLNEED). Peak memory: two
+   output buffers used in turn, the top-k keys (or DARE flags, SCE kept deltas) of one
+   tensor and the kernels' block buffers, all kept from one tensor to the next and freed
+   at the end; inputs are only mapped.
 4. The output folder is assembled in a temporary folder next to OUT (shards + index,
    config.json with torch_dtype, tokenizer and generation config, the merge config, a model
    card) and renamed into place only when complete.
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import _C
 from .. import safetensors as st
 from ..progress import tqdm
 from .config import load_config
@@ -52,7 +54,39 @@ def _view(f, name, shape):
     return a
 
 
-def _merge_job(job, files, method, seed, threads, vocab=None):
+# Writer threads. Writing a new file's pages costs CPU time (copying into fresh page-cache
+# pages, which a virtual machine's host may first have to back); a big tensor is written as
+# WRITERS chunks in parallel, so the writing does not hold the merge back on one core.
+WRITERS = 2
+_SPLIT_BYTES = 8 << 20
+
+
+def _submit_write(io, writer, name, arr):
+    if arr.nbytes < _SPLIT_BYTES or WRITERS == 1:
+        return [io.submit(writer.write, name, arr)]
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    step = -(-flat.size // WRITERS)
+    return [io.submit(writer.write, name, flat[k:k + step], k * flat.itemsize)
+            for k in range(0, flat.size, step)]
+
+
+class _OutBuffers:
+    """Two output buffers used in turn: the tensor merged into one is written to disk while
+    the next is merged into the other, and their pages are faulted in once per merge, not
+    once per tensor."""
+
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+        self.bufs = [None, None]
+
+    def view(self, i, dtype, shape):
+        if self.bufs[i % 2] is None:
+            self.bufs[i % 2] = np.empty(self.nbytes, np.uint8)
+        count = int(np.prod(shape, dtype=np.int64))
+        return self.bufs[i % 2][:count * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _merge_job(job, files, method, seed, threads, vocab=None, out=None):
     if job.copy_from:
         return np.asarray(files[job.copy_from[0]].get(job.copy_from[1]))
     if job.permute:
@@ -67,7 +101,8 @@ def _merge_job(job, files, method, seed, threads, vocab=None):
         return base.astype(st.numpy_dtype(job.out_dtype))
     try:
         return merge_tensors(method.name, base, xs, out_dtype=st.numpy_dtype(job.out_dtype),
-                             seed=seed, tensor_name=job.name, threads=threads, **job.params)
+                             seed=seed, tensor_name=job.name, threads=threads, out=out,
+                             **job.params)
     except ValueError as exc:
         raise type(exc)(f"tensor {job.name!r} (models "
                         f"{', '.join(p for p, _ in job.inputs)}): {exc}") from None
@@ -102,32 +137,37 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
     t0 = time.perf_counter()
     try:
         entries = [(j.name, j.out_dtype, j.out_shape) for j in jobs]
-        total = sum(int(np.prod(j.out_shape, dtype=np.int64)) * st.numpy_dtype(j.out_dtype).itemsize
-                    for j in jobs)
+        sizes = [int(np.prod(j.out_shape, dtype=np.int64)) * st.numpy_dtype(j.out_dtype).itemsize
+                 for j in jobs]
+        total = sum(sizes)
+        outs = _OutBuffers(max(sizes, default=0))
         writer = st.Writer(tmp, entries, {"format": "pt"}, max_shard_size=shard_bytes)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="merge", disable=quiet)
+        _C.merge_keep_buffers(True)  # the kernels reuse their big buffers between tensors
         try:
-            with ThreadPoolExecutor(1) as io:
-                pending = None
+            with ThreadPoolExecutor(WRITERS) as io:
+                pending = []
                 for i, job in enumerate(jobs):
                     if i + 1 < len(jobs):
                         nxt = jobs[i + 1]
                         for p, n in set((nxt.base,) + nxt.inputs + (nxt.copy_from,)) - {None}:
                             files[p].prefetch(n)
-                    arr = _merge_job(job, files, cfg.method, seed, threads, vocab)
-                    if pending is not None:
-                        pending.result()
-                        bar.update(pending_bytes)
-                    pending = io.submit(writer.write, job.name, arr)
+                    out = outs.view(i, st.numpy_dtype(job.out_dtype), job.out_shape)
+                    arr = _merge_job(job, files, cfg.method, seed, threads, vocab, out)
+                    for f in pending:
+                        f.result()
+                    bar.update(pending_bytes if pending else 0)
+                    pending = _submit_write(io, writer, job.name, arr)
                     pending_bytes = arr.nbytes
-                if pending is not None:
-                    pending.result()
-                    bar.update(pending_bytes)
+                for f in pending:
+                    f.result()
+                bar.update(pending_bytes if pending else 0)
             writer.close()
         except BaseException:
             writer.abort()
             raise
         finally:
+            _C.merge_keep_buffers(False)
             bar.close()
         _write_side_files(tmp, cfg, donor, jobs, seed, vocab)
         _move_into_place(tmp, out_path, overwrite)

@@ -22,7 +22,7 @@ def _per_model(value, n, name):
 
 
 def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name="",
-                  threads=0, **params):
+                  threads=0, out=None, **params):
     """Merge one tensor. ``base`` is the base model's array (None where the method takes
     none), ``tensors`` the other models' arrays; per-model parameters (weight, density,
     gamma, epsilon, scale) are a scalar or one value per tensor; global ones are scalars.
@@ -30,7 +30,8 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
     a per-model parameter then needs len(tensors) + 1 values (the base's last).
 
     The result has the base's dtype (else the first tensor's) unless ``out_dtype`` is given.
-    ``seed`` and ``tensor_name`` key the random masks of dare_* and della*.
+    ``seed`` and ``tensor_name`` key the random masks of dare_* and della*. ``out``: an
+    array of the output dtype and shape to write the result into (and return).
     """
     from .. import _C
 
@@ -78,4 +79,4 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
             glob[name] = int(v) if isinstance(v, bool) else v
     out_dtype = ref.dtype if out_dtype is None else np.dtype(out_dtype)
     return _C.merge_tensor(method, base, tensors, out_dtype, models, glob, int(seed),
-                           tensor_name, int(threads))
+                           tensor_name, int(threads), out)
