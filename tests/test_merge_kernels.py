@@ -320,3 +320,24 @@ def test_docs_worked_sce_example():
                                [0.13486, -0.21654, 0.30, 0.05, 0.0, -0.12743], atol=6e-6)
     np.testing.assert_allclose(merge_tensors("sce", B, xs, select_topk=0.5, mask_deltas=False),
                                [0.13486, -0.21654, 0.32, 0.06692, 0.01, -0.12743], atol=6e-6)
+
+
+@pytest.mark.parametrize("special", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["kept", "dropped"])
+def test_sce_with_nonfinite_deltas_matches_the_twin(special, where):
+    """An inf/NaN delta makes SCE leave its compact output pass (which reads only the kept
+    deltas) for the full one: the result must still be the twin's, NaNs where it has them."""
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((37, 113)).astype(np.float32)
+    xs = [base + rng.standard_normal(base.shape).astype(np.float32) * s
+          for s in (0.1, 0.2, 0.05, 0.3)]
+    var = np.var(np.stack(xs) - base, axis=0)
+    pos = np.unravel_index(np.argmax(var) if where == "kept" else np.argmin(var), var.shape)
+    xs[1][pos] = special
+    with np.errstate(all="ignore"):
+        got = merge_tensors("sce", base, xs, select_topk=0.1)
+        want = ref.sce(base.astype(np.float64), [x.astype(np.float64) for x in xs], 0.1, True)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=1e-5, atol=1e-6)
