@@ -111,7 +111,9 @@ def build_model(arch, tokenizer, *, hidden=64, layers=2, heads=4, seed=0):
     if arch == "gpt2":
         cfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
                          n_positions=256, **ids)
-        return GPT2LMHeadModel(cfg)
+        model = GPT2LMHeadModel(cfg)
+        model.loss_type = "ForCausalLM"  # transformers cannot tell it from the class name
+        return model
     raise ValueError(f"arch={arch!r}: expected one of {ARCHITECTURES}")
 
 
