@@ -178,23 +178,24 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
     if torch is None:
         raise ImportError("fusechat.train needs torch and transformers (pip install fusechat[torch])")
     out = os.fspath(out)
-    settings = _settings(pivot_model, fused_store, lm_weight=lm_weight, temperature=temperature,
-                         kind=kind, epochs=epochs, lr=lr, batch_size=batch_size,
-                         grad_accum=grad_accum, max_steps=max_steps, seed=seed, bf16=bf16,
-                         max_length=max_length, training_args=training_args)
-    if os.path.exists(out) and not overwrite:
-        if os.path.exists(os.path.join(out, "config.json")):
-            _check_settings(out, settings, what=f"{out}: already trained", skip=())
-            LOG.info("%s: already trained with these settings, skipped", out)
-            return out
-        raise FileExistsError(f"{out}: exists and is not a model folder (pass overwrite=True)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = _pivot_tokenizer(pivot_model, tokenizer)
-    from .extract import tokenizer_fingerprint
-
-    fp = tokenizer_fingerprint(tokenizer)
     store = open_store(fused_store)
     try:
+        settings = _settings(pivot_model, fused_store, store.manifest, lm_weight=lm_weight,
+                             temperature=temperature, kind=kind, epochs=epochs, lr=lr,
+                             batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
+                             seed=seed, bf16=bf16, max_length=max_length,
+                             training_args=training_args)
+        if os.path.exists(out) and not overwrite:
+            if os.path.exists(os.path.join(out, "config.json")):
+                _check_settings(out, settings, what=f"{out}: already trained", skip=())
+                LOG.info("%s: already trained with these settings, skipped", out)
+                return out
+            raise FileExistsError(f"{out}: exists and is not a model folder (pass overwrite=True)")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = _pivot_tokenizer(pivot_model, tokenizer)
+        from .extract import tokenizer_fingerprint
+
+        fp = tokenizer_fingerprint(tokenizer)
         if store.fingerprint != fp:
             raise FormatError(
                 f"{fused_store}: the store was made with tokenizer {store.fingerprint[:16]}... "
@@ -244,20 +245,14 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
 SETTINGS_FILE = "fusechat_train.json"
 
 
-def _settings(pivot_model, fused_store, **options):
+def _settings(pivot_model, fused_store, manifest, **options):
     """What defines a training run's result: the pivot, the store and every option."""
     if isinstance(pivot_model, (str, os.PathLike)):
         pivot = os.path.abspath(os.fspath(pivot_model))
     else:  # a loaded model: its origin is the best name it has
         pivot = getattr(getattr(pivot_model, "config", None), "_name_or_path", "") or "(in memory)"
-    store = open_store(fused_store)
-    try:
-        m = store.manifest
-        store_id = {"path": os.path.abspath(os.fspath(fused_store)),
-                    "tokenizer_fingerprint": m.get("tokenizer_fingerprint"),
-                    "n_samples": m.get("n_samples"), "n_tokens": m.get("n_tokens")}
-    finally:
-        store.close()
+    store_id = {"path": os.path.abspath(os.fspath(fused_store)),
+                **{k: manifest.get(k) for k in ("tokenizer_fingerprint", "n_samples", "n_tokens")}}
     return json.loads(json.dumps({"pivot": pivot, "store": store_id, **options}, default=str))
 
 
