@@ -8,7 +8,7 @@
 
 #include "merge_internal.h"
 
-#define SLOTS 8
+#define SLOTS 16
 #define HEADER 64 /* the size lives in front of the buffer; keeps 64-byte alignment */
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;

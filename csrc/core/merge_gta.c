@@ -5,11 +5,18 @@
  * magnitude, magnitude outliers, Bernoulli(density), or DELLA's rank-dependent Bernoulli),
  * optionally L1-rescaled; D_i = w_i * delta_i; with sign consensus only the D_i whose sign
  * matches sign(sum D) count; mix = sum D_i (/ sum of the counted w_i if normalize) * lambda;
- * out = B + mix. The work is done in passes over the inputs, never storing a delta:
+ * out = B + mix. The work is done in passes over the inputs, never storing a whole delta:
  *   1. top-k thresholds (select.c) for the magnitude sparsifiers,
  *   2. L1 sums per fixed block when rescaling,
- *   3. the output pass. */
+ *   3. the output pass.
+ * TIES on a big tensor skips pass 1 (streaming top-k, merge_sample.c): a sample gives each
+ * model a band [lo, hi] of |delta| keys that should hold its threshold; the output pass
+ * keeps keys above hi and drops keys below lo, and sets aside every element with a key in
+ * some model's band (its index, B and raw deltas). Exact counts then tell whether each
+ * threshold is in its band; if so it is selected among the set-aside elements and those
+ * are merged again, exactly; if not, the tensor is merged again by passes 1 and 3. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +36,16 @@ typedef struct {
     float *scale;          /* L1 rescale factor per model */
     double *partials;      /* stats pass: [block][2n] = sum |delta|, sum |kept delta| */
     int64_t block;
+    /* streaming top-k: the band of each model, keys above hi per [block * n + i], and the
+     * set-aside elements r (in no particular order): element index rec_idx[r], B at
+     * rec_val[r], raw delta_i at rec_val[(i + 1) * rec_cap + r] */
+    int streaming;
+    uint32_t *lo, *mid, *hi; /* mid: the sample's guess, the provisional threshold */
+    int64_t *above, *rec_idx;
+    float *rec_val;
+    int64_t rec_cap;
+    atomic_int_fast64_t rec_used;
+    atomic_int overflow;   /* more set-aside elements than rec_cap: streaming abandoned */
 } gta_ctx;
 
 typedef struct {
@@ -106,6 +123,65 @@ static void keep_topk(int64_t len, int64_t begin, float *restrict d, const fc_to
     }
 }
 
+/* keep_topk for elements at explicit indices idx[0, len) (the set-aside elements). */
+static void keep_topk_at(int64_t len, const int64_t *idx, float *restrict d, const fc_topk *keep) {
+    for (int64_t k = 0; k < len; k++) {
+        uint32_t b;
+        memcpy(&b, d + k, 4);
+        b &= (uint32_t)0 - (uint32_t)fc_topk_has(keep, (b & 0x7fffffffu) | 0x80000000u, idx[k]);
+        memcpy(d + k, &b, 4);
+    }
+}
+
+/* Streaming: marks in flag[k] the elements whose |d| key is in [lo, hi]; returns how many
+ * keys are above hi. */
+static int64_t band_flags(int64_t len, const float *restrict d, uint32_t lo, uint32_t hi,
+                          uint8_t *restrict flag) {
+    int64_t above = 0;
+    for (int64_t k = 0; k < len; k++) {
+        uint32_t b;
+        memcpy(&b, d + k, 4);
+        uint32_t key = (b & 0x7fffffffu) | 0x80000000u;
+        above += key > hi;
+        flag[k] |= (uint8_t)((key >= lo) & (key <= hi));
+    }
+    return above;
+}
+
+/* Streaming: sets aside the flagged elements of the block (s: B and the raw deltas) and
+ * keeps model i's keys above mid[i], the sample's guess; where the guess is wrong the
+ * element is merged again afterwards. */
+static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_t len, float *s,
+                           uint8_t *flag, int64_t index) {
+    int n = t->n;
+    for (int64_t k = 0; k < len; k++) flag[k] = 0;
+    for (int i = 0; i < n; i++)
+        g->above[(size_t)index * n + i] =
+            g->active[i] ? band_flags(len, s + (size_t)(i + 1) * len, g->lo[i], g->hi[i], flag) : 0;
+    int64_t count = 0;
+    for (int64_t k = 0; k < len; k++) count += flag[k];
+    int64_t at = atomic_fetch_add(&g->rec_used, count);
+    if (at + count > g->rec_cap) {
+        atomic_store(&g->overflow, 1);
+        return;
+    }
+    /* flagged elements found 8 flags (bytes 0 or 1) at a time, by their set bits: a branch
+     * per element would mispredict at random */
+    for (int64_t k = len; k < ((len + 7) & ~(int64_t)7); k++) flag[k] = 0;
+    for (int64_t k0 = 0; k0 < len; k0 += 8) {
+        uint64_t bits;
+        memcpy(&bits, flag + k0, 8);
+        for (; bits; bits &= bits - 1) {
+            int64_t k = k0 + (__builtin_ctzll(bits) >> 3);
+            for (int i = 0; i <= n; i++) g->rec_val[(size_t)i * g->rec_cap + at] = s[(size_t)i * len + k];
+            g->rec_idx[at++] = begin + k;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (g->active[i])
+            keep_topk(len, begin, s + (size_t)(i + 1) * len, &(fc_topk){g->mid[i], 0}, NULL);
+}
+
 /* Loads B into s and the sparsified deltas of model i into s + (i + 1) * len. */
 static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin, int64_t len,
                             float *s, double *part) {
@@ -121,6 +197,7 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         switch (g->sp) {
         case SP_MAGNITUDE:
         case SP_OUTLIERS:
+            if (g->streaming) break; /* band_set_aside, once all deltas are loaded */
             keep_topk(len, begin, d, &g->keep[i], g->sp == SP_OUTLIERS ? &g->drop[i] : NULL);
             break;
         case SP_RANDOM: {
@@ -153,12 +230,10 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
     return FC_OK;
 }
 
-static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
-                           float *s, int64_t index) {
-    gta_ctx *g = (gta_ctx *)user;
+/* The merge of len elements from s (B, then the sparsified deltas; see gta_block for the
+ * rest of the scratch layout); returns where the float32 results are. */
+static float *gta_output(const mg_tensor *t, const gta_ctx *g, int64_t len, float *s) {
     const fc_merge_params *p = t->p;
-    if (g->stats) return gta_deltas(t, g, begin, len, s, g->partials + (size_t)index * 2 * t->n);
-    if (gta_deltas(t, g, begin, len, s, NULL) != FC_OK) return FC_ERR_NOMEM;
     /* model-outer loops without branches, so they vectorise: D_i = w_i * scale_i * delta_i
      * in place, the election sum, then the agreeing mix and divisor */
     float *b = s, *mix = s + (size_t)(t->n + 1) * len, *div = mix + len;
@@ -203,8 +278,237 @@ static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_
         if (p->lambda != 1.0) m *= lambda;
         out[k] = b[k] + m;
     }
-    mg_store(t->out, t->out_dt, begin, len, out);
+    return out;
+}
+
+static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
+                           float *s, int64_t index) {
+    gta_ctx *g = (gta_ctx *)user;
+    if (g->stats) return gta_deltas(t, g, begin, len, s, g->partials + (size_t)index * 2 * t->n);
+    if (g->streaming && atomic_load(&g->overflow)) return FC_OK; /* merged again anyway */
+    if (gta_deltas(t, g, begin, len, s, NULL) != FC_OK) return FC_ERR_NOMEM;
+    if (g->streaming) /* flags in the mix rows, unused until gta_output */
+        band_set_aside(t, g, begin, len, s, (uint8_t *)(s + (size_t)(t->n + 1) * len), index);
+    mg_store(t->out, t->out_dt, begin, len, gta_output(t, g, len, s));
     return FC_OK;
+}
+
+/* After the streaming pass, the set-aside elements are processed in chunks over threads, in
+ * stages: KEYS fills keys[i * nrec + r] (model i's key of element r, 0 outside its band) and
+ * counts the band; COUNT counts, for each model with a tied threshold, the keys above and at
+ * it, and the tied ones per block of elements (for the cut by element index); PATCH merges
+ * again, exactly, the elements whose provisional decision (key > mid) was wrong. */
+#define REC_CHUNK 8192
+enum { POST_KEYS, POST_COUNT, POST_PATCH };
+
+typedef struct {
+    gta_ctx *g;
+    int stage;
+    int64_t nrec;
+    uint32_t *keys;
+    int64_t *counts;            /* [chunk][i][3]: in band, above the threshold, tied */
+    uint32_t *threshold;        /* COUNT: model i's k-th key, or 0 if it needs no counting */
+    atomic_int_fast64_t *tied;  /* COUNT: [i * nblocks + element block] tied keys */
+    int64_t nblocks;
+} post_ctx;
+
+static fc_status gta_post(const mg_tensor *t, void *user, int64_t begin, int64_t len, float *s,
+                          int64_t index) {
+    post_ctx *c = (post_ctx *)user;
+    gta_ctx *g = c->g;
+    int n = t->n;
+    const int64_t *idx = g->rec_idx + begin;
+    for (int i = 0; i < n; i++) {
+        if (!g->active[i]) continue;
+        uint32_t *key = c->keys + (size_t)i * c->nrec + begin;
+        int64_t *count = c->counts + ((size_t)index * n + i) * 3;
+        if (c->stage == POST_KEYS) {
+            const float *d = g->rec_val + (size_t)(i + 1) * g->rec_cap + begin;
+            uint32_t lo = g->lo[i], hi = g->hi[i];
+            int64_t in = 0;
+            for (int64_t r = 0; r < len; r++) {
+                uint32_t k = fc_float_key(fabsf(d[r]));
+                int inside = (k >= lo) & (k <= hi);
+                key[r] = k & ((uint32_t)0 - (uint32_t)inside);
+                in += inside;
+            }
+            count[0] = in;
+        } else if (c->stage == POST_COUNT && c->threshold[i]) {
+            uint32_t th = c->threshold[i];
+            int64_t above = 0, at = 0;
+            for (int64_t r = 0; r < len; r++) {
+                above += key[r] > th;
+                at += key[r] == th;
+            }
+            count[1] = above;
+            count[2] = at;
+            for (int64_t r = 0; r < len; r++) /* g->block is MG_BLOCK here: a shift */
+                if (key[r] == th) atomic_fetch_add(&c->tied[(size_t)i * c->nblocks + idx[r] / MG_BLOCK], 1);
+        }
+    }
+    if (c->stage != POST_PATCH) return FC_OK;
+    /* the elements to merge again, gathered into the layout of gta_output */
+    int64_t *redo = (int64_t *)(void *)mg_doubles_at(s, (size_t)(n + 6) * len + 1), m = 0;
+    int64_t *at = redo + len;
+    uint8_t *wrong = (uint8_t *)(at + len);
+    for (int64_t r = 0; r < len; r++) wrong[r] = 0;
+    for (int i = 0; i < n; i++) {
+        if (!g->active[i]) continue;
+        const uint32_t *key = c->keys + (size_t)i * c->nrec + begin;
+        uint32_t kk = g->keep[i].key, mid = g->mid[i];
+        int64_t cut = g->keep[i].cut;
+        for (int64_t r = 0; r < len; r++) { /* fc_topk_has without branches */
+            uint32_t k = key[r];
+            int has = (k > kk) | ((k == kk) & (idx[r] < cut));
+            wrong[r] |= (uint8_t)((k != 0) & (has != (k > mid)));
+        }
+    }
+    for (int64_t r = 0; r < len; r++) {
+        redo[m] = begin + r;
+        m += wrong[r];
+    }
+    for (int64_t k = 0; k < m; k++) at[k] = g->rec_idx[redo[k]];
+    for (int i = 0; i <= n; i++) {
+        float *row = s + (size_t)i * m;
+        const float *val = g->rec_val + (size_t)i * g->rec_cap;
+        for (int64_t k = 0; k < m; k++) row[k] = val[redo[k]];
+        if (i && g->active[i - 1]) keep_topk_at(m, at, row, &g->keep[i - 1]);
+    }
+    const float *out = gta_output(t, g, m, s);
+    for (int64_t k = 0; k < m; k++) mg_store(t->out, t->out_dt, at[k], 1, out + k);
+    return FC_OK;
+}
+
+static int by_index(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The cut by element index among model i's `quota` lowest-index keys equal to th: the
+ * block holding the quota-th from the per-block counts, then a sort of that block's. */
+static int tie_cut(const post_ctx *c, int i, uint32_t th, int64_t quota, int64_t *cut) {
+    const gta_ctx *g = c->g;
+    int64_t b = 0, before = 0;
+    for (; b < c->nblocks; b++) {
+        int64_t here = (int64_t)atomic_load(&c->tied[(size_t)i * c->nblocks + b]);
+        if (before + here >= quota) break;
+        before += here;
+    }
+    int64_t *ties = malloc(MG_BLOCK * sizeof(int64_t)), m = 0;
+    if (!ties) return 0;
+    const uint32_t *key = c->keys + (size_t)i * c->nrec;
+    for (int64_t r = 0; r < c->nrec; r++)
+        if (key[r] == th && g->rec_idx[r] / MG_BLOCK == b) ties[m++] = g->rec_idx[r];
+    qsort(ties, (size_t)m, sizeof(int64_t), by_index);
+    *cut = ties[quota - before - 1] + 1;
+    free(ties);
+    return 1;
+}
+
+/* Streaming TIES (see the top of the file). *done = 1 when the output is complete; 0 when
+ * the caller must merge by the exact passes (the band missed, too many elements set aside,
+ * or no memory for the buffers: the exact passes report that if it persists). */
+static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
+    int n = t->n;
+    int64_t N = t->numel, nblocks = (N + g->block - 1) / g->block;
+    fc_status st = FC_OK;
+    *done = 0;
+    post_ctx c = {g, POST_KEYS, 0, NULL, NULL, NULL, NULL, nblocks};
+    int64_t *above = calloc((size_t)n, sizeof(int64_t)), *want = calloc((size_t)n, sizeof(int64_t));
+    int64_t size = mg_sample_size(N);
+    uint32_t *sample = malloc(2 * (size_t)size * sizeof(uint32_t));
+    c.threshold = calloc((size_t)n, sizeof(uint32_t));
+    g->lo = calloc((size_t)n, sizeof(uint32_t));
+    g->mid = calloc((size_t)n, sizeof(uint32_t));
+    g->hi = calloc((size_t)n, sizeof(uint32_t));
+    g->above = calloc((size_t)nblocks * n, sizeof(int64_t));
+    if (!above || !want || !sample || !c.threshold || !g->lo || !g->mid || !g->hi || !g->above)
+        goto out;
+    double frac = 0; /* expected share of elements set aside */
+    for (int i = 0; i < n; i++) {
+        if (!g->active[i]) continue;
+        key_ctx kc = {t, i};
+        mg_sample_keys(N, size, delta_keys, &kc, sample, sample + size);
+        double q = (double)(int64_t)(t->p->models[i].density * (double)N) / (double)N;
+        mg_sample_band(sample, size, q * (double)size, sqrt((double)size * q * (1.0 - q)),
+                       &g->lo[i], &g->mid[i], &g->hi[i]);
+        frac += mg_sample_fraction(sample, size, g->lo[i], g->hi[i]);
+    }
+    if (frac > 0.3) goto out; /* e.g. massive ties: the exact passes are cheaper */
+    g->rec_cap = (int64_t)((double)N * (1.5 * frac + 0.005)) + g->block;
+    g->rec_idx = mg_buffer_take((size_t)g->rec_cap * sizeof(int64_t));
+    g->rec_val = mg_buffer_take((size_t)g->rec_cap * (n + 1) * sizeof(float));
+    if (!g->rec_idx || !g->rec_val) goto out;
+    atomic_init(&g->rec_used, 0);
+    atomic_init(&g->overflow, 0);
+    g->streaming = 1;
+    st = mg_for_blocks(t, N, g->block, (size_t)(n + 6) * g->block + 2, gta_block, g);
+    g->streaming = 0;
+    if (st != FC_OK || atomic_load(&g->overflow)) goto out;
+
+    c.nrec = atomic_load(&g->rec_used);
+    int64_t nchunks = (c.nrec + REC_CHUNK - 1) / REC_CHUNK;
+    size_t scratch = (size_t)(n + 11) * REC_CHUNK + 6;
+    c.keys = mg_buffer_take((size_t)n * (c.nrec ? c.nrec : 1) * sizeof(uint32_t));
+    c.counts = calloc((size_t)(nchunks ? nchunks : 1) * n * 3, sizeof(int64_t));
+    c.tied = malloc((size_t)n * nblocks * sizeof(atomic_int_fast64_t));
+    if (!c.keys || !c.counts || !c.tied) goto out;
+    for (int64_t j = 0; j < (int64_t)n * nblocks; j++) atomic_init(&c.tied[j], 0);
+    if ((st = mg_for_blocks(t, c.nrec, REC_CHUNK, scratch, gta_post, &c)) != FC_OK) goto out;
+    /* each model's threshold: in its band, or give up */
+    for (int i = 0; i < n; i++) {
+        if (!g->active[i]) continue;
+        int64_t k = (int64_t)(t->p->models[i].density * (double)N), in_band = 0;
+        for (int64_t b = 0; b < nblocks; b++) above[i] += g->above[(size_t)b * n + i];
+        for (int64_t ch = 0; ch < nchunks; ch++) in_band += c.counts[((size_t)ch * n + i) * 3];
+        if (above[i] > k || above[i] + in_band < k) goto out;
+        want[i] = k - above[i]; /* from the band */
+        if (want[i] == 0)
+            g->keep[i] = (fc_topk){g->hi[i], 0};
+        else if (want[i] == in_band)
+            g->keep[i] = g->lo[i] ? (fc_topk){g->lo[i] - 1, 0} : (fc_topk){0, N};
+        else { /* the key only: the keys are in no particular order, so not its cut */
+            fc_topk sel;
+            st = fc_select_topk(c.nrec, want[i], NULL, c.keys + (size_t)i * c.nrec, t->nthreads,
+                                &sel, t->err);
+            if (st != FC_OK) goto out;
+            c.threshold[i] = sel.key;
+        }
+    }
+    c.stage = POST_COUNT;
+    if ((st = mg_for_blocks(t, c.nrec, REC_CHUNK, scratch, gta_post, &c)) != FC_OK) goto out;
+    for (int i = 0; i < n; i++) {
+        if (!c.threshold[i]) continue;
+        int64_t greater = 0, tied = 0, cut = N;
+        for (int64_t ch = 0; ch < nchunks; ch++) {
+            greater += c.counts[((size_t)ch * n + i) * 3 + 1];
+            tied += c.counts[((size_t)ch * n + i) * 3 + 2];
+        }
+        int64_t quota = want[i] - greater; /* 1 <= quota <= tied: the lowest indices */
+        if (quota < tied && !tie_cut(&c, i, c.threshold[i], quota, &cut)) goto out;
+        g->keep[i] = (fc_topk){c.threshold[i], cut};
+    }
+    c.stage = POST_PATCH;
+    st = mg_for_blocks(t, c.nrec, REC_CHUNK, scratch, gta_post, &c);
+    *done = st == FC_OK;
+out:
+    free(above);
+    free(want);
+    free(sample);
+    free(c.threshold);
+    free(c.counts);
+    free(c.tied);
+    mg_buffer_give(c.keys);
+    free(g->lo);
+    free(g->mid);
+    free(g->hi);
+    free(g->above);
+    mg_buffer_give(g->rec_idx);
+    mg_buffer_give(g->rec_val);
+    g->lo = g->mid = g->hi = NULL;
+    g->above = g->rec_idx = NULL;
+    g->rec_val = NULL;
+    return st;
 }
 
 fc_status mg_merge_gta(const mg_tensor *t) {
@@ -234,16 +538,26 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     g.stream = mg_calloc(t, (size_t)n, sizeof(uint64_t));
     g.scale = mg_calloc(t, (size_t)n, sizeof(float));
     if (!g.active || !g.keep || !g.drop || !g.stream || !g.scale) goto done;
-    int any_rescale = 0;
+    int any_rescale = 0, any_active = 0;
+    for (int i = 0; i < n; i++) {
+        g.scale[i] = 1.0f;
+        g.stream[i] = fcx_rng_stream(p->seed, p->tensor_key, (uint64_t)i);
+        g.active[i] = g.sp != SP_NONE && p->models[i].density < 1.0;
+        any_active |= g.active[i];
+        any_rescale |= g.active[i] && p->rescale;
+    }
+    if (g.sp == SP_MAGNITUDE && any_active && !any_rescale && t->numel >= MG_SAMPLE_MIN &&
+        mg_streaming()) {
+        int done;
+        st = gta_stream(t, &g, &done);
+        mg_stream_outcome(done);
+        if (st != FC_OK || done) goto done;
+    }
     keys = g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS
                          ? mg_buffer_take((size_t)t->numel * sizeof(uint32_t)) : NULL;
     for (int i = 0; i < n; i++) {
         const fc_merge_model_params *mp = &p->models[i];
-        g.scale[i] = 1.0f;
-        g.stream[i] = fcx_rng_stream(p->seed, p->tensor_key, (uint64_t)i);
-        g.active[i] = g.sp != SP_NONE && mp->density < 1.0;
         if (!g.active[i]) continue;
-        any_rescale |= p->rescale;
         int64_t N = t->numel;
         key_ctx kc = {t, i};
         if (g.sp == SP_MAGNITUDE) {

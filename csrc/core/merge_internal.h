@@ -75,20 +75,29 @@ fc_status mg_select_topk_store(int64_t n, int64_t k, fc_key_fn fn, void *ctx, ui
                                int nthreads, fc_topk *out, fc_error *err);
 
 /* Sampling a threshold (merge_sample.c): the streaming top-k of TIES and SCE guesses a band
- * of keys holding the k-th largest from MG_SAMPLE_SIZE sampled keys, decides everything
- * outside the band in its one pass and the band exactly afterwards. Tensors smaller than
+ * of keys holding the k-th largest from a sample of the keys, decides everything outside
+ * the band in its one pass and the band exactly afterwards. Tensors smaller than
  * MG_SAMPLE_MIN take the exact multi-pass path. */
-#define MG_SAMPLE_SIZE 32768
+#define MG_SAMPLE_SIZE 32768   /* the smallest sample; bigger tensors get about 1.5% */
+#define MG_SAMPLE_MAX 1048576
 #define MG_SAMPLE_RUN 64
-#define MG_SAMPLE_MIN ((int64_t)1 << 20)
-/* fn's keys at MG_SAMPLE_SIZE positions in evenly spread runs of [0, numel), sorted
- * ascending into keys (tmp: MG_SAMPLE_SIZE scratch). numel >= MG_SAMPLE_MIN. */
-void mg_sample_keys(int64_t numel, fc_key_fn fn, void *ctx, uint32_t *keys, uint32_t *tmp);
-/* [lo, hi] around the sample key of rank `rank` from the top (1-based), widened by 8 times
- * `sd`, the standard deviation of that rank; lo = 0 and hi = UINT32_MAX at the ends. */
-void mg_sample_band(const uint32_t *sorted, double rank, double sd, uint32_t *lo, uint32_t *hi);
+#define MG_SAMPLE_MIN ((int64_t)1 << 21)
+/* The sample size for a tensor of numel >= MG_SAMPLE_MIN elements. */
+int64_t mg_sample_size(int64_t numel);
+/* fn's keys at `size` positions in evenly spread runs of [0, numel), sorted ascending into
+ * keys (tmp: `size` more as scratch). */
+void mg_sample_keys(int64_t numel, int64_t size, fc_key_fn fn, void *ctx, uint32_t *keys,
+                    uint32_t *tmp);
+/* mid: the sample key of rank `rank` from the top (1-based); [lo, hi] around it, widened by
+ * 5 times `sd`, the standard deviation of that rank; lo = 0 and hi = UINT32_MAX at the ends. */
+void mg_sample_band(const uint32_t *sorted, int64_t size, double rank, double sd, uint32_t *lo,
+                    uint32_t *mid, uint32_t *hi);
 /* The fraction of the sample inside [lo, hi]. */
-double mg_sample_fraction(const uint32_t *sorted, uint32_t lo, uint32_t hi);
+double mg_sample_fraction(const uint32_t *sorted, int64_t size, uint32_t lo, uint32_t hi);
+/* Whether the streaming paths are on (fc_merge_set_streaming). */
+int mg_streaming(void);
+/* Counts a streaming attempt that finished the tensor (1) or fell back (0). */
+void mg_stream_outcome(int streamed);
 
 /* Allocation helpers that report NOMEM through t->err. */
 void *mg_calloc(const mg_tensor *t, size_t count, size_t size);

@@ -8,12 +8,10 @@
  * When the band misses (the callers check with exact counts), they fall back to the exact
  * multi-pass path, so the result never depends on the sample, only the speed does. */
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "merge_internal.h"
-
-/* Evenly spread runs: contiguous (cheap to load) but many (rows of a matrix differ). */
-#define SAMPLE_RUNS (MG_SAMPLE_SIZE / MG_SAMPLE_RUN)
 
 /* LSD radix sort of n keys, ascending, in three 11-bit passes (keys end up in keys). */
 static void sort_keys(uint32_t *keys, uint32_t *tmp, int64_t n) {
@@ -30,26 +28,50 @@ static void sort_keys(uint32_t *keys, uint32_t *tmp, int64_t n) {
     if (src != keys) memcpy(keys, src, (size_t)n * sizeof(uint32_t));
 }
 
-void mg_sample_keys(int64_t numel, fc_key_fn fn, void *ctx, uint32_t *keys, uint32_t *tmp) {
-    for (int64_t r = 0; r < SAMPLE_RUNS; r++) {
-        /* run r centred in the r-th of SAMPLE_RUNS equal slices (numel >= MG_SAMPLE_MIN) */
-        int64_t begin = (2 * r + 1) * numel / (2 * SAMPLE_RUNS) - MG_SAMPLE_RUN / 2;
+int64_t mg_sample_size(int64_t numel) {
+    int64_t s = numel / 64 / MG_SAMPLE_RUN * MG_SAMPLE_RUN; /* about 1.5% of the tensor */
+    return s < MG_SAMPLE_SIZE ? MG_SAMPLE_SIZE : s > MG_SAMPLE_MAX ? MG_SAMPLE_MAX : s;
+}
+
+void mg_sample_keys(int64_t numel, int64_t size, fc_key_fn fn, void *ctx, uint32_t *keys,
+                    uint32_t *tmp) {
+    /* evenly spread runs: contiguous (cheap to load) but many (rows of a matrix differ) */
+    int64_t runs = size / MG_SAMPLE_RUN;
+    for (int64_t r = 0; r < runs; r++) {
+        /* run r centred in the r-th of `runs` equal slices (numel >= 64 * size) */
+        int64_t begin = (2 * r + 1) * numel / (2 * runs) - MG_SAMPLE_RUN / 2;
         fn(ctx, begin, MG_SAMPLE_RUN, keys + r * MG_SAMPLE_RUN);
     }
-    sort_keys(keys, tmp, MG_SAMPLE_SIZE);
+    sort_keys(keys, tmp, size);
 }
 
-void mg_sample_band(const uint32_t *sorted, double rank, double sd, uint32_t *lo, uint32_t *hi) {
-    /* 8 standard deviations: a miss costs a second pass, never a wrong result */
-    double margin = 8.0 * sd + 4.0;
-    double top = (double)MG_SAMPLE_SIZE - rank + margin; /* ascending index of hi */
-    double bottom = (double)MG_SAMPLE_SIZE - rank - margin;
-    *hi = top >= MG_SAMPLE_SIZE - 1 ? UINT32_MAX : sorted[(int64_t)ceil(top < 0 ? 0 : top)];
-    *lo = bottom <= 0 ? 0 : sorted[(int64_t)floor(bottom > MG_SAMPLE_SIZE - 1 ? MG_SAMPLE_SIZE - 1 : bottom)];
+void mg_sample_band(const uint32_t *sorted, int64_t size, double rank, double sd, uint32_t *lo,
+                    uint32_t *mid, uint32_t *hi) {
+    /* 5 standard deviations: a miss costs the exact passes, never a wrong result */
+    double margin = 5.0 * sd + 4.0, at = (double)size - rank; /* ascending index */
+    double top = at + margin, bottom = at - margin;
+    *mid = sorted[(int64_t)(at < 0 ? 0 : at > size - 1 ? size - 1 : at)];
+    *hi = top >= size - 1 ? UINT32_MAX : sorted[(int64_t)ceil(top < 0 ? 0 : top)];
+    *lo = bottom <= 0 ? 0 : sorted[(int64_t)floor(bottom > size - 1 ? size - 1 : bottom)];
 }
 
-double mg_sample_fraction(const uint32_t *sorted, uint32_t lo, uint32_t hi) {
+double mg_sample_fraction(const uint32_t *sorted, int64_t size, uint32_t lo, uint32_t hi) {
     int64_t in = 0;
-    for (int64_t i = 0; i < MG_SAMPLE_SIZE; i++) in += sorted[i] >= lo && sorted[i] <= hi;
-    return (double)in / MG_SAMPLE_SIZE;
+    for (int64_t i = 0; i < size; i++) in += sorted[i] >= lo && sorted[i] <= hi;
+    return (double)in / (double)size;
+}
+
+static atomic_int streaming_on = 1;
+
+void fc_merge_set_streaming(int on) { atomic_store(&streaming_on, on != 0); }
+
+int mg_streaming(void) { return atomic_load(&streaming_on); }
+
+static atomic_int_fast64_t outcomes[2]; /* tensors merged in one pass, by the exact passes */
+
+void mg_stream_outcome(int streamed) { atomic_fetch_add(&outcomes[streamed ? 0 : 1], 1); }
+
+void fc_merge_stream_counts(int64_t *streamed, int64_t *fell_back) {
+    *streamed = (int64_t)atomic_load(&outcomes[0]);
+    *fell_back = (int64_t)atomic_load(&outcomes[1]);
 }

@@ -100,6 +100,13 @@ FC_API fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_
  * name or an instruction set the CPU lacks. fc_merge_isa: the one in use. */
 FC_API int fc_merge_set_isa(const char *name);
 FC_API const char *fc_merge_isa(void);
+/* Streaming top-k (TIES, SCE on tensors of 2^20 elements or more: one pass over the inputs
+ * guided by a sample, see merge_sample.c) on (default) or off (the exact multi-pass path).
+ * The same bytes either way; for tests and benchmarks. Process-wide. */
+FC_API void fc_merge_set_streaming(int on);
+/* Since the process started: tensors the streaming path finished in one pass, and those
+ * where its sampled band missed and the exact passes ran instead (a diagnostic). */
+FC_API void fc_merge_stream_counts(int64_t *streamed, int64_t *fell_back);
 
 /* keep 1: the kernels keep their big working buffers (top-k keys, masks) for the next
  * tensor instead of freeing them (saves faulting in and zeroing fresh pages for each

@@ -220,6 +220,22 @@ static PyObject *py_merge_keep_buffers(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_merge_set_streaming(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    fc_merge_set_streaming(on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_merge_stream_counts(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    int64_t streamed, fell_back;
+    fc_merge_stream_counts(&streamed, &fell_back);
+    return Py_BuildValue("(LL)", (long long)streamed, (long long)fell_back);
+}
+
 static PyMethodDef methods[] = {
     {"merge_tensor", py_merge_tensor, METH_VARARGS,
      "merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads)"
@@ -231,6 +247,12 @@ static PyMethodDef methods[] = {
      "merge_keep_buffers(keep): keep the kernels' big buffers between tensors (True) or free "
      "them (False, the default)"},
     {"merge_isa", py_merge_isa, METH_NOARGS, "the instruction set the merge kernels use now"},
+    {"merge_set_streaming", py_merge_set_streaming, METH_O,
+     "merge_set_streaming(on): the one-pass streaming top-k of TIES and SCE on big tensors "
+     "(True, the default) or the exact multi-pass path (False); the same bytes either way"},
+    {"merge_stream_counts", py_merge_stream_counts, METH_NOARGS,
+     "merge_stream_counts() -> (streamed, fell_back): tensors the streaming path merged in one "
+     "pass, and those where it fell back to the exact passes, since the process started"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -167,10 +167,59 @@ static void test_errors(void) {
     CHECK(fc_merge_method_from_name("sce") == FC_MERGE_SCE && fc_merge_method_from_name("x") == -1);
 }
 
+/* The streaming top-k (one pass guided by a sample) gives the bytes of the exact passes, for
+ * any thread count, on tensors big enough to take it; smooth and heavily tied deltas. */
+static void test_streaming(void) {
+    int64_t sh[2] = {1024, 2053}, numel = sh[0] * sh[1];
+    uint16_t *x[4];
+    for (int i = 0; i < 4; i++) {
+        x[i] = malloc((size_t)numel * 2);
+        for (int64_t e = 0; e < numel; e++) {
+            float b = (float)sin(e * 0.001) * 0.02f, d = (float)sin(e * 0.37 + i * 1.3) * 0.002f;
+            if (i == 3) d = (float)((e * 7919) % 5) * 0.001f; /* five distinct deltas: ties */
+            x[i][e] = fc_f32_to_bf16(i ? b + d * (float)i : b);
+        }
+    }
+    const void *in[3] = {x[1], x[2], x[3]};
+    fc_dtype dts[3] = {FC_BF16, FC_BF16, FC_BF16};
+    fc_merge_model_params mp[3];
+    for (int i = 0; i < 3; i++) {
+        fc_merge_model_params_init(&mp[i]);
+        mp[i].weight = 0.5 - 0.3 * i;
+        mp[i].density = 0.3 + 0.3 * i;
+    }
+    fc_merge_method methods[] = {FC_MERGE_TIES};
+    uint16_t *o[3];
+    for (int k = 0; k < 3; k++) o[k] = malloc((size_t)numel * 2);
+    for (size_t m = 0; m < sizeof methods / sizeof methods[0]; m++) {
+        fc_merge_params p;
+        fc_merge_params_init(&p, methods[m]);
+        p.models = mp;
+        p.select_topk = 0.1;
+        fc_error err;
+        int64_t s0, f0, s1, f1;
+        fc_merge_stream_counts(&s0, &f0);
+        fc_merge_set_streaming(1);
+        fc_status a = fc_merge_tensor(&p, x[0], FC_BF16, in, dts, 3, 2, sh, o[0], FC_BF16, 1, &err);
+        fc_status b = fc_merge_tensor(&p, x[0], FC_BF16, in, dts, 3, 2, sh, o[1], FC_BF16, 3, &err);
+        fc_merge_stream_counts(&s1, &f1);
+        fc_merge_set_streaming(0);
+        fc_status c = fc_merge_tensor(&p, x[0], FC_BF16, in, dts, 3, 2, sh, o[2], FC_BF16, 2, &err);
+        fc_merge_set_streaming(1);
+        CHECK_MSG(a == FC_OK && b == FC_OK && c == FC_OK, "%s: %s", fc_merge_method_name(methods[m]), err.msg);
+        CHECK_MSG(s1 + f1 - s0 - f0 == 2, "%s: streaming not tried", fc_merge_method_name(methods[m]));
+        CHECK_MSG(memcmp(o[0], o[2], (size_t)numel * 2) == 0 && memcmp(o[1], o[2], (size_t)numel * 2) == 0,
+                  "%s: streaming changes the bytes", fc_merge_method_name(methods[m]));
+    }
+    for (int k = 0; k < 3; k++) free(o[k]);
+    for (int i = 0; i < 4; i++) free(x[i]);
+}
+
 int main(void) {
     test_select();
     test_rng();
     test_kernels();
+    test_streaming();
     test_errors();
     return ctest_report("test_merge");
 }
