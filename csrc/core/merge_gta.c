@@ -133,31 +133,39 @@ static void keep_topk_at(int64_t len, const int64_t *idx, float *restrict d, con
     }
 }
 
-/* Streaming: marks in flag[k] the elements whose |d| key is in [lo, hi]; returns how many
- * keys are above hi. */
-static int64_t band_flags(int64_t len, const float *restrict d, uint32_t lo, uint32_t hi,
-                          uint8_t *restrict flag) {
-    int64_t above = 0;
-    for (int64_t k = 0; k < len; k++) {
+/* Streaming, one model: copies the raw deltas d to raw, keeps in d those whose |d| key is
+ * above mid (the guess), marks in flag[k] the elements whose key is in [lo, hi]; returns how
+ * many keys are above hi. One branch-free loop: it vectorises. */
+static int32_t band_flags(int32_t len, float *restrict d, float *restrict raw, uint32_t lo,
+                          uint32_t mid, uint32_t hi, uint8_t *restrict flag) {
+    int32_t above = 0;
+    for (int32_t k = 0; k < len; k++) {
         uint32_t b;
         memcpy(&b, d + k, 4);
+        memcpy(raw + k, &b, 4);
         uint32_t key = (b & 0x7fffffffu) | 0x80000000u;
         above += key > hi;
         flag[k] |= (uint8_t)((key >= lo) & (key <= hi));
+        b &= (uint32_t)0 - (uint32_t)(key > mid);
+        memcpy(d + k, &b, 4);
     }
     return above;
 }
 
-/* Streaming: sets aside the flagged elements of the block (s: B and the raw deltas) and
- * keeps model i's keys above mid[i], the sample's guess; where the guess is wrong the
- * element is merged again afterwards. */
+/* Streaming: applies the guesses (band_flags) and sets aside the flagged elements of the
+ * block: index, B and the raw deltas (in raw rows after the scratch gta_output uses, see
+ * gta_stream); where a guess is wrong the element is merged again afterwards. */
 static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_t len, float *s,
                            uint8_t *flag, int64_t index) {
     int n = t->n;
-    for (int64_t k = 0; k < len; k++) flag[k] = 0;
-    for (int i = 0; i < n; i++)
+    float *raw = s + (size_t)(n + 6) * len + 2; /* raw delta_i at raw + (i - 1) * len */
+    for (int64_t k = 0; k < ((len + 7) & ~(int64_t)7); k++) flag[k] = 0;
+    for (int i = 0; i < n; i++) {
+        float *d = s + (size_t)(i + 1) * len, *r = raw + (size_t)i * len;
         g->above[(size_t)index * n + i] =
-            g->active[i] ? band_flags(len, s + (size_t)(i + 1) * len, g->lo[i], g->hi[i], flag) : 0;
+            g->active[i] ? band_flags((int32_t)len, d, r, g->lo[i], g->mid[i], g->hi[i], flag) : 0;
+        if (!g->active[i]) memcpy(r, d, (size_t)len * sizeof(float));
+    }
     int64_t count = 0;
     for (int64_t k = 0; k < len; k++) count += flag[k];
     int64_t at = atomic_fetch_add(&g->rec_used, count);
@@ -167,19 +175,16 @@ static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_
     }
     /* flagged elements found 8 flags (bytes 0 or 1) at a time, by their set bits: a branch
      * per element would mispredict at random */
-    for (int64_t k = len; k < ((len + 7) & ~(int64_t)7); k++) flag[k] = 0;
     for (int64_t k0 = 0; k0 < len; k0 += 8) {
         uint64_t bits;
         memcpy(&bits, flag + k0, 8);
         for (; bits; bits &= bits - 1) {
             int64_t k = k0 + (__builtin_ctzll(bits) >> 3);
-            for (int i = 0; i <= n; i++) g->rec_val[(size_t)i * g->rec_cap + at] = s[(size_t)i * len + k];
+            g->rec_val[at] = s[k];
+            for (int i = 0; i < n; i++) g->rec_val[(size_t)(i + 1) * g->rec_cap + at] = raw[(size_t)i * len + k];
             g->rec_idx[at++] = begin + k;
         }
     }
-    for (int i = 0; i < n; i++)
-        if (g->active[i])
-            keep_topk(len, begin, s + (size_t)(i + 1) * len, &(fc_topk){g->mid[i], 0}, NULL);
 }
 
 /* Loads B into s and the sparsified deltas of model i into s + (i + 1) * len. */
@@ -442,7 +447,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
     atomic_init(&g->rec_used, 0);
     atomic_init(&g->overflow, 0);
     g->streaming = 1;
-    st = mg_for_blocks(t, N, g->block, (size_t)(n + 6) * g->block + 2, gta_block, g);
+    st = mg_for_blocks(t, N, g->block, (size_t)(2 * n + 6) * g->block + 4, gta_block, g);
     g->streaming = 0;
     if (st != FC_OK || atomic_load(&g->overflow)) goto out;
 
