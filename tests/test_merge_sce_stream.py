@@ -36,10 +36,11 @@ def gaussian(shape, dtype, seed=0, n=5):
 
 
 def quantised(shape, seed=1):
-    """Deltas from {-2, ..., 2} / 64 for 4 models: the variance takes a few dozen values, so
-    the k-th largest is tied with tens of thousands of positions."""
+    """Deltas exactly from {-2, ..., 2} / 64 for 4 models (the base on a grid of 1/16, so
+    the float32 subtraction is exact): the variance takes a few dozen values, so the k-th
+    largest is tied with tens of thousands of positions."""
     rng = np.random.default_rng(seed)
-    base = rng.standard_normal(shape).astype(np.float32)
+    base = (np.round(rng.standard_normal(shape) * 16) / 16).astype(np.float32)
     xs = [base + rng.integers(-2, 3, shape).astype(np.float32) / 64 for _ in range(4)]
     return base, xs
 
@@ -142,8 +143,8 @@ def test_nonfinite_delta_matches_twin(special, where):
 @pytest.mark.parametrize("topk", [1e-7, 2e-6, 0.29, 0.999])
 def test_extreme_fractions(topk, mask_deltas, isa_switch):
     """1e-7: k == 0 (nothing kept: B itself with mask_deltas, uniform weights without);
-    2e-6: k == 2; 0.29: just under the streaming limit on candidates (30%); 0.999: above
-    it, the exact path."""
+    2e-6: k == 2 (both stream); 0.29 and 0.999: with the band's margin more than 30% of the
+    positions would be candidates, so the exact path runs from the start."""
     base, xs = gaussian(SHAPE, np.float32, seed=2, n=4)
     got = check_twin(base, xs, topk, mask_deltas)
     if topk == 1e-7 and mask_deltas:
