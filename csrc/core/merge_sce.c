@@ -61,8 +61,11 @@ typedef struct {
     sce_cands *cand;   /* streaming: pass 0 collects candidates; NULL on the exact path */
 } sce_ctx;
 
+#define VAR_SUB 512 /* var_keys works in sub-chunks on the stack (a malloc per call of
+                      * this size would be an mmap, with page faults, every time) */
+
 /* Loads B into s, T_i into s + (i + 1) * len, and the population variance over models into
- * var (float64 accumulation in `acc`, 2 * len doubles). Model-outer loops: they vectorise. */
+ * var (float64 accumulation in `acc`, 2 * min(len, VAR_SUB) doubles). Model-outer loops: they vectorise. */
 static void sce_load(const mg_tensor *t, int64_t begin, int64_t len, float *s, float *var,
                      double *acc) {
     mg_load(t->base, t->base_dt, begin, len, s);
@@ -72,25 +75,28 @@ static void sce_load(const mg_tensor *t, int64_t begin, int64_t len, float *s, f
         for (int64_t k = 0; k < len; k++) d[k] -= s[k];
     }
     if (!var) return;
-    double *mean = acc, *v = acc + len;
-    for (int64_t k = 0; k < len; k++) mean[k] = v[k] = 0.0;
-    for (int i = 0; i < t->n; i++) {
-        const float *d = s + (size_t)(i + 1) * len;
-        for (int64_t k = 0; k < len; k++) mean[k] += d[k];
+    /* in sub-chunks of VAR_SUB: the float64 accumulators stay in L1 while every model
+     * passes over them (per element the same operations in the same order) */
+    for (int64_t e = 0; e < len; e += VAR_SUB) {
+        int64_t m = len - e < VAR_SUB ? len - e : VAR_SUB;
+        double *mean = acc, *v = acc + VAR_SUB;
+        for (int64_t k = 0; k < m; k++) mean[k] = v[k] = 0.0;
+        for (int i = 0; i < t->n; i++) {
+            const float *d = s + (size_t)(i + 1) * len + e;
+            for (int64_t k = 0; k < m; k++) mean[k] += d[k];
+        }
+        for (int64_t k = 0; k < m; k++) mean[k] /= t->n;
+        for (int i = 0; i < t->n; i++) {
+            const float *d = s + (size_t)(i + 1) * len + e;
+            for (int64_t k = 0; k < m; k++) v[k] += (d[k] - mean[k]) * (d[k] - mean[k]);
+        }
+        for (int64_t k = 0; k < m; k++) var[e + k] = (float)(v[k] / t->n);
     }
-    for (int64_t k = 0; k < len; k++) mean[k] /= t->n;
-    for (int i = 0; i < t->n; i++) {
-        const float *d = s + (size_t)(i + 1) * len;
-        for (int64_t k = 0; k < len; k++) v[k] += (d[k] - mean[k]) * (d[k] - mean[k]);
-    }
-    for (int64_t k = 0; k < len; k++) var[k] = (float)(v[k] / t->n);
 }
 
 /* scratch floats per element: B, n deltas, var, keep/sign/keys, out, and 4 for two doubles */
 #define SCE_SCRATCH(n) ((size_t)(n) + 8) /* per element; plus 2 floats of slack */
 
-#define VAR_SUB 512 /* var_keys works in sub-chunks on the stack (a malloc per call of
-                      * this size would be an mmap, with page faults, every time) */
 #define VAR_STACK_MODELS 56
 
 static void var_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
