@@ -173,6 +173,28 @@ static void sce_collect(sce_cands *cd, int n, int64_t len, const float *s, const
         }
 }
 
+/* Erase and merge at m positions, model i's (masked where mask_deltas) deltas at
+ * d + i * stride: q[k] = sum_i w_i m_i T_i / divisor. The election is on the deltas,
+ * unweighted, summed in float64 (sum: m doubles): a sum that is exactly zero counts as
+ * positive. Scratch sign and den: m floats each. */
+static void sce_merge(int n, int64_t m, const float *d, int64_t stride, const float *w,
+                      int mask_deltas, double *sum, float *sign, float *q, float *den) {
+    for (int64_t k = 0; k < m; k++) sum[k] = 0.0;
+    for (int i = 0; i < n; i++)
+        for (int64_t k = 0; k < m; k++) sum[k] += d[(size_t)i * stride + k];
+    for (int64_t k = 0; k < m; k++) {
+        sign[k] = sum[k] >= 0.0 ? 1.0f : -1.0f;
+        q[k] = den[k] = 0.0f;
+    }
+    for (int i = 0; i < n; i++) mg_add_agreeing(m, d + (size_t)i * stride, sign, w[i], w[i], q, den);
+    for (int64_t k = 0; k < m; k++) {
+        float dv = den[k];
+        if (mask_deltas) dv = dv < 1e-6f ? 1e-6f : dv;
+        else if (dv == 0.0f) dv = 1.0f;
+        q[k] = q[k] / dv;
+    }
+}
+
 static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     sce_ctx *c = (sce_ctx *)user;
@@ -207,27 +229,8 @@ static fc_status sce_block(const mg_tensor *t, void *user, int64_t begin, int64_
             float *d = s + (size_t)(i + 1) * len;
             for (int64_t k = 0; k < len; k++) d[k] *= keep[k];
         }
-    /* the election on the (masked) deltas, unweighted, summed in float64: a sum that is
-     * exactly zero counts as positive */
-    double *sum = acc;
-    float *sign = keep, *num = out, *den = var;
-    for (int64_t k = 0; k < len; k++) sum[k] = 0.0;
-    for (int i = 0; i < n; i++) {
-        const float *d = s + (size_t)(i + 1) * len;
-        for (int64_t k = 0; k < len; k++) sum[k] += d[k];
-    }
-    for (int64_t k = 0; k < len; k++) {
-        sign[k] = sum[k] >= 0.0 ? 1.0f : -1.0f;
-        num[k] = den[k] = 0.0f;
-    }
-    for (int i = 0; i < n; i++)
-        mg_add_agreeing(len, s + (size_t)(i + 1) * len, sign, c->w[i], c->w[i], num, den);
-    for (int64_t k = 0; k < len; k++) {
-        float dv = den[k];
-        if (mask_deltas) dv = dv < 1e-6f ? 1e-6f : dv;
-        else if (dv == 0.0f) dv = 1.0f;
-        out[k] = s[k] + num[k] / dv;
-    }
+    sce_merge(n, len, s + len, len, c->w, mask_deltas, acc, keep, out, var);
+    for (int64_t k = 0; k < len; k++) out[k] = s[k] + out[k];
     mg_store(t->out, t->out_dt, begin, len, out);
     return FC_OK;
 }
@@ -264,28 +267,30 @@ static fc_status sce_cand_weights(const mg_tensor *t, void *user, int64_t begin,
 }
 
 /* Streaming pass 2 with mask_deltas: reads B only. A position outside the mask has all
- * deltas 0, so sce_block merges it to B + 0 / 1e-6 = B + 0; a kept candidate goes through
- * the same operations as there, in the same order, so the same bits. */
+ * deltas 0, so sce_block merges it to B + 0 / 1e-6 = B + 0; the kept candidates, gathered
+ * model-major, go through sce_merge as there, so the same bits. */
+#define SCE_COMPACT_SCRATCH(n) (((size_t)(n) + 8) * MG_BLOCK + 4)
+
 static fc_status sce_out_compact(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                                  float *s, int64_t index) {
     const sce_ctx *c = (const sce_ctx *)user;
     const sce_cands *cd = c->cand;
     int n = t->n;
-    float *b = s, *out = s + len;
+    int64_t first = cd->first[index], count = cd->count[index], m = 0;
+    float *b = s, *out = b + len, *sign = out + len, *q = sign + len, *den = q + len;
+    float *g = den + len; /* model i's kept deltas at g + i * count */
+    uint16_t *pos = (uint16_t *)(void *)(g + (size_t)n * len);
+    double *sum = mg_doubles_at(s, (size_t)(n + 5) * len + len / 2 + 1);
     mg_load(t->base, t->base_dt, begin, len, b);
     for (int64_t k = 0; k < len; k++) out[k] = b[k] + 0.0f / 1e-6f;
-    for (int64_t j = cd->first[index]; j < cd->first[index] + cd->count[index]; j++) {
-        int64_t k = cd->rel[j];
-        if (!fc_topk_has(&c->top, cd->key[j], begin + k)) continue;
-        const float *d = cd->d + (size_t)j * n;
-        double sum = 0.0;
-        for (int i = 0; i < n; i++) sum += d[i];
-        float sign = sum >= 0.0 ? 1.0f : -1.0f, num = 0.0f, den = 0.0f;
-        for (int i = 0; i < n; i++) /* mg_add_agreeing for one position */
-            mg_add_agreeing(1, d + i, &sign, c->w[i], c->w[i], &num, &den);
-        float dv = den < 1e-6f ? 1e-6f : den;
-        out[k] = b[k] + num / dv;
+    for (int64_t j = 0; j < count; j++) { /* branch-free: kept or not, m moves on or not */
+        const float *d = cd->d + (size_t)(first + j) * n;
+        pos[m] = cd->rel[first + j];
+        for (int i = 0; i < n; i++) g[(size_t)i * count + m] = d[i];
+        m += fc_topk_has(&c->top, cd->key[first + j], begin + pos[m]);
     }
+    sce_merge(n, m, g, count, c->w, 1, sum, sign, q, den);
+    for (int64_t j = 0; j < m; j++) out[pos[j]] = b[pos[j]] + q[j];
     mg_store(t->out, t->out_dt, begin, len, out);
     return FC_OK;
 }
@@ -399,7 +404,7 @@ static fc_status sce_stream(const mg_tensor *t, sce_ctx *c, int64_t nblocks, int
     weights_from_partials(t, c->partials, nblocks, t->p->mask_deltas ? 1e-6 : 0.0, c->w);
     c->pass = 2;
     if (t->p->mask_deltas)
-        st = mg_for_blocks(t, t->numel, MG_BLOCK, 2 * MG_BLOCK, sce_out_compact, c);
+        st = mg_for_blocks(t, t->numel, MG_BLOCK, SCE_COMPACT_SCRATCH(n), sce_out_compact, c);
     else /* the mask only shaped the weights: the output needs every delta */
         st = mg_for_blocks(t, t->numel, MG_BLOCK, SCE_SCRATCH(n) * MG_BLOCK + 2, sce_block, c);
     *merged = 1;
