@@ -322,6 +322,7 @@ static double nonzero_count(const double *partials, int64_t nblocks) {
 }
 
 #define SCE_STREAM_MAX_FRACTION 0.3 /* more candidates than this: the exact path */
+#define SCE_STREAM_MAX_BYTES ((double)((int64_t)1 << 31)) /* and a bigger record buffer */
 
 /* The candidate threshold from a sample of the variance keys and the records' buffer;
  * returns 0 (nothing allocated) when streaming is not worth trying. */
@@ -344,6 +345,7 @@ static int sce_cands_open(const mg_tensor *t, sce_cands *cd, int64_t nblocks) {
                                                                         * buffer costs a pass */
     cd->cap = cap < (double)t->numel ? (int64_t)cap : t->numel;
     size_t rec = (size_t)t->n * sizeof(float) + sizeof(uint32_t) + sizeof(uint16_t);
+    if ((double)cd->cap * (double)rec > SCE_STREAM_MAX_BYTES) return 0;
     cd->first = malloc((size_t)nblocks * sizeof(int64_t));
     cd->count = malloc((size_t)nblocks * sizeof(int64_t));
     cd->d = mg_buffer_take((size_t)cd->cap * rec + 16);
