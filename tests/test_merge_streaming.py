@@ -101,11 +101,14 @@ def test_ties_streaming_same_bytes_for_threads_and_instruction_sets(switches):
 
 
 def sampled_positions(numel):
-    """Where merge_sample.c samples a tensor (mg_sample_size, mg_sample_keys)."""
+    """Where merge_sample.c samples a tensor (mg_sample_size, mg_sample_keys): runs of 64
+    elements centred in equal slices; a boolean mask."""
     size = min(max(numel // 64 // 64 * 64, 32768), 1 << 20)
     runs = size // 64
     starts = (2 * np.arange(runs) + 1) * numel // (2 * runs) - 32
-    return (starts[:, None] + np.arange(64)).ravel()
+    mask = np.zeros(numel, bool)
+    mask[(starts[:, None] + np.arange(64)).ravel()] = True
+    return mask
 
 
 def test_ties_sample_that_misses_falls_back(switches):
@@ -114,7 +117,8 @@ def test_ties_sample_that_misses_falls_back(switches):
     rng = np.random.default_rng(2)
     base = np.zeros(SHAPE, np.float32)
     d = rng.uniform(0.001, 0.002, SHAPE).astype(np.float32)
-    d.flat[sampled_positions(N)] = rng.uniform(1.0, 2.0, sampled_positions(N).size)
+    sampled = sampled_positions(N).reshape(SHAPE)
+    d[sampled] = rng.uniform(1.0, 2.0, np.count_nonzero(sampled))
     xs = [base + d, base - 0.5 * d]
     got, want, (streamed, fell_back) = both_paths(switches, "ties", base, xs, weight=[1.0, 1.0],
                                                   density=0.5)

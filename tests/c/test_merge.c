@@ -188,7 +188,7 @@ static void test_streaming(void) {
         mp[i].weight = 0.5 - 0.3 * i;
         mp[i].density = 0.3 + 0.3 * i;
     }
-    fc_merge_method methods[] = {FC_MERGE_TIES};
+    fc_merge_method methods[] = {FC_MERGE_TIES, FC_MERGE_SCE};
     uint16_t *o[3];
     for (int k = 0; k < 3; k++) o[k] = malloc((size_t)numel * 2);
     for (size_t m = 0; m < sizeof methods / sizeof methods[0]; m++) {
@@ -215,11 +215,58 @@ static void test_streaming(void) {
     for (int i = 0; i < 4; i++) free(x[i]);
 }
 
+/* SCE's streaming path (tensors of >= 2^21 elements) and its fallbacks under the sanitizers:
+ * the candidate records are indexed by block, so a wrong offset shows here. Checks: the
+ * same bytes for 1 and 3 threads, and with mask_deltas at most k positions move off B. */
+static void test_sce_stream(void) {
+    int64_t numel = (int64_t)1 << 21, shape[1] = {numel};
+    float *x[4], *o1 = malloc((size_t)numel * 4), *o2 = malloc((size_t)numel * 4);
+    for (int i = 0; i < 4; i++) x[i] = malloc((size_t)numel * 4);
+    const void *in[3] = {x[1], x[2], x[3]};
+    fc_dtype dts[3] = {FC_F32, FC_F32, FC_F32};
+    fc_merge_model_params mp[3];
+    for (int i = 0; i < 3; i++) fc_merge_model_params_init(&mp[i]);
+    /* layout 0: smooth; 1: ties (deltas from a few values); 2: the runs of 64 the sample
+     * reads (merge_sample.c: [4096 r + 2016, 4096 r + 2080) for 2^21 elements) are 100 times
+     * louder, so the band misses the 10% threshold; 3: one NaN */
+    for (int layout = 0; layout < 4; layout++) {
+        for (int64_t e = 0; e < numel; e++) {
+            x[0][e] = (float)sin(e * 0.001);
+            for (int i = 1; i < 4; i++) {
+                float d = (float)sin(e * (0.37 + 0.11 * i) + i) * 0.01f * i;
+                if (layout == 1) d = (float)((e * (i + 2) + e / 7) % 5 - 2) / 64;
+                if (layout == 2 && e % 4096 >= 2016 && e % 4096 < 2080) d *= 100;
+                x[i][e] = x[0][e] + d;
+            }
+        }
+        if (layout == 3) x[2][1777777] = NAN;
+        for (int md = 0; md < 2; md++) {
+            fc_merge_params p;
+            fc_merge_params_init(&p, FC_MERGE_SCE);
+            p.models = mp;
+            p.select_topk = 0.1;
+            p.mask_deltas = md;
+            fc_error err;
+            fc_status a = fc_merge_tensor(&p, x[0], FC_F32, in, dts, 3, 1, shape, o1, FC_F32, 1, &err);
+            fc_status b = fc_merge_tensor(&p, x[0], FC_F32, in, dts, 3, 1, shape, o2, FC_F32, 3, &err);
+            CHECK_MSG(a == FC_OK && b == FC_OK, "sce layout %d: %s", layout, err.msg);
+            CHECK_MSG(memcmp(o1, o2, (size_t)numel * 4) == 0, "sce layout %d: threads change the bytes", layout);
+            int64_t moved = 0;
+            for (int64_t e = 0; e < numel; e++) moved += o1[e] != x[0][e];
+            if (md && layout < 3) CHECK_MSG(moved > 0 && moved <= numel / 10, "sce layout %d: %lld moved", layout, (long long)moved);
+        }
+    }
+    for (int i = 0; i < 4; i++) free(x[i]);
+    free(o1);
+    free(o2);
+}
+
 int main(void) {
     test_select();
     test_rng();
     test_kernels();
     test_streaming();
+    test_sce_stream();
     test_errors();
     return ctest_report("test_merge");
 }
