@@ -399,11 +399,14 @@ static int tie_cut(const post_ctx *c, int i, uint32_t th, int64_t quota, int64_t
         if (before + here >= quota) break;
         before += here;
     }
-    int64_t *ties = malloc(MG_BLOCK * sizeof(int64_t)), m = 0;
+    int64_t *ties = malloc((MG_BLOCK + 1) * sizeof(int64_t)), m = 0;
     if (!ties) return 0;
     const uint32_t *key = c->keys + (size_t)i * c->nrec;
-    for (int64_t r = 0; r < c->nrec; r++)
-        if (key[r] == th && g->rec_idx[r] / MG_BLOCK == b) ties[m++] = g->rec_idx[r];
+    uint64_t first = (uint64_t)b * MG_BLOCK;
+    for (int64_t r = 0; r < c->nrec; r++) { /* branch-free: matches are rare and random */
+        ties[m] = g->rec_idx[r];
+        m += (key[r] == th) & ((uint64_t)g->rec_idx[r] - first < MG_BLOCK);
+    }
     qsort(ties, (size_t)m, sizeof(int64_t), by_index);
     *cut = ties[quota - before - 1] + 1;
     free(ties);
