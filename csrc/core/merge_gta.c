@@ -10,11 +10,12 @@
  *   2. L1 sums per fixed block when rescaling,
  *   3. the output pass.
  * TIES on a big tensor skips pass 1 (streaming top-k, merge_sample.c): a sample gives each
- * model a band [lo, hi] of |delta| keys that should hold its threshold; the output pass
- * keeps keys above hi and drops keys below lo, and sets aside every element with a key in
- * some model's band (its index, B and raw deltas). Exact counts then tell whether each
- * threshold is in its band; if so it is selected among the set-aside elements and those
- * are merged again, exactly; if not, the tensor is merged again by passes 1 and 3. */
+ * model a guess `mid` of its threshold and a band [lo, hi] of |delta| keys around it that
+ * should hold the true one; the output pass keeps the keys above mid, counts those above
+ * hi, and sets aside every element with a key in some model's band (its index, B and raw
+ * deltas). Exact counts then tell whether each threshold is in its band; if so it is
+ * selected among the set-aside elements (gta_post) and those whose decision differs from
+ * the guess are merged again, exactly; if not, the tensor is merged again by passes 1, 3. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
