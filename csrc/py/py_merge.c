@@ -212,20 +212,22 @@ static PyObject *py_merge_isa(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(fc_merge_isa());
 }
 
+/* A process-wide on/off setting of the merge kernels, from any Python truth value. */
+static PyObject *set_switch(PyObject *arg, void (*set)(int)) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    set(on);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_merge_keep_buffers(PyObject *self, PyObject *arg) {
     (void)self;
-    int keep = PyObject_IsTrue(arg);
-    if (keep < 0) return NULL;
-    fc_merge_keep_buffers(keep);
-    Py_RETURN_NONE;
+    return set_switch(arg, fc_merge_keep_buffers);
 }
 
 static PyObject *py_merge_set_streaming(PyObject *self, PyObject *arg) {
     (void)self;
-    int on = PyObject_IsTrue(arg);
-    if (on < 0) return NULL;
-    fc_merge_set_streaming(on);
-    Py_RETURN_NONE;
+    return set_switch(arg, fc_merge_set_streaming);
 }
 
 static PyObject *py_merge_stream_counts(PyObject *self, PyObject *unused) {
