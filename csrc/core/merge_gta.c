@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fp_convert.h"
 #include "merge_internal.h"
 #include "rng.h"
 
@@ -153,6 +154,38 @@ static int32_t band_flags(int32_t len, float *restrict d, float *restrict raw, u
     return above;
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* band_set_aside's records for the elements of the whole 16-element groups of [0, len), in
+ * the same order: the AVX-512 build (GCC defines these macros under the target pragma)
+ * compresses 16 lanes at a time in a register and writes them with a masked store (the
+ * compressing store to memory is microcoded on AMD Zen 4). Returns the first element left. */
+static int64_t set_aside_avx512(gta_ctx *g, int64_t begin, int64_t len, const float *s,
+                                const float *raw, int n, const uint8_t *flag, int64_t at) {
+    const __m512i lanes_lo = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i lanes_hi = _mm512_set_epi64(15, 14, 13, 12, 11, 10, 9, 8);
+    int64_t k0 = 0;
+    for (; k0 + 16 <= len; k0 += 16) {
+        __mmask16 m = _mm_test_epi8_mask(_mm_loadu_si128((const __m128i *)(flag + k0)),
+                                         _mm_set1_epi8(1));
+        if (!m) continue;
+        int c = __builtin_popcount(m), c_lo = __builtin_popcount(m & 0xffu);
+        __mmask16 first_c = (__mmask16)((1u << c) - 1);
+        _mm512_mask_storeu_ps(g->rec_val + at, first_c,
+                              _mm512_maskz_compress_ps(m, _mm512_loadu_ps(s + k0)));
+        for (int i = 0; i < n; i++)
+            _mm512_mask_storeu_ps(g->rec_val + (size_t)(i + 1) * g->rec_cap + at, first_c,
+                                  _mm512_maskz_compress_ps(m, _mm512_loadu_ps(raw + (size_t)i * len + k0)));
+        __m512i e = _mm512_set1_epi64(begin + k0);
+        _mm512_mask_storeu_epi64(g->rec_idx + at, (__mmask8)((1u << c_lo) - 1),
+                                 _mm512_maskz_compress_epi64((__mmask8)m, _mm512_add_epi64(e, lanes_lo)));
+        _mm512_mask_storeu_epi64(g->rec_idx + at + c_lo, (__mmask8)((1u << (c - c_lo)) - 1),
+                                 _mm512_maskz_compress_epi64((__mmask8)(m >> 8), _mm512_add_epi64(e, lanes_hi)));
+        at += c;
+    }
+    return k0;
+}
+#endif
+
 /* Streaming: applies the guesses (band_flags) and sets aside the flagged elements of the
  * block: index, B and the raw deltas (in raw rows after the scratch gta_output uses, see
  * gta_stream); where a guess is wrong the element is merged again afterwards. */
@@ -163,7 +196,7 @@ static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_
     for (int64_t k = 0; k < ((len + 7) & ~(int64_t)7); k++) flag[k] = 0;
     for (int i = 0; i < n; i++) {
         float *d = s + (size_t)(i + 1) * len, *r = raw + (size_t)i * len;
-        g->above[(size_t)index * n + i] =
+        g->above[(size_t)index * n + i] +=
             g->active[i] ? band_flags((int32_t)len, d, r, g->lo[i], g->mid[i], g->hi[i], flag) : 0;
         if (!g->active[i]) memcpy(r, d, (size_t)len * sizeof(float));
     }
@@ -174,9 +207,15 @@ static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_
         atomic_store(&g->overflow, 1);
         return;
     }
+    int64_t k0 = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    k0 = set_aside_avx512(g, begin, len, s, raw, n, flag, at);
+    at += count;
+    for (int64_t k = k0; k < len; k++) at -= flag[k]; /* the tail's first record */
+#endif
     /* flagged elements found 8 flags (bytes 0 or 1) at a time, by their set bits: a branch
      * per element would mispredict at random */
-    for (int64_t k0 = 0; k0 < len; k0 += 8) {
+    for (; k0 < len; k0 += 8) {
         uint64_t bits;
         memcpy(&bits, flag + k0, 8);
         for (; bits; bits &= bits - 1) {
@@ -236,31 +275,38 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
     return FC_OK;
 }
 
-/* The merge of len elements from s (B, then the sparsified deltas; see gta_block for the
- * rest of the scratch layout); returns where the float32 results are. */
+/* The merge of len elements from s (B, then the sparsified deltas, rows of len; see
+ * gta_block for the rest of the scratch layout); returns where the float32 results are.
+ * Model-outer loops without branches, so each vectorises; in the order of the definition:
+ * D_i = w_i * (scale_i * delta_i); with consensus only the D_i whose sign matches the
+ * elected one count; mix = their sum in model order; out = B + lambda * mix / (their w_i). */
 static float *gta_output(const mg_tensor *t, const gta_ctx *g, int64_t len, float *s) {
     const fc_merge_params *p = t->p;
-    /* model-outer loops without branches, so they vectorise: D_i = w_i * scale_i * delta_i
-     * in place, the election sum, then the agreeing mix and divisor */
     float *b = s, *mix = s + (size_t)(t->n + 1) * len, *div = mix + len;
     double *sum = mg_doubles_at(s, (size_t)(t->n + 3) * len);
     for (int64_t k = 0; k < len; k++) {
-        sum[k] = 0.0;
         mix[k] = 0.0f;
         div[k] = 0.0f;
     }
+    if (g->consensus)
+        for (int64_t k = 0; k < len; k++) sum[k] = 0.0;
     for (int i = 0; i < t->n; i++) {
         float *d = s + (size_t)(i + 1) * len, w = (float)p->models[i].weight, sc = g->scale[i];
-        for (int64_t k = 0; k < len; k++) {
-            float ds = d[k] * sc;
-            /* float64 election: each product of two floats is exact there, so a sum that
-             * is exactly zero (common with bf16 inputs) is seen as zero */
-            sum[k] += (double)w * (double)ds;
-            d[k] = w * ds;
+        if (g->consensus) {
+            for (int64_t k = 0; k < len; k++) {
+                float ds = d[k] * sc;
+                /* float64 election: each product of two floats is exact there, so a sum
+                 * that is exactly zero (common with bf16 inputs) is seen as zero */
+                sum[k] += (double)w * (double)ds;
+                d[k] = w * ds;
+            }
+        } else {
+            for (int64_t k = 0; k < len; k++) d[k] = w * (d[k] * sc);
         }
     }
     float *sign = (float *)(sum + len); /* the elected sign, +1 where the sum is >= 0 */
-    for (int64_t k = 0; k < len; k++) sign[k] = sum[k] >= 0.0 ? 1.0f : -1.0f;
+    if (g->consensus)
+        for (int64_t k = 0; k < len; k++) sign[k] = sum[k] >= 0.0 ? 1.0f : -1.0f;
     for (int i = 0; i < t->n; i++) {
         const float *d = s + (size_t)(i + 1) * len;
         float w = (float)p->models[i].weight;
@@ -273,29 +319,44 @@ static float *gta_output(const mg_tensor *t, const gta_ctx *g, int64_t len, floa
             }
         }
     }
-    float lambda = (float)p->lambda;
-    float *out = mix;
-    for (int64_t k = 0; k < len; k++) {
-        float m = mix[k], dv = div[k];
-        if (p->normalize) {
-            if (g->consensus ? dv == 0.0f : fabsf(dv) < 1e-8f) dv = 1.0f;
-            m /= dv;
+    if (p->normalize) {
+        /* the divisor is 1 where it is 0 (consensus) or |div| < 1e-8 (else): bit tests,
+         * since a float compare feeding a division would not vectorise */
+        uint32_t tiny = fcx_f32_bits(1e-8f);
+        for (int64_t k = 0; k < len; k++) {
+            uint32_t v = fcx_f32_bits(div[k]);
+            uint32_t one = g->consensus ? (v << 1) == 0 : (v & 0x7fffffffu) < tiny;
+            div[k] = fcx_bits_f32(one ? 0x3f800000u : v);
         }
-        if (p->lambda != 1.0) m *= lambda;
-        out[k] = b[k] + m;
+        for (int64_t k = 0; k < len; k++) mix[k] /= div[k];
     }
-    return out;
+    if (p->lambda != 1.0) {
+        float lambda = (float)p->lambda;
+        for (int64_t k = 0; k < len; k++) mix[k] *= lambda;
+    }
+    for (int64_t k = 0; k < len; k++) mix[k] = b[k] + mix[k];
+    return mix;
 }
+
+#define GTA_TILE 512 /* elements: (n + 6) rows of a tile fit in L1 for a few models */
 
 static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     gta_ctx *g = (gta_ctx *)user;
     if (g->stats) return gta_deltas(t, g, begin, len, s, g->partials + (size_t)index * 2 * t->n);
     if (g->streaming && atomic_load(&g->overflow)) return FC_OK; /* merged again anyway */
-    if (gta_deltas(t, g, begin, len, s, NULL) != FC_OK) return FC_ERR_NOMEM;
-    if (g->streaming) /* flags in the mix rows, unused until gta_output */
-        band_set_aside(t, g, begin, len, s, (uint8_t *)(s + (size_t)(t->n + 1) * len), index);
-    mg_store(t->out, t->out_dt, begin, len, gta_output(t, g, len, s));
+    if (g->streaming)
+        for (int i = 0; i < t->n; i++) g->above[(size_t)index * t->n + i] = 0;
+    /* the output pass runs over tiles of the block whose rows stay in L1 (DELLA ranks whole
+     * rows: it takes the block at once); every step is elementwise: the same results */
+    int64_t tile = g->sp == SP_DELLA ? len : GTA_TILE;
+    for (int64_t off = 0; off < len; off += tile) {
+        int64_t tl = len - off < tile ? len - off : tile;
+        if (gta_deltas(t, g, begin + off, tl, s, NULL) != FC_OK) return FC_ERR_NOMEM;
+        if (g->streaming) /* flags in the mix rows, unused until gta_output */
+            band_set_aside(t, g, begin + off, tl, s, (uint8_t *)(s + (size_t)(t->n + 1) * tl), index);
+        mg_store(t->out, t->out_dt, begin + off, tl, gta_output(t, g, tl, s));
+    }
     return FC_OK;
 }
 
@@ -437,7 +498,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
     for (int i = 0; i < n; i++) {
         if (!g->active[i]) continue;
         key_ctx kc = {t, i};
-        mg_sample_keys(N, size, delta_keys, &kc, sample, sample + size);
+        mg_sample_keys(N, size, delta_keys, &kc, sample, sample + size, t->nthreads);
         double q = (double)(int64_t)(t->p->models[i].density * (double)N) / (double)N;
         mg_sample_band(sample, size, q * (double)size, sqrt((double)size * q * (1.0 - q)),
                        &g->lo[i], &g->mid[i], &g->hi[i]);
@@ -456,6 +517,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
     if (st != FC_OK || atomic_load(&g->overflow)) goto out;
 
     c.nrec = atomic_load(&g->rec_used);
+
     int64_t nchunks = (c.nrec + REC_CHUNK - 1) / REC_CHUNK;
     size_t scratch = (size_t)(n + 11) * REC_CHUNK + 6;
     c.keys = mg_buffer_take((size_t)n * (c.nrec ? c.nrec : 1) * sizeof(uint32_t));
@@ -477,11 +539,9 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
         else if (want[i] == in_band)
             g->keep[i] = g->lo[i] ? (fc_topk){g->lo[i] - 1, 0} : (fc_topk){0, N};
         else { /* the key only: the keys are in no particular order, so not its cut */
-            fc_topk sel;
-            st = fc_select_topk(c.nrec, want[i], NULL, c.keys + (size_t)i * c.nrec, t->nthreads,
-                                &sel, t->err);
+            st = mg_select_topk_key(c.nrec, want[i], c.keys + (size_t)i * c.nrec, t->nthreads,
+                                    &c.threshold[i], t->err);
             if (st != FC_OK) goto out;
-            c.threshold[i] = sel.key;
         }
     }
     c.stage = POST_COUNT;

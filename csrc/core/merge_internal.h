@@ -73,6 +73,9 @@ void  mg_buffer_give(void *p);
  * store[n]: its later passes and the caller read them there (select.c). */
 fc_status mg_select_topk_store(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint32_t *store,
                                int nthreads, fc_topk *out, fc_error *err);
+/* Only the key of the k-th largest of keys[n] (no pass for the cut among its ties). */
+fc_status mg_select_topk_key(int64_t n, int64_t k, const uint32_t *keys, int nthreads,
+                             uint32_t *key, fc_error *err);
 
 /* Sampling a threshold (merge_sample.c): the streaming top-k of TIES and SCE guesses a band
  * of keys holding the k-th largest from a sample of the keys, decides everything outside
@@ -85,9 +88,9 @@ fc_status mg_select_topk_store(int64_t n, int64_t k, fc_key_fn fn, void *ctx, ui
 /* The sample size for a tensor of numel >= MG_SAMPLE_MIN elements. */
 int64_t mg_sample_size(int64_t numel);
 /* fn's keys at `size` positions in evenly spread runs of [0, numel), sorted ascending into
- * keys (tmp: `size` more as scratch). */
+ * keys (tmp: `size` more as scratch); fn is called on up to nthreads threads. */
 void mg_sample_keys(int64_t numel, int64_t size, fc_key_fn fn, void *ctx, uint32_t *keys,
-                    uint32_t *tmp);
+                    uint32_t *tmp, int nthreads);
 /* mid: the sample key of rank `rank` from the top (1-based); [lo, hi] around it, widened by
  * 5 times `sd`, the standard deviation of that rank; lo = 0 and hi = UINT32_MAX at the ends. */
 void mg_sample_band(const uint32_t *sorted, int64_t size, double rank, double sd, uint32_t *lo,

@@ -11,7 +11,8 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include "merge_isa.h"
 
-#include <math.h> /* system headers before the target switch */
+#include <immintrin.h> /* system headers before the target switch */
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>

@@ -168,7 +168,7 @@ static uint32_t sel_bucket(const uint64_t *hist, int64_t k, int64_t *above) {
 /* fc_select_topk; with store, the keys are computed once (fused with the first histogram
  * pass) into store[n], which later passes, and the caller afterwards, read. */
 static fc_status select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint32_t *store,
-                             int nthreads, fc_topk *out, fc_error *err) {
+                             int with_cut, int nthreads, fc_topk *out, fc_error *err) {
     if (store && (k <= 0 || k >= n)) { /* no histogram pass: the keys are still wanted */
         for (int64_t e = 0; e < n; e += SEL_CHUNK) fn(ctx, e, n - e < SEL_CHUNK ? n - e : SEL_CHUNK, store + e);
     }
@@ -197,7 +197,7 @@ static fc_status select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint
     c.key = (c.prefix << 16) | lo;
     int64_t quota = k - above_hi - above_lo; /* tied elements to keep, lowest index first */
     out->key = c.key;
-    if (quota >= (int64_t)hist[lo]) {
+    if (quota >= (int64_t)hist[lo] || !with_cut) {
         out->cut = n;
         goto done;
     }
@@ -236,10 +236,18 @@ done:
 
 fc_status fc_select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, int nthreads,
                          fc_topk *out, fc_error *err) {
-    return select_topk(n, k, fn, ctx, NULL, nthreads, out, err);
+    return select_topk(n, k, fn, ctx, NULL, 1, nthreads, out, err);
 }
 
 fc_status mg_select_topk_store(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint32_t *store,
                                int nthreads, fc_topk *out, fc_error *err) {
-    return select_topk(n, k, fn, ctx, store, nthreads, out, err);
+    return select_topk(n, k, fn, ctx, store, 1, nthreads, out, err);
+}
+
+fc_status mg_select_topk_key(int64_t n, int64_t k, const uint32_t *keys, int nthreads,
+                             uint32_t *key, fc_error *err) {
+    fc_topk out;
+    fc_status st = select_topk(n, k, NULL, (void *)keys, NULL, 0, nthreads, &out, err);
+    *key = out.key;
+    return st;
 }
