@@ -27,6 +27,8 @@
 
 typedef enum { SP_NONE, SP_MAGNITUDE, SP_OUTLIERS, SP_RANDOM, SP_DELLA } sparsifier;
 
+#define GTA_TILE 512 /* elements the passes take at a time: (n + 6) rows of a tile fit in L1 */
+
 typedef struct {
     sparsifier sp;
     int consensus, stats;
@@ -160,7 +162,8 @@ static int32_t band_flags(int32_t len, float *restrict d, float *restrict raw, u
  * compresses 16 lanes at a time in a register and writes them with a masked store (the
  * compressing store to memory is microcoded on AMD Zen 4). Returns the first element left. */
 static int64_t set_aside_avx512(gta_ctx *g, int64_t begin, int64_t len, const float *s,
-                                const float *raw, int n, const uint8_t *flag, int64_t at) {
+                                const float *raw, int64_t stride, int n, const uint8_t *flag,
+                                int64_t at) {
     const __m512i lanes_lo = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i lanes_hi = _mm512_set_epi64(15, 14, 13, 12, 11, 10, 9, 8);
     int64_t k0 = 0;
@@ -174,7 +177,7 @@ static int64_t set_aside_avx512(gta_ctx *g, int64_t begin, int64_t len, const fl
                               _mm512_maskz_compress_ps(m, _mm512_loadu_ps(s + k0)));
         for (int i = 0; i < n; i++)
             _mm512_mask_storeu_ps(g->rec_val + (size_t)(i + 1) * g->rec_cap + at, first_c,
-                                  _mm512_maskz_compress_ps(m, _mm512_loadu_ps(raw + (size_t)i * len + k0)));
+                                  _mm512_maskz_compress_ps(m, _mm512_loadu_ps(raw + (size_t)i * stride + k0)));
         __m512i e = _mm512_set1_epi64(begin + k0);
         _mm512_mask_storeu_epi64(g->rec_idx + at, (__mmask8)((1u << c_lo) - 1),
                                  _mm512_maskz_compress_epi64((__mmask8)m, _mm512_add_epi64(e, lanes_lo)));
@@ -186,20 +189,38 @@ static int64_t set_aside_avx512(gta_ctx *g, int64_t begin, int64_t len, const fl
 }
 #endif
 
-/* Streaming: applies the guesses (band_flags) and sets aside the flagged elements of the
- * block: index, B and the raw deltas (in raw rows after the scratch gta_output uses, see
- * gta_stream); where a guess is wrong the element is merged again afterwards. */
-static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_t len, float *s,
-                           uint8_t *flag, int64_t index) {
+/* Streaming keeps, for the block being merged, B, the raw deltas and the band flags of all
+ * its elements in rows after the tile scratch: B at blk, raw delta_i at blk + (i + 1) *
+ * block, the flags (bytes) at blk + (n + 1) * block. */
+static float *band_rows(const mg_tensor *t, float *s) {
+    return s + (size_t)(t->n + 6) * GTA_TILE + 2;
+}
+
+/* Streaming, one tile at element `off` of the block (len elements, B and the deltas in s):
+ * applies the guesses (band_flags), keeping B and the raw deltas in the block's rows. */
+static void band_mark(const mg_tensor *t, gta_ctx *g, int64_t off, int64_t len, float *s,
+                      int64_t index) {
     int n = t->n;
-    float *raw = s + (size_t)(n + 6) * len + 2; /* raw delta_i at raw + (i - 1) * len */
-    for (int64_t k = 0; k < ((len + 7) & ~(int64_t)7); k++) flag[k] = 0;
+    float *blk = band_rows(t, s);
+    uint8_t *flag = (uint8_t *)(blk + (size_t)(n + 1) * g->block) + off;
+    memcpy(blk + off, s, (size_t)len * sizeof(float));
+    for (int64_t k = 0; k < len; k++) flag[k] = 0;
     for (int i = 0; i < n; i++) {
-        float *d = s + (size_t)(i + 1) * len, *r = raw + (size_t)i * len;
+        float *d = s + (size_t)(i + 1) * len, *r = blk + (size_t)(i + 1) * g->block + off;
         g->above[(size_t)index * n + i] +=
             g->active[i] ? band_flags((int32_t)len, d, r, g->lo[i], g->mid[i], g->hi[i], flag) : 0;
         if (!g->active[i]) memcpy(r, d, (size_t)len * sizeof(float));
     }
+}
+
+/* Streaming, once the block's tiles are merged: sets aside its flagged elements (index, B
+ * and the raw deltas), one reservation in the shared buffer per block; where a guess is
+ * wrong the element is merged again afterwards (gta_post). */
+static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_t len, float *s) {
+    int n = t->n;
+    const float *blk = band_rows(t, s), *raw = blk + g->block;
+    uint8_t *flag = (uint8_t *)(blk + (size_t)(n + 1) * g->block);
+    for (int64_t k = len; k < ((len + 7) & ~(int64_t)7); k++) flag[k] = 0;
     int64_t count = 0;
     for (int64_t k = 0; k < len; k++) count += flag[k];
     int64_t at = atomic_fetch_add(&g->rec_used, count);
@@ -209,7 +230,7 @@ static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_
     }
     int64_t k0 = 0;
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-    k0 = set_aside_avx512(g, begin, len, s, raw, n, flag, at);
+    k0 = set_aside_avx512(g, begin, len, blk, raw, g->block, n, flag, at);
     at += count;
     for (int64_t k = k0; k < len; k++) at -= flag[k]; /* the tail's first record */
 #endif
@@ -220,8 +241,9 @@ static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_
         memcpy(&bits, flag + k0, 8);
         for (; bits; bits &= bits - 1) {
             int64_t k = k0 + (__builtin_ctzll(bits) >> 3);
-            g->rec_val[at] = s[k];
-            for (int i = 0; i < n; i++) g->rec_val[(size_t)(i + 1) * g->rec_cap + at] = raw[(size_t)i * len + k];
+            g->rec_val[at] = blk[k];
+            for (int i = 0; i < n; i++)
+                g->rec_val[(size_t)(i + 1) * g->rec_cap + at] = raw[(size_t)i * g->block + k];
             g->rec_idx[at++] = begin + k;
         }
     }
@@ -268,8 +290,8 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         case SP_NONE: break;
         }
         if (part) {
-            part[2 * i] = l1_all;
-            part[2 * i + 1] = mg_sum_abs(d, len);
+            part[2 * i] += l1_all;
+            part[2 * i + 1] += mg_sum_abs(d, len);
         }
     }
     return FC_OK;
@@ -338,25 +360,25 @@ static float *gta_output(const mg_tensor *t, const gta_ctx *g, int64_t len, floa
     return mix;
 }
 
-#define GTA_TILE 512 /* elements: (n + 6) rows of a tile fit in L1 for a few models */
-
 static fc_status gta_block(const mg_tensor *t, void *user, int64_t begin, int64_t len,
                            float *s, int64_t index) {
     gta_ctx *g = (gta_ctx *)user;
-    if (g->stats) return gta_deltas(t, g, begin, len, s, g->partials + (size_t)index * 2 * t->n);
     if (g->streaming && atomic_load(&g->overflow)) return FC_OK; /* merged again anyway */
+    double *part = g->stats ? g->partials + (size_t)index * 2 * t->n : NULL;
+    for (int i = 0; part && i < 2 * t->n; i++) part[i] = 0.0;
     if (g->streaming)
         for (int i = 0; i < t->n; i++) g->above[(size_t)index * t->n + i] = 0;
-    /* the output pass runs over tiles of the block whose rows stay in L1 (DELLA ranks whole
-     * rows: it takes the block at once); every step is elementwise: the same results */
+    /* the passes run over tiles of the block, whose rows stay in L1 (DELLA ranks whole rows:
+     * it takes the block at once); the stats pass sums each block's tiles in order */
     int64_t tile = g->sp == SP_DELLA ? len : GTA_TILE;
     for (int64_t off = 0; off < len; off += tile) {
         int64_t tl = len - off < tile ? len - off : tile;
-        if (gta_deltas(t, g, begin + off, tl, s, NULL) != FC_OK) return FC_ERR_NOMEM;
-        if (g->streaming) /* flags in the mix rows, unused until gta_output */
-            band_set_aside(t, g, begin + off, tl, s, (uint8_t *)(s + (size_t)(t->n + 1) * tl), index);
+        if (gta_deltas(t, g, begin + off, tl, s, part) != FC_OK) return FC_ERR_NOMEM;
+        if (g->stats) continue;
+        if (g->streaming) band_mark(t, g, off, tl, s, index);
         mg_store(t->out, t->out_dt, begin + off, tl, gta_output(t, g, tl, s));
     }
+    if (g->streaming) band_set_aside(t, g, begin, len, s);
     return FC_OK;
 }
 
@@ -512,7 +534,9 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
     atomic_init(&g->rec_used, 0);
     atomic_init(&g->overflow, 0);
     g->streaming = 1;
-    st = mg_for_blocks(t, N, g->block, (size_t)(2 * n + 6) * g->block + 4, gta_block, g);
+    /* the tile scratch, then B, n raw rows and the flags of a block (band_rows) */
+    size_t pass_scratch = (size_t)(n + 6) * GTA_TILE + (size_t)(n + 2) * g->block + 8;
+    st = mg_for_blocks(t, N, g->block, pass_scratch, gta_block, g);
     g->streaming = 0;
     if (st != FC_OK || atomic_load(&g->overflow)) goto out;
 
