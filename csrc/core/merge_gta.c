@@ -9,6 +9,8 @@
  *   1. top-k thresholds (select.c) for the magnitude sparsifiers,
  *   2. L1 sums per fixed block when rescaling,
  *   3. the output pass.
+ * Each pass hands out fixed blocks of MG_BLOCK elements to threads and takes a block in
+ * tiles of GTA_TILE, so the rows of one tile stay in L1 between the steps of the merge.
  * TIES on a big tensor skips pass 1 (streaming top-k, merge_sample.c): a sample gives each
  * model a guess `mid` of its threshold and a band [lo, hi] of |delta| keys around it that
  * should hold the true one; the output pass keeps the keys above mid, counts those above
