@@ -251,7 +251,8 @@ static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_
     }
 }
 
-/* Loads B into s and the sparsified deltas of model i into s + (i + 1) * len. */
+/* Loads B into s and the sparsified deltas of model i into s + (i + 1) * len; with part
+ * (the stats pass), adds sum |delta_i| and sum |kept delta_i| to part[2i], part[2i + 1]. */
 static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin, int64_t len,
                             float *s, double *part) {
     float *b = s;
