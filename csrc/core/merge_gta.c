@@ -267,7 +267,7 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         switch (g->sp) {
         case SP_MAGNITUDE:
         case SP_OUTLIERS:
-            if (g->streaming) break; /* band_set_aside, once all deltas are loaded */
+            if (g->streaming) break; /* band_mark applies the guess instead */
             keep_topk(len, begin, d, &g->keep[i], g->sp == SP_OUTLIERS ? &g->drop[i] : NULL);
             break;
         case SP_RANDOM: {
@@ -300,8 +300,8 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
     return FC_OK;
 }
 
-/* The merge of len elements from s (B, then the sparsified deltas, rows of len; see
- * gta_block for the rest of the scratch layout); returns where the float32 results are.
+/* The merge of len elements from s (B, then the sparsified deltas, rows of len; the mix,
+ * divisor, float64 sum and sign rows follow them); returns where the float32 results are.
  * Model-outer loops without branches, so each vectorises; in the order of the definition:
  * D_i = w_i * (scale_i * delta_i); with consensus only the D_i whose sign matches the
  * elected one count; mix = their sum in model order; out = B + lambda * mix / (their w_i). */
@@ -523,7 +523,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
     for (int i = 0; i < n; i++) {
         if (!g->active[i]) continue;
         key_ctx kc = {t, i};
-        mg_sample_keys(N, size, delta_keys, &kc, sample, sample + size, t->nthreads);
+        mg_sample_keys(N, size, delta_keys, &kc, sample, sample + size);
         double q = (double)(int64_t)(t->p->models[i].density * (double)N) / (double)N;
         mg_sample_band(sample, size, q * (double)size, sqrt((double)size * q * (1.0 - q)),
                        &g->lo[i], &g->mid[i], &g->hi[i]);

@@ -88,9 +88,9 @@ fc_status mg_select_topk_key(int64_t n, int64_t k, const uint32_t *keys, int nth
 /* The sample size for a tensor of numel >= MG_SAMPLE_MIN elements. */
 int64_t mg_sample_size(int64_t numel);
 /* fn's keys at `size` positions in evenly spread runs of [0, numel), sorted ascending into
- * keys (tmp: `size` more as scratch); fn is called on up to nthreads threads. */
+ * keys (tmp: `size` more as scratch). */
 void mg_sample_keys(int64_t numel, int64_t size, fc_key_fn fn, void *ctx, uint32_t *keys,
-                    uint32_t *tmp, int nthreads);
+                    uint32_t *tmp);
 /* mid: the sample key of rank `rank` from the top (1-based); [lo, hi] around it, widened by
  * 5 times `sd`, the standard deviation of that rank; lo = 0 and hi = UINT32_MAX at the ends. */
 void mg_sample_band(const uint32_t *sorted, int64_t size, double rank, double sd, uint32_t *lo,

@@ -33,29 +33,15 @@ int64_t mg_sample_size(int64_t numel) {
     return s < MG_SAMPLE_SIZE ? MG_SAMPLE_SIZE : s > MG_SAMPLE_MAX ? MG_SAMPLE_MAX : s;
 }
 
-typedef struct {
-    int64_t numel, runs;
-    fc_key_fn fn;
-    void *ctx;
-    uint32_t *keys;
-} sample_ctx;
-
-/* Runs [r0, r1): run r centred in the r-th of `runs` equal slices (numel >= 64 * size). */
-static fc_status sample_runs(void *vctx, int64_t r0, int64_t r1) {
-    const sample_ctx *c = (const sample_ctx *)vctx;
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t begin = (2 * r + 1) * c->numel / (2 * c->runs) - MG_SAMPLE_RUN / 2;
-        c->fn(c->ctx, begin, MG_SAMPLE_RUN, c->keys + r * MG_SAMPLE_RUN);
-    }
-    return FC_OK;
-}
-
 void mg_sample_keys(int64_t numel, int64_t size, fc_key_fn fn, void *ctx, uint32_t *keys,
-                    uint32_t *tmp, int nthreads) {
-    /* evenly spread runs: contiguous (cheap to load) but many (rows of a matrix differ);
-     * over threads, since the first touch of the inputs' pages happens here */
-    sample_ctx c = {numel, size / MG_SAMPLE_RUN, fn, ctx, keys};
-    (void)fc_parallel_for(c.runs, 256, nthreads, sample_runs, &c); /* it cannot fail */
+                    uint32_t *tmp) {
+    /* evenly spread runs: contiguous (cheap to load) but many (rows of a matrix differ) */
+    int64_t runs = size / MG_SAMPLE_RUN;
+    for (int64_t r = 0; r < runs; r++) {
+        /* run r centred in the r-th of `runs` equal slices (numel >= 64 * size) */
+        int64_t begin = (2 * r + 1) * numel / (2 * runs) - MG_SAMPLE_RUN / 2;
+        fn(ctx, begin, MG_SAMPLE_RUN, keys + r * MG_SAMPLE_RUN);
+    }
     sort_keys(keys, tmp, size);
 }
 

@@ -330,7 +330,7 @@ static int sce_cands_open(const mg_tensor *t, sce_cands *cd, int64_t nblocks) {
     int64_t size = mg_sample_size(t->numel);
     uint32_t *sample = malloc(2 * (size_t)size * sizeof(uint32_t));
     if (!sample) return 0;
-    mg_sample_keys(t->numel, size, var_keys, (void *)t, sample, sample + size, t->nthreads);
+    mg_sample_keys(t->numel, size, var_keys, (void *)t, sample, sample + size);
     double S = (double)size, topk = t->p->select_topk, nz = 0;
     for (int64_t i = 0; i < size; i++) nz += sample[i] > fc_float_key(0.0f);
     /* the k-th largest lies near rank nz * topk of the sample; its spread comes from the
