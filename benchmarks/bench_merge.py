@@ -203,6 +203,7 @@ def main():
             cfg = os.path.join(args.workdir, f"{name}-{size}.yml")
             write_config(cfg, method, paths[0], paths[1:], per_model, glob)
             out = os.path.join(args.workdir, "out-fc")
+            floor_out = os.path.join(args.workdir, "out-floor")
             warm(paths)
             fc_runs, floor_runs, hot_runs = [], [], []
             for _ in range(args.repeat):
@@ -212,7 +213,6 @@ def main():
                 nbytes = out_size(out)
                 shutil.rmtree(out)
                 time.sleep(args.settle)
-                floor_out = os.path.join(args.workdir, "out-floor")
                 floor_runs.append(io_floor(paths, nbytes, floor_out))
                 hot_runs.append(io_floor(paths, nbytes, floor_out))  # into the pages just freed
             fc = min(fc_runs)  # (seconds, peak anon, peak total): the fastest run's
