@@ -9,6 +9,12 @@ Environment:
                            0: never; 1: a missing nvcc or a failed compile is an error.
   FUSECHAT_CUDA_ARCH       compute capabilities, e.g. "80;90" (default "75;80;90"); PTX for the
                            highest is embedded too, so newer GPUs JIT-compile it.
+  FUSECHAT_CUDA_HOME       the CUDA toolkit to build with (its bin/nvcc and libcudart_static.a),
+                           before CUDA_HOME, CUDA_PATH, PATH and /usr/local/cuda. A CUDA 13
+                           build needs NVIDIA driver >= 580 at run time; for older drivers
+                           (>= 525) build with a CUDA 12.x toolkit:
+                           FUSECHAT_CUDA_HOME=/usr/local/cuda-12.8 (pip's nvidia-cuda-nvcc-cu12
+                           ships ptxas but no nvcc, so it cannot be used for this).
   CUDA_HOME / CUDA_PATH    where to look for bin/nvcc before PATH and /usr/local/cuda.
   FUSECHAT_DEBUG=1         -O0 -g instead of -O3.
 """
@@ -48,6 +54,12 @@ def cjson_flags():
 
 
 def find_nvcc():
+    chosen = os.environ.get("FUSECHAT_CUDA_HOME")
+    if chosen:  # asked for by name: no fallback to another toolkit
+        nvcc = os.path.join(chosen, "bin", "nvcc")
+        if not os.path.exists(nvcc):
+            raise RuntimeError(f"FUSECHAT_CUDA_HOME={chosen}: no bin/nvcc there")
+        return nvcc
     for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
         if root and os.path.exists(os.path.join(root, "bin", "nvcc")):
             return os.path.join(root, "bin", "nvcc")
@@ -57,9 +69,10 @@ def find_nvcc():
 
 def find_cudart(nvcc):
     """The folder holding libcudart_static.a for this nvcc (layouts differ by installer)."""
-    roots = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
-             os.environ.get("CUDA_HOME", ""), "/usr/local/cuda",
-             *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    roots = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    if not os.environ.get("FUSECHAT_CUDA_HOME"):  # else only the chosen toolkit's own
+        roots += [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda",
+                  *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
     for root in filter(None, roots):
         for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
             if os.path.exists(os.path.join(root, sub, "libcudart_static.a")):
@@ -105,8 +118,8 @@ class BuildExt(build_ext):
         mode = os.environ.get("FUSECHAT_CUDA", "auto").lower()
         if mode in ("0", "off", "no", "false"):
             return False
-        nvcc = find_nvcc()
         try:
+            nvcc = find_nvcc()
             if nvcc is None:
                 raise RuntimeError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
             libdir = find_cudart(nvcc)

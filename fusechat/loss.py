@@ -39,9 +39,13 @@ def loss_options(lm_weight=0.9, temperature=1.0, kind="ce", reduction="mean", no
         red = REDUCTIONS[reduction]
     else:
         raise ValueError(f"reduction={reduction!r}: expected 'mean', 'sum' or 'none'")
+    if isinstance(validate, str) and validate != "strict":
+        raise ValueError(f"validate={validate!r}: expected True, False or 'strict'")
     return dict(lm_weight=float(lm_weight), temperature=float(temperature), kind=KINDS[kind],
                 reduction=red, normalizer=float(normalizer) if normalizer is not None else 1.0,
-                ignore_index=int(ignore_index), validate=bool(validate), threads=int(threads))
+                ignore_index=int(ignore_index),
+                validate=2 if validate == "strict" else int(bool(validate)),
+                threads=int(threads))
 
 
 def _logits_2d(logits, dtypes=_LOGIT_DTYPES, name="logits"):

@@ -14,13 +14,15 @@ rows; to average over the global batch (and over gradient-accumulation steps), p
 let the data-parallel all-reduce sum the gradients (scale by the world size if your
 framework averages them).
 """
+import math
+
 import torch
 
 from . import _backend
 from .loss import TopK, loss_options
 
 __all__ = ["FusionLoss", "fusion_loss", "causal_lm_fusion_loss", "hf_shift_labels",
-           "topk_and_ce"]
+           "topk_and_ce", "check_errors"]
 
 
 def _kernel_module(t):
@@ -39,20 +41,25 @@ def _sparse(ids, values, n, name, device):
         return None, None
     if ids is None or values is None:
         raise ValueError(f"{name}_ids and {name}_values go together")
-    if ids.shape != values.shape:
+    if ids.shape != values.shape or ids.dim() < 1:
         raise ValueError(f"{name}_ids {tuple(ids.shape)} and {name}_values "
                          f"{tuple(values.shape)} must have the same shape [..., K]")
     k = ids.shape[-1]
-    ids = ids.detach().reshape(-1, k)
-    if ids.shape[0] != n:
-        raise ValueError(f"{name}_ids has {ids.shape[0]} rows, logits have {n}")
+    rows = math.prod(ids.shape[:-1])  # not reshape(-1, k): K = 0 leaves -1 undetermined
+    if rows != n:
+        raise ValueError(f"{name}_ids has {rows} rows, logits have {n}")
+    ids = ids.detach().reshape(rows, k)
     if ids.dtype != torch.int32:
         limit = torch.iinfo(torch.int32)
-        if ids.numel() and bool(((ids < limit.min) | (ids > limit.max)).any()):
-            raise ValueError(f"fusion_loss: {name}_ids has ids outside the int32 range")
+        outside = (ids < limit.min) | (ids > limit.max)
+        if ids.device.type == "cpu":
+            if ids.numel() and bool(outside.any()):
+                raise ValueError(f"fusion_loss: {name}_ids has ids outside the int32 range")
+        else:  # no host synchronisation: such ids become INT32_MAX, which validation reports
+            ids = ids.masked_fill(outside, limit.max)
         ids = ids.to(torch.int32)
     return (ids.to(device).contiguous(),
-            values.detach().reshape(-1, k).to(device=device, dtype=torch.float32).contiguous())
+            values.detach().reshape(rows, k).to(device=device, dtype=torch.float32).contiguous())
 
 
 class _FusionLossFunction(torch.autograd.Function):
@@ -73,13 +80,16 @@ class _FusionLossFunction(torch.autograd.Function):
         cpu = z.device.type == "cpu"
         row_loss = torch.empty(n, dtype=torch.float64 if cpu else torch.float32, device=z.device)
         mod = _kernel_module(z)
+        ctx.applied = None
         if z.device.type == "cuda":
             total = torch.empty(1, dtype=torch.float32, device=z.device)
-            with torch.cuda.device(z.device):  # kernels launch on the current device
+            with torch.cuda.device(z.device):  # the stream of the logits' device
                 stream = torch.cuda.current_stream().cuda_stream
                 mod.fusion_loss(z, y, tids, tvals, fids, fvals, grad, row_loss, total=total,
                                 stream=stream, **opts)
             loss = total[0]
+            if grad is not None:  # the upstream-gradient factor already in each row of grad
+                ctx.applied = torch.ones(n, dtype=torch.float32, device=z.device)
         else:
             value, _ = mod.fusion_loss(z, y, tids, tvals, fids, fvals, grad, row_loss, **opts)
             loss = torch.tensor(value, dtype=torch.float64 if z.dtype == torch.float64
@@ -96,11 +106,20 @@ class _FusionLossFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if grad is None:
             return (None,) * 6
-        # scaled out of place: the saved gradient must survive repeated backward passes
-        # (retain_graph, gradcheck); an upstream gradient of exactly 1 costs nothing
+        if grad.device.type == "cuda":
+            # scaled in place by a kernel that leaves rows whose factor is already in them
+            # (an upstream gradient of 1: no pass at all) and records the factor, so that a
+            # second backward (retain_graph) gives the same gradient; no host synchronisation
+            gout = grad_out.detach().reshape(-1).to(torch.float32).contiguous()
+            with torch.cuda.device(grad.device):
+                _backend.cuda_module().scale_grad(grad, gout, ctx.applied,
+                                                  torch.cuda.current_stream().cuda_stream)
+            return grad.reshape(ctx.shape), None, None, None, None, None
+        # CPU: scaled out of place (the saved gradient must survive repeated backward passes:
+        # retain_graph, gradcheck); an upstream gradient of exactly 1 costs nothing
         if ctx.none:  # the kernel gave d(sum of rows)/dz: scale each row by its upstream grad
             grad = grad * grad_out.reshape(-1, 1).to(grad.dtype)
-        elif not (grad_out.device.type == "cpu" and float(grad_out) == 1.0):
+        elif float(grad_out) != 1.0:
             grad = grad * grad_out.to(grad.dtype)
         return grad.reshape(ctx.shape), None, None, None, None, None
 
@@ -119,11 +138,30 @@ def fusion_loss(logits, labels, target_ids=None, target_values=None, *, fallback
     ``inplace=True`` overwrites the logits with the gradient (saves one [N, V] buffer; only
     when nothing else needs the logits afterwards). Returns a 0-d tensor, or [N] per-row
     losses for reduction="none".
+
+    ``validate``: True checks labels, target ids and values. On CUDA the check runs on the
+    device and bad input is raised by a later call (or by :func:`check_errors`), naming the
+    call, argument, row and entry; nothing waits for the GPU, so the call can be captured in
+    a CUDA graph. ``"strict"`` checks on the host before the kernel runs (the error comes
+    from this call; costs a device synchronisation). False checks nothing on CUDA (bad
+    labels count as ignored, bad ids as padding) and only the ranges on the CPU.
     """
     opts = loss_options(lm_weight, temperature, kind, reduction, normalizer, ignore_index,
                         validate, threads)
     return _FusionLossFunction.apply(logits, labels, (target_ids, target_values),
                                      (fallback_ids, fallback_values), opts, bool(inplace))
+
+
+def check_errors(device=None):
+    """Raise ValueError if :func:`fusion_loss` calls on a CUDA device (default: the current
+    one) met bad labels or targets since the last report; waits for the device. Call it
+    where a synchronisation is cheap (every N steps, at logging time, after CUDA graph
+    replays): with ``validate=True`` the same error otherwise surfaces a call or two after
+    the call that had it."""
+    dev = torch.device("cuda", device) if isinstance(device, int) else \
+        torch.device(device or "cuda")
+    _backend.cuda_module().loss_errors(torch.cuda.current_device() if dev.index is None
+                                       else dev.index)
 
 
 def hf_shift_labels(labels, ignore_index=-100):

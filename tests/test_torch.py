@@ -211,6 +211,66 @@ def test_module():
         ft.FusionLoss(kind="jsd")
 
 
+def test_empty_target_k0_is_no_target():
+    """A [N, 0] (or [B, L, 0]) target means no target entries: the gold one-hot, so the loss
+    is the plain CE; int64 and int32 ids, on the CPU (CUDA: test_cuda_loss.py)."""
+    z, y, _, _ = make(seed=18)
+    want = F.cross_entropy(z.double(), y, ignore_index=-100)
+    for dt in (torch.int64, torch.int32):
+        a = z.clone().requires_grad_()
+        loss = ft.fusion_loss(a, y, torch.zeros(N, 0, dtype=dt), torch.zeros(N, 0))
+        loss.backward()
+        assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+        b = z.clone().requires_grad_()
+        ft.fusion_loss(b, y).backward()
+        assert torch.equal(a.grad, b.grad)
+    z3 = z[:30].reshape(3, 10, V)
+    loss = ft.fusion_loss(z3, y[:30].reshape(3, 10), torch.zeros(3, 10, 0, dtype=torch.int64),
+                          torch.zeros(3, 10, 0))
+    assert loss.item() == pytest.approx(ft.fusion_loss(z3, y[:30].reshape(3, 10)).item())
+    with pytest.raises(ValueError, match="target_ids has 30 rows, logits have 31"):
+        ft.fusion_loss(z, y, torch.zeros(30, 0, dtype=torch.int64), torch.zeros(30, 0))
+
+
+def test_no_rows_is_zero():
+    z = torch.zeros(0, V, requires_grad=True)
+    loss = ft.fusion_loss(z, torch.zeros(0, dtype=torch.int64), torch.zeros(0, K, dtype=torch.int32),
+                          torch.zeros(0, K))
+    loss.backward()
+    assert loss.item() == 0.0 and z.grad.shape == (0, V)
+
+
+def test_validate_strict_and_bad_values():
+    z, y, ids, vals = make(seed=20)
+    a = ft.fusion_loss(z, y, ids, vals, validate="strict")
+    assert a.item() == ft.fusion_loss(z, y, ids, vals).item()
+    with pytest.raises(ValueError, match="validate='fast': expected True, False or 'strict'"):
+        ft.fusion_loss(z, y, ids, vals, validate="fast")
+    bad = ids.clone()
+    bad[4, 1] = bad[4, 0] = 7
+    with pytest.raises(ValueError, match="target_ids row 4: id 7 appears twice"):
+        ft.fusion_loss(z, y, bad, vals, validate="strict")
+    with pytest.raises(ValueError, match="outside the int32 range"):
+        ft.fusion_loss(z, y, ids.to(torch.int64) + 2**31, vals)
+
+
+def test_topk_all_minus_inf_row_is_nan_like_torch():
+    """A supervised row whose logits are all -inf has no distribution: its CE is NaN, as
+    torch's cross_entropy says, and so is the mean CE of its sequence (a NaN CE never wins
+    MinCE); its top-k is ids 0..k-1 at -inf. CUDA must agree (test_cuda_topk_matches_cpu)."""
+    g = torch.Generator().manual_seed(19)
+    z = torch.randn(6, 50, generator=g)
+    z[1] = -float("inf")
+    y = torch.randint(0, 50, (6,), generator=g)
+    t = ft.topk_and_ce(z, y, 5, seq_offsets=torch.tensor([0, 3, 6]))
+    want = F.cross_entropy(z.double(), y, reduction="none")
+    assert torch.isnan(want[1])
+    torch.testing.assert_close(t.token_ce.double(), want, rtol=2e-6, atol=2e-6, equal_nan=True)
+    assert torch.isnan(t.seq_ce[0]) and not torch.isnan(t.seq_ce[1])
+    assert t.seq_has.tolist() == [1, 1]
+    assert t.ids[1].tolist() == list(range(5)) and torch.all(t.logits[1] == -float("inf"))
+
+
 # ---------------------------------------------------------------------------------------
 # DLPack intake (csrc/py/py_dlpack.c), exercised through _C.fusion_loss
 
@@ -314,6 +374,59 @@ def test_cuda_binding_interface_without_a_gpu():
                         torch.empty(4, 3), torch.empty(4), None, None, 0)
 
 
+class FakeCudaTensor:
+    """A legacy DLPack capsule that says "CUDA device 0" around `data` (never dereferenced on
+    the host): lets a CPU test reach the CUDA binding's checks."""
+
+    def __init__(self, shape, code, bits, data=None):
+        class Dev(ctypes.Structure):
+            _fields_ = [("type", ctypes.c_int32), ("id", ctypes.c_int32)]
+
+        class Dt(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                        ("lanes", ctypes.c_uint16)]
+
+        class Tensor(ctypes.Structure):
+            _fields_ = [("data", ctypes.c_void_p), ("device", Dev), ("ndim", ctypes.c_int32),
+                        ("dtype", Dt), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                        ("strides", ctypes.c_void_p), ("byte_offset", ctypes.c_uint64)]
+
+        class Managed(ctypes.Structure):
+            _fields_ = [("dl", Tensor), ("ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+        self.shape = (ctypes.c_int64 * len(shape))(*shape)
+        self.managed = Managed(Tensor(data, Dev(2, 0), len(shape), Dt(code, bits, 1),
+                                      self.shape, None, 0), None, None)
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, stream=None, max_version=None):
+        new = ctypes.pythonapi.PyCapsule_New
+        new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p,
+                                                       ctypes.c_void_p]
+        return new(ctypes.addressof(self.managed), b"dltensor", None)
+
+
+def test_cuda_binding_takes_empty_tensors():
+    """N = 0: torch gives empty CUDA tensors a NULL data pointer; the binding must pass them
+    on (the CPU path returns 0) rather than refuse them as missing row_loss."""
+    try:
+        from fusechat import _C_cuda
+    except ImportError:
+        pytest.skip("fusechat built without CUDA kernels")
+    if fusechat.cuda_available():
+        pytest.skip("a GPU is present: test_cuda_loss.py runs N = 0 for real")
+    f32, i64 = (2, 32), (0, 64)
+    logits, labels = FakeCudaTensor((0, V), *f32), FakeCudaTensor((0,), *i64)
+    row_loss, total = FakeCudaTensor((0,), *f32), FakeCudaTensor((1,), *f32, data=16)
+    opts = np_loss.loss_options()
+    # past the argument checks, the call reaches the device, which this machine lacks
+    with pytest.raises(fusechat.CudaError, match="cudaGetDevice"):
+        _C_cuda.fusion_loss(logits, labels, None, None, None, None, None, row_loss,
+                            total=total, stream=0, **opts)
+
+
 def test_import_fusechat_does_not_import_torch():
     import subprocess
     import sys
@@ -324,9 +437,7 @@ def test_import_fusechat_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-cuda_ok, cuda_reason = fusechat.cuda_available(with_reason=True)
-needs_gpu = pytest.mark.skipif(not (cuda_ok and torch.cuda.is_available()),
-                               reason=f"no CUDA: {cuda_reason or 'torch without CUDA'}")
+needs_gpu = pytest.mark.cuda(torch=True)  # skipped without a GPU (tests/conftest.py)
 
 
 @needs_gpu
@@ -352,15 +463,22 @@ def test_cuda_matches_cpu(dtype, reduction, v):
 def test_cuda_topk_matches_cpu(dtype):
     z, y, _, _ = make(dtype=dtype, seed=14)
     z[4] = torch.round(z[4].float()).to(dtype)  # ties
-    z[6] = -float("inf")
+    z[6] = -float("inf")  # supervised: CE NaN on both sides, and its sequence's mean CE
+    assert y[6] != -100
     offs = torch.tensor([0, 10, 10, N])
     a = ft.topk_and_ce(z, y, 17, seq_offsets=offs)
     b = ft.topk_and_ce(z.cuda(), y.cuda(), 17, seq_offsets=offs)
     assert torch.equal(b.ids.cpu(), a.ids) and torch.equal(b.logits.cpu(), a.logits)
+    assert b.ids[6].tolist() == list(range(17))
     torch.testing.assert_close(b.token_ce.cpu(), a.token_ce, rtol=1e-5, atol=1e-5,
                                equal_nan=True)
-    torch.testing.assert_close(b.seq_ce.cpu(), a.seq_ce, rtol=1e-5, atol=1e-5)
+    assert torch.isnan(b.token_ce[6]) and torch.isnan(b.seq_ce[0])
+    torch.testing.assert_close(b.seq_ce.cpu(), a.seq_ce, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert torch.equal(b.seq_has.cpu(), a.seq_has)
+    # against the float64 oracle, not only the CPU kernel
+    ce = F.cross_entropy(z.double(), y, reduction="none", ignore_index=-100)
+    torch.testing.assert_close(b.token_ce.cpu().double(), ce, rtol=2e-6, atol=2e-6,
+                               equal_nan=True)
 
 
 @needs_gpu

@@ -106,15 +106,15 @@ static fc_status convert_range(void *ctx, int64_t b, int64_t e) {
         LOOP(uint16_t, float, fcx_bf16_to_f32(x));
         break;
     case PAIR(FC_F16, FC_F32):  LOOP(uint16_t, float, fcx_f16_to_f32(x)); break;
-    case PAIR(FC_F64, FC_F32):  LOOP(double, float, (float)x); break;
+    case PAIR(FC_F64, FC_F32):  LOOP(double, float, fcx_f64_to_f32(x)); break;
     case PAIR(FC_F32, FC_BF16): LOOP(float, uint16_t, fcx_f32_to_bf16(x)); break;
     case PAIR(FC_F16, FC_BF16): LOOP(uint16_t, uint16_t, fcx_f32_to_bf16(fcx_f16_to_f32(x))); break;
     case PAIR(FC_F64, FC_BF16): LOOP(double, uint16_t, fcx_f64_to_bf16(x)); break;
     case PAIR(FC_F32, FC_F16):  LOOP(float, uint16_t, fcx_f32_to_f16(x)); break;
     case PAIR(FC_BF16, FC_F16): LOOP(uint16_t, uint16_t, fcx_bf16_to_f16(x)); break;
     case PAIR(FC_F64, FC_F16):  LOOP(double, uint16_t, fcx_f64_to_f16(x)); break;
-    case PAIR(FC_F32, FC_F64):  LOOP(float, double, (double)x); break;
-    case PAIR(FC_BF16, FC_F64): LOOP(uint16_t, double, (double)fcx_bf16_to_f32(x)); break;
+    case PAIR(FC_F32, FC_F64):  LOOP(float, double, fcx_f32_to_f64(x)); break;
+    case PAIR(FC_BF16, FC_F64): LOOP(uint16_t, double, fcx_bf16_to_f64(x)); break;
     case PAIR(FC_F16, FC_F64):  LOOP(uint16_t, double, fcx_f16_to_f64(x)); break;
     default: { /* same dtype: a copy */
         size_t es = fc_dtype_size(j->sdt);

@@ -8,7 +8,10 @@
  *                             zero becomes 1 so the value stays NaN
  *   to BF16 (ml_dtypes):      sign | 0x7FC0, the canonical quiet NaN
  *   BF16 -> F16 (ml_dtypes):  sign | 0x7E00
- *   F32 <-> F64, BF16 -> F64: the CPU's conversion (quiet bit set, payload shifted)
+ *   F32 <-> F64, BF16 -> F64: what x86-64 and AArch64 do in hardware (NumPy's astype): sign
+ *                             kept, quiet bit set, payload shifted (truncated to F32)
+ * All of these work on the bit patterns with integer operations, so that the GPU, whose
+ * float conversions return one canonical NaN, gives the same bits as the CPU.
  */
 #ifndef FC_FP_CONVERT_H
 #define FC_FP_CONVERT_H
@@ -57,7 +60,7 @@ FC_HD float fcx_f16_to_f32(uint16_t h) {
 FC_HD uint32_t fcx_round_f64_to_small(uint64_t b, int mbits, int emin, int emax) {
     int exp = (int)((b >> 52) & 0x7ff);
     uint64_t man = b & 0xfffffffffffffull;
-    if (exp == 0) return 0; /* an f64 subnormal is far below the smallest f16/bf16 value */
+    if (exp == 0) return 0; /* an f64 subnormal is far below the smallest f32 value */
     int e = exp - 1023;
     uint32_t inf = (uint32_t)(emax - emin + 2) << mbits;
     if (e > emax) return inf;
@@ -101,6 +104,36 @@ FC_HD uint16_t fcx_f64_to_bf16(double d) {
     if (((b >> 52) & 0x7ff) == 0x7ff)
         return sign | ((b & 0xfffffffffffffull) ? 0x7fc0u : 0x7f80u);
     return sign | (uint16_t)fcx_round_f64_to_small(b, 7, -126, 127);
+}
+
+/* F32 bits -> F64, exact; NaN: quiet bit set, payload shifted up */
+FC_HD double fcx_f32_bits_to_f64(uint32_t u) {
+    uint64_t sign = (uint64_t)(u >> 31) << 63;
+    uint32_t exp = (u >> 23) & 0xffu, man = u & 0x7fffffu;
+    if (exp == 0xff) /* inf, NaN (a NaN comes back quiet, as the hardware does) */
+        return fcx_bits_f64(sign | 0x7ff0000000000000ull | (man ? 0x8000000000000ull : 0) |
+                            ((uint64_t)man << 29));
+    if (exp == 0) {
+        /* zero or subnormal: man * 2^-149, exact in F64 (no NaN involved) */
+        double v = (double)man * 0x1p-149;
+        return sign ? -v : v;
+    }
+    return fcx_bits_f64(sign | ((uint64_t)(exp + 896u) << 52) | ((uint64_t)man << 29));
+}
+
+FC_HD double fcx_f32_to_f64(float f) { return fcx_f32_bits_to_f64(fcx_f32_bits(f)); }
+
+FC_HD double fcx_bf16_to_f64(uint16_t h) { return fcx_f32_bits_to_f64((uint32_t)h << 16); }
+
+/* F64 -> F32, rounded once to nearest even; NaN: quiet bit set, payload truncated */
+FC_HD float fcx_f64_to_f32(double d) {
+    uint64_t b = fcx_f64_bits(d);
+    uint32_t sign = (uint32_t)(b >> 32) & 0x80000000u;
+    if (((b >> 52) & 0x7ff) == 0x7ff) {
+        uint64_t man = b & 0xfffffffffffffull;
+        return fcx_bits_f32(sign | 0x7f800000u | (man ? 0x400000u | (uint32_t)(man >> 29) : 0));
+    }
+    return fcx_bits_f32(sign | fcx_round_f64_to_small(b, 23, -126, 127));
 }
 
 FC_HD double fcx_f16_to_f64(uint16_t h) {

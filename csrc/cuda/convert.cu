@@ -21,15 +21,15 @@ __global__ void convert_kernel(const unsigned char *__restrict__ s, unsigned cha
         switch (pair) {
         case PAIR(FC_BF16, FC_F32): d32[i] = fcx_bf16_to_f32(s16[i]); break;
         case PAIR(FC_F16, FC_F32):  d32[i] = fcx_f16_to_f32(s16[i]); break;
-        case PAIR(FC_F64, FC_F32):  d32[i] = (float)s64[i]; break;
+        case PAIR(FC_F64, FC_F32):  d32[i] = fcx_f64_to_f32(s64[i]); break;
         case PAIR(FC_F32, FC_BF16): d16[i] = fcx_f32_to_bf16(s32[i]); break;
         case PAIR(FC_F16, FC_BF16): d16[i] = fcx_f32_to_bf16(fcx_f16_to_f32(s16[i])); break;
         case PAIR(FC_F64, FC_BF16): d16[i] = fcx_f64_to_bf16(s64[i]); break;
         case PAIR(FC_F32, FC_F16):  d16[i] = fcx_f32_to_f16(s32[i]); break;
         case PAIR(FC_BF16, FC_F16): d16[i] = fcx_bf16_to_f16(s16[i]); break;
         case PAIR(FC_F64, FC_F16):  d16[i] = fcx_f64_to_f16(s64[i]); break;
-        case PAIR(FC_F32, FC_F64):  d64[i] = (double)s32[i]; break;
-        case PAIR(FC_BF16, FC_F64): d64[i] = (double)fcx_bf16_to_f32(s16[i]); break;
+        case PAIR(FC_F32, FC_F64):  d64[i] = fcx_f32_to_f64(s32[i]); break;
+        case PAIR(FC_BF16, FC_F64): d64[i] = fcx_bf16_to_f64(s16[i]); break;
         case PAIR(FC_F16, FC_F64):  d64[i] = fcx_f16_to_f64(s16[i]); break;
         }
     }
@@ -39,6 +39,13 @@ extern "C" fc_status fc_cuda_device_count(int *count, fc_error *err) {
     *count = 0;
     FC_CUDA_CHECK(cudaGetDeviceCount(count));
     return FC_OK;
+}
+
+extern "C" void fc_cuda_versions(int *runtime, int *driver) {
+    *runtime = CUDART_VERSION;
+    *driver = 0;
+    if (cudaDriverGetVersion(driver) != cudaSuccess) *driver = 0;
+    cudaGetLastError();
 }
 
 extern "C" fc_status fc_cuda_device_name(int device, char *buf, size_t cap, fc_error *err) {

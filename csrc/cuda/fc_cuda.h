@@ -12,6 +12,13 @@ extern "C" {
 
 /* Number of usable devices; 0 and FC_ERR_CUDA with the reason when none (no driver, ...). */
 fc_status fc_cuda_device_count(int *count, fc_error *err);
+/* The CUDA runtime version this module was built with and the one the driver supports,
+ * as 1000 * major + 10 * minor (driver: 0 when no driver is installed). */
+void fc_cuda_versions(int *runtime, int *driver);
+/* Make `device` current, saving the previous one in *prev (for fc_cuda_device_leave): the
+ * kernels launch on the current device, which must be the tensors'. */
+fc_status fc_cuda_device_enter(int device, int *prev, fc_error *err);
+void fc_cuda_device_leave(int prev);
 /* "NVIDIA H100 80GB HBM3, sm_90" */
 fc_status fc_cuda_device_name(int device, char *buf, size_t cap, fc_error *err);
 
@@ -28,14 +35,26 @@ fc_status fc_cuda_convert_host(const void *src, fc_dtype src_dt, void *dst, fc_d
  * arrays are device pointers: logits [N, V] F32/F16/BF16, labels [N] int64, target and
  * fallback ids/values [N, K] (the structs themselves live on the host), row_loss [N] float32,
  * grad [N, V] in the logits' dtype (may equal the logits; NULL = loss only), loss [1] float32
- * (the reduced loss, written on the device: no host synchronisation). With opts->validate
- * the labels and targets are copied to the host and checked by fc_fusion_loss_check; without
- * it, out-of-range labels count as ignored and out-of-range ids as padding. */
+ * (the reduced loss, written on the device: no host synchronisation). opts->validate:
+ * FC_VALIDATE checks labels and targets on the device and reports bad input from a later
+ * call (or fc_cuda_loss_errors), naming the call; FC_VALIDATE_STRICT copies them to the host
+ * and checks them with fc_fusion_loss_check before running (synchronises); 0 checks
+ * nothing. Out-of-range labels count as ignored and out-of-range ids as padding. */
 fc_status fc_cuda_fusion_loss(const void *d_logits, fc_dtype dtype, int64_t n, int64_t v,
                               const int64_t *d_labels, const fc_sparse_target *target,
                               const fc_sparse_target *fallback, const fc_fusion_loss_opts *opts,
                               float *d_row_loss, void *d_grad, float *d_loss, void *stream,
                               fc_error *err);
+
+/* Bad input found on the current device by fusion loss calls so far (waits for the device);
+ * FC_ERR_VALUE naming the call, row and entry, and the record is cleared. */
+fc_status fc_cuda_loss_errors(fc_error *err);
+
+/* Backward: multiply row r of grad [N, V] in place by gout[r] (per_row) or gout[0], unless
+ * that factor is already in it: applied [N] (ones after the forward) holds it. */
+fc_status fc_cuda_scale_grad(void *d_grad, fc_dtype dtype, int64_t n, int64_t v,
+                             const float *d_gout, int per_row, float *d_applied, void *stream,
+                             fc_error *err);
 
 /* Top-k + CE on the device (semantics of fc_topk_ce; k <= 64). Labels are not validated:
  * out-of-range labels count as ignored. seq_offsets must be valid (the caller checks). */

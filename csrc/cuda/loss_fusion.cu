@@ -11,14 +11,16 @@
 //           recomputed in fp32 and stored.
 // Bytes per row: 2 reads + 1 write of the row (6V for bf16) plus ~100 B of target.
 // The reduction scale (1 / supervised rows) is computed on the device by a first kernel and
-// the reduced loss by a last one: no host synchronisation unless validation is on (it copies
-// the labels and targets, N * (8 + 8K) bytes, to the host for fc_fusion_loss_check).
+// the reduced loss by a last one: no host synchronisation (inputs are checked on the device,
+// loss_check.cu, unless validate is strict), so the call can be captured into a CUDA graph.
 //
 // Top-k + CE: one block per row; each thread keeps its own sorted top-k of its strided
 // elements and an online (max, sum exp); the block merges the thread lists by k rounds of
 // an arg-max over the list heads. Order: value descending (NaN largest), ties to lower id.
-#include "common.cuh"
 #include "../core/fp_convert.h"
+#include "common.cuh"
+#include "device_state.cuh"
+#include "loss_check.cuh"
 
 #define LOSS_THREADS 512
 #define MAX_ENTRIES 1025
@@ -38,7 +40,7 @@ __device__ __forceinline__ void store_grad(void *row, int dt, int64_t i, float x
 }
 
 __device__ __forceinline__ void store_grad_exact(void *row, int dt, int64_t i, double x) {
-    if (dt == FC_F32) ((float *)row)[i] = (float)x;
+    if (dt == FC_F32) ((float *)row)[i] = fcx_f64_to_f32(x);
     else if (dt == FC_BF16) ((uint16_t *)row)[i] = fcx_f64_to_bf16(x);
     else ((uint16_t *)row)[i] = fcx_f64_to_f16(x);
 }
@@ -147,7 +149,7 @@ __device__ int row_target(const int32_t *ids, const float *vals, int64_t k, int6
     double mx = -INFINITY;
     for (int64_t j = 0; j < k; j++) {
         int32_t id = ids[r * k + j];
-        if (id < 0 || id >= v) continue;  // padding (out-of-range ids are rejected on the host)
+        if (id < 0 || id >= v) continue;  // padding (other ids out of range: loss_check.cu)
         double x = (double)vals[r * k + j] / temperature;
         s_ids[cnt] = id;
         s_p[cnt] = (float)x;
@@ -266,37 +268,6 @@ __global__ void reduce_loss(const float *row_loss, int64_t n, const unsigned lon
     }
 }
 
-// Copy a device array to a new host buffer (for validation); NULL on failure.
-static void *to_host(const void *d, size_t bytes, cudaStream_t s) {
-    void *h = malloc(bytes ? bytes : 1);
-    if (h && bytes && cudaMemcpyAsync(h, d, bytes, cudaMemcpyDeviceToHost, s) != cudaSuccess) {
-        free(h);
-        return NULL;
-    }
-    return h;
-}
-
-static fc_status validate_on_host(const loss_args &a, const fc_fusion_loss_opts *o,
-                                  cudaStream_t s, fc_error *err) {
-    size_t nt = (size_t)(a.n * a.tk), nf = (size_t)(a.n * a.fk);
-    int64_t *labels = (int64_t *)to_host(a.labels, (size_t)a.n * 8, s);
-    int32_t *tids = a.tk ? (int32_t *)to_host(a.tids, nt * 4, s) : NULL;
-    float *tvals = a.tk ? (float *)to_host(a.tvals, nt * 4, s) : NULL;
-    int32_t *fids = a.fk ? (int32_t *)to_host(a.fids, nf * 4, s) : NULL;
-    float *fvals = a.fk ? (float *)to_host(a.fvals, nf * 4, s) : NULL;
-    fc_status st;
-    if (!labels || (a.tk && (!tids || !tvals)) || (a.fk && (!fids || !fvals)) ||
-        cudaStreamSynchronize(s) != cudaSuccess) {
-        st = fc_error_set(err, FC_ERR_CUDA, "fusion_loss: copying labels/targets to the host "
-                          "for validation failed: %s", cudaGetErrorString(cudaGetLastError()));
-    } else {
-        fc_sparse_target t = {tids, tvals, a.tk}, f = {fids, fvals, a.fk};
-        st = fc_fusion_loss_check(a.n, a.v, labels, &t, &f, o, err);
-    }
-    free(labels); free(tids); free(tvals); free(fids); free(fvals);
-    return st;
-}
-
 extern "C" fc_status fc_cuda_fusion_loss(const void *d_logits, fc_dtype dtype, int64_t n,
                                          int64_t v, const int64_t *d_labels,
                                          const fc_sparse_target *target,
@@ -311,43 +282,88 @@ extern "C" fc_status fc_cuda_fusion_loss(const void *d_logits, fc_dtype dtype, i
     if (!target) target = &none;
     if (!fallback) fallback = &none;
     if (n < 0 || v < 1 || v > INT32_MAX || target->k < 0 || target->k >= MAX_ENTRIES ||
-        fallback->k < 0 || fallback->k >= MAX_ENTRIES || (n > 0 && (!d_row_loss || !d_loss)))
+        fallback->k < 0 || fallback->k >= MAX_ENTRIES || !d_loss || (n > 0 && !d_row_loss))
         return fc_error_set(err, FC_ERR_VALUE, "fusion_loss (CUDA): bad shape [%lld, %lld] or K "
                             "(at most %d) or missing outputs", (long long)n, (long long)v,
                             MAX_ENTRIES - 1);
     cudaStream_t s = (cudaStream_t)stream;
-    loss_args a = {d_logits, (int)dtype, n, v, d_labels, target->ids, target->values, target->k,
-                   fallback->ids, fallback->values, fallback->k, d_row_loss, d_grad, NULL,
-                   opts->lm_weight, opts->temperature, opts->normalizer, opts->grad_scale,
-                   (int)opts->kind, (int)opts->reduction, opts->ignore_index,
-                   v % 8 == 0 && (uintptr_t)d_logits % 16 == 0 && (uintptr_t)d_grad % 16 == 0};
-    // options (and, when asked, the sparse inputs) are checked by the CPU core's checker
-    fc_status st = opts->validate ? validate_on_host(a, opts, s, err)
-                                  : fc_fusion_loss_check(0, v, NULL, NULL, NULL, opts, err);
+    // bad input that earlier calls found on the device, if its copy has reached the host
+    fc_status st = stream_capturing(s) ? FC_OK : bad_input_poll(0, s, err);
+    const loss_check_args check = {d_labels, n, v, opts->ignore_index, *target, *fallback};
+    // the options always; labels and targets on the host only in strict mode
+    if (st == FC_OK)
+        st = opts->validate == FC_VALIDATE_STRICT
+                 ? loss_check_on_host(&check, opts, s, err)
+                 : fc_fusion_loss_check(0, v, NULL, NULL, NULL, opts, err);
+    unsigned long long *scratch = NULL;
+    if (st == FC_OK) st = scratch_get(s, &scratch, err);
+    if (st == FC_OK && opts->validate == FC_VALIDATE)
+        st = loss_check_on_device(&check, scratch, s, err);
     if (st != FC_OK) return st;
-    unsigned long long *d_nsup = NULL;
-    int pooled = 1;
-    if (cudaMallocAsync((void **)&d_nsup, sizeof *d_nsup, s) != cudaSuccess) {
-        cudaGetLastError(); /* a device without memory pools: the synchronous allocator */
-        FC_CUDA_CHECK(cudaMalloc((void **)&d_nsup, sizeof *d_nsup));
-        pooled = 0;
-    }
-    a.nsup = d_nsup;
-    count_supervised<<<1, 1024, 0, s>>>(d_labels, n, opts->ignore_index, v, d_nsup);
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && n > 0) {
+    loss_args a = {d_logits, (int)dtype, n, v, d_labels, target->ids, target->values, target->k,
+                   fallback->ids, fallback->values, fallback->k, d_row_loss, d_grad,
+                   scratch + SCRATCH_NSUP, opts->lm_weight, opts->temperature,
+                   opts->normalizer, opts->grad_scale, (int)opts->kind, (int)opts->reduction,
+                   opts->ignore_index,
+                   v % 8 == 0 && (uintptr_t)d_logits % 16 == 0 && (uintptr_t)d_grad % 16 == 0};
+    count_supervised<<<1, 1024, 0, s>>>(d_labels, n, opts->ignore_index, v,
+                                        scratch + SCRATCH_NSUP);
+    FC_CUDA_CHECK(cudaGetLastError());
+    if (n > 0) {
         fusion_loss_kernel<<<(unsigned)n, LOSS_THREADS, 0, s>>>(a);
-        e = cudaGetLastError();
+        FC_CUDA_CHECK(cudaGetLastError());
     }
-    if (e == cudaSuccess) {
-        reduce_loss<<<1, 1024, 0, s>>>(d_row_loss, n, d_nsup, (int)opts->reduction,
-                                       opts->normalizer, d_loss);
-        e = cudaGetLastError();
+    reduce_loss<<<1, 1024, 0, s>>>(d_row_loss, n, a.nsup, (int)opts->reduction,
+                                   opts->normalizer, d_loss);
+    FC_CUDA_CHECK(cudaGetLastError());
+    return opts->validate == FC_VALIDATE ? bad_input_fetch_async(s, err) : FC_OK;
+}
+
+// Backward: scale row r of the saved gradient by its upstream gradient s (gout[r], or
+// gout[0] for every row), in place, when s differs from the factor `applied[r]` already in
+// it. An upstream gradient of 1 (loss.backward() on the loss itself) costs one read of two
+// floats per row and no pass over the gradient; no host synchronisation either way.
+__global__ void __launch_bounds__(256) scale_rows(void *grad, int dt, int64_t n, int64_t v,
+                                                  const float *gout, int per_row,
+                                                  float *applied, int vec) {
+    const size_t esz = dt == FC_F32 ? 4 : 2;
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+        const float sc = gout[per_row ? r : 0], was = applied[r];
+        if (sc == was) continue;  // the same for every thread of the block
+        // exact for the first scaling (was == 1); later ones round once more
+        const float f = was == 1.0f ? sc : sc / was;
+        void *row = (unsigned char *)grad + (size_t)r * v * esz;
+        if (vec) {
+            for (int64_t g = threadIdx.x; g < v / 8; g += blockDim.x) {
+                float x[8];
+                load8(row, dt, g, x);
+                for (int j = 0; j < 8; j++) x[j] *= f;
+                store8(row, dt, g, x);
+            }
+        } else {
+            for (int64_t i = threadIdx.x; i < v; i += blockDim.x)
+                store_grad(row, dt, i, load_logit(row, dt, i) * f);
+        }
+        __syncthreads();  // every thread has read applied[r]
+        if (threadIdx.x == 0) applied[r] = sc;
     }
-    if (pooled) cudaFreeAsync(d_nsup, s);
-    else cudaFree(d_nsup); /* synchronises: only on devices without memory pools */
-    if (e != cudaSuccess)
-        return fc_error_set(err, FC_ERR_CUDA, "fusion_loss (CUDA): %s", cudaGetErrorString(e));
+}
+
+extern "C" fc_status fc_cuda_scale_grad(void *d_grad, fc_dtype dtype, int64_t n, int64_t v,
+                                        const float *d_gout, int per_row, float *d_applied,
+                                        void *stream, fc_error *err) {
+    if (dtype != FC_F32 && dtype != FC_F16 && dtype != FC_BF16)
+        return fc_error_set(err, FC_ERR_TYPE, "scale_grad (CUDA): dtype %s is not F32, F16 or "
+                            "BF16", fc_dtype_name(dtype) ? fc_dtype_name(dtype) : "?");
+    if (n < 0 || v < 1 || (n > 0 && (!d_grad || !d_gout || !d_applied)))
+        return fc_error_set(err, FC_ERR_VALUE, "scale_grad (CUDA): bad shape [%lld, %lld] or "
+                            "missing buffers", (long long)n, (long long)v);
+    if (n == 0) return FC_OK;
+    unsigned blocks = (unsigned)(n < 65535 * 16 ? n : 65535 * 16);
+    scale_rows<<<blocks, 256, 0, (cudaStream_t)stream>>>(
+        d_grad, (int)dtype, n, v, d_gout, per_row, d_applied,
+        v % 8 == 0 && (uintptr_t)d_grad % 16 == 0);
+    FC_CUDA_CHECK(cudaGetLastError());
     return FC_OK;
 }
 

@@ -49,6 +49,8 @@ typedef struct fc_sparse_target {
     int64_t        k;      /* 0 = no target (every row empty) */
 } fc_sparse_target;
 
+enum { FC_VALIDATE = 1, FC_VALIDATE_STRICT = 2 };
+
 typedef struct fc_fusion_loss_opts {
     double         lm_weight;    /* weight of the gold CE, in [0, 1]; default 0.9 */
     double         temperature;  /* > 0, applied to the target values; default 1 */
@@ -57,7 +59,10 @@ typedef struct fc_fusion_loss_opts {
     double         normalizer;   /* > 0, for FC_REDUCE_NORMALIZER */
     double         grad_scale;   /* the gradient is multiplied by this (upstream grad); 1 */
     int64_t        ignore_index; /* default -100 */
-    int            validate;     /* check ids, duplicates, values, labels; default 1 */
+    int            validate;     /* check ids, duplicates, values, labels: FC_VALIDATE (default;
+                                    on CUDA on the device, reported by a later call) or
+                                    FC_VALIDATE_STRICT (on CUDA: on the host, synchronising);
+                                    0 = ranges only (CPU) / none (CUDA) */
     int            nthreads;     /* 0 = fc_default_threads() */
 } fc_fusion_loss_opts;
 

@@ -17,6 +17,15 @@ static PyObject *py_device_count(PyObject *self, PyObject *noargs) {
     return Py_BuildValue("(is)", st == FC_OK ? count : 0, count > 0 ? "" : err.msg);
 }
 
+/* versions() -> (runtime, driver): CUDA versions as 1000 * major + 10 * minor; the driver's
+ * is 0 when no driver is installed */
+static PyObject *py_versions(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    int runtime = 0, driver = 0;
+    fc_cuda_versions(&runtime, &driver);
+    return Py_BuildValue("(ii)", runtime, driver);
+}
+
 static PyObject *py_device_name(PyObject *self, PyObject *args) {
     (void)self;
     int dev = 0;
@@ -68,6 +77,8 @@ static PyObject *py_convert(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"device_count", py_device_count, METH_NOARGS,
      "device_count() -> (count, reason): usable CUDA devices, and why none when 0"},
+    {"versions", py_versions, METH_NOARGS,
+     "versions() -> (runtime, driver): the CUDA runtime built in and the driver's CUDA version"},
     {"device_name", py_device_name, METH_VARARGS, "device_name(device=0) -> str"},
     {"convert", py_convert, METH_VARARGS,
      "convert(array, dtype) -> ndarray: float conversion on the GPU (host in, host out)"},

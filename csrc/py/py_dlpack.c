@@ -158,16 +158,16 @@ static int from_dlpack(PyObject *obj, const char *argname, int writable, intptr_
         return -1;
     }
     /* C-contiguous: each stride (in elements) equals the product of the later extents;
-     * extents of 1 may carry any stride */
+     * extents of 1, and every extent of an empty tensor, may carry any stride */
     int64_t expect = 1, numel = 1;
-    for (int i = dl->ndim - 1; i >= 0; i--) {
+    for (int i = 0; i < dl->ndim; i++) numel *= dl->shape[i];
+    for (int i = dl->ndim - 1; i >= 0 && numel > 0; i--) {
         if (dl->strides && dl->shape[i] != 1 && dl->strides[i] != expect) {
             PyErr_Format(PyExc_ValueError, "%s: the tensor must be contiguous (call "
                          ".contiguous())", argname);
             return -1;
         }
         expect *= dl->shape[i];
-        numel *= dl->shape[i];
     }
     t->dtype = (fc_dtype)dt;
     t->ndim = dl->ndim;

@@ -10,7 +10,7 @@
 typedef struct fc_py_loss_call {
     fc_py_tensor logits, labels, tids, tvals, fids, fvals, grad, row_loss, total;
     fc_sparse_target target, fallback;
-    int has_target, has_fallback, has_total;
+    int has_target, has_fallback, has_total, has_row_loss;
     fc_fusion_loss_opts opts;
     intptr_t stream;
     int64_t n, v;
@@ -53,7 +53,8 @@ static int fc_py_loss_take(PyObject *obj, const char *name, int writable, int dt
 
 /* Parse fusion_loss(logits, labels, target_ids, target_values, fallback_ids, fallback_values,
  * grad, row_loss, lm_weight, temperature, kind, reduction, normalizer, grad_scale,
- * ignore_index, validate, threads, stream). Tensors: logits [N, V] F32/F16/BF16; labels [N]
+ * ignore_index, validate, threads, stream); validate is 0, 1 (FC_VALIDATE) or 2 (strict).
+ * Tensors: logits [N, V] F32/F16/BF16; labels [N]
  * int64; *_ids [N, K] int32 and *_values [N, K] float32 (or None); grad [N, V] like logits
  * or None; row_loss [N] or None, of dtype `row_loss_dtype` (F64 on the CPU, F32 on CUDA);
  * total [1] float32 (CUDA only) or None. On error: -1 with an exception; release c anyway. */
@@ -70,7 +71,7 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
     int kind = 0, red = 0, validate = 1;
     long long ignore = -100;
     Py_ssize_t stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOO|ddiiddLpinO", kwlist, &lo, &la, &ti,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOO|ddiiddLiinO", kwlist, &lo, &la, &ti,
                                      &tv, &fi, &fv, &gr, &rl, &o->lm_weight, &o->temperature,
                                      &kind, &red, &o->normalizer, &o->grad_scale, &ignore,
                                      &validate, &o->nthreads, &stream, &tot))
@@ -78,6 +79,10 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
     o->kind = (fc_fusion_kind)kind;
     o->reduction = (fc_reduction)red;
     o->ignore_index = ignore;
+    if (validate < 0 || validate > FC_VALIDATE_STRICT) {
+        PyErr_Format(PyExc_ValueError, "%s: validate must be 0, 1 or 2 (strict)", fname);
+        return -1;
+    }
     o->validate = validate;
     c->stream = (intptr_t)stream;
     int has_grad, has_rl, has_tv, has_fv;
@@ -105,6 +110,7 @@ static int fc_py_loss_parse(PyObject *args, PyObject *kw, const char *fname, int
     for (size_t i = 0; device_type == FC_DL_CUDA && i < sizeof all / sizeof all[0]; i++)
         if (all[i]->data && all[i]->device_id != c->logits.device_id)
             return fc_py_check(0, fname, "every tensor must be on the logits' CUDA device");
+    c->has_row_loss = has_rl;
     if (fc_py_check(c->labels.shape[0] == c->n, fname, "labels must have shape [N] for logits "
                     "[N, V]") < 0 ||
         fc_py_check(c->has_target == has_tv, fname,
