@@ -63,3 +63,11 @@ bench: build
 
 clean:
 	rm -rf build fusechat/*.so
+
+# The prepared check for a GPU machine, in one call: build with CUDA, print the versions, run
+# the CUDA tests with FUSECHAT_REQUIRE_CUDA=1 and the GPU benchmark (benchmarks/gpu_check.sh;
+# uses the Python that has torch, no .venv needed; run benchmarks/gpu_prepare.sh first where
+# there is network if the GPU machine has none).
+.PHONY: gpu-check
+gpu-check:
+	bash benchmarks/gpu_check.sh

@@ -18,6 +18,7 @@ Environment:
   CUDA_HOME / CUDA_PATH    where to look for bin/nvcc before PATH and /usr/local/cuda.
   FUSECHAT_DEBUG=1         -O0 -g instead of -O3.
 """
+import concurrent.futures
 import glob
 import os
 import shutil
@@ -145,22 +146,25 @@ class BuildExt(build_ext):
         gencode += ["--generate-code", f"arch=compute_{top},code=compute_{top}"]
         out_dir = os.path.join(self.build_temp, "cuda")
         os.makedirs(out_dir, exist_ok=True)
-        objects = []
+        objects, commands = [], []
         for src in CU:
             obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+            objects.append(obj)
             deps = [src] + HEADERS
             if not self.force and os.path.exists(obj) and all(
                     os.path.getmtime(obj) >= os.path.getmtime(d) for d in deps):
-                objects.append(obj)
                 continue
             cmd = [nvcc, "-c", src, "-o", obj, "-std=c++17", "-Xcompiler", "-fPIC",
                    "-Xcompiler", "-fvisibility=hidden", "-Icsrc/include",
                    "-O0" if DEBUG else "-O3", *gencode]
             if os.environ.get("CC"):
                 cmd += ["-ccbin", os.environ["CC"]]
-            print(" ".join(cmd), file=sys.stderr)
-            subprocess.run(cmd, check=True, cwd=HERE)
-            objects.append(obj)
+            commands.append(cmd)
+        # the .cu files are independent: compile them side by side
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for cmd in commands:
+                print(" ".join(cmd), file=sys.stderr)
+            list(pool.map(lambda c: subprocess.run(c, check=True, cwd=HERE), commands))
         return objects
 
 

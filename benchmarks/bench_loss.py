@@ -16,12 +16,16 @@ not timed. Reported: best-of-R wall time, speedups, tokens/s, achieved bandwidth
 extra memory in units of one [N, V] bf16 gradient. Goals (issue 5): >= 5x the reference,
 >= 2x eager, no V-sized allocation besides the gradient.
 
-GPU part (when torch sees a GPU and fusechat's CUDA kernels load): tokens/s and HBM
-bandwidth by the same model against a device-to-device copy, and eager sparse PyTorch on the
-GPU; skipped with the reason otherwise.
+GPU half (--gpu; benchmarks/gpu_check.sh runs it): fusechat's CUDA kernel (with device-side
+validation, without, and strict) against a device-to-device copy of the logits (bandwidth by
+the same 6V model, goal >= 80% of the copy's), eager sparse PyTorch, torch's cross_entropy
+and Liger-Kernel's fused cross-entropy where installed (both gold-label CE only: neither has
+a sparse target), with peak GPU memory; V = 32000, 128256, 151936, N = 8192.
 
     python benchmarks/bench_loss.py --quick          # small, for checking
     flock /tmp/fusechat-bench.lock python benchmarks/bench_loss.py --write-docs
+    python benchmarks/bench_loss.py --gpu --out gpu_loss.md [--write-docs]
+    python benchmarks/bench_loss.py --docs-from gpu_loss.md   # back here: into the docs
 """
 import argparse
 import datetime
@@ -42,17 +46,20 @@ LM_WEIGHT = 0.9
 SECTION = "## Sparse fusion loss (bench_loss.py)"
 
 
-def make_inputs(n, v, seed=0):
+def make_inputs(n, v, seed=0, device="cpu"):
     import torch
 
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     # drawn in bf16 directly: no freed float32 temporary to hide later allocations in RSS
-    logits = torch.randn(n, v, generator=g, dtype=torch.bfloat16).mul_(2)
-    labels = torch.randint(0, v, (n,), generator=g)
+    logits = torch.randn(n, v, generator=g, dtype=torch.bfloat16, device=device).mul_(2)
+    labels = torch.randint(0, v, (n,), generator=g, device=device)
     labels[: n // 10] = -100  # prompt tokens
-    ids = torch.stack([torch.randperm(v, generator=g)[:K] for _ in range(n)]).to(torch.int32)
-    vals = torch.randn(n, K, generator=g)
-    return logits, labels, ids, vals
+    if device == "cpu":
+        ids = torch.stack([torch.randperm(v, generator=g)[:K] for _ in range(n)])
+    else:  # K distinct ids per row without a loop over rows
+        ids = torch.rand(n, v, generator=g, device=device).topk(K, dim=-1).indices
+    vals = torch.randn(n, K, generator=g, device=device)
+    return logits, labels, ids.to(torch.int32), vals
 
 
 def run_reference(logits, labels, ids, vals):
@@ -179,7 +186,59 @@ def check_agreement(n, v):
     return True
 
 
-def gpu_part(n, v, repeats):
+GPU_SECTION = "## Sparse fusion loss on the GPU (bench_loss.py --gpu)"
+
+
+def liger_cross_entropy():
+    """Liger-Kernel's fused cross-entropy (gold labels only: it has no sparse target), or None
+    with the reason when it is not installed."""
+    try:
+        from liger_kernel.transformers.cross_entropy import LigerCrossEntropyLoss
+    except Exception as exc:  # noqa: BLE001 - ImportError, or its Triton failing to load
+        return None, f"Liger-Kernel not available ({type(exc).__name__}: {exc})"
+    return LigerCrossEntropyLoss(ignore_index=-100), ""
+
+
+def gpu_methods(logits, labels, ids, vals):
+    """name -> (fn, bytes moved per call by the 6V model or None), run on the GPU."""
+    import torch.nn.functional as F
+    from fusechat.torch import fusion_loss
+
+    n, v = logits.shape
+
+    def ours(**kw):
+        def fn():
+            z = logits.detach().requires_grad_()
+            fusion_loss(z, labels, ids, vals, lm_weight=LM_WEIGHT, **kw).backward()
+        return fn
+
+    def torch_ce():
+        z = logits.detach().requires_grad_()
+        F.cross_entropy(z, labels, ignore_index=-100).backward()
+
+    model = 6 * v * n
+    methods = {
+        "fusechat (validate on device, default)": (ours(), model),
+        "fusechat validate=False": (ours(validate=False), model),
+        "fusechat validate='strict' (host sync)": (ours(validate="strict"), model),
+        "eager sparse PyTorch": (lambda: run_eager(logits, labels, ids, vals), None),
+        "torch F.cross_entropy (gold only)": (torch_ce, None),
+    }
+    liger, _ = liger_cross_entropy()
+    if liger is not None:
+        own = logits.clone()  # Liger writes its gradient over its input: its own copy (the
+        # values it then sees are gradients, but its work does not depend on them)
+
+        def liger_ce():
+            liger(own.detach().requires_grad_(), labels).backward()
+        methods["Liger-Kernel CE (gold only)"] = (liger_ce, None)
+    methods["device-to-device copy of the logits"] = (lambda: logits.clone(), None)
+    return methods
+
+
+def gpu_bench(vocabs, n, repeats):
+    """Rows of (V, N, method, median s, peak extra bytes, bytes model) on the GPU, or (None,
+    reason) when there is none."""
     try:
         import torch
     except ImportError:
@@ -188,40 +247,91 @@ def gpu_part(n, v, repeats):
 
     ok, reason = fusechat.cuda_available(with_reason=True)
     if not torch.cuda.is_available():
-        return None, "torch sees no CUDA device"
+        return None, f"torch {torch.__version__} sees no CUDA device"
     if not ok:
         return None, reason
-    from fusechat.torch import fusion_loss
-
-    logits, labels, ids, vals = (t.cuda() for t in make_inputs(n, v))
 
     def timed(fn):
-        fn()
+        for _ in range(2):
+            fn()
         torch.cuda.synchronize()
-        best = float("inf")
+        times = []
         for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
             torch.cuda.synchronize()
-            best = min(best, start.elapsed_time(end) / 1e3)
-        return best
+            times.append(start.elapsed_time(end) / 1e3)
+        times.sort()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return times[len(times) // 2], torch.cuda.max_memory_allocated() - base
 
-    def ours():
-        z = logits.detach().requires_grad_()
-        fusion_loss(z, labels, ids, vals, lm_weight=LM_WEIGHT, validate=False).backward()
+    from fusechat.torch import fusion_loss
 
-    def eager():
-        run_eager(logits, labels, ids, vals)
+    rows = []
+    for v in vocabs:
+        # validation before timing: fusechat's loss and gradient against eager PyTorch's
+        small = make_inputs(64, v, seed=1, device="cuda")
+        want, want_grad = run_eager(*small)
+        z = small[0].detach().requires_grad_()
+        got = fusion_loss(z, *small[1:], lm_weight=LM_WEIGHT)
+        got.backward()
+        err = (z.grad.float() - want_grad.float()).abs().max().item()
+        if abs(got.item() - want) > 1e-3 * abs(want) or \
+                err > 2e-2 * want_grad.float().abs().max().item():
+            sys.exit(f"bench_loss --gpu: V = {v}: fusechat loss {got.item()} / gradient differ "
+                     f"from eager PyTorch ({want}, max grad error {err})")
+        logits, labels, ids, vals = make_inputs(n, v, device="cuda")
+        for name, (fn, model) in gpu_methods(logits, labels, ids, vals).items():
+            t, peak = timed(fn)
+            rows.append(dict(v=v, n=n, method=name, t=t, peak=peak, model=model))
+        del logits, labels, ids, vals
+        torch.cuda.empty_cache()
+    return rows, ""
 
-    t_ours, t_eager = timed(ours), timed(eager)
-    t_copy = timed(lambda: logits.clone())
-    model = 6 * v * n  # bytes moved by the fused kernel per call
-    copy_bw = 2 * logits.numel() * 2 / t_copy
-    return {"device": torch.cuda.get_device_name(), "tok_s": n / t_ours,
-            "bw": model / t_ours, "copy_bw": copy_bw, "eager_speedup": t_eager / t_ours,
-            "t_ours": t_ours, "t_eager": t_eager}, ""
+
+def gpu_device():
+    import torch
+
+    p = torch.cuda.get_device_properties(0)
+    return (f"{p.name} ({p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs), "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+
+
+def gpu_report(rows, reason, repeats, device=""):
+    date = datetime.date.today().isoformat()
+    lines = [GPU_SECTION, ""]
+    if rows is None:
+        return lines + [f"Not measured: {reason}."]
+    _, liger_reason = liger_cross_entropy()
+    lines += [f"Device: {device}; {date}. bf16 logits [N, V], K = {K}, lm_weight "
+              f"{LM_WEIGHT}, forward + backward, median of {repeats} after 2 warm-ups (CUDA "
+              "events). GB/s by the 6V-bytes-per-token model (2 reads + 1 write of a bf16 row); "
+              "the copy's GB/s counts its bytes read and written. Peak = growth of "
+              "torch.cuda.max_memory_allocated over the inputs, in units of one [N, V] bf16 "
+              "gradient." + (f" {liger_reason}." if liger_reason else ""), "",
+              "| V | N | method | time (ms) | tokens/s | GB/s | % of copy (goal 80%) | "
+              "peak (x grad) | fusechat speedup |", "|---|---|---|---|---|---|---|---|---|"]
+    for v in sorted({r["v"] for r in rows}, key=lambda x: [r["v"] for r in rows].index(x)):
+        group = [r for r in rows if r["v"] == v]
+        copy = next(r for r in group if r["method"].startswith("device-to-device"))
+        copy_bw = 2 * 2 * copy["n"] * v / copy["t"]
+        ours = group[0]["t"]
+        for r in group:
+            is_copy = r is copy
+            bw = copy_bw if is_copy else (r["model"] / r["t"] if r["model"] else None)
+            pct = f"{bw / copy_bw:.0%}" if bw and not is_copy else ""
+            sp = "" if r["method"].startswith(("fusechat", "device")) else \
+                f"{r['t'] / ours:.2f}x"
+            lines.append(f"| {v} | {r['n']} | {r['method']} | {r['t'] * 1e3:.3f} | "
+                         f"{r['n'] / r['t']:,.0f} | {f'{bw / 1e9:.0f}' if bw else ''} | {pct} | "
+                         f"{r['peak'] / (2 * r['n'] * v):.2f} | {sp} |")
+    return lines
 
 
 def main():
@@ -233,6 +343,13 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--write-docs", action="store_true",
                     help="replace this benchmark's section of docs/benchmarks.md")
+    ap.add_argument("--gpu", action="store_true",
+                    help="only the GPU half: fusechat against a device-to-device copy, eager "
+                         "PyTorch and Liger-Kernel (its own section of docs/benchmarks.md)")
+    ap.add_argument("--out", help="also write the GPU table (Markdown) to this file")
+    ap.add_argument("--docs-from", metavar="FILE",
+                    help="put a table written by --gpu --out (on a GPU machine) into "
+                         "docs/benchmarks.md, and exit")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "V"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     repeats = args.repeats or (2 if args.quick else 5)
@@ -240,8 +357,28 @@ def main():
         method, n, v = args.worker
         worker(method, int(n), int(v), repeats, args.threads)
         return
+    if args.docs_from:
+        text = open(args.docs_from, encoding="utf-8").read()
+        if not text.startswith(GPU_SECTION):
+            sys.exit(f"bench_loss: {args.docs_from} is not a table from --gpu --out")
+        write_section(text)
+        return
+    if args.gpu:
+        vocabs = args.vocab if args.vocab != [32000, 151936] else [32000, 128256, 151936]
+        n = args.tokens or (1024 if args.quick else 8192)
+        rows, reason = gpu_bench(vocabs, n, args.repeats or (3 if args.quick else 20))
+        lines = gpu_report(rows, reason, args.repeats or (3 if args.quick else 20),
+                           gpu_device() if rows is not None else "")
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(text)
+        if args.write_docs and rows is not None:
+            write_section(text)
+        return
     n_default = 512 if args.quick else 2048
-    rows, gpu_rows = [], []
+    rows = []
     for v in args.vocab:
         n = args.tokens or (n_default if v <= 64000 else n_default // 2)
         check_agreement(n, v)
@@ -259,15 +396,13 @@ def main():
         rows.append(dict(v=v, n=n, res=res, grad_bytes=grad_bytes, copy_bw=copy_bw,
                          bw=6 * v * n / ours, vs_ref=res["reference"]["time"] / ours,
                          vs_eager=res["eager"]["time"] / ours))
-        g, reason = gpu_part(max(n, 8192), v, repeats)
-        gpu_rows.append((v, g, reason))
-    lines = report(rows, gpu_rows, args, repeats)
+    lines = report(rows, args, repeats)
     print("\n".join(lines))
     if args.write_docs:
         write_section("\n".join(lines) + "\n")
 
 
-def report(rows, gpu_rows, args, repeats):
+def report(rows, args, repeats):
     date = datetime.date.today().isoformat()
     lines = [SECTION, "",
              f"Machine: {machine()}; {args.threads} threads; {date}; bf16 logits, K = {K}, "
@@ -288,15 +423,7 @@ def report(rows, gpu_rows, args, repeats):
     for r in rows:
         lines.append(f"| {r['v']} | {r['bw'] / 1e9:.2f} | {r['copy_bw'] / 1e9:.2f} | "
                      f"{r['bw'] / r['copy_bw']:.0%} | {r['vs_ref']:.1f}x | {r['vs_eager']:.1f}x |")
-    lines.append("")
-    for v, g, reason in gpu_rows:
-        if g is None:
-            lines.append(f"GPU, V = {v}: not measured ({reason}).")
-        else:
-            lines.append(f"GPU ({g['device']}), V = {v}: {g['tok_s']:,.0f} tokens/s, "
-                         f"{g['bw'] / 1e9:.0f} GB/s = {g['bw'] / g['copy_bw']:.0%} of a "
-                         f"device-to-device copy (goal 80%), {g['eager_speedup']:.1f}x eager "
-                         "sparse PyTorch (goal 3x).")
+    lines += ["", "GPU: `bench_loss.py --gpu` (its own section below; `make gpu-check` runs it)."]
     return lines
 
 
