@@ -118,13 +118,13 @@ EOF
 } 2>&1 | tee "$OUTDIR/versions.txt"
 
 step "CUDA tests (FUSECHAT_REQUIRE_CUDA=1: a skipped CUDA test fails)"
-FUSECHAT_REQUIRE_CUDA=1 timeout 360 "$PY" -m pytest -q -rfE -p no:cacheprovider \
+FUSECHAT_REQUIRE_CUDA=1 timeout 270 "$PY" -m pytest -q -rfE -p no:cacheprovider \
     --junitxml="$OUTDIR/tests.xml" tests/test_cuda.py tests/test_cuda_loss.py \
     tests/test_torch.py
 TESTS=$?
 
 step "benchmark: bench_loss.py --gpu"
-timeout 240 "$PY" benchmarks/bench_loss.py --gpu --out "$OUTDIR/gpu_loss.md" \
+timeout 200 "$PY" benchmarks/bench_loss.py --gpu --out "$OUTDIR/gpu_loss.md" \
     || echo "gpu_check: the benchmark failed (status $?)"
 
 step "done: tests exit status $TESTS; results in $OUTDIR"

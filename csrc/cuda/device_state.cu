@@ -170,8 +170,10 @@ fc_status bad_input_poll(int wait, cudaStream_t s, fc_error *err) {
     if (d->h_rec->key == BAD_NONE) return FC_OK;
     bad_input found = *d->h_rec;
     d->h_rec->key = BAD_NONE;
-    // clear the device's record behind the work already queued on s
-    FC_CUDA_CHECK(cudaMemsetAsync(d->d_rec, 0xff, sizeof found.key, s));
+    // clear the device's record: behind the work queued on s, or at once after a wait (other
+    // streams may not be ordered after the legacy stream)
+    if (wait) FC_CUDA_CHECK(cudaMemset(d->d_rec, 0xff, sizeof found.key));
+    else FC_CUDA_CHECK(cudaMemsetAsync(d->d_rec, 0xff, sizeof found.key, s));
     return report(&found, dev, err);
 }
 
