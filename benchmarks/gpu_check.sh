@@ -17,7 +17,6 @@ cd "$(dirname "$0")/.." || exit 2
 OUTDIR=${1:-${OUT:-build/gpu-check}}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
-exec > >(tee "$OUTDIR/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 T0=$SECONDS
 step() { echo; echo "== [$((SECONDS - T0)) s] $*"; }
@@ -26,6 +25,7 @@ SITE=/tmp/fusechat-gpu-site  # packages installed here, never into the system's 
 mkdir -p "$SITE"
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
+main() {
 step "python"
 PY=
 for cand in "${FUSECHAT_PYTHON:-}" .venv/bin/python python3 python; do
@@ -128,4 +128,8 @@ timeout 200 "$PY" benchmarks/bench_loss.py --gpu --out "$OUTDIR/gpu_loss.md" \
     || echo "gpu_check: the benchmark failed (status $?)"
 
 step "done: tests exit status $TESTS; results in $OUTDIR"
-exit $TESTS
+return $TESTS
+}
+
+main 2>&1 | tee "$OUTDIR/gpu_check.log"
+exit "${PIPESTATUS[0]}"

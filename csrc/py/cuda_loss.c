@@ -7,6 +7,17 @@
 #include "py_loss_args.h"
 #include "../cuda/fc_cuda.h"
 
+/* st = CALL with the GIL released and `device` current, then the caller's device again */
+#define ON_DEVICE(device, st, err, CALL)                    \
+    do {                                                    \
+        Py_BEGIN_ALLOW_THREADS                              \
+        int prev_;                                          \
+        st = fc_cuda_device_enter((device), &prev_, &(err)); \
+        if (st == FC_OK) st = (CALL);                       \
+        fc_cuda_device_leave(prev_);                        \
+        Py_END_ALLOW_THREADS                                \
+    } while (0)
+
 /* fusion_loss(..., total=tensor[1] float32) -> None. n_supervised stays on the device; the
  * reduced loss is written into `total`. Empty tensors (N = 0) have no data pointer. */
 static PyObject *py_fusion_loss(PyObject *self, PyObject *args, PyObject *kw) {
@@ -22,16 +33,11 @@ static PyObject *py_fusion_loss(PyObject *self, PyObject *args, PyObject *kw) {
     fc_error err;
     fc_error_clear(&err);
     fc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    int prev;
-    st = fc_cuda_device_enter(c.logits.device_id, &prev, &err);
-    if (st == FC_OK)
-        st = fc_cuda_fusion_loss(c.logits.data, c.logits.dtype, c.n, c.v, c.labels.data,
-                                 c.has_target ? &c.target : NULL,
-                                 c.has_fallback ? &c.fallback : NULL, &c.opts, c.row_loss.data,
-                                 c.grad.data, c.total.data, (void *)c.stream, &err);
-    fc_cuda_device_leave(prev);
-    Py_END_ALLOW_THREADS
+    ON_DEVICE(c.logits.device_id, st, err,
+              fc_cuda_fusion_loss(c.logits.data, c.logits.dtype, c.n, c.v, c.labels.data,
+                                  c.has_target ? &c.target : NULL,
+                                  c.has_fallback ? &c.fallback : NULL, &c.opts, c.row_loss.data,
+                                  c.grad.data, c.total.data, (void *)c.stream, &err));
     if (st != FC_OK) fc_py_raise(&err);
     else ret = Py_NewRef(Py_None);
 done:
@@ -59,14 +65,9 @@ static PyObject *py_scale_grad(PyObject *self, PyObject *args) {
     fc_error err;
     fc_error_clear(&err);
     fc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    int prev;
-    st = fc_cuda_device_enter(g.device_id, &prev, &err);
-    if (st == FC_OK)
-        st = fc_cuda_scale_grad(g.data, g.dtype, n, g.shape[1], u.data, u.shape[0] == n && n != 1,
-                                a.data, (void *)stream, &err);
-    fc_cuda_device_leave(prev);
-    Py_END_ALLOW_THREADS
+    ON_DEVICE(g.device_id, st, err,
+              fc_cuda_scale_grad(g.data, g.dtype, n, g.shape[1], u.data,
+                                 u.shape[0] == n && n != 1, a.data, (void *)stream, &err));
     if (st != FC_OK) fc_py_raise(&err);
     else ret = Py_NewRef(Py_None);
 done:
@@ -84,12 +85,7 @@ static PyObject *py_loss_errors(PyObject *self, PyObject *args) {
     fc_error err;
     fc_error_clear(&err);
     fc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    int prev;
-    st = fc_cuda_device_enter(device, &prev, &err);
-    if (st == FC_OK) st = fc_cuda_loss_errors(&err);
-    fc_cuda_device_leave(prev);
-    Py_END_ALLOW_THREADS
+    ON_DEVICE(device, st, err, fc_cuda_loss_errors(&err));
     if (st != FC_OK) return fc_py_raise(&err);
     return Py_NewRef(Py_None);
 }
@@ -104,16 +100,11 @@ static PyObject *py_topk_ce(PyObject *self, PyObject *args, PyObject *kw) {
     fc_error err;
     fc_error_clear(&err);
     fc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    int prev;
-    st = fc_cuda_device_enter(c.logits.device_id, &prev, &err);
-    if (st == FC_OK)
-        st = fc_cuda_topk_ce(c.logits.data, c.logits.dtype, c.n, c.v, c.k, c.labels.data,
-                             c.ignore_index, c.top_ids.data, c.top_logits.data, c.token_ce.data,
-                             c.seq_offsets.data, c.n_seq, c.seq_ce.data, c.seq_has.data,
-                             (void *)c.last, &err);
-    fc_cuda_device_leave(prev);
-    Py_END_ALLOW_THREADS
+    ON_DEVICE(c.logits.device_id, st, err,
+              fc_cuda_topk_ce(c.logits.data, c.logits.dtype, c.n, c.v, c.k, c.labels.data,
+                              c.ignore_index, c.top_ids.data, c.top_logits.data,
+                              c.token_ce.data, c.seq_offsets.data, c.n_seq, c.seq_ce.data,
+                              c.seq_has.data, (void *)c.last, &err));
     if (st != FC_OK) fc_py_raise(&err);
     else ret = Py_NewRef(Py_None);
 done:
