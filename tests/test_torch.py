@@ -494,7 +494,10 @@ def test_cuda_fallback_inplace_and_normalizer():
     logits = leaf * 1
     ft.fusion_loss(logits, y.cuda(), ids.cuda(), vals.cuda(), inplace=True, **kw).backward()
     assert torch.equal(logits.detach(), leaf.grad)
-    with pytest.raises(ValueError, match="target_ids row 2"):
-        bad = ids.clone()
-        bad[2, 0] = V
-        ft.fusion_loss(zc, y.cuda(), bad.cuda(), vals.cuda())
+    bad = ids.clone()
+    bad[2, 0] = V
+    with pytest.raises(ValueError, match="^fusion_loss: target_ids row 2"):
+        ft.fusion_loss(zc, y.cuda(), bad.cuda(), vals.cuda(), validate="strict")
+    ft.fusion_loss(zc, y.cuda(), bad.cuda(), vals.cuda())  # checked on the device: later
+    with pytest.raises(ValueError, match="checked on the device.*target_ids row 2 entry 0"):
+        ft.check_errors()
