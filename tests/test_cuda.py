@@ -1,5 +1,7 @@
-"""CUDA kernels against the CPU kernels on the same inputs. Skipped without a GPU; the
-_C_cuda module is still imported (CI compiles it) to check it loads without a driver."""
+"""CUDA kernels against the CPU kernels on the same inputs (marked `cuda`: skipped without a
+GPU, failed under FUSECHAT_REQUIRE_CUDA=1); without a GPU: the reasons cuda_available()
+gives, the FUSECHAT_CUDA_HOME build variable and the FUSECHAT_REQUIRE_CUDA switch. The torch
+loss on the GPU: test_cuda_loss.py."""
 import ml_dtypes
 import numpy as np
 import pytest
