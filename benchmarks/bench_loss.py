@@ -423,7 +423,8 @@ def report(rows, args, repeats):
     for r in rows:
         lines.append(f"| {r['v']} | {r['bw'] / 1e9:.2f} | {r['copy_bw'] / 1e9:.2f} | "
                      f"{r['bw'] / r['copy_bw']:.0%} | {r['vs_ref']:.1f}x | {r['vs_eager']:.1f}x |")
-    lines += ["", "GPU: `bench_loss.py --gpu` (its own section of this file; `make gpu-check` runs it)."]
+    lines += ["", "GPU: `bench_loss.py --gpu` (its own section of this file; `make gpu-check` "
+              "runs it)."]
     return lines
 
 
