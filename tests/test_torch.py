@@ -234,8 +234,8 @@ def test_empty_target_k0_is_no_target():
 
 def test_no_rows_is_zero():
     z = torch.zeros(0, V, requires_grad=True)
-    loss = ft.fusion_loss(z, torch.zeros(0, dtype=torch.int64), torch.zeros(0, K, dtype=torch.int32),
-                          torch.zeros(0, K))
+    loss = ft.fusion_loss(z, torch.zeros(0, dtype=torch.int64),
+                          torch.zeros(0, K, dtype=torch.int32), torch.zeros(0, K))
     loss.backward()
     assert loss.item() == 0.0 and z.grad.shape == (0, V)
 
