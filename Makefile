@@ -6,21 +6,33 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 FUZZ_SECONDS ?= 60
 SAN   := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-CFLAGS_TEST := -std=c11 -g -O1 -Wall -Wextra -Wno-missing-field-initializers -pthread -Icsrc/include $(shell pkg-config --cflags libcjson 2>/dev/null)
-LIBS_TEST   := $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson) -lm
+# cJSON's flags are read when a recipe runs (deferred `=`), i.e. after `deps` has installed
+# libcjson-dev: read at startup (`:=`) they were empty on a fresh machine's first run.
+CJSON_CFLAGS = $(shell pkg-config --cflags libcjson 2>/dev/null)
+CJSON_LIBS   = $(shell pkg-config --libs libcjson 2>/dev/null || echo -lcjson)
+CFLAGS_TEST = -std=c11 -g -O1 -Wall -Wextra -Wno-missing-field-initializers -pthread -Icsrc/include $(CJSON_CFLAGS)
+LIBS_TEST   = $(CJSON_LIBS) -lm
 CORE_SRC := $(wildcard csrc/core/*.c)
 C_TESTS  := $(patsubst tests/c/%.c,build/ctest/%,$(wildcard tests/c/test_*.c))
 FUZZERS  := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 
-.PHONY: all deps build test ctest fuzz pytest demo bench clean
+.PHONY: all deps sysdeps build test ctest fuzz pytest demo bench clean
 
 all: build
 
-# system packages, the virtualenv and the Python dependencies (redone when pyproject changes)
-deps: .venv/.deps-stamp
-.venv/.deps-stamp: pyproject.toml
-	@pkg-config --exists libcjson 2>/dev/null || { $(APT_INSTALL) libcjson-dev pkg-config; }
-	@command -v clang >/dev/null || { $(APT_INSTALL) clang; }
+# system packages (checked every run: cheap), then the virtualenv and the Python dependencies
+# (redone when pyproject changes)
+deps: sysdeps .venv/.deps-stamp
+sysdeps:
+	@need=; \
+	pkg-config --exists libcjson 2>/dev/null || need="$$need libcjson-dev pkg-config"; \
+	command -v gcc >/dev/null || need="$$need gcc"; \
+	command -v clang >/dev/null || need="$$need clang"; \
+	python3 -c 'import ensurepip' 2>/dev/null || need="$$need python3-venv"; \
+	python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+	  || need="$$need python3-dev"; \
+	[ -z "$$need" ] || { echo "installing:$$need"; $(APT_INSTALL) $$need; }
+.venv/.deps-stamp: pyproject.toml | sysdeps
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel "numpy>=2.0"
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
@@ -40,7 +52,7 @@ ctest: $(C_TESTS)
 # libFuzzer targets, each run for FUZZ_SECONDS (make fuzz FUZZ_SECONDS=3600 for a long run)
 build/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard csrc/include/*.h csrc/core/*.h) | deps
 	@mkdir -p $(dir $@)
-	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Icsrc/include $(shell pkg-config --cflags libcjson) -o $@ $< $(CORE_SRC) $(LIBS_TEST) -pthread
+	clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Icsrc/include $(CJSON_CFLAGS) -o $@ $< $(CORE_SRC) $(LIBS_TEST) -pthread
 
 fuzz: $(FUZZERS)
 	@set -eo pipefail; for f in $(FUZZERS); do \
