@@ -16,7 +16,7 @@ CORE_SRC := $(wildcard csrc/core/*.c)
 C_TESTS  := $(patsubst tests/c/%.c,build/ctest/%,$(wildcard tests/c/test_*.c))
 FUZZERS  := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 
-.PHONY: all deps sysdeps build test ctest fuzz pytest demo bench clean
+.PHONY: all deps sysdeps build wheel test ctest fuzz pytest demo bench clean
 
 all: build
 
@@ -40,6 +40,14 @@ sysdeps:
 
 build: deps
 	$(PY) setup.py -q build_ext --inplace
+
+# a binary wheel that installs with pip alone: libcjson bundled and a manylinux tag, by
+# auditwheel (into dist/). CUDA kernels as for any build (FUSECHAT_CUDA); the CPU module never
+# needs them.
+wheel: deps
+	rm -rf build/wheel-raw
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w build/wheel-raw .
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m auditwheel repair -w dist build/wheel-raw/fusechat-*.whl
 
 # C core tests under AddressSanitizer + UndefinedBehaviorSanitizer
 build/ctest/%: tests/c/%.c tests/c/ctest.h $(CORE_SRC) $(wildcard csrc/include/*.h csrc/core/*.h) | deps
@@ -74,4 +82,4 @@ bench: build
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf build fusechat/*.so
+	rm -rf build dist fusechat/*.so
