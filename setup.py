@@ -1,6 +1,6 @@
 """Build fusechat's C extensions.
 
-fusechat._C       C11 core + CPython/NumPy bindings, linked to cJSON (libcjson-dev, or CJSON_PREFIX).
+fusechat._C       C11 core + CPython/NumPy bindings, linked to cJSON (libcjson-dev, CJSON_PREFIX).
 fusechat._C_cuda  CUDA kernels, built only when nvcc is found. It links cudart statically,
                   so it needs only the NVIDIA driver at run time; fusechat._C never links CUDA.
 
@@ -11,10 +11,11 @@ Environment:
                            highest is embedded too, so newer GPUs JIT-compile it.
   CUDA_HOME / CUDA_PATH    where to look for bin/nvcc before PATH and /usr/local/cuda.
   FUSECHAT_DEBUG=1         -O0 -g instead of -O3.
-  CJSON_PREFIX=DIR         where cJSON is installed (DIR/include/cjson/cJSON.h, DIR/lib/libcjson.so),
-                           e.g. a local build (`cmake -DCMAKE_INSTALL_PREFIX=DIR`) or a conda env;
-                           the module then finds libcjson there at run time (rpath). Else
-                           pkg-config, then /usr, /usr/local and $CONDA_PREFIX are searched.
+  CJSON_PREFIX=DIR         where cJSON is installed (DIR/include/cjson/cJSON.h and
+                           DIR/lib/libcjson.so), e.g. a local build (cmake
+                           -DCMAKE_INSTALL_PREFIX=DIR) or a conda env; the module then finds
+                           libcjson there at run time (rpath). Without it: pkg-config, then
+                           /usr, /usr/local and $CONDA_PREFIX are searched.
 """
 import glob
 import os
@@ -28,13 +29,13 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-CJSON_MISSING = """fusechat: cannot build: the cJSON library (header cJSON.h, libcjson.so) was not found{why}.
+CJSON_MISSING = """\
+fusechat: cannot build: the cJSON library (cJSON.h, libcjson.so) was not found{why}.
 Install it, then build again; one of:
-  apt-get install libcjson-dev                     (Debian/Ubuntu, as root)
-  conda install -c conda-forge cjson               (in the active conda env, no root)
-  CJSON_PREFIX=DIR pip install ...                 (DIR/include/cjson/cJSON.h and DIR/lib/libcjson.so,
-                                                    e.g. a cJSON build installed with
-                                                    cmake -DCMAKE_INSTALL_PREFIX=DIR)
+  apt-get install libcjson-dev            (Debian/Ubuntu, as root)
+  conda install -c conda-forge cjson      (in the active conda env, no root)
+  CJSON_PREFIX=DIR pip install ...        (DIR/include/cjson/cJSON.h, DIR/lib/libcjson.so: e.g. a
+                                           cJSON build, cmake -DCMAKE_INSTALL_PREFIX=DIR)
 Or install a binary wheel of fusechat, which bundles libcjson."""
 
 
@@ -66,7 +67,7 @@ def cjson_flags():
         found = cjson_in_prefix(prefix)
         if found is None:
             sys.exit(CJSON_MISSING.format(
-                why=f" under CJSON_PREFIX={prefix} (no include/cjson/cJSON.h with lib/libcjson.so)"))
+                why=f" under CJSON_PREFIX={prefix} (no include/cjson/cJSON.h, lib/libcjson.so)"))
         inc, libdir = found
         return inc, ["cjson"], [libdir], [libdir]
     cflags, libs = pkg_config("--cflags"), pkg_config("--libs")
