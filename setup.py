@@ -1,6 +1,6 @@
 """Build fusechat's C extensions.
 
-fusechat._C       C11 core + CPython/NumPy bindings, linked to the system cJSON (libcjson-dev).
+fusechat._C       C11 core + CPython/NumPy bindings, linked to cJSON (libcjson-dev, CJSON_PREFIX).
 fusechat._C_cuda  CUDA kernels, built only when nvcc is found. It links cudart statically,
                   so it needs only the NVIDIA driver at run time; fusechat._C never links CUDA.
 
@@ -17,6 +17,11 @@ Environment:
                            ships ptxas but no nvcc, so it cannot be used for this).
   CUDA_HOME / CUDA_PATH    where to look for bin/nvcc before PATH and /usr/local/cuda.
   FUSECHAT_DEBUG=1         -O0 -g instead of -O3.
+  CJSON_PREFIX=DIR         where cJSON is installed (DIR/include/cjson/cJSON.h and
+                           DIR/lib/libcjson.so), e.g. a local build (cmake
+                           -DCMAKE_INSTALL_PREFIX=DIR) or a conda env; the module then finds
+                           libcjson there at run time (rpath). Without it: pkg-config, then
+                           /usr, /usr/local and $CONDA_PREFIX are searched.
 """
 import concurrent.futures
 import glob
@@ -31,6 +36,16 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+CJSON_MISSING = """\
+fusechat: cannot build: the cJSON library (cJSON.h, libcjson.so) was not found{why}.
+Install it, then build again; one of:
+  apt-get install libcjson-dev            (Debian/Ubuntu, as root)
+  conda install -c conda-forge cjson      (in the active conda env, no root)
+  CJSON_PREFIX=DIR pip install ...        (DIR/include/cjson/cJSON.h, DIR/lib/libcjson.so: e.g. a
+                                           cJSON build, cmake -DCMAKE_INSTALL_PREFIX=DIR)
+Or install a binary wheel of fusechat, which bundles libcjson."""
+
+
 def pkg_config(*args):
     try:
         out = subprocess.run(["pkg-config", *args, "libcjson"], check=True,
@@ -40,18 +55,43 @@ def pkg_config(*args):
     return out.split()
 
 
+def cjson_in_prefix(prefix):
+    """(include dirs, library dir) of a cJSON installed under prefix, or None."""
+    inc = os.path.join(prefix, "include", "cjson")
+    if not os.path.exists(os.path.join(inc, "cJSON.h")):
+        return None
+    for sub in ("lib", "lib64", os.path.join("lib", "x86_64-linux-gnu")):
+        libdir = os.path.join(prefix, sub)
+        if os.path.exists(os.path.join(libdir, "libcjson.so")):
+            return [inc], libdir
+    return None
+
+
 def cjson_flags():
+    """(include dirs, library names, library dirs, run-time library dirs) for cJSON."""
+    prefix = os.environ.get("CJSON_PREFIX")
+    if prefix:
+        found = cjson_in_prefix(prefix)
+        if found is None:
+            sys.exit(CJSON_MISSING.format(
+                why=f" under CJSON_PREFIX={prefix} (no include/cjson/cJSON.h, lib/libcjson.so)"))
+        inc, libdir = found
+        return inc, ["cjson"], [libdir], [libdir]
     cflags, libs = pkg_config("--cflags"), pkg_config("--libs")
-    if cflags is None or libs is None:
-        # pkg-config missing or not knowing libcjson: fall back to Debian's paths if present
-        if os.path.exists("/usr/include/cjson/cJSON.h"):
-            return ["/usr/include/cjson"], ["cjson"], []
-        sys.exit("fusechat: cJSON not found; install the Debian package libcjson-dev "
-                 "(apt-get install libcjson-dev)")
-    inc = [f[2:] for f in cflags if f.startswith("-I")]
-    libnames = [f[2:] for f in libs if f.startswith("-l")]
-    libdirs = [f[2:] for f in libs if f.startswith("-L")]
-    return inc, libnames, libdirs
+    if cflags is not None and libs is not None:
+        inc = [f[2:] for f in cflags if f.startswith("-I")]
+        libnames = [f[2:] for f in libs if f.startswith("-l")]
+        libdirs = [f[2:] for f in libs if f.startswith("-L")]
+        return inc, libnames, libdirs, []
+    # pkg-config missing or not knowing libcjson: the usual prefixes
+    for prefix in ("/usr", "/usr/local", os.environ.get("CONDA_PREFIX")):
+        found = prefix and cjson_in_prefix(prefix)
+        if found:
+            inc, libdir = found
+            system = prefix in ("/usr", "/usr/local")
+            return inc, ["cjson"], [] if system else [libdir], [] if system else [libdir]
+    sys.exit(CJSON_MISSING.format(why=" (pkg-config does not know libcjson; searched /usr, "
+                                      "/usr/local and $CONDA_PREFIX)"))
 
 
 def find_nvcc():
@@ -168,10 +208,10 @@ class BuildExt(build_ext):
         return objects
 
 
-cjson_inc, cjson_libs, cjson_dirs = cjson_flags()
+cjson_inc, cjson_libs, cjson_dirs, cjson_rpath = cjson_flags()
 common = dict(include_dirs=["csrc/include", *cjson_inc], libraries=[*cjson_libs, "m"],
-              library_dirs=cjson_dirs, define_macros=MACROS, extra_compile_args=C_FLAGS,
-              extra_link_args=["-pthread"], depends=HEADERS)
+              library_dirs=cjson_dirs, runtime_library_dirs=cjson_rpath, define_macros=MACROS,
+              extra_compile_args=C_FLAGS, extra_link_args=["-pthread"], depends=HEADERS)
 extensions = [
     Extension("fusechat._C", sources=CORE + PY_CPU, **common),
     Extension("fusechat._C_cuda", sources=CORE + PY_CUDA + PY_SHARED,

@@ -7,8 +7,10 @@ Records come as a JSON list or JSON Lines, in either common shape:
 
 Every record must have an optional leading system turn, then strictly alternating user and
 assistant turns starting with the user (a leading assistant turn is dropped, as the
-reference does), and no empty assistant turn. A bad record raises FormatError naming its
-index and the rule; with ``skip_bad_records=True`` it is skipped and counted instead.
+reference does), and no empty assistant turn. A bad record raises FormatError naming it and
+the rule; with ``skip_bad_records=True`` it is skipped and counted instead. Errors name a
+record as ``record N``, its 0-based row in the dataset (the ``index`` that TopK stores and
+evaluation results keep), and in a .jsonl file also as ``line L``, its 1-based line.
 
 Two ways to render a conversation into token ids (``template=``):
 
@@ -61,8 +63,10 @@ class TokenizedChat:
 # --------------------------------------------------------------------------------------
 # loading and validation
 
-def read_records(path):
-    """The raw records of a .json (list) or .jsonl file."""
+def read_records(path, lines=False):
+    """The raw records of a .json (list) or .jsonl file. With ``lines=True`` returns
+    ``(records, line numbers)``: each record's 1-based line in a .jsonl file, or None for a
+    JSON list."""
     path = os.fspath(path)
     with open(path, "r", encoding="utf-8") as f:
         text = f.read()
@@ -72,16 +76,18 @@ def read_records(path):
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise FormatError(f"{path}: not valid JSON: {exc}") from None
-        return records
-    records = []
+        return (records, None) if lines else records
+    records, linenos = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise FormatError(f"{path}: line {lineno} is not valid JSON: {exc}") from None
-    return records
+            raise FormatError(f"{path}: line {lineno} (record {len(records)}) is not valid "
+                              f"JSON: {exc}") from None
+        linenos.append(lineno)
+    return (records, linenos) if lines else records
 
 
 def _turns_of(record, where):
@@ -132,20 +138,23 @@ def validate_turns(turns, where):
     return system + rest
 
 
-def load_conversations(source, *, skip_bad_records=False, first_index=0, name=None):
+def load_conversations(source, *, skip_bad_records=False, first_index=0, name=None,
+                       lines=None):
     """Validated conversations from a path (.json/.jsonl) or a list of records.
 
     Returns ``(conversations, n_skipped)``; without ``skip_bad_records`` the first bad
-    record raises FormatError naming its index. ``first_index`` is the dataset row of the
-    first record (for a slice of a dataset), ``name`` what errors call the dataset.
+    record raises FormatError naming it (``record N``, and ``line L`` for .jsonl).
+    ``first_index`` is the dataset row of the first record (for a slice of a dataset),
+    ``name`` what errors call the dataset, ``lines`` the records' lines in it
+    (``read_records(path, lines=True)``).
     """
     if isinstance(source, (str, os.PathLike)):
-        records, name = read_records(source), name or os.fspath(source)
+        (records, lines), name = read_records(source, lines=True), name or os.fspath(source)
     else:
         records, name = list(source), name or "dataset"
     out, skipped = [], 0
-    for i, record in enumerate(records, first_index):
-        where = f"{name}: record {i}"
+    for k, (i, record) in enumerate(enumerate(records, first_index)):
+        where = f"{name}: line {lines[k]} (record {i})" if lines else f"{name}: record {i}"
         try:
             turns = validate_turns(_turns_of(record, where), where)
         except FormatError as exc:

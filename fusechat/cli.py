@@ -1,10 +1,13 @@
 """The ``fusechat`` command line: one thin subcommand per stage, over the Python API.
 
 Each subcommand is registered in COMMANDS as (name, help, add_arguments, run); ``run`` takes
-the parsed arguments and returns an exit code. Library errors become one line on stderr
-and exit code 1 (``-v`` shows the traceback).
+the parsed arguments and returns an exit code. Errors become one line on stderr (``-vv``
+shows the traceback): exit code 2 for a missing input path or a missing optional extra
+(the line names the ``pip install`` that brings it), 1 for other library errors.
 """
 import argparse
+import errno
+import importlib
 import logging
 import os
 import sys
@@ -15,6 +18,36 @@ from .progress import disable_all_bars
 LOG = logging.getLogger("fusechat")
 USER_ERRORS = (OSError, ValueError, TypeError, SafetensorsError, TokenizerError, FormatError,
                ConfigError, CudaError)
+DESCRIPTION = "fusechat: knowledge fusion of chat LLMs (FuseChat), one command per stage."
+# the optional packages each extra brings (pyproject.toml); a command that meets one of them
+# missing names the extra to install, or the command's own extra when it needs more than one
+EXTRA_OF_MODULE = {"torch": "torch", "transformers": "torch", "tokenizers": "torch",
+                   "accelerate": "torch", "matplotlib": "demo"}
+EXTRA_OF_COMMAND = {"demo": "demo"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, quiet where the default says nothing (None, off) or the
+    help already gives it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def require_modules(*names):
+    """Import the optional packages a command needs before it starts its work, so that a
+    missing extra is reported at once (main names the extra), not after a long step."""
+    for name in names:
+        importlib.import_module(name)
+
+
+def require_path(path, what):
+    """FileNotFoundError naming path when it does not exist (before any slow import)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"{what} not found", path)
+    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -28,6 +61,7 @@ def _inspect_args(p):
 def _inspect_run(args):
     from .inspect import inspect_checkpoint
 
+    require_path(args.path, "checkpoint")
     print(inspect_checkpoint(args.path, as_json=args.json))
     return 0
 
@@ -48,6 +82,8 @@ def _demo_args(p):
 def _demo_run(args):
     from .demo import run_demo
 
+    require_modules("torch", "transformers", "matplotlib")  # the plot too: checked up front
+
     return run_demo(args.workdir, quiet=args.quiet, quick=args.quick, seed=args.seed)
 
 
@@ -62,6 +98,7 @@ def _run_args(p):
 def _run_run(args):
     from .recipe import run
 
+    require_path(args.recipe, "recipe")
     out = run(args.recipe, workdir=args.workdir, quiet=args.quiet, say=print)
     if "eval" in out:
         with open(os.path.join(out["eval"], "table.txt"), encoding="utf-8") as f:
@@ -74,20 +111,25 @@ def _eval_args(p):
     p.add_argument("--data", required=True, help="held-out chat dataset (.json/.jsonl)")
     p.add_argument("--baseline", help="name of the model the others are compared against "
                                       "(paired bootstrap)")
-    p.add_argument("--template", default="openchat_3.5", choices=["openchat_3.5", "model"])
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--template", default="openchat_3.5", choices=["openchat_3.5", "model"],
+                   help="openchat_3.5 for every model (as in training) or each model's own")
+    p.add_argument("--max-length", type=int, default=2048,
+                   help="truncate each conversation to this many tokens")
+    p.add_argument("--max-new-tokens", type=int, default=16,
+                   help="greedy answer length for exact match")
     p.add_argument("--max-items", type=int, help="score only the first N conversations")
 
 
 def _eval_run(args):
     from .recipe import evaluate_models
 
+    require_path(args.data, "dataset")
     models = []
     for spec in args.models:
         name, _, path = spec.rpartition("=")
         name = name or os.path.basename(os.path.normpath(path))
-        models.append((name, path, path, None))
+        models.append((name, require_path(path, "model folder"), path, None))
+    require_modules("torch", "transformers")
     names = [m[0] for m in models]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be distinct (use NAME=PATH): {names}")
@@ -122,6 +164,7 @@ def _merge_args(p):
 def _merge_run(args):
     from .merge import run
 
+    require_path(args.config, "merge config")
     out = run(args.config, args.out, overwrite=args.overwrite, out_shard_size=args.out_shard_size,
               threads=args.threads, seed=args.seed, dtype=args.dtype,
               quiet=args.quiet or args.merge_quiet)
@@ -139,10 +182,12 @@ def _extract_args(p):
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
     p.add_argument("--template", default="openchat_3.5", choices=["openchat_3.5", "model"],
                    help="openchat_3.5 for every model (the reference) or the model's own")
-    p.add_argument("--k", type=int, default=10, help="top-K entries per position (default 10)")
+    p.add_argument("--k", type=int, default=10, help="top-K entries per position")
     p.add_argument("--max-length", type=int, default=2048, help="truncate to this many tokens")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="conversations per forward pass (length-sorted)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="the model's dtype")
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda (cuda:LOCAL_RANK under torchrun) or auto "
                         "(device_map=auto: one model spread over all visible GPUs)")
@@ -158,6 +203,11 @@ def _extract_args(p):
 def _extract_run(args):
     from .extract import extract, parse_shard
 
+    require_path(args.model, "model folder")
+    require_path(args.data, "dataset")
+    if args.tokenizer:
+        require_path(args.tokenizer, "tokenizer folder")
+    require_modules("torch", "transformers")
     path = extract(args.model, args.data, args.out, tokenizer=args.tokenizer,
                    template=args.template, k=args.k, max_length=args.max_length,
                    batch_size=args.batch_size, dtype=args.dtype, device=args.device,
@@ -189,6 +239,10 @@ def _align_args(p):
 def _align_run(args):
     from .align_stage import align_stores
 
+    for path, what in ((args.pivot_store, "pivot store"), (args.source_store, "source store"),
+                       (args.pivot_tokenizer, "pivot tokenizer"),
+                       (args.source_tokenizer, "source tokenizer")):
+        require_path(path, what)
     print(align_stores(args.pivot_store, args.source_store, args.out,
                        pivot_tokenizer=args.pivot_tokenizer,
                        source_tokenizer=args.source_tokenizer, method=args.method, map=args.map,
@@ -215,6 +269,9 @@ def _fuse_run(args):
 
     if len(args.aligned) < 2:
         raise ValueError("fuse: give at least one aligned store and then OUT")
+    for path, what in [(args.pivot_store, "pivot store")] + [(a, "aligned store")
+                                                             for a in args.aligned[:-1]]:
+        require_path(path, what)
     print(fuse_stores(args.pivot_store, args.aligned[:-1], args.aligned[-1], rule=args.rule,
                       level=args.level, overwrite=args.overwrite, quiet=args.quiet))
     return 0
@@ -232,16 +289,19 @@ def _train_args(p):
                    help="weight of the gold CE (default 0.9; 1.0 = plain SFT baseline)")
     p.add_argument("--temperature", type=float, default=1.0, help="target temperature")
     p.add_argument("--loss", default="ce", choices=["ce", "kl"], help="fusion term")
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--lr", type=float, default=5e-6)
-    p.add_argument("--batch-size", type=int, default=4, help="per device")
-    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--epochs", type=float, default=3, help="passes over the store")
+    p.add_argument("--lr", type=float, default=5e-6,
+                   help="peak learning rate (AdamW, cosine schedule, 3%% warmup)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="sequences per device and micro-step")
+    p.add_argument("--grad-accum", type=int, default=4, help="micro-steps per optimizer step")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--max-length", type=int, help="truncate stored samples to this length")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of the data order and init")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass (less memory)")
     p.add_argument("--fsdp", action="store_true",
                    help="Fully Sharded Data Parallel (under torchrun/accelerate)")
     p.add_argument("--fsdp-config", help="FSDP config (JSON file), TrainingArguments.fsdp_config")
@@ -263,6 +323,9 @@ def train_extra_args(args):
 def _train_run(args):
     from .train import train
 
+    require_path(args.pivot_model, "pivot model folder")
+    require_path(args.fused_store, "store")
+    require_modules("torch", "transformers", "accelerate")
     path = train(args.pivot_model, args.fused_store, args.out, lm_weight=args.lm_weight,
                  temperature=args.temperature, kind=args.loss, epochs=args.epochs, lr=args.lr,
                  batch_size=args.batch_size, grad_accum=args.grad_accum,
@@ -295,14 +358,16 @@ COMMANDS = [
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="fusechat", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fusechat", description=DESCRIPTION,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="-v: info logs, -vv: debug logs and tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, help_text, add_args, run in COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=HelpFormatter)
         add_args(p)
         p.set_defaults(_run=run)
     return parser
@@ -318,6 +383,20 @@ def main(argv=None):
         disable_all_bars()
     try:
         return args._run(args)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in EXTRA_OF_MODULE or args.verbose >= 2:
+            raise
+        extra = EXTRA_OF_COMMAND.get(args.command, EXTRA_OF_MODULE[missing])
+        print(f"fusechat {args.command}: error: needs {missing}, which is not installed: "
+              f"pip install 'fusechat[{extra}]'", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        if args.verbose >= 2:
+            raise
+        where = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        print(f"fusechat {args.command}: error: {where}", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         if args.verbose >= 2:
             raise

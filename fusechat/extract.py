@@ -15,6 +15,7 @@ complete store ``OUT/part-0000i-of-0000n``; ``fusechat.store.open_store(OUT)`` r
 parts as one store. Under torchrun/accelerate the shard defaults to (RANK, WORLD_SIZE), one
 process per rank. A finished output with the same settings is skipped when rerun (resume).
 """
+import errno
 import logging
 import os
 
@@ -87,8 +88,10 @@ def resolve(model, tokenizer):
 
     if isinstance(model, (str, os.PathLike)):
         name = os.fspath(model)
+        if not os.path.exists(name):
+            raise FileNotFoundError(errno.ENOENT, "model folder not found", name)
         if not os.path.isdir(name):
-            raise FileNotFoundError(f"{name}: not a model folder")
+            raise NotADirectoryError(errno.ENOTDIR, "not a model folder", name)
         config = AutoConfig.from_pretrained(name)
         vocab_size = int(config.get_text_config().vocab_size)
     else:
@@ -232,7 +235,8 @@ def extract(model, data, out, *, tokenizer=None, template="openchat_3.5", k=10, 
     shard = check_shard(shard) if shard is not None else shard_from_env()
     if device == "cuda" and os.environ.get("LOCAL_RANK") is not None:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    records = chat.read_records(data) if isinstance(data, (str, os.PathLike)) else list(data)
+    records, lines = (chat.read_records(data, lines=True) if isinstance(data, (str, os.PathLike))
+                      else (list(data), None))
     start, stop = shard_range(len(records), shard) if shard else (0, len(records))
     path = os.path.join(os.fspath(out), part_name(*shard)) if shard else os.fspath(out)
 
@@ -248,7 +252,8 @@ def extract(model, data, out, *, tokenizer=None, template="openchat_3.5", k=10, 
     model, input_device = load_model(model, dtype, device)
     where = os.fspath(data) if isinstance(data, (str, os.PathLike)) else "dataset"
     convs, _ = chat.load_conversations(records[start:stop], skip_bad_records=skip_bad_records,
-                                       first_index=start, name=where)
+                                       first_index=start, name=where,
+                                       lines=lines[start:stop] if lines else None)
     sep = chat.end_of_turn_token(tokenizer, name) if template == "openchat_3.5" else None
     tokenized = tokenize_all(convs, tokenizer, template=template, max_length=max_length,
                              sep=sep, skip_bad_records=skip_bad_records)

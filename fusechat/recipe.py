@@ -21,6 +21,7 @@ A step whose output folder carries a matching fingerprint is skipped; a folder w
 (``recipe.resolved.yaml``) are written into ``output``.
 """
 import copy
+import errno
 import hashlib
 import json
 import logging
@@ -69,15 +70,17 @@ def _check_keys(section, given, valid):
 
 
 def load_recipe(recipe, base_dir=None):
-    """The resolved recipe (a dict with every default filled in) of a path, YAML string or dict.
-    Relative paths are resolved against the recipe file's folder (or ``base_dir``)."""
+    """The resolved recipe (a dict with every default filled in) of a path, YAML text (a string
+    of several lines) or dict. Relative paths are resolved against the recipe file's folder (or
+    ``base_dir``). A path that does not exist raises FileNotFoundError naming it."""
     if isinstance(recipe, dict):
         raw, where = copy.deepcopy(recipe), "recipe"
     else:
         text, where = recipe, "recipe"
-        if isinstance(recipe, os.PathLike) or (isinstance(recipe, str) and "\n" not in recipe
-                                               and os.path.exists(recipe)):
+        if isinstance(recipe, os.PathLike) or (isinstance(recipe, str) and "\n" not in recipe):
             where = os.fspath(recipe)
+            if not os.path.exists(where):
+                raise FileNotFoundError(errno.ENOENT, "recipe not found (no such file)", where)
             with open(where, encoding="utf-8") as f:
                 text = f.read()
             base_dir = base_dir or os.path.dirname(os.path.abspath(where))
@@ -203,8 +206,9 @@ def split_dataset(path, out, *, eval_fraction, eval_size, seed, skip_bad_records
 
     from .chat import load_conversations, read_records
 
-    records = read_records(path)
-    convs, n_bad = load_conversations(records, skip_bad_records=skip_bad_records, name=path)
+    records, lines = read_records(path, lines=True)
+    convs, n_bad = load_conversations(records, skip_bad_records=skip_bad_records, name=path,
+                                      lines=lines)
     good = [c.index for c in convs]
     bad = sorted(set(range(len(records))) - set(good))
     if n_bad:
@@ -365,7 +369,7 @@ def evaluate_models(models, data, out, opts, quiet=False):
     if opts.get("baseline") and opts["baseline"] not in names:
         raise ConfigError(f"eval.baseline {opts['baseline']!r}: not one of the evaluated "
                           f"models {names}")
-    convs, _ = load_conversations(read_records(data), skip_bad_records=True, name=data)
+    convs, _ = load_conversations(data, skip_bad_records=True)
     if opts.get("max_items"):
         convs = convs[:int(opts["max_items"])]
     results = []

@@ -246,7 +246,8 @@ def test_bad_records_raise_with_their_index_or_are_skipped(pivot, records, tmp_p
     data = tmp_path / "bad.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     kw = dict(dtype="float32", max_length=64, quiet=True)
-    with pytest.raises(FormatError, match="record 3: turn 1 has no 'role'"):
+    with pytest.raises(FormatError,
+                       match=r"bad\.jsonl: line 4 \(record 3\): turn 1 has no 'role'"):
         extract(pivot, data, tmp_path / "x", **kw)
     assert not os.path.exists(tmp_path / "x")
     for i, rule in ((5, "empty assistant"), (6, "do not alternate"), (7, "no supervised token")):
@@ -258,7 +259,8 @@ def test_bad_records_raise_with_their_index_or_are_skipped(pivot, records, tmp_p
     assert list(store.sample_indices()) == [0, 1, 2, 4]
     assert store.manifest["info"]["skipped_records"] == 4
     # in a shard, indices stay the dataset's rows
-    with pytest.raises(FormatError, match="record 5: turn 1 is an empty assistant turn"):
+    with pytest.raises(FormatError,
+                       match=r"line 6 \(record 5\): turn 1 is an empty assistant turn"):
         extract(pivot, data, tmp_path / "y", shard=(1, 2), **kw)
     path = extract(pivot, data, tmp_path / "y", shard=(1, 2), skip_bad_records=True, **kw)
     assert list(TopKStore(path).sample_indices()) == [4]
@@ -271,7 +273,7 @@ def test_extract_arguments_are_checked(pivot, records, tmp_path):
         extract(pivot, records, tmp_path / "o", template="chatml")
     with pytest.raises(ValueError, match="dtype"):
         extract(pivot, records, tmp_path / "o", dtype="float16")
-    with pytest.raises(FileNotFoundError, match="not a model folder"):
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
         extract(tmp_path / "nope", records, tmp_path / "o")
     (tmp_path / "o").mkdir()
     with pytest.raises(FileExistsError, match="not a TopK store"):

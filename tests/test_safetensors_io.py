@@ -402,7 +402,7 @@ def test_io_errors_are_oserrors(tmp_path):
 
 def test_safetensors_reads_what_we_write(tmp_path):
     import safetensors.numpy
-    import torch
+    torch = pytest.importorskip("torch")  # the torch extra (absent in the core-only wheel check)
     from safetensors.torch import load_file as torch_load
 
     src = tensors_all_dtypes(5)
@@ -432,7 +432,7 @@ def test_safetensors_reads_what_we_write(tmp_path):
 
 
 def test_we_read_what_safetensors_writes(tmp_path):
-    import torch
+    torch = pytest.importorskip("torch")
     from safetensors.torch import save_file as torch_save
 
     torch_dtypes = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8,

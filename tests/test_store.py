@@ -136,6 +136,7 @@ def test_bad_offsets_and_missing_manifest(tmp_path):
 
 
 def test_to_hf_dataset(tmp_path):
+    pytest.importorskip("datasets")  # Hugging Face datasets comes with the torch extra's stack
     path = tmp_path / "store"
     _write(path, n=6, k=3)
     store = TopKStore(path)
@@ -228,6 +229,7 @@ def test_u16_u24_and_i32_stores_read_the_same(tmp_path):
                 assert x.dtype == y.dtype and np.array_equal(x, y)
         assert [s.topk_ids.tolist() for s in narrow.iter_batches(4).__next__()] == \
             [s.topk_ids.tolist() for s in i32.iter_batches(4).__next__()]
+        pytest.importorskip("datasets")
         ra, rb = narrow.to_hf_dataset(), i32.to_hf_dataset()
         assert ra.to_list() == rb.to_list() and min(min(r) for r in ra[0]["per_step_indices"]) >= -1
     assert stores[0].bytes_per_token() < stores[1].bytes_per_token() < i32.bytes_per_token()

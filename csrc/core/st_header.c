@@ -8,6 +8,7 @@
  * size_mismatch), then the layout of the buffer (offsets_not_contiguous,
  * buffer_size_mismatch). The first broken rule is reported. */
 #define _GNU_SOURCE
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -254,10 +255,39 @@ static fc_status parse_root(const cJSON *root, const char *text, size_t len,
     return check_layout(h, file_size, path, err);
 }
 
+/* A file that fails the framing or is no JSON object is not a safetensors file at all (junk,
+ * another format): the message says so before the rule, "PATH: not a safetensors file: ...". */
+static void say_not_safetensors(const char *path, fc_error *err) {
+    size_t plen = strlen(path);
+    if (strncmp(err->msg, path, plen) != 0 || strncmp(err->msg + plen, ": ", 2) != 0) return;
+    char rest[sizeof err->msg];
+    snprintf(rest, sizeof rest, "%s", err->msg + plen + 2);
+    snprintf(err->msg, sizeof err->msg, "%.200s: not a safetensors file: %.500s", path, rest);
+}
+
+static int is_framing_rule(const char *rule) {
+    static const char *rules[] = {"file_too_small", "header_too_large", "header_out_of_file",
+                                  "header_not_utf8", "header_too_deep", "header_not_json",
+                                  "header_not_object"};
+    for (size_t i = 0; i < sizeof rules / sizeof *rules; i++)
+        if (strcmp(rule, rules[i]) == 0) return 1;
+    return 0;
+}
+
+static fc_status header_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size,
+                              const char *path, st_header *h, fc_error *err);
+
 fc_status st_header_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size,
                           const char *path, st_header *h, fc_error *err) {
-    memset(h, 0, sizeof *h);
     if (!path) path = "<buffer>";
+    fc_status st = header_parse(buf, buf_len, file_size, path, h, err);
+    if (st != FC_OK && err != NULL && is_framing_rule(err->rule)) say_not_safetensors(path, err);
+    return st;
+}
+
+static fc_status header_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size,
+                              const char *path, st_header *h, fc_error *err) {
+    memset(h, 0, sizeof *h);
     if (file_size < 8)
         return FAIL("file_too_small", "%s: %llu bytes, shorter than the 8-byte header length "
                     "(rule file_too_small)", path, (unsigned long long)file_size);

@@ -157,8 +157,13 @@ static int check_out(PyObject *out, const fc_st_tensor_info *t, int dt, const np
     int same = PyArray_NDIM(a) == t->ndim;
     for (int d = 0; same && d < t->ndim; d++) same = PyArray_DIMS(a)[d] == dims[d];
     if (!same) {
-        PyErr_Format(PyExc_ValueError, "read: out= for tensor '%s' has the wrong shape "
-                     "(it must equal the tensor's)", t->name);
+        PyObject *got = PyArray_IntTupleFromIntp(PyArray_NDIM(a), PyArray_DIMS(a));
+        PyObject *want = PyArray_IntTupleFromIntp(t->ndim, dims);
+        if (got != NULL && want != NULL)
+            PyErr_Format(PyExc_ValueError, "read: out= for tensor '%s' has shape %R, the "
+                         "tensor's shape is %R (they must be equal)", t->name, got, want);
+        Py_XDECREF(got);
+        Py_XDECREF(want);
         return -1;
     }
     if (!PyArray_ISCARRAY(a)) {

@@ -13,6 +13,7 @@ layers (``t = layer / (L - 1)``; tensors outside the layers use ``t = 0``); or a
 or a substring of the tensor name wins.
 """
 import copy
+import errno
 import math
 import os
 import re
@@ -151,6 +152,8 @@ def _model_path(ref, where):
     if "+" in ref:
         raise ConfigError(f"{where}: {ref!r}: LoRA references (model+lora) are not supported")
     path = os.path.expanduser(ref.split("@")[0] if not os.path.exists(ref) else ref)
+    if not os.path.exists(path) and ref.startswith(("/", ".", "~")):
+        raise FileNotFoundError(errno.ENOENT, f"model not found ({where})", path)
     if not os.path.isdir(path) and not path.endswith(".safetensors"):
         raise ConfigError(f"{where}: model {ref!r} is not a local folder (fusechat reads "
                           "local Hugging Face folders only; download the model first)")
