@@ -127,6 +127,29 @@ def test_output_loads_in_transformers(zoo, tmp_path, monkeypatch):
         merged["lm_head.weight"].astype(np.float32))
 
 
+def test_bf16_merge_of_transformers5_checkpoints_loads_as_bf16(tmp_path):
+    """transformers 5 writes "dtype" in config.json and reads it before "torch_dtype": a bf16
+    merge of float32 checkpoints saved that way must load as bfloat16 with dtype="auto"."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    base, targets = make_family(str(tmp_path / "f"), 2, "float32", seed=4)
+    for p in [base] + targets:
+        with open(os.path.join(p, "config.json")) as f:
+            c = json.load(f)
+        c["dtype"] = c.pop("torch_dtype")  # how transformers 5 saves it
+        with open(os.path.join(p, "config.json"), "w") as f:
+            json.dump(c, f)
+    cfg = {"merge_method": "task_arithmetic", "base_model": base, "dtype": "bfloat16",
+           "models": [{"model": p, "parameters": {"weight": 0.5}} for p in targets]}
+    out = run(cfg, tmp_path / "o", quiet=True)
+    with open(os.path.join(out, "config.json")) as f:
+        c = json.load(f)
+    assert c["dtype"] == c["torch_dtype"] == "bfloat16"
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert model.dtype == torch.bfloat16
+    assert model.lm_head.weight.dtype == torch.bfloat16
+
+
 def test_sharded_output_and_index(zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(zoo)
     out = run(os.path.join(EXAMPLES, "fusechat-ties.yml"), tmp_path / "o", quiet=True,

@@ -12,8 +12,8 @@
    tensor and the kernels' block buffers, all kept from one tensor to the next and freed
    at the end; inputs are only mapped.
 4. The output folder is assembled in a temporary folder next to OUT (shards + index,
-   config.json with torch_dtype, tokenizer and generation config, the merge config, a model
-   card) and renamed into place only when complete.
+   config.json with dtype and torch_dtype, tokenizer and generation config, the merge
+   config, a model card) and renamed into place only when complete.
 """
 import json
 import logging
@@ -223,8 +223,10 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
     if os.path.isfile(cfg_path):
         with open(cfg_path, encoding="utf-8") as f:
             model_cfg = json.load(f)
-        if len(out_dtypes) == 1:
-            model_cfg["torch_dtype"] = TORCH_DTYPES.get(out_dtypes.pop(), model_cfg.get("torch_dtype"))
+        if len(out_dtypes) == 1 and out_dtypes <= set(TORCH_DTYPES):
+            # transformers 5 reads "dtype" (and "torch_dtype" only where "dtype" is absent);
+            # older versions read "torch_dtype": both name the merged dtype
+            model_cfg["dtype"] = model_cfg["torch_dtype"] = TORCH_DTYPES[out_dtypes.pop()]
         for j in jobs:
             if is_embed(j.name, j.out_shape) and "embed" in j.name and \
                     model_cfg.get("vocab_size", j.out_shape[0]) != j.out_shape[0]:
