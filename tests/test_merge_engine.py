@@ -252,8 +252,9 @@ def _cfg(zoo, **over):
 @pytest.mark.parametrize("change,match", [
     (dict(merge_methd="ties"), "unknown key 'merge_methd'; valid keys: merge_method"),
     (dict(merge_method="tie"), "unknown merge_method 'tie'; valid methods: .*ties"),
-    (dict(parameters={"desnity": 0.5}), "no parameter 'desnity'; valid parameters: "
-                                        "density, int8_mask, lambda, normalize, rescale, weight"),
+    (dict(parameters={"desnity": 0.5}), "no parameter 'desnity' \\(did you mean 'density'\\?\\); "
+                                        "valid parameters: density, int8_mask, lambda, "
+                                        "normalize, rescale, weight"),
     (dict(parameters={"normalize": "yes"}), "normalize must be true or false"),
     (dict(parameters={"density": 1.5}), r"density must be in \(0, 1\]"),
     (dict(parameters={"density": [0.5, 0.0]}), r"density must be in \(0, 1\]"),
@@ -272,6 +273,27 @@ def test_config_errors_are_clear(zoo, tmp_path, monkeypatch, change, match):
     with pytest.raises(ConfigError, match=match):
         run(_cfg(zoo, **change), tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_parameter_of_another_method_ignored_with_one_warning(zoo, tmp_path, caplog):
+    """mergekit's own tests put weight on every slerp model: accepted, the same output as
+    without it, and one warning naming the parameter and the method."""
+    m = os.path.join(zoo, "models")
+    cfg = {"merge_method": "slerp", "base_model": os.path.join(m, "openchat_3.5"),
+           "parameters": {"t": 0.3, "density": 0.5},
+           "models": [{"model": os.path.join(m, n), "parameters": {"weight": 0.5}}
+                      for n in ("openchat_3.5", V2[0])]}
+    with caplog.at_level(logging.WARNING):
+        a = load(run(cfg, tmp_path / "a", quiet=True))
+    msgs = [r.getMessage() for r in caplog.records if "does not use" in r.getMessage()]
+    assert len(msgs) == 2, msgs  # one per parameter, not one per model or tensor
+    assert any("slerp does not use the parameter 'weight'" in t and "models[1]" in t
+               for t in msgs)
+    assert any("'density'" in t for t in msgs)
+    plain = dict(cfg, parameters={"t": 0.3}, models=[{"model": e["model"]} for e in cfg["models"]])
+    b = load(run(plain, tmp_path / "b", quiet=True))
+    for k in b:
+        np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_per_model_global_parameter_refused(zoo, tmp_path):

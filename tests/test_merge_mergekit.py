@@ -57,6 +57,15 @@ def configs(base, ts):
         "karcher": {"base_model": base, "models": _models(ts)},
         "model_stock": {"base_model": base, "models": _models(ts)},
         "nearswap": {"base_model": base, "models": _models(ts[:1]), "parameters": {"t": 0.01}},
+        # mergekit's own tests put weight on every model, also where the method ignores it
+        "slerp_weights": {"base_model": base, "models": _models([base, ts[0]], weight=0.5),
+                          "parameters": {"t": 0.4}},
+        "nearswap_weights": {"base_model": base, "models": _models([base, ts[0]], weight=1.0),
+                             "parameters": {"t": 0.02}},
+        "sce_weights": {"base_model": base, "models": _models([base] + ts, weight=1.0),
+                        "parameters": {"select_topk": 0.5}},
+        "karcher_weights": {"models": _models(ts, weight=(1.0, 0.5, 0.2))},
+        "model_stock_weights": {"base_model": base, "models": _models([base] + ts, weight=1.0)},
         "dare_linear_density1": {"base_model": base, "models": _models(ts, weight=0.3)},
         "passthrough_frankenmerge": {"slices": [
             {"sources": [{"model": ts[0], "layer_range": [0, 2]}]},

@@ -82,6 +82,11 @@ METHODS = {m.name: m for m in [
 ]}
 
 
+# every parameter name some method uses (mergekit's, plus mask_deltas): given to a method that
+# does not use it, it is ignored with a warning; any other name is a typo and refused
+KNOWN_PARAMS = frozenset(n for m in METHODS.values() for n in m.param_names())
+
+
 def get_method(name, error=ValueError):
     if name not in METHODS:
         raise error(f"unknown merge_method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
