@@ -40,6 +40,12 @@ def configs(base, ts):
                                                        density=(0.6, 0.3, 0.9))},
         "ties_gradient": {"base_model": base, "models": _models(ts, weight=0.2),
                           "parameters": {"density": grad[::-1][:2] + [0.4], "normalize": False}},
+        # int(density * n) == 0 on the 64-element norms: at least one element per model kept
+        "ties_tiny_density": {"base_model": base, "models": _models(ts, weight=(0.2, 0.5, 0.3),
+                                                                    density=(0.01, 0.005, 0.3))},
+        # n_top = int(gamma * n) == 0 on the norms: no top outliers dropped
+        "breadcrumbs_no_top": {"base_model": base, "models": _models(ts, weight=0.4,
+                                                                     density=0.5, gamma=0.01)},
         "breadcrumbs": {"base_model": base, "models": _models(ts, weight=0.4, density=0.7,
                                                               gamma=0.05)},
         "breadcrumbs_ties": {"base_model": base, "models": _models(ts, weight=(1.0, 0.5, 0.5),

@@ -59,6 +59,14 @@ typedef struct {
     int i;
 } key_ctx;
 
+/* TIES keeps the int(density * n) largest |delta|, and at least one element of a model it
+ * sparsifies (density < 1), as mergekit 0.1.5 does: a small tensor (a norm) at a low
+ * density keeps its largest delta instead of none. */
+static int64_t magnitude_k(double density, int64_t numel) {
+    int64_t k = (int64_t)(density * (double)numel);
+    return k < 1 && numel > 0 ? 1 : k;
+}
+
 static void delta_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     key_ctx *k = (key_ctx *)vctx;
     float b[8192], x[8192]; /* select.c asks for at most 8192 keys at a time */
@@ -524,7 +532,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
         if (!g->active[i]) continue;
         key_ctx kc = {t, i};
         mg_sample_keys(N, size, delta_keys, &kc, sample, sample + size);
-        double q = (double)(int64_t)(t->p->models[i].density * (double)N) / (double)N;
+        double q = (double)magnitude_k(t->p->models[i].density, N) / (double)N;
         mg_sample_band(sample, size, q * (double)size, sqrt((double)size * q * (1.0 - q)),
                        &g->lo[i], &g->mid[i], &g->hi[i]);
         frac += mg_sample_fraction(sample, size, g->lo[i], g->hi[i]);
@@ -556,7 +564,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
     /* each model's threshold: in its band, or give up */
     for (int i = 0; i < n; i++) {
         if (!g->active[i]) continue;
-        int64_t k = (int64_t)(t->p->models[i].density * (double)N), in_band = 0;
+        int64_t k = magnitude_k(t->p->models[i].density, N), in_band = 0;
         for (int64_t b = 0; b < nblocks; b++) above[i] += g->above[(size_t)b * n + i];
         for (int64_t ch = 0; ch < nchunks; ch++) in_band += c.counts[((size_t)ch * n + i) * 3];
         if (above[i] > k || above[i] + in_band < k) goto out;
@@ -657,7 +665,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         int64_t N = t->numel;
         key_ctx kc = {t, i};
         if (g.sp == SP_MAGNITUDE) {
-            int64_t k = (int64_t)(mp->density * (double)N);
+            int64_t k = magnitude_k(mp->density, N);
             st = select_delta_keys(t, &kc, keys, k, &g.keep[i]);
             if (st != FC_OK) goto done;
         } else if (g.sp == SP_OUTLIERS) {

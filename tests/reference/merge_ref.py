@@ -69,7 +69,7 @@ def sparsify(kind, delta, delta32, density, gamma, epsilon, rescale, stream, row
         return delta
     mag = np.abs(delta32)
     if kind == "magnitude":
-        keep = _topk_mask(mag, int(density * n))
+        keep = _topk_mask(mag, max(1, int(density * n)))  # at least one, as mergekit 0.1.5
     elif kind == "outliers":
         target, n_top = int(density * n), int(gamma * n)
         n_bot = n - target - n_top
