@@ -322,30 +322,21 @@ def test_missing_tensor_and_shape_mismatch_name_tensor_and_model(tmp_path):
         run(cfg, tmp_path / "o", quiet=True)
 
 
-def test_vocab_mismatch(tmp_path, caplog):
+def test_vocab_mismatch_without_tokenizer_source_refused(tmp_path):
+    """Vocabulary sizes that differ, no tokenizer_source: refused (as mergekit 0.1.5 refuses),
+    naming the tensor, the models and their shapes, before anything is written; with
+    tokenizer_source the same models merge."""
     base, (small, big) = make_family(str(tmp_path / "f"), 2, "float32", target_vocab=[100, 120])
-    B, S, G = load(base), load(small), load(big)
-    cfg = {"merge_method": "task_arithmetic", "base_model": base,
-           "models": [{"model": p, "parameters": {"weight": 0.5}} for p in (small, big)],
-           "parameters": {"normalize": False}}
-    with caplog.at_level(logging.WARNING):
-        out = run(cfg, tmp_path / "ta", quiet=True)
-    assert big in caplog.text and "vocabulary sizes differ" in caplog.text
-    got = load(out)
-    assert got["lm_head.weight"].shape == (100, 64)
-    want = B["lm_head.weight"] + 0.5 * (S["lm_head.weight"] - B["lm_head.weight"]) + \
-        0.5 * (G["lm_head.weight"][:100] - B["lm_head.weight"])
-    np.testing.assert_allclose(got["lm_head.weight"], want, rtol=1e-6, atol=1e-7)
-    # linear truncates everything to the common submatrix
-    cfg = {"merge_method": "linear",
-           "models": [{"model": p, "parameters": {"weight": 1.0}} for p in (big, small)]}
-    out = run(cfg, tmp_path / "lin", quiet=True)
-    got = load(out)
-    np.testing.assert_allclose(got["model.embed_tokens.weight"],
-                               (G["model.embed_tokens.weight"][:100] + S["model.embed_tokens.weight"]) / 2,
-                               rtol=1e-6, atol=1e-7)
-    with open(os.path.join(out, "config.json")) as f:
-        assert json.load(f)["vocab_size"] == 100
+    for cfg in ({"merge_method": "task_arithmetic", "base_model": base,
+                 "models": [{"model": p, "parameters": {"weight": 0.5}} for p in (small, big)]},
+                {"merge_method": "linear",
+                 "models": [{"model": p, "parameters": {"weight": 1.0}} for p in (big, small)]}):
+        with pytest.raises(ConfigError, match=r"'(lm_head|model.embed_tokens).weight': vocabulary sizes "
+                           r"differ between models \(.*" + big + r": \[120, 64\].*\); set "
+                           "tokenizer_source"):
+            run(cfg, tmp_path / "o", quiet=True)
+        assert not (tmp_path / "o").exists()
+    run(dict(cfg, tokenizer_source="union"), tmp_path / "o", quiet=True)
 
 
 def test_config_forms_and_tokenizer_source(zoo, tmp_path):
