@@ -254,7 +254,7 @@ def _cfg(zoo, **over):
     (dict(merge_method="tie"), "unknown merge_method 'tie'; valid methods: .*ties"),
     (dict(parameters={"desnity": 0.5}), "no parameter 'desnity' \\(did you mean 'density'\\?\\); "
                                         "valid parameters: density, int8_mask, lambda, "
-                                        "normalize, rescale, weight"),
+                                        "normalize, rescale, rescale_norm, weight"),
     (dict(parameters={"normalize": "yes"}), "normalize must be true or false"),
     (dict(parameters={"density": 1.5}), r"density must be in \(0, 1\]"),
     (dict(parameters={"density": [0.5, 0.0]}), r"density must be in \(0, 1\]"),
@@ -264,6 +264,8 @@ def _cfg(zoo, **over):
           models=[{"model": os.path.join("models", n)} for n in V2[:3]]),
      "slerp needs exactly two models"),
     (dict(dtype="float64"), "dtype 'float64' is not supported"),
+    (dict(merge_method="dare_linear", parameters={"rescale_norm": "l3"}),
+     "parameters: rescale_norm: rescale_norm must be one of l1, l2, linf, got 'l3'"),
     (dict(base_model=None), "ties needs base_model"),
     (dict(models=[{"model": "org/not-here"}]), "not a local folder"),
     (dict(tokenizer_source=7), "tokenizer_source must be base, union or a model path"),

@@ -155,6 +155,10 @@ static fc_status check_params(const fc_merge_params *p, int n, fc_error *err) {
                                  "karcher: max_iter must be >= 0 and tol > 0");
     if (p->method == FC_MERGE_MULTISLERP && !(p->eps >= 0))
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter", "multislerp: eps must be >= 0");
+    if (is_gta(p->method) && (p->rescale_norm < FC_RESCALE_L1 || p->rescale_norm > FC_RESCALE_LINF))
+        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
+                                 "%s: rescale_norm %d is not l1 (0), l2 (1) or linf (2)", name,
+                                 p->rescale_norm);
     if (!isfinite(p->lambda) || !isfinite(p->select_topk))
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
                                  "%s: lambda and select_topk must be finite", name);

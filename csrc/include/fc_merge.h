@@ -68,7 +68,7 @@ typedef struct fc_merge_params {
     fc_merge_method method;
     const fc_merge_model_params *models; /* one per input */
     int    normalize;        /* task-arithmetic family and linear */
-    int    rescale;          /* L1 rescale after sparsification */
+    int    rescale;          /* rescale after sparsification (rescale_norm) */
     double lambda;           /* task-arithmetic family: final scale of the merged delta */
     double select_topk;      /* sce: fraction of highest-variance positions kept */
     int    mask_deltas;      /* sce: 1 = mergekit (mask applied to deltas), 0 = FuseChat repo */
@@ -82,7 +82,11 @@ typedef struct fc_merge_params {
     int    filter_wise;      /* model_stock: one t per row */
     uint64_t seed;           /* dare/della */
     uint64_t tensor_key;     /* fc_merge_tensor_key(name) for dare/della */
+    int    rescale_norm;     /* the norm `rescale` preserves: FC_RESCALE_L1 (default), _L2, _LINF */
 } fc_merge_params;
+
+/* rescale: kept deltas * norm(delta) / norm(kept deltas), unless either norm is below 1e-7 */
+enum { FC_RESCALE_L1 = 0, FC_RESCALE_L2 = 1, FC_RESCALE_LINF = 2 };
 
 FC_API void fc_merge_params_init(fc_merge_params *p, fc_merge_method m);
 FC_API void fc_merge_model_params_init(fc_merge_model_params *mp);

@@ -8,6 +8,7 @@ out-of-range values are refused, naming the valid choices (mergekit ignores them
 from dataclasses import dataclass, field
 
 REQUIRED = object()
+RESCALE_NORMS = ("l1", "l2", "linf")  # the C core's FC_RESCALE_* order
 
 # name -> (kind, check, message) ; check(value) -> bool
 _RANGES = {
@@ -30,6 +31,7 @@ _RANGES = {
     "max_iter": (int, lambda v: v >= 0, "an integer >= 0"),
     "tol": (float, lambda v: v > 0.0, "> 0"),
     "filter_wise": (bool, None, "true or false"),
+    "rescale_norm": (str, lambda v: v in RESCALE_NORMS, "one of l1, l2, linf"),
 }
 
 # per-model fields passed to the C core, in its tuple order
@@ -54,7 +56,8 @@ def _gta(name, normalize, rescale, extra=None, randomized=False, sparsifies=True
     tensor = {"weight": REQUIRED, "density": 1.0}
     tensor.update(extra or {})
     return Method(name, "required", tensor,
-                  {"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False},
+                  {"normalize": normalize, "rescale": rescale, "rescale_norm": "l1",
+                   "lambda": 1.0, "int8_mask": False},
                   randomized=randomized, sparsifies=sparsifies)
 
 
@@ -96,6 +99,10 @@ def get_method(name, error=ValueError):
 def check_value(method, name, value, where, error=ValueError):
     """Coerce and range-check one parameter value; raise `error` naming `where`."""
     kind, check, msg = _RANGES[name]
+    if kind is str:
+        if not isinstance(value, str) or not check(value):
+            raise error(f"{where}: {name} must be {msg}, got {value!r}")
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise error(f"{where}: {name} must be {msg}, got {value!r}")

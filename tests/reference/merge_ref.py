@@ -62,7 +62,12 @@ def _rows(shape, n):
     return n // cols if n else 0, cols
 
 
-def sparsify(kind, delta, delta32, density, gamma, epsilon, rescale, stream, rows_cols):
+NORMS = {"l1": lambda v: np.abs(v).sum(), "l2": lambda v: np.sqrt((v * v).sum()),
+         "linf": lambda v: np.abs(v).max(initial=0.0)}
+
+
+def sparsify(kind, delta, delta32, density, gamma, epsilon, rescale, stream, rows_cols,
+             rescale_norm="l1"):
     """delta: float64 flat; delta32: float32 flat (for keys). Returns the sparsified delta."""
     n = delta.size
     if kind is None or density >= 1.0:
@@ -92,7 +97,7 @@ def sparsify(kind, delta, delta32, density, gamma, epsilon, rescale, stream, row
             keep[seg] = u[seg] < p
     out = np.where(keep, delta, 0.0)
     if rescale:
-        a, k = np.abs(delta).sum(), np.abs(out).sum()
+        a, k = NORMS[rescale_norm](delta), NORMS[rescale_norm](out)
         if a >= 1e-7 and k >= 1e-7:
             out = out * (a / k)
     return out
@@ -117,7 +122,8 @@ def gta(method, base, xs, p, seed=0, name=""):
         d = np.asarray(x, np.float64).ravel() - B
         d32 = _f32_delta(np.asarray(x).ravel(), np.asarray(base).ravel())
         d = sparsify(kind, d, d32, p["density"][i], p["gamma"][i], p["epsilon"][i],
-                     p["rescale"], rng_stream(seed, key, i), _rows(shape, n))
+                     p["rescale"], rng_stream(seed, key, i), _rows(shape, n),
+                     p.get("rescale_norm", "l1"))
         D.append(p["weight"][i] * d)
         W.append(p["weight"][i])
         E.append(float(np.float32(p["weight"][i])) * d.astype(np.float32).astype(np.float64))
