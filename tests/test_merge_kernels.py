@@ -47,6 +47,9 @@ CASES = {
     "model_stock_rows": (dict(filter_wise=True), 2, True),
     "nearswap": (dict(t=0.05), 1, True),
     "passthrough": (dict(scale=-0.5), 1, False),
+    "ram": (dict(epsilon=0.004), 3, True),
+    "ramplus_tl": (dict(epsilon=0.004), 3, True),
+    "ramplus_tl_r": (dict(r=0.5, alpha=2.0, epsilon=0.01), 2, True),
 }
 
 
@@ -81,6 +84,9 @@ def reference(method, base, xs, params, seed=0, name=""):
         return ref.sce(base, xs, p.get("select_topk", 1.0), p.get("mask_deltas", True))
     if method == "varm":
         return ref.varm(base, xs)
+    if method in ("ram", "ramplus_tl"):
+        return ref.ram(base, xs, p.get("epsilon", 1e-5), method == "ramplus_tl",
+                       p.get("r", 0.1), p.get("alpha", 0.2))
     if method == "slerp":
         return ref.slerp(p["t"], base, xs[0])
     if method == "nuslerp":
@@ -246,7 +252,8 @@ def test_dare_masks_differ_by_seed_model_and_tensor():
 
 
 @pytest.mark.parametrize("case", ["ties", "dare_ties", "della", "breadcrumbs_ties", "sce",
-                                  "model_stock_rows", "linear", "karcher", "nuslerp_cols", "varm"])
+                                  "model_stock_rows", "linear", "karcher", "nuslerp_cols", "varm",
+                                  "ramplus_tl"])
 def test_same_bytes_for_any_thread_count(case):
     params, n, uses_base = CASES[case]
     base, xs = make_inputs((301, 1031), n, BF16, seed=3)  # ~310k elements: many blocks
@@ -336,6 +343,8 @@ def test_topk_ties_broken_by_index():
     ("linear", dict(weight=[1.0, -1.0]), 2, "sum to 0"),
     ("dare_linear", dict(weight=1.0, rescale_norm="l3"), 1, "rescale_norm must be one of l1, l2, linf"),
     ("slerp", dict(t=0.5, rescale_norm="l2"), 1, "no parameter rescale_norm"),
+    ("ram", dict(epsilon=-1.0), 2, "epsilon must be >= 0"),
+    ("ramplus_tl", dict(alpha=-0.5), 2, "alpha must be >= 0"),
 ])
 def test_bad_arguments_are_refused(method, params, n, match):
     base, xs = make_inputs((8, 8), n, np.float32)

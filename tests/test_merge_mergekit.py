@@ -72,6 +72,11 @@ def configs(base, ts):
                         "parameters": {"select_topk": 0.5}},
         "karcher_weights": {"models": _models(ts, weight=(1.0, 0.5, 0.2))},
         "model_stock_weights": {"base_model": base, "models": _models([base] + ts, weight=1.0)},
+        "ram": {"base_model": base, "models": _models(ts), "parameters": {"epsilon": 0.01}},
+        "ram_default": {"base_model": base, "models": _models(ts, weight=1.0)},
+        "ramplus_tl": {"base_model": base, "models": _models(ts), "parameters": {"epsilon": 0.015}},
+        "ramplus_tl_params": {"base_model": base, "models": _models(ts[:2]),
+                              "parameters": {"epsilon": 0.01, "r": 0.5, "alpha": 3.0}},
         "dare_linear_density1": {"base_model": base, "models": _models(ts, weight=0.3)},
         "passthrough_frankenmerge": {"slices": [
             {"sources": [{"model": ts[0], "layer_range": [0, 2]}]},

@@ -47,6 +47,8 @@ typedef enum fc_merge_method {
     FC_MERGE_MODEL_STOCK,
     FC_MERGE_NEARSWAP,
     FC_MERGE_PASSTHROUGH,
+    FC_MERGE_RAM,
+    FC_MERGE_RAMPLUS_TL,
     FC_MERGE_METHOD_COUNT
 } fc_merge_method;
 
@@ -83,6 +85,8 @@ typedef struct fc_merge_params {
     uint64_t seed;           /* dare/della */
     uint64_t tensor_key;     /* fc_merge_tensor_key(name) for dare/della */
     int    rescale_norm;     /* the norm `rescale` preserves: FC_RESCALE_L1 (default), _L2, _LINF */
+    double active_eps;       /* ram, ramplus_tl: a delta counts where |delta| > active_eps (1e-5) */
+    double r, alpha;         /* ramplus_tl: unique updates scaled by 1 + r * clamp(rho, 0, alpha) */
 } fc_merge_params;
 
 /* rescale: kept deltas * norm(delta) / norm(kept deltas), unless either norm is below 1e-7 */

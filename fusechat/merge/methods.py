@@ -31,6 +31,8 @@ _RANGES = {
     "max_iter": (int, lambda v: v >= 0, "an integer >= 0"),
     "tol": (float, lambda v: v > 0.0, "> 0"),
     "filter_wise": (bool, None, "true or false"),
+    "r": (float, lambda v: True, "a number"),
+    "alpha": (float, lambda v: v >= 0.0, ">= 0"),
     "rescale_norm": (str, lambda v: v in RESCALE_NORMS, "one of l1, l2, linf"),
 }
 
@@ -82,6 +84,8 @@ METHODS = {m.name: m for m in [
     Method("model_stock", "required", {}, {"filter_wise": False}),
     Method("nearswap", "required", {}, {"t": REQUIRED}),
     Method("passthrough", "none", {"scale": 1.0}),
+    Method("ram", "required", {}, {"epsilon": 1e-5}),
+    Method("ramplus_tl", "required", {}, {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}),
 ]}
 
 

@@ -322,3 +322,21 @@ def nearswap(t, base, x):
 
 def passthrough(x, scale=1.0):
     return np.asarray(x, np.float64) * scale
+
+
+def ram(base, xs, epsilon=1e-5, plus=False, r=0.1, alpha=0.2):
+    """Reinforced Agent Merging (and ramplus_tl with plus): active deltas averaged over the
+    models active at each position; a model's unique ones scaled by 1 + r clamp(rho, 0, alpha)
+    in ramplus_tl, rho = its shared / unique active counts over the tensor."""
+    B = np.asarray(base, np.float64)
+    T = [np.asarray(x, np.float32).astype(np.float64) - np.asarray(base, np.float32) for x in xs]
+    act = [np.abs(t) > np.float32(epsilon) for t in T]
+    c = np.sum(act, axis=0) if T else np.zeros(B.shape)
+    out = B.copy()
+    for t, a in zip(T, act):
+        lam = 1.0
+        if plus:
+            shared, unique = np.sum(a & (c > 1)), np.sum(a & (c == 1))
+            lam = 1.0 + r * min(max(shared / max(unique, epsilon), 0.0), alpha)
+        out += np.where(a & (c == 1), lam * t, 0.0) + np.where(a & (c > 1), t / np.maximum(c, 1), 0.0)
+    return out
