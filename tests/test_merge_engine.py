@@ -267,7 +267,11 @@ def _cfg(zoo, **over):
     (dict(merge_method="dare_linear", parameters={"rescale_norm": "l3"}),
      "parameters: rescale_norm: rescale_norm must be one of l1, l2, linf, got 'l3'"),
     (dict(base_model=None), "ties needs base_model"),
-    (dict(models=[{"model": "org/not-here"}]), "not a local folder"),
+    (dict(models=[{"model": "org/not-here"}]),
+     "not a local folder, and the Hugging Face cache .* does not hold it. fusechat does not "
+     "download models: run `huggingface-cli download org/not-here`"),
+    (dict(models=[{"model": "org/not-here@v2"}]),
+     "`huggingface-cli download org/not-here --revision v2`"),
     (dict(tokenizer_source=7), "tokenizer_source must be base, union or a model path"),
 ])
 def test_config_errors_are_clear(zoo, tmp_path, monkeypatch, change, match):
@@ -296,6 +300,33 @@ def test_parameter_of_another_method_ignored_with_one_warning(zoo, tmp_path, cap
     b = load(run(plain, tmp_path / "b", quiet=True))
     for k in b:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_model_id_found_in_the_hugging_face_cache(tmp_path, monkeypatch):
+    """org/name (and org/name@revision) resolve to a snapshot in the HF cache layout under
+    HF_HOME, as huggingface-cli download leaves it; nothing is downloaded."""
+    base, (t0,) = make_family(str(tmp_path / "f"), 1, "float32")
+    hub = tmp_path / "hf" / "hub" / "models--org--tiny-target"
+    (hub / "refs").mkdir(parents=True)
+    (hub / "snapshots").mkdir()
+    for rev, commit in (("main", "c0ffee"), ("v1", "beef01")):
+        (hub / "refs" / rev).write_text(commit)
+        os.symlink(t0, hub / "snapshots" / commit)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = {"merge_method": "task_arithmetic", "base_model": base,
+           "models": [{"model": "org/tiny-target", "parameters": {"weight": 0.5}}]}
+    by_id = load(run(cfg, tmp_path / "a", quiet=True))
+    cfg["models"][0]["model"] = "org/tiny-target@v1"
+    by_rev = load(run(cfg, tmp_path / "b", quiet=True))
+    cfg["models"][0]["model"] = t0
+    by_path = load(run(cfg, tmp_path / "c", quiet=True))
+    for k in by_path:
+        np.testing.assert_array_equal(by_id[k], by_path[k])
+        np.testing.assert_array_equal(by_rev[k], by_path[k])
+    cfg["models"][0]["model"] = "org/tiny-target@v9"
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'hf' / 'hub'}.*--revision v9"):
+        run(cfg, tmp_path / "d", quiet=True)
 
 
 def test_per_model_global_parameter_refused(zoo, tmp_path):

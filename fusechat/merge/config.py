@@ -164,19 +164,62 @@ def _warn_unused(method, unused):
                     "ignores it", method.name, name, "; ".join(wheres))
 
 
+def hf_cache_dir():
+    """The Hugging Face hub cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub
+    (XDG_CACHE_HOME honoured), as huggingface_hub resolves it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    return os.path.join(os.path.expanduser(home), "hub")
+
+
+def _cached_snapshot(repo_id, revision):
+    """The snapshot folder of repo_id (org/name) at revision (a branch, tag or commit; None:
+    main) in the Hugging Face cache layout models--org--name/snapshots/<commit>, or None."""
+    root = os.path.join(hf_cache_dir(), "models--" + repo_id.replace("/", "--"))
+    rev = revision or "main"
+    commit = rev
+    ref_file = os.path.join(root, "refs", rev)
+    if os.path.isfile(ref_file):
+        with open(ref_file, encoding="utf-8") as f:
+            commit = f.read().strip()
+    snap = os.path.join(root, "snapshots", commit)
+    if os.path.isdir(snap):
+        return snap
+    snaps = os.path.join(root, "snapshots")
+    if revision is None and os.path.isdir(snaps) and len(os.listdir(snaps)) == 1:
+        return os.path.join(snaps, os.listdir(snaps)[0])
+    return None
+
+
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
 def _model_path(ref, where):
     if isinstance(ref, dict):
         _check_keys(ref, ("model",), where)
         ref = ref.get("model")
     if not isinstance(ref, str) or not ref:
         raise ConfigError(f"{where}: model must be a path string, got {ref!r}")
-    if "+" in ref:
+    if "+" in ref and not os.path.exists(ref):
         raise ConfigError(f"{where}: {ref!r}: LoRA references (model+lora) are not supported")
-    path = os.path.expanduser(ref.split("@")[0] if not os.path.exists(ref) else ref)
-    if not os.path.isdir(path) and not path.endswith(".safetensors"):
-        raise ConfigError(f"{where}: model {ref!r} is not a local folder (fusechat reads "
-                          "local Hugging Face folders only; download the model first)")
-    return os.path.abspath(path)
+    path = os.path.expanduser(ref)
+    if os.path.isdir(path) or path.endswith(".safetensors"):
+        return os.path.abspath(path)
+    repo_id, _, revision = ref.partition("@")
+    if HF_ID.match(repo_id):
+        snap = _cached_snapshot(repo_id, revision or None)
+        if snap:
+            return os.path.abspath(snap)
+        raise ConfigError(
+            f"{where}: model {ref!r} is not a local folder, and the Hugging Face cache "
+            f"({hf_cache_dir()}) does not hold it. fusechat does not download models: run "
+            f"`huggingface-cli download {repo_id}"
+            f"{f' --revision {revision}' if revision else ''}` (it fills that cache, where "
+            "fusechat then finds it by its id), or give the path of a local folder")
+    raise ConfigError(f"{where}: model {ref!r} is not a local folder (fusechat reads local "
+                      "Hugging Face folders, or models in the Hugging Face cache by their id)")
 
 
 def _dtype(value, key):
