@@ -131,3 +131,76 @@ def test_matches_mergekit(family, tmp_path, case):
         assert rel < 1e-5, (name, rel)
     print(f"{case}: worst relative error {worst:.2e}")
     assert worst < 1e-5
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples", "merge")
+V2 = ["OpenChat-3.5-7B-Mixtral-v2.0", "OpenChat-3.5-7B-InternLM-v2.0",
+      "OpenChat-3.5-7B-Qwen-v2.0", "OpenChat-3.5-7B-Starling-v2.0", "OpenChat-3.5-7B-SOLAR-v2.0"]
+
+
+@pytest.fixture(scope="module")
+def zoo32(tmp_path_factory):
+    """./models/ as the examples name them: the pivot and five float32 targets."""
+    import yaml  # noqa: F401
+
+    root = tmp_path_factory.mktemp("zoo32")
+    base, targets = make_family(str(root / "fam"), 5, "float32", seed=7)
+    (root / "models").mkdir()
+    os.symlink(base, root / "models" / "openchat_3.5")
+    for name, t in zip(V2, targets):
+        os.symlink(t, root / "models" / name)
+    return root
+
+
+@pytest.mark.parametrize("example", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".yml")
+                                           and "varm" not in f))  # varm: fusechat's own
+def test_example_configs_match_mergekit(zoo32, tmp_path, monkeypatch, example):
+    """Every example config mergekit knows, in float32: the deterministic ones within 1e-5
+    relative; DARE (random masks) by its statistics: per tensor, the L1 norm of the merged
+    update agrees within 3% (masks keep `density` of each delta, rescaled to its L1 norm)."""
+    import yaml
+
+    monkeypatch.chdir(zoo32)
+    with open(os.path.join(EXAMPLES, example)) as f:
+        cfg = yaml.safe_load(f)
+    cfg["dtype"] = cfg["out_dtype"] = "float32"
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    base = _load(os.path.join(zoo32, "models", "openchat_3.5"))
+    assert sorted(want) == sorted(got)
+    for name, w in want.items():
+        g = got[name].astype(np.float64)
+        if METHODS[cfg["merge_method"]].randomized:
+            if w.size >= 4096:
+                l1 = [np.abs(a - base[name]).sum() for a in (g, w)]
+                assert abs(l1[0] / l1[1] - 1) < 0.03, (name, l1)
+            continue
+        rel = float(np.max(np.abs(g - w)) / max(np.max(np.abs(w)), 1e-30))
+        assert rel < 1e-5, (example, name, rel)
+
+
+@pytest.mark.parametrize("source", ["base", "union", "model"])
+def test_tokenizer_source_matches_mergekit(tmp_path, source):
+    """Vocabularies of 100 and 120 tokens: embedding rows matched by token, in float32. The
+    union's added tokens come in set order in mergekit (varies between processes), in the
+    models' id order in fusechat: rows are compared by token."""
+    tokenizers = pytest.importorskip("tokenizers")
+    base, (same, big) = make_family(str(tmp_path / "f"), 2, "float32", target_vocab=[100, 120],
+                                    seed=5)
+    cfg = {"merge_method": "task_arithmetic", "base_model": base, "dtype": "float32",
+           "out_dtype": "float32", "tokenizer_source": big if source == "model" else source,
+           "models": [{"model": p, "parameters": {"weight": 0.5}} for p in (same, big)]}
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    assert sorted(want) == sorted(got)
+    ids = [tokenizers.Tokenizer.from_file(str(tmp_path / o / "tokenizer.json"))
+           for o in ("mk", "fc")]
+    for name, w in want.items():
+        assert got[name].shape == w.shape, name
+        if w.shape[0] == 120:  # the mergekit row of each fusechat token
+            w = w[[ids[0].token_to_id(ids[1].id_to_token(i)) for i in range(120)]]
+        rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
+        assert rel < 1e-5, (name, rel)
