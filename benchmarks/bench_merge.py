@@ -2,11 +2,11 @@
 bf16 checkpoints (issue 3).
 
 Merges: TIES, DARE-TIES, task_arithmetic, DARE-linear with rescale_norm l2 and RAM on a base
-+ 2 models; SCE on a base + 5 targets (like FuseChat-7B-v2.0). For each: wall time and peak memory of fusechat and of mergekit
-(separate processes, page cache warm), and the I/O floor: reading every input once and
-writing one output of the same size. Peak memory is reported as the peak anonymous RSS
-(RssAnon: what the process allocates, on top of the page cache its mappings use) and the
-peak total RSS (VmHWM, file pages included).
++ 2 models; SCE on a base + 5 targets (like FuseChat-7B-v2.0). For each: wall time and peak
+memory of fusechat and of mergekit (separate processes, page cache warm), and the I/O floor:
+reading every input once and writing one output of the same size. Peak memory is reported
+as the peak anonymous RSS (RssAnon: what the process allocates, on top of the page cache its
+mappings use) and the peak total RSS (VmHWM, file pages included).
 
 Every measured run starts from the same memory state: the previous output deleted, then
 --settle seconds (3) idle. On a VM whose balloon device reports free pages to the host

@@ -3,11 +3,12 @@
  *
  * For the N non-base inputs: delta_i = x_i - B; delta_i <- sparsify(delta_i) (top-k
  * magnitude, magnitude outliers, Bernoulli(density), or DELLA's rank-dependent Bernoulli),
- * optionally rescaled (l1, l2 or linf norm kept); D_i = w_i * delta_i; with sign consensus only the D_i whose sign
- * matches sign(sum D) count; mix = sum D_i (/ sum of the counted w_i if normalize) * lambda;
- * out = B + mix. The work is done in passes over the inputs, never storing a whole delta:
+ * optionally rescaled (its l1, l2 or linf norm kept); D_i = w_i * delta_i; with sign
+ * consensus only the D_i whose sign matches sign(sum D) count; mix = sum D_i (/ sum of the
+ * counted w_i if normalize) * lambda; out = B + mix. The work is done in passes over the
+ * inputs, never storing a whole delta:
  *   1. top-k thresholds (select.c) for the magnitude sparsifiers,
- *   2. L1 sums per fixed block when rescaling,
+ *   2. norm partials per fixed block when rescaling,
  *   3. the output pass.
  * Each pass hands out fixed blocks of MG_BLOCK elements to threads and takes a block in
  * tiles of GTA_TILE, so the rows of one tile stay in L1 between the steps of the merge.
