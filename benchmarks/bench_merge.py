@@ -1,12 +1,12 @@
 """Benchmark: `fusechat merge` vs `mergekit-yaml` vs the I/O floor on synthetic Llama-shaped
 bf16 checkpoints (issue 3).
 
-Merges: TIES, DARE-TIES and task_arithmetic on a base + 2 models; SCE on a base + 5 targets
-(like FuseChat-7B-v2.0). For each: wall time and peak memory of fusechat and of mergekit
-(separate processes, page cache warm), and the I/O floor: reading every input once and
-writing one output of the same size. Peak memory is reported as the peak anonymous RSS
-(RssAnon: what the process allocates, on top of the page cache its mappings use) and the
-peak total RSS (VmHWM, file pages included).
+Merges: TIES, DARE-TIES, task_arithmetic, DARE-linear with rescale_norm l2 and RAM on a base
++ 2 models; SCE on a base + 5 targets (like FuseChat-7B-v2.0). For each: wall time and peak
+memory of fusechat and of mergekit (separate processes, page cache warm), and the I/O floor:
+reading every input once and writing one output of the same size. Peak memory is reported
+as the peak anonymous RSS (RssAnon: what the process allocates, on top of the page cache its
+mappings use) and the peak total RSS (VmHWM, file pages included).
 
 Every measured run starts from the same memory state: the previous output deleted, then
 --settle seconds (3) idle. On a VM whose balloon device reports free pages to the host
@@ -50,6 +50,10 @@ MERGES = [  # name, method, number of non-base models, per-model params, global 
     ("dare_ties", "dare_ties", 2, {"weight": 0.5, "density": 0.6}, {}),
     ("task_arithmetic", "task_arithmetic", 2, {"weight": 0.3}, {"normalize": False}),
     ("sce", "sce", 5, {}, {"select_topk": 0.1}),
+    # rescale_norm l2 (mergekit 0.1.5 reads no rescale_norm key: it rescales by l1, the same
+    # work), and ram (two inputs' active deltas averaged)
+    ("dare_linear_l2", "dare_linear", 2, {"weight": 0.5, "density": 0.6}, {"rescale_norm": "l2"}),
+    ("ram", "ram", 2, {}, {"epsilon": 1e-5}),
 ]
 
 

@@ -127,6 +127,29 @@ def test_output_loads_in_transformers(zoo, tmp_path, monkeypatch):
         merged["lm_head.weight"].astype(np.float32))
 
 
+def test_bf16_merge_of_transformers5_checkpoints_loads_as_bf16(tmp_path):
+    """transformers 5 writes "dtype" in config.json and reads it before "torch_dtype": a bf16
+    merge of float32 checkpoints saved that way must load as bfloat16 with dtype="auto"."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    base, targets = make_family(str(tmp_path / "f"), 2, "float32", seed=4)
+    for p in [base] + targets:
+        with open(os.path.join(p, "config.json")) as f:
+            c = json.load(f)
+        c["dtype"] = c.pop("torch_dtype")  # how transformers 5 saves it
+        with open(os.path.join(p, "config.json"), "w") as f:
+            json.dump(c, f)
+    cfg = {"merge_method": "task_arithmetic", "base_model": base, "dtype": "bfloat16",
+           "models": [{"model": p, "parameters": {"weight": 0.5}} for p in targets]}
+    out = run(cfg, tmp_path / "o", quiet=True)
+    with open(os.path.join(out, "config.json")) as f:
+        c = json.load(f)
+    assert c["dtype"] == c["torch_dtype"] == "bfloat16"
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert model.dtype == torch.bfloat16
+    assert model.lm_head.weight.dtype == torch.bfloat16
+
+
 def test_sharded_output_and_index(zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(zoo)
     out = run(os.path.join(EXAMPLES, "fusechat-ties.yml"), tmp_path / "o", quiet=True,
@@ -229,8 +252,9 @@ def _cfg(zoo, **over):
 @pytest.mark.parametrize("change,match", [
     (dict(merge_methd="ties"), "unknown key 'merge_methd'; valid keys: merge_method"),
     (dict(merge_method="tie"), "unknown merge_method 'tie'; valid methods: .*ties"),
-    (dict(parameters={"desnity": 0.5}), "no parameter 'desnity'; valid parameters: "
-                                        "density, int8_mask, lambda, normalize, rescale, weight"),
+    (dict(parameters={"desnity": 0.5}), "no parameter 'desnity' \\(did you mean 'density'\\?\\); "
+                                        "valid parameters: density, int8_mask, lambda, "
+                                        "normalize, rescale, rescale_norm, weight"),
     (dict(parameters={"normalize": "yes"}), "normalize must be true or false"),
     (dict(parameters={"density": 1.5}), r"density must be in \(0, 1\]"),
     (dict(parameters={"density": [0.5, 0.0]}), r"density must be in \(0, 1\]"),
@@ -240,8 +264,14 @@ def _cfg(zoo, **over):
           models=[{"model": os.path.join("models", n)} for n in V2[:3]]),
      "slerp needs exactly two models"),
     (dict(dtype="float64"), "dtype 'float64' is not supported"),
+    (dict(merge_method="dare_linear", parameters={"rescale_norm": "l3"}),
+     "parameters: rescale_norm: rescale_norm must be one of l1, l2, linf, got 'l3'"),
     (dict(base_model=None), "ties needs base_model"),
-    (dict(models=[{"model": "org/not-here"}]), "not a local folder"),
+    (dict(models=[{"model": "org/not-here"}]),
+     "not a local folder, and the Hugging Face cache .* does not hold it. fusechat does not "
+     "download models: run `huggingface-cli download org/not-here`"),
+    (dict(models=[{"model": "org/not-here@v2"}]),
+     "`huggingface-cli download org/not-here --revision v2`"),
     (dict(tokenizer_source=7), "tokenizer_source must be base, union or a model path"),
 ])
 def test_config_errors_are_clear(zoo, tmp_path, monkeypatch, change, match):
@@ -249,6 +279,54 @@ def test_config_errors_are_clear(zoo, tmp_path, monkeypatch, change, match):
     with pytest.raises(ConfigError, match=match):
         run(_cfg(zoo, **change), tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_parameter_of_another_method_ignored_with_one_warning(zoo, tmp_path, caplog):
+    """mergekit's own tests put weight on every slerp model: accepted, the same output as
+    without it, and one warning naming the parameter and the method."""
+    m = os.path.join(zoo, "models")
+    cfg = {"merge_method": "slerp", "base_model": os.path.join(m, "openchat_3.5"),
+           "parameters": {"t": 0.3, "density": 0.5},
+           "models": [{"model": os.path.join(m, n), "parameters": {"weight": 0.5}}
+                      for n in ("openchat_3.5", V2[0])]}
+    with caplog.at_level(logging.WARNING):
+        a = load(run(cfg, tmp_path / "a", quiet=True))
+    msgs = [r.getMessage() for r in caplog.records if "does not use" in r.getMessage()]
+    assert len(msgs) == 2, msgs  # one per parameter, not one per model or tensor
+    assert any("slerp does not use the parameter 'weight'" in t and "models[1]" in t
+               for t in msgs)
+    assert any("'density'" in t for t in msgs)
+    plain = dict(cfg, parameters={"t": 0.3}, models=[{"model": e["model"]} for e in cfg["models"]])
+    b = load(run(plain, tmp_path / "b", quiet=True))
+    for k in b:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_model_id_found_in_the_hugging_face_cache(tmp_path, monkeypatch):
+    """org/name (and org/name@revision) resolve to a snapshot in the HF cache layout under
+    HF_HOME, as huggingface-cli download leaves it; nothing is downloaded."""
+    base, (t0,) = make_family(str(tmp_path / "f"), 1, "float32")
+    hub = tmp_path / "hf" / "hub" / "models--org--tiny-target"
+    (hub / "refs").mkdir(parents=True)
+    (hub / "snapshots").mkdir()
+    for rev, commit in (("main", "c0ffee"), ("v1", "beef01")):
+        (hub / "refs" / rev).write_text(commit)
+        os.symlink(t0, hub / "snapshots" / commit)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = {"merge_method": "task_arithmetic", "base_model": base,
+           "models": [{"model": "org/tiny-target", "parameters": {"weight": 0.5}}]}
+    by_id = load(run(cfg, tmp_path / "a", quiet=True))
+    cfg["models"][0]["model"] = "org/tiny-target@v1"
+    by_rev = load(run(cfg, tmp_path / "b", quiet=True))
+    cfg["models"][0]["model"] = t0
+    by_path = load(run(cfg, tmp_path / "c", quiet=True))
+    for k in by_path:
+        np.testing.assert_array_equal(by_id[k], by_path[k])
+        np.testing.assert_array_equal(by_rev[k], by_path[k])
+    cfg["models"][0]["model"] = "org/tiny-target@v9"
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'hf' / 'hub'}.*--revision v9"):
+        run(cfg, tmp_path / "d", quiet=True)
 
 
 def test_per_model_global_parameter_refused(zoo, tmp_path):
@@ -277,30 +355,21 @@ def test_missing_tensor_and_shape_mismatch_name_tensor_and_model(tmp_path):
         run(cfg, tmp_path / "o", quiet=True)
 
 
-def test_vocab_mismatch(tmp_path, caplog):
+def test_vocab_mismatch_without_tokenizer_source_refused(tmp_path):
+    """Vocabulary sizes that differ, no tokenizer_source: refused (as mergekit 0.1.5 refuses),
+    naming the tensor, the models and their shapes, before anything is written; with
+    tokenizer_source the same models merge."""
     base, (small, big) = make_family(str(tmp_path / "f"), 2, "float32", target_vocab=[100, 120])
-    B, S, G = load(base), load(small), load(big)
-    cfg = {"merge_method": "task_arithmetic", "base_model": base,
-           "models": [{"model": p, "parameters": {"weight": 0.5}} for p in (small, big)],
-           "parameters": {"normalize": False}}
-    with caplog.at_level(logging.WARNING):
-        out = run(cfg, tmp_path / "ta", quiet=True)
-    assert big in caplog.text and "vocabulary sizes differ" in caplog.text
-    got = load(out)
-    assert got["lm_head.weight"].shape == (100, 64)
-    want = B["lm_head.weight"] + 0.5 * (S["lm_head.weight"] - B["lm_head.weight"]) + \
-        0.5 * (G["lm_head.weight"][:100] - B["lm_head.weight"])
-    np.testing.assert_allclose(got["lm_head.weight"], want, rtol=1e-6, atol=1e-7)
-    # linear truncates everything to the common submatrix
-    cfg = {"merge_method": "linear",
-           "models": [{"model": p, "parameters": {"weight": 1.0}} for p in (big, small)]}
-    out = run(cfg, tmp_path / "lin", quiet=True)
-    got = load(out)
-    np.testing.assert_allclose(got["model.embed_tokens.weight"],
-                               (G["model.embed_tokens.weight"][:100] + S["model.embed_tokens.weight"]) / 2,
-                               rtol=1e-6, atol=1e-7)
-    with open(os.path.join(out, "config.json")) as f:
-        assert json.load(f)["vocab_size"] == 100
+    for cfg in ({"merge_method": "task_arithmetic", "base_model": base,
+                 "models": [{"model": p, "parameters": {"weight": 0.5}} for p in (small, big)]},
+                {"merge_method": "linear",
+                 "models": [{"model": p, "parameters": {"weight": 1.0}} for p in (big, small)]}):
+        with pytest.raises(ConfigError, match=r"'(lm_head|model.embed_tokens).weight': vocabulary sizes "
+                           r"differ between models \(.*" + big + r": \[120, 64\].*\); set "
+                           "tokenizer_source"):
+            run(cfg, tmp_path / "o", quiet=True)
+        assert not (tmp_path / "o").exists()
+    run(dict(cfg, tokenizer_source="union"), tmp_path / "o", quiet=True)
 
 
 def test_config_forms_and_tokenizer_source(zoo, tmp_path):

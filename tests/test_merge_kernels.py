@@ -24,6 +24,10 @@ CASES = {
     "dare_ties": (dict(weight=[0.4, 0.6, 0.2], density=0.5), 3, True),
     "dare_linear": (dict(weight=[0.4, 0.6, 0.2], density=0.6, normalize=True), 3, True),
     "dare_linear_norescale": (dict(weight=0.5, density=0.3, rescale=False), 3, True),
+    "dare_linear_l2": (dict(weight=[0.4, 0.6, 0.2], density=0.6, rescale_norm="l2"), 3, True),
+    "dare_ties_linf": (dict(weight=[0.4, 0.6, 0.2], density=0.5, rescale_norm="linf"), 3, True),
+    "della_l2": (dict(weight=[1.0, 0.5, 0.25], density=0.5, epsilon=0.2, rescale_norm="l2"),
+                 3, True),
     "breadcrumbs": (dict(weight=[1.0, 0.5, 0.25], density=0.6, gamma=0.05), 3, True),
     "breadcrumbs_ties": (dict(weight=[1.0, 0.5, 0.25], density=0.8, gamma=0.3), 3, True),
     "della": (dict(weight=[1.0, 0.5, 0.25], density=0.5, epsilon=0.2), 3, True),
@@ -43,6 +47,9 @@ CASES = {
     "model_stock_rows": (dict(filter_wise=True), 2, True),
     "nearswap": (dict(t=0.05), 1, True),
     "passthrough": (dict(scale=-0.5), 1, False),
+    "ram": (dict(epsilon=0.004), 3, True),
+    "ramplus_tl": (dict(epsilon=0.004), 3, True),
+    "ramplus_tl_r": (dict(r=0.5, alpha=2.0, epsilon=0.01), 2, True),
 }
 
 
@@ -68,7 +75,8 @@ def reference(method, base, xs, params, seed=0, name=""):
              "gamma": per_model(p.get("gamma", 0.01), n),
              "epsilon": per_model(p.get("epsilon", 0.15), n),
              "normalize": p.get("normalize", g["normalize"]),
-             "rescale": p.get("rescale", g["rescale"]), "lambda": p.get("lambda", 1.0)}
+             "rescale": p.get("rescale", g["rescale"]), "lambda": p.get("lambda", 1.0),
+             "rescale_norm": p.get("rescale_norm", "l1")}
         return ref.gta(method, base, xs, q, seed, name)
     if method == "linear":
         return ref.linear(xs, per_model(p["weight"], n), p.get("normalize", True))
@@ -76,6 +84,9 @@ def reference(method, base, xs, params, seed=0, name=""):
         return ref.sce(base, xs, p.get("select_topk", 1.0), p.get("mask_deltas", True))
     if method == "varm":
         return ref.varm(base, xs)
+    if method in ("ram", "ramplus_tl"):
+        return ref.ram(base, xs, p.get("epsilon", 1e-5), method == "ramplus_tl",
+                       p.get("r", 0.1), p.get("alpha", 0.2))
     if method == "slerp":
         return ref.slerp(p["t"], base, xs[0])
     if method == "nuslerp":
@@ -203,6 +214,33 @@ def test_dare_keeps_density_and_l1(method):
         assert abs(np.abs(d).sum() / np.abs(delta).sum() - 1) < 0.01
 
 
+@pytest.mark.parametrize("norm", ["l1", "l2", "linf"])
+def test_dare_rescale_norm_against_mergekit_sparsify(norm):
+    """rescale_norm against mergekit's own sparsifier (random masks: compared by their
+    statistics): both keep about `density` of the elements, each kept delta scaled by one
+    factor, and that factor makes the chosen norm of the kept deltas that of the whole."""
+    torch = pytest.importorskip("torch")
+    sparsify = pytest.importorskip("mergekit.sparsify")
+    base, (x,) = make_inputs((128, 513), 1, np.float32)
+    delta = (x - base).astype(np.float32)
+    torch.manual_seed(0)
+    mk = sparsify.sparsify(torch.from_numpy(delta.copy()), 0.3, sparsify.SparsificationMethod.random,
+                           rescale_norm=sparsify.RescaleNorm(norm)).numpy().astype(np.float64)
+    fc = merge_tensors("dare_linear", base, [x], weight=1.0, density=0.3, rescale_norm=norm,
+                       seed=4, tensor_name="t").astype(np.float64) - base
+    f = ref.NORMS[norm]
+    for got in (mk, fc):
+        kept = got != 0
+        assert abs(kept.mean() - 0.3) < 0.01
+        want = f(delta) / f(np.where(kept, delta, 0)) * np.where(kept, delta, 0)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()  # fc: B + d rounded
+        if norm != "linf":  # linf: the kept maximum usually equals the whole's
+            np.testing.assert_allclose(f(got), f(delta.astype(np.float64)), rtol=1e-5)
+    # the expected factor of the two masks agrees: l1 ~ 1/density, l2 ~ 1/sqrt(density)
+    s_mk, s_fc = (np.abs(g[g != 0] / delta[g != 0]).mean() for g in (mk, fc))
+    assert abs(s_mk / s_fc - 1) < 0.02, (s_mk, s_fc)
+
+
 def test_dare_masks_differ_by_seed_model_and_tensor():
     base, (x,) = make_inputs((64, 64), 1, np.float32)
     a = merge_tensors("dare_linear", base, [x], weight=1.0, density=0.5, seed=1, tensor_name="a")
@@ -214,7 +252,8 @@ def test_dare_masks_differ_by_seed_model_and_tensor():
 
 
 @pytest.mark.parametrize("case", ["ties", "dare_ties", "della", "breadcrumbs_ties", "sce",
-                                  "model_stock_rows", "linear", "karcher", "nuslerp_cols", "varm"])
+                                  "model_stock_rows", "linear", "karcher", "nuslerp_cols", "varm",
+                                  "ramplus_tl"])
 def test_same_bytes_for_any_thread_count(case):
     params, n, uses_base = CASES[case]
     base, xs = make_inputs((301, 1031), n, BF16, seed=3)  # ~310k elements: many blocks
@@ -224,7 +263,7 @@ def test_same_bytes_for_any_thread_count(case):
 
 
 ISA_CASES = ["task_arithmetic", "task_arithmetic_lambda", "ties", "ties_nonorm", "dare_ties",
-             "dare_linear", "dare_linear_norescale", "breadcrumbs", "breadcrumbs_ties", "della",
+             "dare_linear", "dare_linear_norescale", "dare_linear_l2", "dare_ties_linf", "breadcrumbs", "breadcrumbs_ties", "della",
              "della_linear", "sce", "sce_full", "sce_fuse", "varm"]
 
 
@@ -302,6 +341,10 @@ def test_topk_ties_broken_by_index():
     ("model_stock", dict(), 1, "at least 2"),
     ("bogus", dict(), 1, "unknown merge_method 'bogus'"),
     ("linear", dict(weight=[1.0, -1.0]), 2, "sum to 0"),
+    ("dare_linear", dict(weight=1.0, rescale_norm="l3"), 1, "rescale_norm must be one of l1, l2, linf"),
+    ("slerp", dict(t=0.5, rescale_norm="l2"), 1, "no parameter rescale_norm"),
+    ("ram", dict(epsilon=-1.0), 2, "epsilon must be >= 0"),
+    ("ramplus_tl", dict(alpha=-0.5), 2, "alpha must be >= 0"),
 ])
 def test_bad_arguments_are_refused(method, params, n, match):
     base, xs = make_inputs((8, 8), n, np.float32)

@@ -40,6 +40,12 @@ def configs(base, ts):
                                                        density=(0.6, 0.3, 0.9))},
         "ties_gradient": {"base_model": base, "models": _models(ts, weight=0.2),
                           "parameters": {"density": grad[::-1][:2] + [0.4], "normalize": False}},
+        # int(density * n) == 0 on the 64-element norms: at least one element per model kept
+        "ties_tiny_density": {"base_model": base, "models": _models(ts, weight=(0.2, 0.5, 0.3),
+                                                                    density=(0.01, 0.005, 0.3))},
+        # n_top = int(gamma * n) == 0 on the norms: no top outliers dropped
+        "breadcrumbs_no_top": {"base_model": base, "models": _models(ts, weight=0.4,
+                                                                     density=0.5, gamma=0.01)},
         "breadcrumbs": {"base_model": base, "models": _models(ts, weight=0.4, density=0.7,
                                                               gamma=0.05)},
         "breadcrumbs_ties": {"base_model": base, "models": _models(ts, weight=(1.0, 0.5, 0.5),
@@ -57,6 +63,20 @@ def configs(base, ts):
         "karcher": {"base_model": base, "models": _models(ts)},
         "model_stock": {"base_model": base, "models": _models(ts)},
         "nearswap": {"base_model": base, "models": _models(ts[:1]), "parameters": {"t": 0.01}},
+        # mergekit's own tests put weight on every model, also where the method ignores it
+        "slerp_weights": {"base_model": base, "models": _models([base, ts[0]], weight=0.5),
+                          "parameters": {"t": 0.4}},
+        "nearswap_weights": {"base_model": base, "models": _models([base, ts[0]], weight=1.0),
+                             "parameters": {"t": 0.02}},
+        "sce_weights": {"base_model": base, "models": _models([base] + ts, weight=1.0),
+                        "parameters": {"select_topk": 0.5}},
+        "karcher_weights": {"models": _models(ts, weight=(1.0, 0.5, 0.2))},
+        "model_stock_weights": {"base_model": base, "models": _models([base] + ts, weight=1.0)},
+        "ram": {"base_model": base, "models": _models(ts), "parameters": {"epsilon": 0.01}},
+        "ram_default": {"base_model": base, "models": _models(ts, weight=1.0)},
+        "ramplus_tl": {"base_model": base, "models": _models(ts), "parameters": {"epsilon": 0.015}},
+        "ramplus_tl_params": {"base_model": base, "models": _models(ts[:2]),
+                              "parameters": {"epsilon": 0.01, "r": 0.5, "alpha": 3.0}},
         "dare_linear_density1": {"base_model": base, "models": _models(ts, weight=0.3)},
         "passthrough_frankenmerge": {"slices": [
             {"sources": [{"model": ts[0], "layer_range": [0, 2]}]},
@@ -111,3 +131,76 @@ def test_matches_mergekit(family, tmp_path, case):
         assert rel < 1e-5, (name, rel)
     print(f"{case}: worst relative error {worst:.2e}")
     assert worst < 1e-5
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples", "merge")
+V2 = ["OpenChat-3.5-7B-Mixtral-v2.0", "OpenChat-3.5-7B-InternLM-v2.0",
+      "OpenChat-3.5-7B-Qwen-v2.0", "OpenChat-3.5-7B-Starling-v2.0", "OpenChat-3.5-7B-SOLAR-v2.0"]
+
+
+@pytest.fixture(scope="module")
+def zoo32(tmp_path_factory):
+    """./models/ as the examples name them: the pivot and five float32 targets."""
+    import yaml  # noqa: F401
+
+    root = tmp_path_factory.mktemp("zoo32")
+    base, targets = make_family(str(root / "fam"), 5, "float32", seed=7)
+    (root / "models").mkdir()
+    os.symlink(base, root / "models" / "openchat_3.5")
+    for name, t in zip(V2, targets):
+        os.symlink(t, root / "models" / name)
+    return root
+
+
+@pytest.mark.parametrize("example", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".yml")
+                                           and "varm" not in f))  # varm: fusechat's own
+def test_example_configs_match_mergekit(zoo32, tmp_path, monkeypatch, example):
+    """Every example config mergekit knows, in float32: the deterministic ones within 1e-5
+    relative; DARE (random masks) by its statistics: per tensor, the L1 norm of the merged
+    update agrees within 3% (masks keep `density` of each delta, rescaled to its L1 norm)."""
+    import yaml
+
+    monkeypatch.chdir(zoo32)
+    with open(os.path.join(EXAMPLES, example)) as f:
+        cfg = yaml.safe_load(f)
+    cfg["dtype"] = cfg["out_dtype"] = "float32"
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    base = _load(os.path.join(zoo32, "models", "openchat_3.5"))
+    assert sorted(want) == sorted(got)
+    for name, w in want.items():
+        g = got[name].astype(np.float64)
+        if METHODS[cfg["merge_method"]].randomized:
+            if w.size >= 4096:
+                l1 = [np.abs(a - base[name]).sum() for a in (g, w)]
+                assert abs(l1[0] / l1[1] - 1) < 0.03, (name, l1)
+            continue
+        rel = float(np.max(np.abs(g - w)) / max(np.max(np.abs(w)), 1e-30))
+        assert rel < 1e-5, (example, name, rel)
+
+
+@pytest.mark.parametrize("source", ["base", "union", "model"])
+def test_tokenizer_source_matches_mergekit(tmp_path, source):
+    """Vocabularies of 100 and 120 tokens: embedding rows matched by token, in float32. The
+    union's added tokens come in set order in mergekit (varies between processes), in the
+    models' id order in fusechat: rows are compared by token."""
+    tokenizers = pytest.importorskip("tokenizers")
+    base, (same, big) = make_family(str(tmp_path / "f"), 2, "float32", target_vocab=[100, 120],
+                                    seed=5)
+    cfg = {"merge_method": "task_arithmetic", "base_model": base, "dtype": "float32",
+           "out_dtype": "float32", "tokenizer_source": big if source == "model" else source,
+           "models": [{"model": p, "parameters": {"weight": 0.5}} for p in (same, big)]}
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    assert sorted(want) == sorted(got)
+    ids = [tokenizers.Tokenizer.from_file(str(tmp_path / o / "tokenizer.json"))
+           for o in ("mk", "fc")]
+    for name, w in want.items():
+        assert got[name].shape == w.shape, name
+        if w.shape[0] == 120:  # the mergekit row of each fusechat token
+            w = w[[ids[0].token_to_id(ids[1].id_to_token(i)) for i in range(120)]]
+        rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
+        assert rel < 1e-5, (name, rel)

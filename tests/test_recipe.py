@@ -173,6 +173,8 @@ def test_the_fusechat_7b_v2_recipe_parses():
         "Qwen/Qwen1.5-72B-Chat"]
     assert (r["extract"]["k"], r["train"]["lm_weight"], r["fuse"]["rule"]) == (10, 0.9, "mince")
     assert r["merge"]["method"] == "sce" and r["merge"]["parameters"]["select_topk"] == 0.1
+    # FuseChat-7B-v2.0 was merged with the repository's SCE reading (docs/merging.md 2.2)
+    assert r["merge"]["parameters"]["mask_deltas"] is False
     # the plan: 6 extractions, 5 x (align, fuse, train), SFT, merge, eval (nothing runs)
     names = [s.name for s in recipe.plan(r)]
     assert len(names) == 1 + 6 + 15 + 1 + 1 + 1 and names[-2:] == ["merge", "eval"]

@@ -8,7 +8,7 @@
 static const char *const method_names[FC_MERGE_METHOD_COUNT] = {
     "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
     "breadcrumbs_ties", "della", "della_linear", "sce", "varm", "slerp", "nuslerp",
-    "multislerp", "karcher", "model_stock", "nearswap", "passthrough",
+    "multislerp", "karcher", "model_stock", "nearswap", "passthrough", "ram", "ramplus_tl",
 };
 
 int fc_merge_method_from_name(const char *name) {
@@ -44,6 +44,9 @@ void fc_merge_params_init(fc_merge_params *p, fc_merge_method m) {
     p->eps = 1e-8;
     p->max_iter = 10;
     p->tol = 1e-5;
+    p->active_eps = 1e-5;
+    p->r = 0.1;
+    p->alpha = 0.2;
 }
 
 /* ---- instruction set of the hot kernels ---- */
@@ -155,6 +158,14 @@ static fc_status check_params(const fc_merge_params *p, int n, fc_error *err) {
                                  "karcher: max_iter must be >= 0 and tol > 0");
     if (p->method == FC_MERGE_MULTISLERP && !(p->eps >= 0))
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter", "multislerp: eps must be >= 0");
+    if (is_gta(p->method) && (p->rescale_norm < FC_RESCALE_L1 || p->rescale_norm > FC_RESCALE_LINF))
+        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
+                                 "%s: rescale_norm %d is not l1 (0), l2 (1) or linf (2)", name,
+                                 p->rescale_norm);
+    if ((p->method == FC_MERGE_RAM || p->method == FC_MERGE_RAMPLUS_TL) &&
+        !(p->active_eps >= 0 && isfinite(p->r) && p->alpha >= 0 && isfinite(p->alpha)))
+        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
+                                 "%s: epsilon and alpha must be >= 0 and r finite", name);
     if (!isfinite(p->lambda) || !isfinite(p->select_topk))
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
                                  "%s: lambda and select_topk must be finite", name);
@@ -224,6 +235,8 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
     case FC_MERGE_MODEL_STOCK: st = mg_merge_model_stock(&t); break;
     case FC_MERGE_NEARSWAP: st = mg_merge_nearswap(&t); break;
     case FC_MERGE_PASSTHROUGH: st = mg_merge_passthrough(&t); break;
+    case FC_MERGE_RAM:
+    case FC_MERGE_RAMPLUS_TL: st = mg_merge_ram(&t); break;
     default: st = k->gta(&t); break;
     }
     if (st != FC_OK && err->code == FC_OK)

@@ -3,11 +3,12 @@
  *
  * For the N non-base inputs: delta_i = x_i - B; delta_i <- sparsify(delta_i) (top-k
  * magnitude, magnitude outliers, Bernoulli(density), or DELLA's rank-dependent Bernoulli),
- * optionally L1-rescaled; D_i = w_i * delta_i; with sign consensus only the D_i whose sign
- * matches sign(sum D) count; mix = sum D_i (/ sum of the counted w_i if normalize) * lambda;
- * out = B + mix. The work is done in passes over the inputs, never storing a whole delta:
+ * optionally rescaled (its l1, l2 or linf norm kept); D_i = w_i * delta_i; with sign
+ * consensus only the D_i whose sign matches sign(sum D) count; mix = sum D_i (/ sum of the
+ * counted w_i if normalize) * lambda; out = B + mix. The work is done in passes over the
+ * inputs, never storing a whole delta:
  *   1. top-k thresholds (select.c) for the magnitude sparsifiers,
- *   2. L1 sums per fixed block when rescaling,
+ *   2. norm partials per fixed block when rescaling,
  *   3. the output pass.
  * Each pass hands out fixed blocks of MG_BLOCK elements to threads and takes a block in
  * tiles of GTA_TILE, so the rows of one tile stay in L1 between the steps of the merge.
@@ -39,8 +40,9 @@ typedef struct {
     uint64_t *stream;
     uint8_t *masks;        /* random masks with rescaling: the keep flags the stats pass drew,
                             * [i * numel + e], so the output pass need not draw them again */
-    float *scale;          /* L1 rescale factor per model */
-    double *partials;      /* stats pass: [block][2n] = sum |delta|, sum |kept delta| */
+    float *scale;          /* rescale factor per model */
+    double *partials;      /* stats pass: [block][2n] = the rescale norm's partial (sum |x|,
+                            * sum x^2 or max |x|) of delta and of the kept delta */
     int64_t block;
     /* streaming top-k: the band of each model, keys above hi per [block * n + i], and the
      * set-aside elements r (in no particular order): element index rec_idx[r], B at
@@ -58,6 +60,14 @@ typedef struct {
     const mg_tensor *t;
     int i;
 } key_ctx;
+
+/* TIES keeps the int(density * n) largest |delta|, and at least one element of a model it
+ * sparsifies (density < 1), as mergekit 0.1.5 does: a small tensor (a norm) at a low
+ * density keeps its largest delta instead of none. */
+static int64_t magnitude_k(double density, int64_t numel) {
+    int64_t k = (int64_t)(density * (double)numel);
+    return k < 1 && numel > 0 ? 1 : k;
+}
 
 static void delta_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
     key_ctx *k = (key_ctx *)vctx;
@@ -251,8 +261,23 @@ static void band_set_aside(const mg_tensor *t, gta_ctx *g, int64_t begin, int64_
     }
 }
 
+/* The rescale norm's partial over d[0, len): sum |d| (l1), sum d^2 (l2) or max |d| (linf). */
+static double norm_part(const float *d, int64_t len, int norm) {
+    if (norm == FC_RESCALE_L2) return mg_dot(d, d, len);
+    if (norm == FC_RESCALE_L1) return mg_sum_abs(d, len);
+    float m = 0.0f;
+    for (int64_t k = 0; k < len; k++) m = fabsf(d[k]) > m ? fabsf(d[k]) : m;
+    return m;
+}
+
+/* Partials of one norm combined: summed, or for linf the maximum. */
+static double norm_add(double acc, double part, int norm) {
+    return norm == FC_RESCALE_LINF ? (part > acc ? part : acc) : acc + part;
+}
+
 /* Loads B into s and the sparsified deltas of model i into s + (i + 1) * len; with part
- * (the stats pass), adds sum |delta_i| and sum |kept delta_i| to part[2i], part[2i + 1]. */
+ * (the stats pass), adds the rescale norm's partials of delta_i and of the kept delta_i to
+ * part[2i], part[2i + 1]. */
 static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin, int64_t len,
                             float *s, double *part) {
     float *b = s;
@@ -261,7 +286,8 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         float *d = s + (size_t)(i + 1) * len;
         mg_load(t->in[i], t->in_dt[i], begin, len, d);
         for (int64_t k = 0; k < len; k++) d[k] -= b[k];
-        double l1_all = part ? mg_sum_abs(d, len) : 0.0;
+        int norm = t->p->rescale_norm;
+        double all = part ? norm_part(d, len, norm) : 0.0;
         if (!g->active[i]) continue;
         const fc_merge_model_params *mp = &t->p->models[i];
         switch (g->sp) {
@@ -293,8 +319,8 @@ static fc_status gta_deltas(const mg_tensor *t, const gta_ctx *g, int64_t begin,
         case SP_NONE: break;
         }
         if (part) {
-            part[2 * i] += l1_all;
-            part[2 * i + 1] += mg_sum_abs(d, len);
+            part[2 * i] = norm_add(part[2 * i], all, norm);
+            part[2 * i + 1] = norm_add(part[2 * i + 1], norm_part(d, len, norm), norm);
         }
     }
     return FC_OK;
@@ -524,7 +550,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
         if (!g->active[i]) continue;
         key_ctx kc = {t, i};
         mg_sample_keys(N, size, delta_keys, &kc, sample, sample + size);
-        double q = (double)(int64_t)(t->p->models[i].density * (double)N) / (double)N;
+        double q = (double)magnitude_k(t->p->models[i].density, N) / (double)N;
         mg_sample_band(sample, size, q * (double)size, sqrt((double)size * q * (1.0 - q)),
                        &g->lo[i], &g->mid[i], &g->hi[i]);
         frac += mg_sample_fraction(sample, size, g->lo[i], g->hi[i]);
@@ -556,7 +582,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
     /* each model's threshold: in its band, or give up */
     for (int i = 0; i < n; i++) {
         if (!g->active[i]) continue;
-        int64_t k = (int64_t)(t->p->models[i].density * (double)N), in_band = 0;
+        int64_t k = magnitude_k(t->p->models[i].density, N), in_band = 0;
         for (int64_t b = 0; b < nblocks; b++) above[i] += g->above[(size_t)b * n + i];
         for (int64_t ch = 0; ch < nchunks; ch++) in_band += c.counts[((size_t)ch * n + i) * 3];
         if (above[i] > k || above[i] + in_band < k) goto out;
@@ -657,7 +683,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         int64_t N = t->numel;
         key_ctx kc = {t, i};
         if (g.sp == SP_MAGNITUDE) {
-            int64_t k = (int64_t)(mp->density * (double)N);
+            int64_t k = magnitude_k(mp->density, N);
             st = select_delta_keys(t, &kc, keys, k, &g.keep[i]);
             if (st != FC_OK) goto done;
         } else if (g.sp == SP_OUTLIERS) {
@@ -689,9 +715,14 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         g.stats = 0;
         for (int i = 0; i < n; i++) {
             double all = 0, kept = 0;
+            int norm = p->rescale_norm;
             for (int64_t b = 0; b < nblocks; b++) {
-                all += g.partials[(size_t)b * 2 * n + 2 * i];
-                kept += g.partials[(size_t)b * 2 * n + 2 * i + 1];
+                all = norm_add(all, g.partials[(size_t)b * 2 * n + 2 * i], norm);
+                kept = norm_add(kept, g.partials[(size_t)b * 2 * n + 2 * i + 1], norm);
+            }
+            if (norm == FC_RESCALE_L2) {
+                all = sqrt(all);
+                kept = sqrt(kept);
             }
             if (g.active[i] && all >= 1e-7 && kept >= 1e-7) g.scale[i] = (float)(all / kept);
         }

@@ -47,6 +47,8 @@ typedef enum fc_merge_method {
     FC_MERGE_MODEL_STOCK,
     FC_MERGE_NEARSWAP,
     FC_MERGE_PASSTHROUGH,
+    FC_MERGE_RAM,
+    FC_MERGE_RAMPLUS_TL,
     FC_MERGE_METHOD_COUNT
 } fc_merge_method;
 
@@ -68,7 +70,7 @@ typedef struct fc_merge_params {
     fc_merge_method method;
     const fc_merge_model_params *models; /* one per input */
     int    normalize;        /* task-arithmetic family and linear */
-    int    rescale;          /* L1 rescale after sparsification */
+    int    rescale;          /* rescale after sparsification (rescale_norm) */
     double lambda;           /* task-arithmetic family: final scale of the merged delta */
     double select_topk;      /* sce: fraction of highest-variance positions kept */
     int    mask_deltas;      /* sce: 1 = mergekit (mask applied to deltas), 0 = FuseChat repo */
@@ -82,7 +84,13 @@ typedef struct fc_merge_params {
     int    filter_wise;      /* model_stock: one t per row */
     uint64_t seed;           /* dare/della */
     uint64_t tensor_key;     /* fc_merge_tensor_key(name) for dare/della */
+    int    rescale_norm;     /* the norm `rescale` preserves: FC_RESCALE_L1 (default), _L2, _LINF */
+    double active_eps;       /* ram, ramplus_tl: a delta counts where |delta| > active_eps (1e-5) */
+    double r, alpha;         /* ramplus_tl: unique updates scaled by 1 + r * clamp(rho, 0, alpha) */
 } fc_merge_params;
+
+/* rescale: kept deltas * norm(delta) / norm(kept deltas), unless either norm is below 1e-7 */
+enum { FC_RESCALE_L1 = 0, FC_RESCALE_L2 = 1, FC_RESCALE_LINF = 2 };
 
 FC_API void fc_merge_params_init(fc_merge_params *p, fc_merge_method m);
 FC_API void fc_merge_model_params_init(fc_merge_model_params *mp);

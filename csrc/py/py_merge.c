@@ -24,7 +24,8 @@ static int parse_globals(PyObject *d, fc_merge_params *p) {
             {"nuslerp_row_wise", &p->nuslerp_row_wise, NULL},
             {"normalize_weights", &p->normalize_weights, NULL}, {"eps", NULL, &p->eps},
             {"max_iter", &p->max_iter, NULL}, {"tol", NULL, &p->tol},
-            {"filter_wise", &p->filter_wise, NULL},
+            {"filter_wise", &p->filter_wise, NULL}, {"rescale_norm", &p->rescale_norm, NULL},
+            {"epsilon", NULL, &p->active_eps}, {"r", NULL, &p->r}, {"alpha", NULL, &p->alpha},
         };
         size_t i, nf = sizeof fields / sizeof fields[0];
         for (i = 0; i < nf; i++)

@@ -4,8 +4,10 @@ Accepted (mergekit's ``MergeConfiguration``, docs/merging.md "Config"): ``merge_
 ``models: [{model, parameters}]`` or ``slices: [{sources: [{model, layer_range,
 parameters}], parameters}]``, ``base_model``, ``parameters``, ``dtype``, ``out_dtype``,
 ``tokenizer_source`` (``base``, ``union`` or a model path). Unlike mergekit, unknown keys,
-unknown parameter names, parameters of the wrong scope and out-of-range values are refused
-with a :class:`fusechat.errors.ConfigError` that lists the valid names.
+parameter names no method knows (typos), parameters of the wrong scope and out-of-range values
+are refused with a :class:`fusechat.errors.ConfigError` that lists the valid names; a
+parameter another method uses (``weight`` on slerp models, as mergekit's own tests write) is
+ignored with one warning, as mergekit ignores it.
 
 Parameter values: a scalar; a gradient ``[v0, ..., vk]`` interpolated linearly over the
 layers (``t = layer / (L - 1)``; tensors outside the layers use ``t = 0``); or a list of
@@ -13,14 +15,18 @@ layers (``t = layer / (L - 1)``; tensors outside the layers use ``t = 0``); or a
 or a substring of the tensor name wins.
 """
 import copy
+import difflib
 import errno
+import logging
 import math
 import os
 import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from .methods import REQUIRED, check_value, get_method
+from .methods import KNOWN_PARAMS, REQUIRED, check_value, get_method
+
+LOG = logging.getLogger(__name__)
 
 TOP_KEYS = ("merge_method", "models", "slices", "base_model", "parameters", "dtype",
             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "modules")
@@ -125,22 +131,70 @@ def _check_setting(method, name, value, where):
     check_value(method, name, value, where, ConfigError)
 
 
-def _check_params(method, params, where, scope):
+def _check_params(method, params, where, scope, unused):
+    """The parameters this method uses. A name another method uses (mergekit knows it) is
+    dropped and recorded in `unused` (name -> where) for one warning; a name no method
+    knows is refused with the closest valid one."""
     if params is None:
         return {}
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: parameters must be a mapping")
     valid = method.param_names() if scope == "top" else sorted(method.tensor)
+    kept = {}
     for name, value in params.items():
         if name not in valid:
             if scope == "model" and name in method.glob:
                 raise ConfigError(f"{where}: {name} is a global parameter of {method.name}; "
                                   "set it under the top-level parameters")
-            raise ConfigError(f"{where}: {method.name} has no parameter {name!r}; valid "
-                              f"{'per-model ' if scope == 'model' else ''}parameters: "
-                              f"{', '.join(valid) or '(none)'}")
+            if name not in KNOWN_PARAMS:
+                close = difflib.get_close_matches(str(name), valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{where}: {method.name} has no parameter {name!r}{hint}; "
+                                  f"valid {'per-model ' if scope == 'model' else ''}parameters: "
+                                  f"{', '.join(valid) or '(none)'}")
+            unused.setdefault(name, []).append(where)
+            continue
         _check_setting(method, name, value, f"{where}: {name}")
-    return dict(params)
+        kept[name] = value
+    return kept
+
+
+def _warn_unused(method, unused):
+    for name, wheres in unused.items():
+        LOG.warning("%s does not use the parameter %r (given in %s); ignored, as mergekit "
+                    "ignores it", method.name, name, "; ".join(wheres))
+
+
+def hf_cache_dir():
+    """The Hugging Face hub cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub
+    (XDG_CACHE_HOME honoured), as huggingface_hub resolves it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    return os.path.join(os.path.expanduser(home), "hub")
+
+
+def _cached_snapshot(repo_id, revision):
+    """The snapshot folder of repo_id (org/name) at revision (a branch, tag or commit; None:
+    main) in the Hugging Face cache layout models--org--name/snapshots/<commit>, or None."""
+    root = os.path.join(hf_cache_dir(), "models--" + repo_id.replace("/", "--"))
+    rev = revision or "main"
+    commit = rev
+    ref_file = os.path.join(root, "refs", rev)
+    if os.path.isfile(ref_file):
+        with open(ref_file, encoding="utf-8") as f:
+            commit = f.read().strip()
+    snap = os.path.join(root, "snapshots", commit)
+    if os.path.isdir(snap):
+        return snap
+    snaps = os.path.join(root, "snapshots")
+    if revision is None and os.path.isdir(snaps) and len(os.listdir(snaps)) == 1:
+        return os.path.join(snaps, os.listdir(snaps)[0])
+    return None
+
+
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _model_path(ref, where):
@@ -149,15 +203,26 @@ def _model_path(ref, where):
         ref = ref.get("model")
     if not isinstance(ref, str) or not ref:
         raise ConfigError(f"{where}: model must be a path string, got {ref!r}")
-    if "+" in ref:
+    if "+" in ref and not os.path.exists(ref):
         raise ConfigError(f"{where}: {ref!r}: LoRA references (model+lora) are not supported")
-    path = os.path.expanduser(ref.split("@")[0] if not os.path.exists(ref) else ref)
-    if not os.path.exists(path) and ref.startswith(("/", ".", "~")):
+    path = os.path.expanduser(ref)
+    if os.path.isdir(path) or path.endswith(".safetensors"):
+        return os.path.abspath(path)
+    if ref.startswith(("/", ".", "~")):
         raise FileNotFoundError(errno.ENOENT, f"model not found ({where})", path)
-    if not os.path.isdir(path) and not path.endswith(".safetensors"):
-        raise ConfigError(f"{where}: model {ref!r} is not a local folder (fusechat reads "
-                          "local Hugging Face folders only; download the model first)")
-    return os.path.abspath(path)
+    repo_id, _, revision = ref.partition("@")
+    if HF_ID.match(repo_id):
+        snap = _cached_snapshot(repo_id, revision or None)
+        if snap:
+            return os.path.abspath(snap)
+        raise ConfigError(
+            f"{where}: model {ref!r} is not a local folder, and the Hugging Face cache "
+            f"({hf_cache_dir()}) does not hold it. fusechat does not download models: run "
+            f"`huggingface-cli download {repo_id}"
+            f"{f' --revision {revision}' if revision else ''}` (it fills that cache, where "
+            "fusechat then finds it by its id), or give the path of a local folder")
+    raise ConfigError(f"{where}: model {ref!r} is not a local folder (fusechat reads local "
+                      "Hugging Face folders, or models in the Hugging Face cache by their id)")
 
 
 def _dtype(value, key):
@@ -182,7 +247,8 @@ def load_config(config):
             raise ConfigError(f"{where}: {key} is not supported by fusechat merge")
     if ("models" in raw) == ("slices" in raw):
         raise ConfigError(f"{where}: give exactly one of models or slices")
-    params = _check_params(method, raw.get("parameters"), f"{where}: parameters", "top")
+    unused = {}
+    params = _check_params(method, raw.get("parameters"), f"{where}: parameters", "top", unused)
     base = _model_path(raw["base_model"], f"{where}: base_model") if raw.get("base_model") else None
     cfg = MergeConfig(method=method, models=[], base=base, params=params,
                       dtype=_dtype(raw.get("dtype"), "dtype"),
@@ -200,14 +266,16 @@ def load_config(config):
             w = f"{where}: models[{i}]"
             _check_keys(m, ("model", "parameters"), w)
             path = _model_path(m.get("model"), w)
-            cfg.models.append(ModelEntry(path, _check_params(method, m.get("parameters"), w, "model")))
+            params_i = _check_params(method, m.get("parameters"), w, "model", unused)
+            cfg.models.append(ModelEntry(path, params_i))
     else:
-        cfg.slices = _load_slices(raw["slices"], method, where)
+        cfg.slices = _load_slices(raw["slices"], method, where, unused)
     _check_roles(cfg, where)
+    _warn_unused(method, unused)
     return cfg
 
 
-def _load_slices(slices, method, where):
+def _load_slices(slices, method, where, unused):
     if not isinstance(slices, list) or not slices:
         raise ConfigError(f"{where}: slices must be a non-empty list")
     out = []
@@ -228,12 +296,13 @@ def _load_slices(slices, method, where):
                     and 0 <= lr[0] < lr[1]):
                 raise ConfigError(f"{ws}: layer_range must be [start, end) with 0 <= start < end")
             srcs.append(ModelEntry(_model_path(src.get("model"), ws),
-                                   _check_params(method, src.get("parameters"), ws, "model"),
+                                   _check_params(method, src.get("parameters"), ws, "model",
+                                                 unused),
                                    tuple(lr)))
         n = {m.layer_range[1] - m.layer_range[0] for m in srcs}
         if len(n) != 1:
             raise ConfigError(f"{w}: every source must span the same number of layers")
-        out.append(SliceSpec(srcs, _check_params(method, s.get("parameters"), w, "top")))
+        out.append(SliceSpec(srcs, _check_params(method, s.get("parameters"), w, "top", unused)))
     return out
 
 

@@ -12,8 +12,8 @@
    tensor and the kernels' block buffers, all kept from one tensor to the next and freed
    at the end; inputs are only mapped.
 4. The output folder is assembled in a temporary folder next to OUT (shards + index,
-   config.json with torch_dtype, tokenizer and generation config, the merge config, a model
-   card) and renamed into place only when complete.
+   config.json with dtype and torch_dtype, tokenizer and generation config, the merge
+   config, a model card) and renamed into place only when complete.
 """
 import json
 import logging
@@ -29,7 +29,7 @@ from .. import _C
 from .. import safetensors as st
 from ..progress import tqdm
 from .config import load_config
-from .plan import is_embed, roles, plan
+from .plan import roles, plan
 from .tensors import merge_tensors
 
 LOG = logging.getLogger(__name__)
@@ -45,13 +45,6 @@ def parse_shard_size(size):
     if isinstance(size, str) and size.strip()[-1:].upper() in "KMGT" and size.strip()[-1:].isalpha():
         size = size.strip() + "B"
     return st.parse_size(size)
-
-
-def _view(f, name, shape):
-    a = f.get(name)
-    if tuple(a.shape) != tuple(shape):  # embedding cut to the top-left submatrix
-        a = np.ascontiguousarray(a[tuple(slice(0, s) for s in shape)])
-    return a
 
 
 # Writer threads. Writing a new file's pages costs CPU time (copying into fresh page-cache
@@ -95,8 +88,8 @@ def _merge_job(job, files, method, seed, threads, vocab=None, out=None):
         base = rows[job.base[0]] if job.base else None
         xs = [rows[p] for p, _ in job.inputs]
     else:
-        base = _view(files[job.base[0]], job.base[1], job.out_shape) if job.base else None
-        xs = [_view(files[p], n, job.out_shape) for p, n in job.inputs]
+        base = files[job.base[0]].get(job.base[1]) if job.base else None
+        xs = [files[p].get(n) for p, n in job.inputs]
     if method.base == "required" and not xs:
         return base.astype(st.numpy_dtype(job.out_dtype))
     try:
@@ -223,12 +216,10 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
     if os.path.isfile(cfg_path):
         with open(cfg_path, encoding="utf-8") as f:
             model_cfg = json.load(f)
-        if len(out_dtypes) == 1:
-            model_cfg["torch_dtype"] = TORCH_DTYPES.get(out_dtypes.pop(), model_cfg.get("torch_dtype"))
-        for j in jobs:
-            if is_embed(j.name, j.out_shape) and "embed" in j.name and \
-                    model_cfg.get("vocab_size", j.out_shape[0]) != j.out_shape[0]:
-                model_cfg["vocab_size"] = j.out_shape[0]
+        if len(out_dtypes) == 1 and out_dtypes <= set(TORCH_DTYPES):
+            # transformers 5 reads "dtype" (and "torch_dtype" only where "dtype" is absent);
+            # older versions read "torch_dtype": both name the merged dtype
+            model_cfg["dtype"] = model_cfg["torch_dtype"] = TORCH_DTYPES[out_dtypes.pop()]
         if vocab:
             model_cfg["vocab_size"] = len(vocab.tokens)
         if cfg.slices and "num_hidden_layers" in model_cfg:

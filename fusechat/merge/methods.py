@@ -8,6 +8,7 @@ out-of-range values are refused, naming the valid choices (mergekit ignores them
 from dataclasses import dataclass, field
 
 REQUIRED = object()
+RESCALE_NORMS = ("l1", "l2", "linf")  # the C core's FC_RESCALE_* order
 
 # name -> (kind, check, message) ; check(value) -> bool
 _RANGES = {
@@ -30,6 +31,9 @@ _RANGES = {
     "max_iter": (int, lambda v: v >= 0, "an integer >= 0"),
     "tol": (float, lambda v: v > 0.0, "> 0"),
     "filter_wise": (bool, None, "true or false"),
+    "r": (float, lambda v: True, "a number"),
+    "alpha": (float, lambda v: v >= 0.0, ">= 0"),
+    "rescale_norm": (str, lambda v: v in RESCALE_NORMS, "one of l1, l2, linf"),
 }
 
 # per-model fields passed to the C core, in its tuple order
@@ -54,7 +58,8 @@ def _gta(name, normalize, rescale, extra=None, randomized=False, sparsifies=True
     tensor = {"weight": REQUIRED, "density": 1.0}
     tensor.update(extra or {})
     return Method(name, "required", tensor,
-                  {"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False},
+                  {"normalize": normalize, "rescale": rescale, "rescale_norm": "l1",
+                   "lambda": 1.0, "int8_mask": False},
                   randomized=randomized, sparsifies=sparsifies)
 
 
@@ -79,7 +84,14 @@ METHODS = {m.name: m for m in [
     Method("model_stock", "required", {}, {"filter_wise": False}),
     Method("nearswap", "required", {}, {"t": REQUIRED}),
     Method("passthrough", "none", {"scale": 1.0}),
+    Method("ram", "required", {}, {"epsilon": 1e-5}),
+    Method("ramplus_tl", "required", {}, {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}),
 ]}
+
+
+# every parameter name some method uses (mergekit's, plus mask_deltas): given to a method that
+# does not use it, it is ignored with a warning; any other name is a typo and refused
+KNOWN_PARAMS = frozenset(n for m in METHODS.values() for n in m.param_names())
 
 
 def get_method(name, error=ValueError):
@@ -91,6 +103,10 @@ def get_method(name, error=ValueError):
 def check_value(method, name, value, where, error=ValueError):
     """Coerce and range-check one parameter value; raise `error` naming `where`."""
     kind, check, msg = _RANGES[name]
+    if kind is str:
+        if not isinstance(value, str) or not check(value):
+            raise error(f"{where}: {name} must be {msg}, got {value!r}")
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise error(f"{where}: {name} must be {msg}, got {value!r}")

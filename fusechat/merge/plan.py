@@ -5,21 +5,14 @@ With ``models:``, every tensor of the base (else the first model) in its storage
 ``slices:``, the pre-layer tensors from the first slice's sources, the layers slice by slice,
 then the post-layer tensors from the last slice's sources (mergekit's planning).
 """
-import logging
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .config import LAYER_RE, ModelEntry, layer_index, lookup
 from .methods import MODEL_DEFAULTS, MODEL_FIELDS, REQUIRED, check_della
 
-LOG = logging.getLogger(__name__)
-
 EMBED_NAMES = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out")
 FLOATS = ("F16", "BF16", "F32", "F64")
-# methods that anchor on the base: a larger non-base embedding is cut to the base's rows
-BASE_ANCHORED_EMBED = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-                       "breadcrumbs_ties", "della", "della_linear", "sce", "varm", "nearswap"}
-
 
 @dataclass
 class Job:
@@ -97,22 +90,14 @@ class _Planner:
                 raise ConfigError(f"tensor {out_name!r}: hidden sizes differ between models")
             out_shape = (len(vocab.tokens), out_shape[1])
         elif len(set(shapes.values())) > 1:
-            if not is_embed(out_name, out_shape):
-                detail = ", ".join(f"{p}: {list(sh)}" for p, sh in shapes.items())
-                raise ConfigError(f"tensor {out_name!r}: shapes differ between models ({detail})")
-            sizes = ", ".join(f"{p}: {sh[0]}" for p, sh in shapes.items())
-            if m.name in BASE_ANCHORED_EMBED and base is not None:
-                dropped = [e.path for e, _ in use
-                           if any(a < b for a, b in zip(shapes[e.path], out_shape))]
-                use = [(e, n) for e, n in use if e.path not in dropped]
-                LOG.warning("tensor %s: vocabulary sizes differ (%s); larger inputs are cut to "
-                            "the base's %s rows%s", out_name, sizes, out_shape[0],
-                            f"; skipped (smaller than the base): {', '.join(dropped)}"
-                            if dropped else "")
-            else:
-                out_shape = tuple(min(sh[i] for sh in shapes.values()) for i in range(2))
-                LOG.warning("tensor %s: vocabulary sizes differ (%s); every input is cut to the "
-                            "common %s submatrix", out_name, sizes, list(out_shape))
+            detail = ", ".join(f"{p}: {list(sh)}" for p, sh in shapes.items())
+            if is_embed(out_name, out_shape):
+                # mergekit 0.1.5 refuses too; cutting rows would change the model's vocabulary
+                # without its tokenizer knowing
+                raise ConfigError(f"tensor {out_name!r}: vocabulary sizes differ between models "
+                                  f"({detail}); set tokenizer_source (base, union or a model "
+                                  "path) to match embedding rows by token")
+            raise ConfigError(f"tensor {out_name!r}: shapes differ between models ({detail})")
         params = {}
         for field in MODEL_FIELDS:
             if field not in m.tensor:

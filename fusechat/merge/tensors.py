@@ -1,7 +1,8 @@
 """``merge_tensors``: one tensor merged by the C core, for notebooks and tests."""
 import numpy as np
 
-from .methods import MODEL_DEFAULTS, MODEL_FIELDS, REQUIRED, check_della, check_value, get_method
+from .methods import (MODEL_DEFAULTS, MODEL_FIELDS, REQUIRED, RESCALE_NORMS, check_della,
+                      check_value, get_method)
 
 
 def _as_array(x, what):
@@ -75,7 +76,9 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
                 raise ValueError(f"merge_tensors: {method} needs the parameter {name}")
             continue
         v = check_value(m, name, params[name], "merge_tensors")
-        if name != "int8_mask":  # changes only mergekit's mask dtype, never a result
+        if name == "rescale_norm":
+            glob[name] = RESCALE_NORMS.index(v)
+        elif name != "int8_mask":  # changes only mergekit's mask dtype, never a result
             glob[name] = int(v) if isinstance(v, bool) else v
     out_dtype = ref.dtype if out_dtype is None else np.dtype(out_dtype)
     return _C.merge_tensor(method, base, tensors, out_dtype, models, glob, int(seed),

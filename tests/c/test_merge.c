@@ -261,7 +261,28 @@ static void test_sce_stream(void) {
     free(o2);
 }
 
+/* TIES with int(density * n) == 0 keeps each model's largest |delta| (mergekit 0.1.5), so a
+ * small tensor at a low density is not left as the base. */
+static void test_ties_keeps_one(void) {
+    float b[4] = {1, 1, 1, 1}, x0[4] = {1.1f, -2, 1.2f, 1.5f}, x1[4] = {1, 1, 1.25f, 0.5f}, o[4];
+    const void *in[2] = {x0, x1};
+    fc_dtype dts[2] = {FC_F32, FC_F32};
+    fc_merge_model_params mp[2];
+    fc_merge_model_params_init(&mp[0]);
+    fc_merge_model_params_init(&mp[1]);
+    mp[0].density = mp[1].density = 0.1; /* int(0.4) == 0 */
+    int64_t shape[1] = {4};
+    fc_merge_params p;
+    fc_error err;
+    fc_merge_params_init(&p, FC_MERGE_TIES);
+    p.models = mp;
+    CHECK(fc_merge_tensor(&p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_OK);
+    /* model 0 keeps -3 (element 1), model 1 keeps -0.5 (element 3); no conflicts */
+    CHECK(o[0] == 1 && o[1] == -2 && o[2] == 1 && o[3] == 0.5f);
+}
+
 int main(void) {
+    test_ties_keeps_one();
     test_select();
     test_rng();
     test_kernels();

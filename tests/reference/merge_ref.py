@@ -62,14 +62,19 @@ def _rows(shape, n):
     return n // cols if n else 0, cols
 
 
-def sparsify(kind, delta, delta32, density, gamma, epsilon, rescale, stream, rows_cols):
+NORMS = {"l1": lambda v: np.abs(v).sum(), "l2": lambda v: np.sqrt((v * v).sum()),
+         "linf": lambda v: np.abs(v).max(initial=0.0)}
+
+
+def sparsify(kind, delta, delta32, density, gamma, epsilon, rescale, stream, rows_cols,
+             rescale_norm="l1"):
     """delta: float64 flat; delta32: float32 flat (for keys). Returns the sparsified delta."""
     n = delta.size
     if kind is None or density >= 1.0:
         return delta
     mag = np.abs(delta32)
     if kind == "magnitude":
-        keep = _topk_mask(mag, int(density * n))
+        keep = _topk_mask(mag, max(1, int(density * n)))  # at least one, as mergekit 0.1.5
     elif kind == "outliers":
         target, n_top = int(density * n), int(gamma * n)
         n_bot = n - target - n_top
@@ -92,7 +97,7 @@ def sparsify(kind, delta, delta32, density, gamma, epsilon, rescale, stream, row
             keep[seg] = u[seg] < p
     out = np.where(keep, delta, 0.0)
     if rescale:
-        a, k = np.abs(delta).sum(), np.abs(out).sum()
+        a, k = NORMS[rescale_norm](delta), NORMS[rescale_norm](out)
         if a >= 1e-7 and k >= 1e-7:
             out = out * (a / k)
     return out
@@ -117,7 +122,8 @@ def gta(method, base, xs, p, seed=0, name=""):
         d = np.asarray(x, np.float64).ravel() - B
         d32 = _f32_delta(np.asarray(x).ravel(), np.asarray(base).ravel())
         d = sparsify(kind, d, d32, p["density"][i], p["gamma"][i], p["epsilon"][i],
-                     p["rescale"], rng_stream(seed, key, i), _rows(shape, n))
+                     p["rescale"], rng_stream(seed, key, i), _rows(shape, n),
+                     p.get("rescale_norm", "l1"))
         D.append(p["weight"][i] * d)
         W.append(p["weight"][i])
         E.append(float(np.float32(p["weight"][i])) * d.astype(np.float32).astype(np.float64))
@@ -316,3 +322,21 @@ def nearswap(t, base, x):
 
 def passthrough(x, scale=1.0):
     return np.asarray(x, np.float64) * scale
+
+
+def ram(base, xs, epsilon=1e-5, plus=False, r=0.1, alpha=0.2):
+    """Reinforced Agent Merging (and ramplus_tl with plus): active deltas averaged over the
+    models active at each position; a model's unique ones scaled by 1 + r clamp(rho, 0, alpha)
+    in ramplus_tl, rho = its shared / unique active counts over the tensor."""
+    B = np.asarray(base, np.float64)
+    T = [np.asarray(x, np.float32).astype(np.float64) - np.asarray(base, np.float32) for x in xs]
+    act = [np.abs(t) > np.float32(epsilon) for t in T]
+    c = np.sum(act, axis=0) if T else np.zeros(B.shape)
+    out = B.copy()
+    for t, a in zip(T, act):
+        lam = 1.0
+        if plus:
+            shared, unique = np.sum(a & (c > 1)), np.sum(a & (c == 1))
+            lam = 1.0 + r * min(max(shared / max(unique, epsilon), 0.0), alpha)
+        out += np.where(a & (c == 1), lam * t, 0.0) + np.where(a & (c > 1), t / np.maximum(c, 1), 0.0)
+    return out
