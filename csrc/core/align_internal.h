@@ -56,4 +56,25 @@ int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_
 /* Whether the SIMD code paths run (x86-64 and not switched off by fc_align_set_simd). */
 int fc_align_simd(void);
 
+/* ------------------------------------------------------------------------------------ */
+/* projection (align_bytematch.c, align_project_ctx.c, align_project.c) */
+
+enum { FC_BYTE_MATCHED = 0, FC_BYTE_ONESIDED = 1, FC_BYTE_DIFFERING = 2 };
+
+/* Match source bytes S[ns] with pivot bytes P[np]: the state of every byte (FC_BYTE_*) and
+ * for every matched pivot byte the source byte it matches (-1 otherwise). -1 when out of
+ * memory. */
+int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, int64_t np,
+                   uint8_t *s_state, uint8_t *p_state, int64_t *to_src);
+
+struct fc_project_ctx {
+    const fc_vocab_t *src, *pivot;
+    fc_strmap         lookup;   /* pivot canonical bytes -> the piece that spells them */
+    int64_t           max_len;  /* longest key of lookup */
+    int32_t          *role_map; /* source id without bytes -> pivot special of its role, -1 */
+};
+
+/* The pivot piece whose canonical bytes are the longest prefix of s[0..len), or -1. */
+int64_t fc_project_lookup(const fc_project_ctx_t *c, const unsigned char *s, int64_t len);
+
 #endif
