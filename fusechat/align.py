@@ -527,7 +527,21 @@ def projection_fidelity(projected, pivot_loss_masks):
     share = (lambda x: float(x) / n) if n else (lambda x: float("nan"))
     return {"n_supervised": n, "top1_correct": share(correct), "exact": share(by[0]),
             "prefix": share(by[1]), "fallback": share(by[2]),
-            "mean_gold_logprob": gold_sum / n_gold if n_gold else float("nan")}
+            "mean_gold_logprob": gold_sum / n_gold if n_gold else float("nan"),
+            "n_resolved": n_gold}
+
+
+def combine_fidelity(a, b):
+    """The figures of two disjoint sets of sequences, from each set's figures."""
+    n = a["n_supervised"] + b["n_supervised"]
+    r = a["n_resolved"] + b["n_resolved"]
+    out = {"n_supervised": n, "n_resolved": r}
+    for key in ("top1_correct", "exact", "prefix", "fallback"):
+        out[key] = sum(x[key] * x["n_supervised"] for x in (a, b) if x["n_supervised"]) / n \
+            if n else float("nan")
+    out["mean_gold_logprob"] = sum(x["mean_gold_logprob"] * x["n_resolved"] for x in (a, b)
+                                   if x["n_resolved"]) / r if r else float("nan")
+    return {k: out[k] for k in a}
 
 
 def levenshtein(a, b):
@@ -537,4 +551,4 @@ def levenshtein(a, b):
 
 __all__ = ["Alignment", "AlignmentCounts", "Distributions", "Projected", "Ragged", "align",
            "align_batch", "align_distributions", "align_distributions_batch", "levenshtein",
-           "project", "project_batch", "projection_fidelity", "vocab_map"]
+           "combine_fidelity", "project", "project_batch", "projection_fidelity", "vocab_map"]
