@@ -67,14 +67,30 @@ enum { FC_BYTE_MATCHED = 0, FC_BYTE_ONESIDED = 1, FC_BYTE_DIFFERING = 2 };
 int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, int64_t np,
                    uint8_t *s_state, uint8_t *p_state, int64_t *to_src);
 
+/* The pivot lookup is a byte trie over the pieces' canonical bytes: node 0 is the root, the
+ * child of (node, byte) is found in an open-addressing table, piece[node] is the piece
+ * spelled by the path to it (-1 if none). */
 struct fc_project_ctx {
     const fc_vocab_t *src, *pivot;
-    fc_strmap         lookup;   /* pivot canonical bytes -> the piece that spells them */
-    int64_t           max_len;  /* longest key of lookup */
-    int32_t          *role_map; /* source id without bytes -> pivot special of its role, -1 */
+    uint64_t         *edge_key;  /* (node << 8 | byte) + 1, 0 = empty slot */
+    int32_t          *edge_child;
+    uint64_t          edge_mask; /* table size - 1 (a power of two) */
+    int32_t          *piece;     /* per node */
+    int64_t           n_nodes;
+    int32_t          *role_map;  /* source id without bytes -> pivot special of its role, -1 */
+    int32_t          *src_piece; /* per source id: the pivot piece spelling the longest */
+    int32_t          *src_piece_len; /* prefix of its bytes (-1 / 0 if none), and its length */
 };
 
-/* The pivot piece whose canonical bytes are the longest prefix of s[0..len), or -1. */
-int64_t fc_project_lookup(const fc_project_ctx_t *c, const unsigned char *s, int64_t len);
+/* A walk down the trie: feed byte strings in order; best / best_len = the longest piece
+ * that is a prefix of everything fed so far (-1 / 0 if none). */
+typedef struct fc_trie_walk {
+    int64_t node, depth, best, best_len;
+} fc_trie_walk;
+
+void fc_trie_walk_start(fc_trie_walk *w);
+/* 0 once no piece continues with the bytes fed (then further feeding changes nothing). */
+int  fc_trie_walk_feed(const fc_project_ctx_t *c, fc_trie_walk *w, const unsigned char *s,
+                       int64_t len);
 
 #endif

@@ -84,6 +84,15 @@ static int64_t common_prefix(const unsigned char *a, int64_t na, const unsigned 
     return k;
 }
 
+/* whether the two pieces a[0..na) + b[0..nb) start with x[0..nx) */
+static int starts_with(const unsigned char *a, int64_t na, const unsigned char *b, int64_t nb,
+                       const unsigned char *x, int64_t nx) {
+    if (na + nb < nx) return 0;
+    int64_t from_a = na < nx ? na : nx;
+    return memcmp(a, x, (size_t)from_a) == 0
+        && memcmp(b, x + from_a, (size_t)(nx - from_a)) == 0;
+}
+
 /* first t in [0, n) with a[t] > x (a non-decreasing), n if none */
 static int64_t first_above(const int64_t *a, int64_t n, int64_t x) {
     int64_t lo = 0, hi = n;
@@ -119,13 +128,13 @@ static int special_position(seq *q, int64_t j, double *gold_out) {
         if (v < 0 || v == q->src[u]) continue;
         double w = prob(lp[t]);
         int64_t len;
-        const unsigned char *b = src_bytes(q, v, &len);
+        src_bytes(q, v, &len);
         if (!len) {
             int64_t pv = q->c->role_map[v];
             if (pv == g) gold += w;
             else if (pv >= 0 && add(q, pv, w)) return POS_NOMEM;
         } else {
-            int64_t L = fc_project_lookup(q->c, b, len);
+            int64_t L = q->c->src_piece[v];
             if (L >= 0 && add(q, L, w)) return POS_NOMEM;
         }
     }
@@ -136,7 +145,7 @@ static int special_position(seq *q, int64_t j, double *gold_out) {
 }
 
 /* the walk for pivot position j (predicting pivot token j + 1); returns FC_PROJ_* or POS_* */
-static int project_position(seq *q, int64_t j, fc_buf *W, fc_buf *key, double *gold_out) {
+static int project_position(seq *q, int64_t j, double *gold_out) {
     int64_t g = q->piv[j + 1];
     int64_t gb = q->PB[j + 1], ge = q->PB[j + 2];
     if (gb == ge) return special_position(q, j, gold_out);
@@ -175,6 +184,8 @@ static int project_position(seq *q, int64_t j, fc_buf *W, fc_buf *key, double *g
         int64_t u = i + 1;
         if (q->sdiff[q->B[u + 1]] - q->sdiff[q->B[u]]) return POS_FALLBACK;
         double scale = first_step ? w / D : w;
+        fc_trie_walk base[2];
+        int have_base[2] = {0, 0};
         const int64_t *ids = q->tk_ids + i * q->k;
         const float *lp = q->tk_lp + i * q->k;
         for (int64_t r = 0; r < q->k; r++) {
@@ -195,29 +206,32 @@ static int project_position(seq *q, int64_t j, fc_buf *W, fc_buf *key, double *g
                 if (len <= s || memcmp(b, q->S + q->B[u], (size_t)s) != 0) continue;
                 b += s, len -= s;
             }
-            /* W = S[c:z] + b */
-            W->len = 0;
-            if (fc_buf_append(W, q->S + c, (size_t)(z - c)) || fc_buf_append(W, b, (size_t)len))
-                return POS_NOMEM;
-            int64_t nw = (int64_t)W->len;
-            const unsigned char *w8 = (const unsigned char *)W->data;
-            int64_t text = q->ns - c < nw ? q->ns - c : nw;
-            int64_t e = common_prefix(w8, nw, q->S + c, text);
-            if (e == nw) {
+            /* W = S[c:z] + b: the text up to z, then the candidate's bytes */
+            int64_t zc = z - c, nw = zc + len;
+            int64_t text = q->ns - z < len ? q->ns - z : len;
+            int64_t e = zc + common_prefix(b, len, q->S + z, text);
+            if (e == nw) { /* agrees with the text over all of its length */
                 if (nw >= ny) gold += m;
                 continue;
             }
-            const unsigned char *k8 = w8;
-            int64_t nk = nw;
-            if (nx && !(nw >= nx && memcmp(w8, X, (size_t)nx) == 0)) {
-                key->len = 0;
-                if (fc_buf_append(key, X, (size_t)nx) || fc_buf_append(key, w8, (size_t)nw))
-                    return POS_NOMEM;
-                k8 = (const unsigned char *)key->data, nk = (int64_t)key->len;
+            /* leaves the text at e: the pivot piece that spells the longest prefix of
+             * X + W (X only when W does not start with it) */
+            int prepend = nx && !starts_with(q->S + c, zc, b, len, X, nx);
+            fc_trie_walk t;
+            if (!prepend && !zc && !s) { /* W is the whole candidate token */
+                t.best = q->c->src_piece[v], t.best_len = q->c->src_piece_len[v];
+            } else { /* from the step's shared walk over [X +] S[c:z] */
+                if (!have_base[prepend]) {
+                    fc_trie_walk_start(&base[prepend]);
+                    if (!prepend || fc_trie_walk_feed(q->c, &base[prepend], X, nx))
+                        fc_trie_walk_feed(q->c, &base[prepend], q->S + c, zc);
+                    have_base[prepend] = 1;
+                }
+                t = base[prepend];
+                fc_trie_walk_feed(q->c, &t, b, len);
             }
-            int64_t L = fc_project_lookup(q->c, k8, nk);
-            if (L >= 0 && piv_len(q, L) > e + (nk - nw)) {
-                if (add(q, L, m)) return POS_NOMEM;
+            if (t.best >= 0 && t.best_len > e + (prepend ? nx : 0)) {
+                if (add(q, t.best, m)) return POS_NOMEM;
             } else if (e >= ny) {
                 gold += m;
             }
@@ -237,10 +251,16 @@ static int project_position(seq *q, int64_t j, fc_buf *W, fc_buf *key, double *g
     return kind;
 }
 
-static int by_mass(const void *a, const void *b) {
-    const entry *x = a, *y = b;
-    if (x->mass != y->mass) return x->mass > y->mass ? -1 : 1;
-    return (x->id > y->id) - (x->id < y->id);
+/* largest mass first, ties: lower id (an insertion sort: a position has few entries) */
+static int before(entry x, entry y) { return x.mass > y.mass || (x.mass == y.mass && x.id < y.id); }
+
+static void sort_by_mass(entry *e, int64_t n) {
+    for (int64_t a = 1; a < n; a++) {
+        entry x = e[a];
+        int64_t b = a;
+        for (; b > 0 && before(x, e[b - 1]); b--) e[b] = e[b - 1];
+        e[b] = x;
+    }
 }
 
 static fc_status check_inputs(const fc_project_ctx_t *c, const int64_t *src_ids, int64_t n,
@@ -339,7 +359,6 @@ fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, in
                                 true_logprobs, out_k, err);
     if (st) return st;
     seq q = {c, src_ids, pivot_ids, topk_ids, topk_logprobs, true_logprobs, n, m, k};
-    fc_buf W = {0}, key = {0};
     out_offsets[0] = 0;
     if (prepare(&q)) goto nomem;
     for (int64_t j = 0; j < m; j++) {
@@ -352,7 +371,7 @@ fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, in
         }
         q.n_ent = 0;
         double gold = 0;
-        int kind = project_position(&q, j, &W, &key, &gold);
+        int kind = project_position(&q, j, &gold);
         if (kind == POS_NOMEM) goto nomem;
         if (kind == POS_FALLBACK) {
             resolution[j] = FC_PROJ_FALLBACK;
@@ -361,7 +380,7 @@ fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, in
         }
         resolution[j] = (uint8_t)kind;
         gold_logprob[j] = (float)log(gold);
-        qsort(q.ent, (size_t)q.n_ent, sizeof *q.ent, by_mass);
+        sort_by_mass(q.ent, q.n_ent);
         int64_t kept = 0;
         for (int64_t e = 0; e < q.n_ent && kept < out_k; e++) {
             if (!(q.ent[e].mass > 0)) continue;
@@ -371,11 +390,9 @@ fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, in
         }
         out_offsets[j + 1] = at + kept;
     }
-    fc_buf_free(&W); fc_buf_free(&key);
     free_seq(&q);
     return FC_OK;
 nomem:
-    fc_buf_free(&W); fc_buf_free(&key);
     free_seq(&q);
     return fc_error_set(err, FC_ERR_NOMEM, "out of memory projecting %lld x %lld tokens",
                         (long long)n, (long long)m);
