@@ -16,17 +16,15 @@
 
 static int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
-/* Matched flags (1) of two whitespace runs: equal runs byte for byte, else a longest common
- * subsequence walked from the front, ties skipping a byte of a (as align_offsets.c). */
-static int match_ws(const unsigned char *a, int64_t na, const unsigned char *b, int64_t nb,
-                    uint8_t *ma, uint8_t *mb) {
+int fc_match_ws(const unsigned char *a, int64_t na, const unsigned char *b, int64_t nb,
+                uint8_t *ma, uint8_t *mb) {
     if (na == nb && memcmp(a, b, (size_t)na) == 0) {
         memset(ma, 1, (size_t)na);
         memset(mb, 1, (size_t)nb);
         return 0;
     }
     if (!na || !nb) return 0;
-    if (na > WS_LCS_MAX || nb > WS_LCS_MAX) {
+    if (na > WS_LCS_MAX || nb > WS_LCS_MAX) { /* pathological runs: the common prefix only */
         for (int64_t k = 0; k < na && k < nb && a[k] == b[k]; k++) ma[k] = mb[k] = 1;
         return 0;
     }
@@ -97,7 +95,7 @@ int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, i
             }
             memset(ma, 0, (size_t)(i2 - i));
             memset(mb, 0, (size_t)(j2 - j));
-            if (match_ws(S + i, i2 - i, P + j, j2 - j, ma, mb)) { free(ma); free(mb); return -1; }
+            if (fc_match_ws(S + i, i2 - i, P + j, j2 - j, ma, mb)) { free(ma); free(mb); return -1; }
             int64_t x = i, y = j; /* pair the k-th matched bytes of both runs */
             for (;;) {
                 while (x < i2 && !ma[x - i]) x++;

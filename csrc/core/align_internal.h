@@ -61,6 +61,13 @@ int fc_align_simd(void);
 
 enum { FC_BYTE_MATCHED = 0, FC_BYTE_ONESIDED = 1, FC_BYTE_DIFFERING = 2 };
 
+/* Mark (1 in ma, mb; the caller zeroes them) the bytes of two whitespace runs that match:
+ * equal runs byte for byte, else a longest common subsequence walked from the front, ties
+ * skipping a byte of a; runs over 4096 bytes: the common prefix. -1 when out of memory.
+ * Shared by the offsets alignment and the projection's byte matching. */
+int fc_match_ws(const unsigned char *a, int64_t na, const unsigned char *b, int64_t nb,
+                uint8_t *ma, uint8_t *mb);
+
 /* Match source bytes S[ns] with pivot bytes P[np]: the state of every byte (FC_BYTE_*) and
  * for every matched pivot byte the source byte it matches (-1 otherwise). -1 when out of
  * memory. */
