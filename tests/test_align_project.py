@@ -386,3 +386,51 @@ def test_batch_equals_single():
     for d in many:
         for x, y in zip(d, one):
             np.testing.assert_array_equal(x, y)
+
+
+# -- the worked examples of docs/alignment.md ---------------------------------------------------
+
+def hand_topk(sv, src_ids, rows, k=4):
+    """Top-K from {source position: [(piece, probability)]} (the true token first)."""
+    ids = np.full((len(src_ids), k), -1, np.int64)
+    lps = np.zeros((len(src_ids), k), np.float32)
+    true = np.full(len(src_ids), np.nan, np.float32)
+    for i, row in rows.items():
+        for t, (piece, p) in enumerate(row):
+            ids[i, t] = sv.find(piece)
+            lps[i, t] = np.log(p)
+        true[i] = np.log(row[0][1])
+    return ids, lps, true
+
+
+def test_worked_examples_of_the_doc():
+    (pv, ptok), (sv, stok) = real_pair("mistral", "bytelevel")
+    tw = twin_vocab(sv, pv)
+
+    def run(text, rows):
+        s, p = stok.encode(text).ids, ptok.encode(text).ids
+        ids, lps, true = hand_topk(sv, s, rows)
+        c, twin = run_both(s, p, ids, lps, true, sv, pv, tw)
+        assert_same(c, *twin)
+        return [stok.id_to_token(i) for i in s], [ptok.id_to_token(i) for i in p], c
+
+    def entries(c, j):
+        d = c.dists
+        a, b = d.offsets[j], d.offsets[j + 1]
+        return {ptok.id_to_token(int(i)): float(np.exp(x)) for i, x in zip(d.ids[a:b], d.logits[a:b])}
+
+    # 1: "The answer is 42": source Ġis | Ġ4 | 2, pivot ▁is | ▁ | 4 | 2
+    s, p, c = run("The answer is 42", {5: [("Ġ4", 0.6), ("Ġ7", 0.3)], 6: [("2", 0.9)]})
+    assert s[5:] == ["Ġis", "Ġ4", "2"] and p[2:] == ["▁is", "▁", "4", "2"]
+    assert entries(c, 2) == pytest.approx({"▁": 0.9}) and c.resolution[2] == R.PREFIX
+    assert entries(c, 3) == pytest.approx({"4": 0.6 / 0.9, "7": 0.3 / 0.9})
+    assert c.resolution[3] == R.PREFIX
+    assert entries(c, 4) == pytest.approx({"2": 0.9}) and c.resolution[4] == R.EXACT
+    # 2: "the configuration is": source Ġconfig | ur | ation, pivot ▁configuration
+    s, p, c = run("the configuration is", {0: [("Ġconfig", 0.5)],
+                                           1: [("ur", 0.8), ("ure", 0.1), ("ation", 0.05)],
+                                           2: [("ation", 0.9)]})
+    assert s[:4] == ["the", "Ġconfig", "ur", "ation"] and p[:2] == ["▁the", "▁configuration"]
+    assert c.resolution[0] == R.EXACT
+    assert c.gold_logprob[0] == pytest.approx(np.log(0.5 * 0.8 * 0.9), abs=1e-6)
+    assert entries(c, 0) == pytest.approx({"▁configuration": 0.36, "▁configure": 0.05})
