@@ -152,6 +152,31 @@ def test_twin_equals_c_real(pivot, source):
         assert_same(c, *twin)
 
 
+def test_twin_equals_c_random_ids_and_edited_texts():
+    """Sequences that do not spell the same text: random ids on both sides, and texts with
+    random edits on one side (resynchronisation, differing spans, one-sided whitespace)."""
+    (pv, ptok), (sv, stok) = real_pair("mistral", "bytelevel")
+    tw = twin_vocab(sv, pv)
+    rng = np.random.default_rng(17)
+    base = F.sample_texts()[9:30]
+    for it in range(60):
+        if it % 3 == 0:
+            s = rng.integers(0, len(sv), rng.integers(0, 40)).tolist()
+            p = rng.integers(0, len(pv), rng.integers(0, 40)).tolist()
+        else:
+            text = base[it % len(base)][:int(rng.integers(20, 300))]
+            chars = list(text)
+            for _ in range(int(rng.integers(1, 6))):
+                at = int(rng.integers(0, len(chars) + 1))
+                chars[at:at + int(rng.integers(0, 4))] = list(rng.choice(
+                    ["", " ", "  ", "\n", "x", "©", "42", "日本"], 1)[0])
+            s, p = stok.encode("".join(chars)).ids, ptok.encode(text).ids
+        ids, lps, true = random_topk(s, len(sv), rng) if s else (
+            np.zeros((0, 8), np.int64), np.zeros((0, 8), np.float32), np.zeros(0, np.float32))
+        c, twin = run_both(s, p, ids, lps, true, sv, pv, tw, k=int(rng.integers(1, 9)))
+        assert_same(c, *twin)
+
+
 def demo_chats(n, tokenizer):
     from fusechat import chat, demo_data
 
