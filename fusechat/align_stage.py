@@ -364,6 +364,19 @@ def _project(piv, src, rows, pv, sv, writer, info, threads, quiet):
              format_fidelity(info["fidelity"]))
 
 
+def print_fidelity(out, file=None):
+    """Print an aligned store's fidelity figures (if it has them) on stderr: what every
+    projection run shows (the CLI and recipe runs call this)."""
+    import sys
+
+    from .store import open_store
+
+    with open_store(out) as s:
+        fid = s.manifest.get("info", {}).get("fidelity")
+    if fid:
+        print(f"fidelity of {out}: {format_fidelity(fid)}", file=file or sys.stderr)
+
+
 def format_fidelity(fid):
     """One line: the fidelity figures of a projection run."""
     return (f"{fid['n_supervised']} supervised pivot positions: top-1 = true next token "

@@ -197,8 +197,7 @@ def _align_args(p):
 def _align_run(args):
     from .align_stage import align_stores
 
-    from .align_stage import align_stores, format_fidelity
-    from .store import open_store
+    from .align_stage import align_stores, print_fidelity
 
     rules_opts = args.method is not None or args.map is not None or args.counts is not None
     projection = args.projection or ("rules" if rules_opts else "bytes")
@@ -212,10 +211,7 @@ def _align_run(args):
                        method=args.method or "dtw", map=args.map or "ms", k=args.k,
                        counts_path=args.counts, threads=args.threads, overwrite=args.overwrite,
                        quiet=args.quiet)
-    with open_store(out) as s:
-        fid = s.manifest.get("info", {}).get("fidelity")
-    if fid:
-        print(f"fidelity: {format_fidelity(fid)}", file=sys.stderr)
+    print_fidelity(out)
     print(out)
     return 0
 

@@ -281,12 +281,13 @@ def plan(r, *, quiet=False):
         piv_store, src_store = stores[pivot["name"]], stores[src["name"]]
 
         def run_align(o, src=src):
-            from .align_stage import align_stores
+            from .align_stage import align_stores, print_fidelity
             align_stores(piv_store.out, stores[src["name"]].out, o,
                          pivot_tokenizer=_tokenizer_of(pivot),
                          source_tokenizer=_tokenizer_of(src),
                          projection=r["align"]["projection"], k=r["align"]["k"],
                          method=r["align"]["method"], map=r["align"]["map"], quiet=quiet)
+            print_fidelity(o)
         al = Step(f"align/{src['name']}", os.path.join(out, "aligned", src["name"]),
                   {"pivot": piv_store.fingerprint, "source": src_store.fingerprint,
                    **r["align"]}, run_align)

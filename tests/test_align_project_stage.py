@@ -110,7 +110,7 @@ def test_cli_bytes_by_default_prints_fidelity_and_inspect_shows_it(env, tmp_path
     assert main(args) == 0
     cap = capsys.readouterr()
     assert cap.out.split() == [out]
-    assert "fidelity:" in cap.err and "top-1 = true next token 100.0%" in cap.err
+    assert f"fidelity of {out}:" in cap.err and "top-1 = true next token 100.0%" in cap.err
     assert TopKStore(out).manifest["info"]["projection"] == "bytes"
     assert main(["inspect", out]) == 0
     text = capsys.readouterr().out
