@@ -7,6 +7,9 @@
   source id -> pivot id maps EM, MinED and MS.
 - :func:`align_distributions`: the source's top-K at source positions as ragged
   (pivot id, logit) lists at pivot positions (``method.md`` section 5).
+- :func:`project` / :func:`project_batch`: the byte-exact projection: the source's top-K
+  log-probabilities carried to the pivot's next tokens by the chain rule over bytes, and
+  :func:`projection_fidelity`, the figures every projection run reports.
 """
 import logging
 import os
@@ -401,10 +404,151 @@ def align_distributions_batch(src_topk_ids, src_topk_logits, pivot_seqs, src_seq
                       len(src), threads, "align distributions", progress)
 
 
+# --------------------------------------------------------------------------------------
+# byte-exact projection (docs/alignment.md, "Projection onto pivot tokens")
+
+RESOLUTIONS = ("exact", "prefix", "fallback", "last")
+
+
+class Projected(NamedTuple):
+    """:func:`project` with ``details=True``: the distributions, the log-probability given to
+    the pivot's true next token at every position (NaN where unresolved) and how each
+    position was resolved (uint8: 0 exact, 1 prefix mass, 2 fallback, 3 last position)."""
+    dists: Distributions
+    gold_logprob: np.ndarray
+    resolution: np.ndarray
+
+
+def _project_context(src_vocab, pivot_vocab):
+    key = ("project", id(pivot_vocab))
+    entry = src_vocab._contexts.get(key)
+    if entry is None or entry[0] is not pivot_vocab:
+        entry = src_vocab._contexts[key] = (pivot_vocab, _C.project_ctx(src_vocab._h,
+                                                                        pivot_vocab._h))
+    return entry[1]
+
+
+def _project_args(src_ids, pivot_ids, topk_ids, topk_logprobs, true_logprobs):
+    src = _ids(src_ids, "src_ids")
+    piv = _ids(pivot_ids, "pivot_ids")
+    tid = np.asarray(topk_ids)
+    tlp = np.asarray(topk_logprobs)
+    if tid.ndim != 2 or tid.shape != tlp.shape or tid.shape[0] != len(src):
+        raise ValueError(f"src_topk_ids and src_topk_logprobs must both be [len(src_ids)="
+                         f"{len(src)}, K], got {tid.shape} and {tlp.shape}")
+    if tid.size and not np.issubdtype(tid.dtype, np.integer):
+        raise TypeError(f"src_topk_ids must hold integer ids, got dtype {tid.dtype}")
+    tru = None
+    if true_logprobs is not None:
+        tru = np.ascontiguousarray(true_logprobs, dtype=np.float32)
+        if tru.shape != (len(src),):
+            raise ValueError(f"src_true_logprobs must have len(src_ids) = {len(src)} entries, "
+                             f"got shape {tru.shape}")
+    return (src, piv, np.ascontiguousarray(tid, dtype=np.int64),
+            np.ascontiguousarray(tlp, dtype=np.float32), tru)
+
+
+def _project_one(ctx, args, k, details):
+    offs, ids, lps, gold, res = _C.project(ctx, *args, int(k))
+    n = int(offs[-1])
+    d = Distributions(offs, ids[:n].copy(), lps[:n].copy())
+    return Projected(d, gold, res) if details else d
+
+
+def project(src_ids, pivot_ids, src_topk_ids, src_topk_logprobs, src_vocab, pivot_vocab, *,
+            src_true_logprobs=None, k=10, details=False):
+    """The source's next-token distributions carried to the pivot's tokens for one sequence
+    pair (docs/alignment.md, "Projection onto pivot tokens").
+
+    ``src_topk_ids`` / ``src_topk_logprobs``: [len(src_ids), K] absolute log-probabilities
+    (position i predicts token i + 1; -1 pads ids). ``src_true_logprobs``: optional
+    [len(src_ids)], the log-probability of the true next token (NaN where unknown; from the
+    stored per-token CE in a pipeline). Returns :class:`Distributions` whose ``logits`` are
+    log-probabilities, at most ``k`` per pivot position by mass; with ``details=True`` a
+    :class:`Projected`. Raises ValueError naming the position on bad input, and (rule
+    ``projection_lossy_tokenizer``) for WordPiece vocabularies."""
+    ctx = _project_context(src_vocab, pivot_vocab)
+    args = _project_args(src_ids, pivot_ids, src_topk_ids, src_topk_logprobs, src_true_logprobs)
+    return _project_one(ctx, args, k, details)
+
+
+def project_batch(src_seqs, pivot_seqs, src_topk_ids, src_topk_logprobs, src_vocab, pivot_vocab,
+                  *, src_true_logprobs=None, k=10, details=False, threads=0, progress=True):
+    """:func:`project` over lists of sequences (or :class:`Ragged`) on a thread pool with the
+    GIL released; errors name the sequence. Returns a list."""
+    src = _sequences(src_seqs, "src_seqs")
+    piv = _sequences(pivot_seqs, "pivot_seqs")
+    tids, tlps = list(src_topk_ids), list(src_topk_logprobs)
+    trus = [None] * len(src) if src_true_logprobs is None else list(src_true_logprobs)
+    if not len(src) == len(piv) == len(tids) == len(tlps) == len(trus):
+        raise ValueError(f"project_batch: {len(src)} source sequences, {len(piv)} pivot "
+                         f"sequences, {len(tids)} / {len(tlps)} top-K arrays and {len(trus)} "
+                         "true log-probability arrays: the lists differ in length")
+    ctx = _project_context(src_vocab, pivot_vocab)
+
+    def one(i):
+        try:
+            args = _project_args(src[i], piv[i], tids[i], tlps[i], trus[i])
+            return _project_one(ctx, args, k, details)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"sequence {i}: {exc}") from None
+
+    return _run_batch(one, len(src), threads, "project", progress)
+
+
+def projection_fidelity(projected, pivot_loss_masks):
+    """The figures a projection run reports, over supervised pivot positions (position j is
+    supervised when pivot token j + 1 is, ``loss_mask[j + 1]``): ``top1_correct`` (share whose
+    largest entry is the pivot's true next token), ``exact`` / ``prefix`` / ``fallback``
+    (shares by resolution) and ``mean_gold_logprob`` (over resolved positions), with the
+    counts. ``projected``: :class:`Projected` per sequence (with their pivot ids)."""
+    n = correct = n_gold = 0
+    by = np.zeros(4, np.int64)
+    gold_sum = 0.0
+    for (p, pivot_ids), mask in zip(projected, pivot_loss_masks):
+        mask = np.asarray(mask)
+        pivot_ids = np.asarray(pivot_ids)
+        sup = np.zeros(len(pivot_ids), bool)
+        sup[:-1] = mask[1:] > 0
+        if not sup.any():
+            continue
+        offs = p.dists.offsets
+        has = np.diff(offs) > 0
+        top = np.full(len(pivot_ids), -1, np.int64)
+        top[has] = p.dists.ids[offs[:-1][has]]
+        nxt = np.append(pivot_ids[1:], -1)
+        n += int(sup.sum())
+        correct += int((sup & (top == nxt)).sum())
+        by += np.bincount(p.resolution[sup], minlength=4)[:4]
+        g = p.gold_logprob[sup]
+        g = g[np.isfinite(g)]
+        n_gold += len(g)
+        gold_sum += float(g.astype(np.float64).sum())
+    share = (lambda x: float(x) / n) if n else (lambda x: float("nan"))
+    return {"n_supervised": n, "top1_correct": share(correct), "exact": share(by[0]),
+            "prefix": share(by[1]), "fallback": share(by[2]),
+            "mean_gold_logprob": gold_sum / n_gold if n_gold else float("nan"),
+            "n_resolved": n_gold}
+
+
+def combine_fidelity(a, b):
+    """The figures of two disjoint sets of sequences, from each set's figures."""
+    n = a["n_supervised"] + b["n_supervised"]
+    r = a["n_resolved"] + b["n_resolved"]
+    out = {"n_supervised": n, "n_resolved": r}
+    for key in ("top1_correct", "exact", "prefix", "fallback"):
+        out[key] = sum(x[key] * x["n_supervised"] for x in (a, b) if x["n_supervised"]) / n \
+            if n else float("nan")
+    out["mean_gold_logprob"] = sum(x["mean_gold_logprob"] * x["n_resolved"] for x in (a, b)
+                                   if x["n_resolved"]) / r if r else float("nan")
+    return {k: out[k] for k in a}
+
+
 def levenshtein(a, b):
     """Edit distance between two strings over code points (the C kernel, for checks)."""
     return _C.levenshtein(a, b)
 
 
-__all__ = ["Alignment", "AlignmentCounts", "Distributions", "Ragged", "align", "align_batch",
-           "align_distributions", "align_distributions_batch", "levenshtein", "vocab_map"]
+__all__ = ["Alignment", "AlignmentCounts", "Distributions", "Projected", "Ragged", "align",
+           "align_batch", "align_distributions", "align_distributions_batch", "levenshtein",
+           "combine_fidelity", "project", "project_batch", "projection_fidelity", "vocab_map"]

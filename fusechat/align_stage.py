@@ -12,6 +12,15 @@
    (MAP / ONEHOT / EMPTY), at most K entries, written to an "aligned" store with the pivot's
    ``input_ids``/``loss_mask`` and the source's sequence CE as ``seq_ce``.
 
+With ``projection="bytes"`` steps 2-4 are replaced by the byte-exact projection
+(docs/alignment.md): the source's top-K log-probabilities (its logits minus the stored
+log-normaliser; the true token's from the stored CE) are carried to the pivot's next tokens;
+the aligned store then holds pivot-side log-probabilities (top-``k`` by mass), its token and
+sequence CE are the pivot's true tokens' (so MinCE compares both models on the same pivot
+tokens), and the manifest's ``info.fidelity`` holds the figures (also logged): the share of
+supervised pivot positions whose top-1 is the pivot's true next token, the shares resolved
+exactly / by prefix mass / by fallback and the mean log-probability of the true next token.
+
 A source with the pivot's vocabulary (``Vocab.same_as``) skips alignment: its top-K is copied,
 special tokens mapped by role; a sample whose token ids differ from the pivot's (e.g. another
 end-of-turn token) is aligned like a foreign vocabulary's, with the exact-match map.
@@ -170,11 +179,21 @@ def _pivot_ids(piv, pv):
     return max(piv.manifest.get("vocab_size") or 0, pv.size)
 
 
+PROJECTIONS = ("bytes", "rules")
+
+
 def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_tokenizer,
-                 method="dtw", map="ms", counts_path=None, threads=0, overwrite=False,
-                 quiet=False):
+                 projection="rules", method="dtw", map="ms", k=None, counts_path=None,
+                 threads=0, overwrite=False, quiet=False):
     """Write the source store aligned to the pivot (an "aligned" TopK store) at ``out``;
-    returns ``out``. See the module docs and docs/pipeline.md."""
+    returns ``out``. ``projection``: ``"rules"`` (the reference's DTW + map + MAP/ONEHOT/EMPTY,
+    with ``method`` and ``map``) or ``"bytes"`` (the byte-exact projection, at most ``k``
+    entries per position, default the source's K). See the module docs and
+    docs/pipeline.md."""
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection={projection!r}: expected one of {list(PROJECTIONS)}")
+    if k is not None and int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     if method not in al.METHODS:
         raise ValueError(f"method={method!r}: expected one of {sorted(al.METHODS)}")
     if map not in al.MAP_MODES:
@@ -184,6 +203,9 @@ def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_toke
     piv, src = _open(pivot_store, pv, "pivot"), _open(source_store, sv, "source")
     settings = {"pivot": store_identity(piv), "source": store_identity(src), "method": method,
                 "map": map}
+    if projection == "bytes":  # rules runs keep the settings they always had
+        settings = {"pivot": settings["pivot"], "source": settings["source"],
+                    "projection": "bytes", "k": k}
     if finished(out, settings, overwrite):
         return out
     if piv.kind != "extracted" or src.kind != "extracted":
@@ -193,11 +215,20 @@ def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_toke
     rows = matched_rows(piv, src)
     n = len(rows[0])
     same = sv.same_as(pv)
+    bytes_ = projection == "bytes" and not same
     info = {"settings": settings, "source_model": src.model, "source_fingerprint": src.fingerprint,
-            "pivot_model": piv.model, "method": "copy" if same else method,
-            "map": "identity" if same else map, "n_pivot": len(piv), "n_source": len(src),
-            "n_dropped_pivot": len(piv) - n, "n_dropped_source": len(src) - n}
-    k = src.k
+            "pivot_model": piv.model, "projection": "copy" if same else projection,
+            "method": "copy" if same else method if not bytes_ else None,
+            "map": "identity" if same else map if not bytes_ else None, "n_pivot": len(piv),
+            "n_source": len(src), "n_dropped_pivot": len(piv) - n,
+            "n_dropped_source": len(src) - n}
+    if not bytes_:
+        del info["projection"]  # rules manifests as they always were
+    k = int(k) if bytes_ and k is not None else src.k
+    if bytes_:
+        al._project_context(sv, pv)  # refuses lossy vocabularies before anything is written
+        if n:
+            src[int(rows[1][0])].topk_logprobs(src.path)  # refuses stores without lognorm
     writer = TopKStoreWriter(out, k=k, kind="aligned",
                              logits_dtype=src.manifest["dtypes"]["topk_logits"],
                              model=src.model, tokenizer_fingerprint=pv.fingerprint,
@@ -206,6 +237,8 @@ def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_toke
     with writer:
         if same:
             _copy_same_vocab(piv, src, rows, pv, sv, writer, info, threads, quiet)
+        elif bytes_:
+            _project(piv, src, rows, pv, sv, writer, info, threads, quiet)
         else:
             counts, cache = None, None
             if map == "ms":
@@ -288,6 +321,70 @@ def _distributions(piv, src, rows, which, pv, sv, method, mode, vmap, cache, wri
     info["n_filled_positions"] = info.get("n_filled_positions", 0) + n_onehot_or_map
 
 
+def true_logprobs(sample):
+    """Per position, the log-probability of the true next token from the stored CE (NaN
+    where the next token is not supervised: the CE is not stored there)."""
+    mask = np.asarray(sample.loss_mask)
+    out = np.full(len(mask), np.nan, np.float32)
+    sup = np.zeros(len(mask), bool)
+    sup[:-1] = mask[1:] > 0
+    out[sup] = -np.asarray(sample.token_ce, np.float32)[sup]
+    return out
+
+
+def _project(piv, src, rows, pv, sv, writer, info, threads, quiet):
+    """The byte-exact projection of every matched sample (docs/alignment.md), written as
+    pivot-side log-probabilities; the fidelity figures go into ``info``."""
+    k, n = writer.k, len(rows[0])
+    fid = None
+    with _bar(n, "project", quiet) as bar:
+        for b, e in _chunks(n):
+            ps, ss = _pairs(piv, src, rows, b, e)
+            projected = al.project_batch(
+                [s.input_ids for s in ss], [p.input_ids for p in ps], [s.topk_ids for s in ss],
+                [s.topk_logprobs(src.path) for s in ss], sv, pv,
+                src_true_logprobs=[true_logprobs(s) for s in ss], k=k, details=True,
+                threads=threads, progress=False)
+            for p, r in zip(ps, projected):
+                sup = np.zeros(len(p.input_ids), bool)
+                sup[:-1] = np.asarray(p.loss_mask)[1:] > 0
+                ce = np.where(sup, -r.gold_logprob, 0).astype(np.float32)  # NaN: fallback
+                resolved = ce[sup][np.isfinite(ce[sup])]
+                seq_ce = float(resolved.mean()) if len(resolved) else float("nan")
+                ids, lps = SparseDists(r.dists.offsets, r.dists.ids,
+                                       r.dists.logits).to_padded(k)
+                writer.add(p.sample_index, p.input_ids, p.loss_mask, ids, lps, ce, seq_ce,
+                           topk_lognorm=np.zeros(len(p.input_ids), np.float32))
+            part = al.projection_fidelity([(r, p.input_ids) for p, r in zip(ps, projected)],
+                                          [p.loss_mask for p in ps])
+            fid = part if fid is None else al.combine_fidelity(fid, part)
+            bar.update(e - b)
+    info["fidelity"] = fid if fid is not None else al.projection_fidelity([], [])
+    LOG.info("projection fidelity of %s onto %s: %s", src.path, piv.path,
+             format_fidelity(info["fidelity"]))
+
+
+def print_fidelity(out, file=None):
+    """Print an aligned store's fidelity figures (if it has them) on stderr: what every
+    projection run shows (the CLI and recipe runs call this)."""
+    import sys
+
+    from .store import open_store
+
+    with open_store(out) as s:
+        fid = s.manifest.get("info", {}).get("fidelity")
+    if fid:
+        print(f"fidelity of {out}: {format_fidelity(fid)}", file=file or sys.stderr)
+
+
+def format_fidelity(fid):
+    """One line: the fidelity figures of a projection run."""
+    return (f"{fid['n_supervised']} supervised pivot positions: top-1 = true next token "
+            f"{100 * fid['top1_correct']:.1f}%, exact {100 * fid['exact']:.1f}%, prefix mass "
+            f"{100 * fid['prefix']:.1f}%, fallback {100 * fid['fallback']:.1f}%, mean log-prob "
+            f"of the true token {fid['mean_gold_logprob']:.3f}")
+
+
 def _copy_same_vocab(piv, src, rows, pv, sv, writer, info, threads, quiet):
     """Same vocabulary: copy the source's top-K, ids mapped by role (identity otherwise).
     Samples whose mapped token ids differ from the pivot's are aligned (EM map)."""
@@ -306,7 +403,7 @@ def _copy_same_vocab(piv, src, rows, pv, sv, writer, info, threads, quiet):
                 ids = np.where(tid >= 0, vmap[np.maximum(tid, 0)], -1)
                 ids, logits = _dedupe_rows(ids, np.asarray(s.topk_logits))
                 writer.add(p.sample_index, p.input_ids, p.loss_mask, ids, logits, s.token_ce,
-                           s.seq_ce)
+                           s.seq_ce, topk_lognorm=s.topk_lognorm)
             bar.update(e - b)
     info["n_copied"] = n - len(differ)
     info["n_realigned"] = len(differ)

@@ -54,7 +54,8 @@ def require_path(path, what):
 # inspect
 
 def _inspect_args(p):
-    p.add_argument("path", help="a .safetensors file or a Hugging Face checkpoint folder")
+    p.add_argument("path", help="a .safetensors file, a Hugging Face checkpoint folder or a "
+                                "TopK store folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -227,27 +228,43 @@ def _align_args(p):
     p.add_argument("out", help="output aligned store folder")
     p.add_argument("--pivot-tokenizer", required=True, help="the pivot's tokenizer folder")
     p.add_argument("--source-tokenizer", required=True, help="the source's tokenizer folder")
-    p.add_argument("--method", default="dtw", choices=["dtw", "offsets"],
-                   help="sequence alignment: the reference's DTW or exact byte offsets")
-    p.add_argument("--map", default="ms", choices=["ms", "mined", "em"],
-                   help="vocabulary map (default ms, FuseChat's statistics-based map)")
-    p.add_argument("--counts", help="co-alignment counts .npz (default OUT.counts.npz)")
+    p.add_argument("--projection", choices=["bytes", "rules"],
+                   help="bytes: the byte-exact projection of the source's distributions onto "
+                        "the pivot's tokens (the default); rules: the reference's DTW + map + "
+                        "MAP/ONEHOT/EMPTY rules (the default when --method or --map is given)")
+    p.add_argument("-k", type=int, help="bytes: entries kept per position (default the "
+                                        "source store's K)")
+    p.add_argument("--method", choices=["dtw", "offsets"],
+                   help="rules: sequence alignment, the reference's DTW (default) or exact "
+                        "byte offsets")
+    p.add_argument("--map", choices=["ms", "mined", "em"],
+                   help="rules: vocabulary map (default ms, FuseChat's statistics-based map)")
+    p.add_argument("--counts", help="rules: co-alignment counts .npz (default OUT.counts.npz)")
     p.add_argument("--threads", type=int, default=0, help="threads (0 = all CPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def _align_run(args):
-    from .align_stage import align_stores
+    from .align_stage import align_stores, print_fidelity
 
     for path, what in ((args.pivot_store, "pivot store"), (args.source_store, "source store"),
                        (args.pivot_tokenizer, "pivot tokenizer"),
                        (args.source_tokenizer, "source tokenizer")):
         require_path(path, what)
-    print(align_stores(args.pivot_store, args.source_store, args.out,
+    rules_opts = args.method is not None or args.map is not None or args.counts is not None
+    projection = args.projection or ("rules" if rules_opts else "bytes")
+    if projection == "bytes" and rules_opts:
+        raise ValueError("--method, --map and --counts belong to --projection rules")
+    if projection == "rules" and args.k is not None:
+        raise ValueError("-k belongs to --projection bytes (rules keep the source's K)")
+    out = align_stores(args.pivot_store, args.source_store, args.out,
                        pivot_tokenizer=args.pivot_tokenizer,
-                       source_tokenizer=args.source_tokenizer, method=args.method, map=args.map,
+                       source_tokenizer=args.source_tokenizer, projection=projection,
+                       method=args.method or "dtw", map=args.map or "ms", k=args.k,
                        counts_path=args.counts, threads=args.threads, overwrite=args.overwrite,
-                       quiet=args.quiet))
+                       quiet=args.quiet)
+    print_fidelity(out)
+    print(out)
     return 0
 
 
@@ -337,7 +354,8 @@ def _train_run(args):
 
 
 COMMANDS = [
-    ("inspect", "list a checkpoint's tensors, dtypes, shapes, parameter count and metadata",
+    ("inspect", "list a checkpoint's tensors, dtypes, shapes, parameter count and metadata, or "
+     "a TopK store's contents and fidelity figures",
      _inspect_args, _inspect_run),
     ("merge", "merge checkpoints with a mergekit-style YAML config (linear, ties, dare, sce, ...)",
      _merge_args, _merge_run),

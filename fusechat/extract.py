@@ -4,8 +4,9 @@
 with the model's own end-of-turn token, as the reference does, or the model's own chat
 template), runs the model without gradients over length-sorted batches (padding only within
 a batch, never to 2048), and writes a TopK store (``fusechat.store``) of kind "extracted":
-per position the top-K ids and raw logits, the CE of the next token where it is supervised,
-and per sample the mean CE over its supervised tokens. Top-K and CE come from one pass of the
+per position the top-K ids and raw logits, the log-sum-exp of all logits (so that the top-K
+become absolute log-probabilities, which the byte projection needs), the CE of the next token
+where it is supervised, and per sample the mean CE over its supervised tokens. Top-K and CE come from one pass of the
 fused kernel (``fusechat.torch.topk_and_ce``) over the logits, not ``torch.topk`` plus a
 separate cross-entropy.
 
@@ -162,19 +163,21 @@ def pad_batch(group, pad_id):
 
 
 def run_batch(model, group, *, k, pad_id, device, topk_fn=None):
-    """Forward one batch; per sample (topk_ids, topk_logits, token_ce, seq_ce) as NumPy,
-    unpadded. ``topk_fn(logits, labels, k)`` replaces the fused kernel (benchmarks only)."""
+    """Forward one batch; per sample (topk_ids, topk_logits, token_ce, seq_ce, lognorm) as
+    NumPy, unpadded. ``topk_fn(logits, labels, k)`` replaces the fused kernel (benchmarks only;
+    without a fifth result the log-normaliser is NaN)."""
     import torch
 
     ids, attn, labels = pad_batch(group, pad_id)
     with torch.inference_mode():
         logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
         res = (topk_fn or _fused_topk)(logits, labels.to(device), k)
-    tk_ids, tk_logits, tce, sce = (x.cpu().numpy() for x in res)
+    tk_ids, tk_logits, tce, sce = (x.cpu().numpy() for x in res[:4])
+    lnorm = res[4].cpu().numpy() if len(res) > 4 else np.full(tce.shape, np.nan, np.float32)
     out = []
     for b, t in enumerate(group):
         n = len(t.input_ids)
-        out.append((tk_ids[b, :n], tk_logits[b, :n], tce[b, :n], float(sce[b])))
+        out.append((tk_ids[b, :n], tk_logits[b, :n], tce[b, :n], float(sce[b]), lnorm[b, :n]))
     return out
 
 
@@ -185,7 +188,21 @@ def _fused_topk(logits, labels, k):
 
     r = topk_and_ce(logits, labels, k, shift=True)
     seq = r.seq_ce.masked_fill(r.seq_has == 0, float("nan"))
-    return r.ids, r.logits, r.token_ce, seq
+    return r.ids, r.logits, r.token_ce, seq, log_normaliser(logits)
+
+
+def log_normaliser(logits, chunk_bytes=1 << 28):
+    """log-sum-exp over the vocabulary of [..., V] logits, in float32, a few rows at a time
+    (a float32 copy of a whole batch's logits would double its memory)."""
+    import torch
+
+    v = logits.shape[-1]
+    flat = logits.detach().reshape(-1, v)
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    step = max(1, chunk_bytes // (4 * v))
+    for a in range(0, flat.shape[0], step):
+        out[a:a + step] = torch.logsumexp(flat[a:a + step].float(), dim=-1)
+    return out.reshape(logits.shape[:-1])
 
 
 def _settings(name, fingerprint, vocab_size, template, k, max_length, logits_dtype, dtype,
@@ -278,7 +295,8 @@ def extract(model, data, out, *, tokenizer=None, template="openchat_3.5", k=10, 
                                                topk_fn=_topk_fn)):
                     results[j] = r
                 bar.update(len(idx))
-            for t, (tk_ids, tk_logits, tce, sce) in zip(window, results):
-                w.add(t.index, t.input_ids, t.loss_mask, tk_ids, tk_logits, tce, sce)
+            for t, (tk_ids, tk_logits, tce, sce, lnorm) in zip(window, results):
+                w.add(t.index, t.input_ids, t.loss_mask, tk_ids, tk_logits, tce, sce,
+                      topk_lognorm=lnorm)
     LOG.info("%s: %d samples (%d bad records skipped)", path, len(tokenized), n_bad)
     return path

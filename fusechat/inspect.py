@@ -1,6 +1,8 @@
-"""``fusechat inspect PATH [--json]``: what a checkpoint holds.
+"""``fusechat inspect PATH [--json]``: what a checkpoint or a TopK store holds.
 
-Lists the tensors (name, dtype, shape, parameter count, shard), totals per dtype, the
+For a TopK store (a folder with a fusechat-topk manifest, or one of parts): its kind, model,
+K, counts, dtypes and bytes per token, and for an aligned store made by the byte projection
+its fidelity figures. For a checkpoint: lists the tensors (name, dtype, shape, parameter count, shard), totals per dtype, the
 parameter count, the safetensors metadata and, for a folder with a ``config.json``, the
 model configuration. Opening validates every header, so this is also a quick integrity
 check of a download.
@@ -100,8 +102,55 @@ def format_table(s):
     return "\n".join(lines)
 
 
+def is_store(path):
+    """Whether path is a TopK store folder (or a folder of its parts)."""
+    mpath = os.path.join(os.fspath(path), "manifest.json")
+    if os.path.isfile(mpath):
+        try:
+            with open(mpath, encoding="utf-8") as f:
+                return json.load(f).get("format") == "fusechat-topk"
+        except (OSError, ValueError):
+            return False
+    return os.path.isdir(path) and any(n.startswith("part-") for n in os.listdir(path))
+
+
+def store_summary(path):
+    """What a TopK store holds (opening it validates every shard)."""
+    from .store import open_store
+
+    with open_store(path) as s:
+        m = s.manifest
+        info = m.get("info", {})
+        out = {"path": os.fspath(path), "kind": m["kind"], "model": m["model"], "k": m["k"],
+               "n_samples": m["n_samples"], "n_tokens": m["n_tokens"],
+               "format": f"{m['version']}.{m.get('minor_version', 0)}", "dtypes": m["dtypes"],
+               "bytes_per_token": s.bytes_per_token()}
+        for key in ("projection", "method", "map", "fidelity"):
+            if info.get(key) is not None:
+                out[key] = info[key]
+    return out
+
+
+def format_store(s):
+    from .align_stage import format_fidelity
+
+    lines = [f"TopK store {s['path']}: kind {s['kind']}, model {s['model']!r}, format {s['format']}",
+             f"  {human_count(s['n_samples'])} samples, {human_count(s['n_tokens'])} tokens, "
+             f"K = {s['k']}, {s['bytes_per_token']:.1f} B/token",
+             "  dtypes: " + ", ".join(f"{k} {v}" for k, v in s["dtypes"].items())]
+    how = [f"{k} {s[k]}" for k in ("projection", "method", "map") if k in s]
+    if how:
+        lines.append("  aligned by: " + ", ".join(how))
+    if "fidelity" in s:
+        lines.append("  fidelity: " + format_fidelity(s["fidelity"]))
+    return "\n".join(lines)
+
+
 def inspect_checkpoint(path, as_json=False):
     """The text ``fusechat inspect`` prints: a table, or JSON with ``as_json``."""
+    if is_store(path):
+        summary = store_summary(path)
+        return json.dumps(summary, indent=2) if as_json else format_store(summary)
     summary = checkpoint_summary(path)
     if as_json:
         return json.dumps(summary, indent=2)

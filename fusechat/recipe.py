@@ -45,7 +45,7 @@ SCHEMA = {
                 "split_seed": 0},
     "extract": {"k": 10, "batch_size": 8, "dtype": "bfloat16", "device": "cpu",
                 "logits_dtype": "F16"},
-    "align": {"method": "dtw", "map": "ms"},
+    "align": {"projection": "bytes", "k": None, "method": "dtw", "map": "ms"},
     "fuse": {"rule": "mince", "level": "sequence"},
     "train": {"lm_weight": 0.9, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
               "max_steps": None, "seed": 42, "bf16": False, "device": None},
@@ -285,11 +285,13 @@ def plan(r, *, quiet=False):
         piv_store, src_store = stores[pivot["name"]], stores[src["name"]]
 
         def run_align(o, src=src):
-            from .align_stage import align_stores
+            from .align_stage import align_stores, print_fidelity
             align_stores(piv_store.out, stores[src["name"]].out, o,
                          pivot_tokenizer=_tokenizer_of(pivot),
-                         source_tokenizer=_tokenizer_of(src), method=r["align"]["method"],
-                         map=r["align"]["map"], quiet=quiet)
+                         source_tokenizer=_tokenizer_of(src),
+                         projection=r["align"]["projection"], k=r["align"]["k"],
+                         method=r["align"]["method"], map=r["align"]["map"], quiet=quiet)
+            print_fidelity(o)
         al = Step(f"align/{src['name']}", os.path.join(out, "aligned", src["name"]),
                   {"pivot": piv_store.fingerprint, "source": src_store.fingerprint,
                    **r["align"]}, run_align)

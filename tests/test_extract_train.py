@@ -103,6 +103,9 @@ def check_against_torch(store, model, tok, records, template="openchat_3.5"):
         np.testing.assert_allclose(s.token_ce[:-1], want, rtol=1e-5, atol=1e-5)
         assert s.token_ce[-1] == 0  # nothing after the last token
         np.testing.assert_allclose(s.seq_ce, ce[sup].mean().item(), rtol=1e-5)
+        # the log-normaliser: top-K logits minus it are torch's log-softmax values
+        np.testing.assert_allclose(s.topk_lognorm, torch.logsumexp(logits, -1).numpy(),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_extract_matches_torch_topk_and_cross_entropy(pivot, records, store32):

@@ -79,7 +79,11 @@ def test_tiny_recipe_runs_then_resumes_after_an_interruption(tiny_inputs, tmp_pa
     path = place_recipe(tiny_inputs, tmp_path)
     clean = str(tmp_path / "clean")
     assert cli.main(["-q", "run", path, "--workdir", clean]) == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
+    # the recipe aligns by the byte projection and prints each source's fidelity
+    for src in ("qwen2", "gpt2"):
+        assert f"fidelity of {os.path.join(clean, 'aligned', src)}: " in captured.err
     for model in ("pivot", "sft", "target-qwen2", "target-gpt2", "fused"):
         assert f"\n{model} " in table
     log = recipe.read_run_log(clean)
@@ -90,6 +94,8 @@ def test_tiny_recipe_runs_then_resumes_after_an_interruption(tiny_inputs, tmp_pa
             open_store(os.path.join(clean, "aligned", "gpt2")) as al, \
             open_store(os.path.join(clean, "fused", "gpt2")) as fu:
         assert al.fingerprint == piv.fingerprint == fu.fingerprint
+        assert al.manifest["info"]["projection"] == "bytes"
+        assert 0 <= al.manifest["info"]["fidelity"]["top1_correct"] <= 1
         assert len(piv) == len(fu) == 40 - 12
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(os.path.join(clean, "models", "fused"))

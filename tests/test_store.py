@@ -179,7 +179,7 @@ def test_ids_dtype_follows_the_vocabulary_and_round_trips(tmp_path, vocab, want)
         for s in samples:
             w.add(**s)
     m = json.loads((path / "manifest.json").read_text())
-    assert (m["version"], m["minor_version"]) == (1, 2)
+    assert (m["version"], m["minor_version"]) == (1, 3)
     assert m["dtypes"]["input_ids"] == m["dtypes"]["topk_ids"] == want
     # the files, read by the safetensors library: the stored dtype, pads as all ones
     np_dtype, pad = {"U16": (np.uint16, 65535), "U24": (np.uint8, 2**24 - 1),
@@ -204,7 +204,7 @@ def test_ids_dtype_follows_the_vocabulary_and_round_trips(tmp_path, vocab, want)
         np.testing.assert_array_equal(got.topk_ids, s["topk_ids"])
     # bytes per token: the fields (ids 2, 3 or 4 bytes) plus per-sample arrays and headers
     b = {"U16": 2, "U24": 3, "I32": 4}[want]
-    fields = b + 1 + 10 * b + 10 * 2 + 4
+    fields = b + 1 + 10 * b + 10 * 2 + 4 + 4  # ... token_ce, topk_lognorm
     per_sample = (8 + 4 + 8) * len(samples) + 8 * len(files)
     headers = sum(os.path.getsize(path / sh["file"]) for sh in m["shards"]) \
         - store.n_tokens * fields - per_sample
@@ -347,3 +347,31 @@ def test_format_1_0_store_still_opens(tmp_path):
     assert both.manifest["dtypes"]["topk_ids"] == "I32|U16"
     for s, got in zip(samples[:3] + more, both):
         np.testing.assert_array_equal(got.topk_ids, s["topk_ids"])
+
+
+def test_lognorm_round_trips_and_old_stores_are_refused_for_projection(tmp_path):
+    """Format 1.3 keeps the per-position log-normaliser: logits minus it are the absolute
+    log-probabilities (checked against a log-softmax over a full random vocabulary); a store
+    without it opens as before but refuses topk_logprobs with rule needs_lognorm."""
+    rng = np.random.default_rng(3)
+    full = rng.normal(size=(12, 50)).astype(np.float32) * 3
+    top = np.argsort(-full, axis=1, kind="stable")[:, :4]
+    lse = np.log(np.exp(full.astype(np.float64)).sum(1)).astype(np.float32)
+    path = tmp_path / "new"
+    with TopKStoreWriter(path, k=4, vocab_size=50) as w:
+        w.add(7, np.arange(12), np.ones(12), top, np.take_along_axis(full, top, 1), np.zeros(12),
+              0.0, topk_lognorm=lse)
+        w.add(8, np.arange(3), np.ones(3), top[:3], np.take_along_axis(full, top, 1)[:3],
+              np.zeros(3), 0.0)
+    store = TopKStore(path)
+    logsoftmax = full - lse[:, None]
+    np.testing.assert_allclose(store[0].topk_logprobs(), np.take_along_axis(logsoftmax, top, 1),
+                               atol=2e-2)  # F16 logits
+    with pytest.raises(FormatError, match="sample 8.*re-extract") as e:
+        store[1].topk_logprobs()
+    assert e.value.rule == "needs_lognorm"
+    write_v1_0_store(tmp_path / "old", padded_samples(2, k=4, vocab=300), k=4)
+    old = TopKStore(tmp_path / "old")
+    assert old[0].topk_lognorm is None
+    with pytest.raises(FormatError, match="needs_lognorm"):
+        old[0].topk_logprobs()

@@ -56,4 +56,48 @@ int fc_dtw_forward(const int32_t *cost, int64_t nrow, int64_t ncol, int32_t max_
 /* Whether the SIMD code paths run (x86-64 and not switched off by fc_align_set_simd). */
 int fc_align_simd(void);
 
+/* ------------------------------------------------------------------------------------ */
+/* projection (align_bytematch.c, align_project_ctx.c, align_project.c) */
+
+enum { FC_BYTE_MATCHED = 0, FC_BYTE_ONESIDED = 1, FC_BYTE_DIFFERING = 2 };
+
+/* Mark (1 in ma, mb; the caller zeroes them) the bytes of two whitespace runs that match:
+ * equal runs byte for byte, else a longest common subsequence walked from the front, ties
+ * skipping a byte of a; runs over 4096 bytes: the common prefix. -1 when out of memory.
+ * Shared by the offsets alignment and the projection's byte matching. */
+int fc_match_ws(const unsigned char *a, int64_t na, const unsigned char *b, int64_t nb,
+                uint8_t *ma, uint8_t *mb);
+
+/* Match source bytes S[ns] with pivot bytes P[np]: the state of every byte (FC_BYTE_*) and
+ * for every matched pivot byte the source byte it matches (-1 otherwise). -1 when out of
+ * memory. */
+int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, int64_t np,
+                   uint8_t *s_state, uint8_t *p_state, int64_t *to_src);
+
+/* The pivot lookup is a byte trie over the pieces' canonical bytes: node 0 is the root, the
+ * child of (node, byte) is found in an open-addressing table, piece[node] is the piece
+ * spelled by the path to it (-1 if none). */
+struct fc_project_ctx {
+    const fc_vocab_t *src, *pivot;
+    uint64_t         *edge_key;  /* (node << 8 | byte) + 1, 0 = empty slot */
+    int32_t          *edge_child;
+    uint64_t          edge_mask; /* table size - 1 (a power of two) */
+    int32_t          *piece;     /* per node */
+    int64_t           n_nodes;
+    int32_t          *role_map;  /* source id without bytes -> pivot special of its role, -1 */
+    int32_t          *src_piece; /* per source id: the pivot piece spelling the longest */
+    int32_t          *src_piece_len; /* prefix of its bytes (-1 / 0 if none), and its length */
+};
+
+/* A walk down the trie: feed byte strings in order; best / best_len = the longest piece
+ * that is a prefix of everything fed so far (-1 / 0 if none). */
+typedef struct fc_trie_walk {
+    int64_t node, depth, best, best_len;
+} fc_trie_walk;
+
+void fc_trie_walk_start(fc_trie_walk *w);
+/* 0 once no piece continues with the bytes fed (then further feeding changes nothing). */
+int  fc_trie_walk_feed(const fc_project_ctx_t *c, fc_trie_walk *w, const unsigned char *s,
+                       int64_t len);
+
 #endif

@@ -35,40 +35,8 @@ static int flatten(side *s, fc_buf *bytes, int64_t *tok_at) {
     return 0;
 }
 
-/* Mark the bytes of two whitespace runs a, b that match: a longest common subsequence
- * (runs are short; identical runs, the usual case, match byte for byte). */
-static int match_ws(const char *a, int64_t na, const char *b, int64_t nb, uint8_t *ma,
-                    uint8_t *mb) {
-    if (na == nb && memcmp(a, b, (size_t)na) == 0) {
-        memset(ma, 1, (size_t)na);
-        memset(mb, 1, (size_t)nb);
-        return 0;
-    }
-    if (!na || !nb) return 0;
-    if (na > 4096 || nb > 4096) { /* pathological runs: match the common prefix only */
-        for (int64_t k = 0; k < na && k < nb && a[k] == b[k]; k++) ma[k] = mb[k] = 1;
-        return 0;
-    }
-    int32_t *L = malloc((size_t)(na + 1) * (size_t)(nb + 1) * sizeof *L);
-    if (!L) return -1;
-    int64_t w = nb + 1;
-    for (int64_t i = na; i >= 0; i--)
-        for (int64_t j = nb; j >= 0; j--)
-            L[i * w + j] = (i == na || j == nb) ? 0
-                         : a[i] == b[j] ? L[(i + 1) * w + j + 1] + 1
-                         : (L[(i + 1) * w + j] >= L[i * w + j + 1] ? L[(i + 1) * w + j]
-                                                                   : L[i * w + j + 1]);
-    for (int64_t i = 0, j = 0; i < na && j < nb;) {
-        if (a[i] == b[j]) { ma[i++] = 1; mb[j++] = 1; }
-        else if (L[(i + 1) * w + j] >= L[i * w + j + 1]) i++;
-        else j++;
-    }
-    free(L);
-    return 0;
-}
-
 /* Match the two byte strings: equal outside whitespace, whitespace runs matched by
- * match_ws. ma and mb mark matched bytes. 1 on a mismatch (bad_a, bad_b = byte offsets). */
+ * fc_match_ws. ma and mb mark matched bytes. 1 on a mismatch (bad_a, bad_b = byte offsets). */
 static int match_bytes(const char *a, int64_t na, const char *b, int64_t nb, uint8_t *ma,
                        uint8_t *mb, int64_t *bad_a, int64_t *bad_b) {
     int64_t i = 0, j = 0;
@@ -78,7 +46,9 @@ static int match_bytes(const char *a, int64_t na, const char *b, int64_t nb, uin
             int64_t i2 = i, j2 = j;
             while (i2 < na && is_ws((unsigned char)a[i2])) i2++;
             while (j2 < nb && is_ws((unsigned char)b[j2])) j2++;
-            if (match_ws(a + i, i2 - i, b + j, j2 - j, ma + i, mb + j)) return -1;
+            if (fc_match_ws((const unsigned char *)a + i, i2 - i, (const unsigned char *)b + j,
+                            j2 - j, ma + i, mb + j))
+                return -1;
             i = i2, j = j2;
             continue;
         }

@@ -12,6 +12,8 @@
  *                  (EM, MinED, MS): source id -> pivot id.
  *   distributions  fc_align_distributions: source top-K at source positions -> ragged
  *                  (pivot id, logit) lists at pivot positions (method.md section 5).
+ *   projection     fc_align_project: source top-K log-probabilities carried to the pivot's
+ *                  next tokens by the chain rule over bytes (docs/alignment.md).
  *
  * Letters: n = source sequence length, m = pivot sequence length, K = top-k,
  * V_S / V_P = vocabulary sizes (max id + 1).
@@ -204,6 +206,39 @@ FC_API fc_status fc_align_distributions(const fc_align_ctx_t *ctx, fc_dist_mode 
                                         const int32_t *eff_map, const int32_t *map,
                                         int64_t *out_offsets, int32_t *out_ids,
                                         float *out_logits, fc_error *err);
+
+/* ------------------------------------------------------------------------------------ */
+/* byte-exact projection (docs/alignment.md, "Projection onto pivot tokens") */
+
+/* Per vocabulary pair: the pivot lookup (longest piece by canonical bytes) and the role map
+ * of source tokens without bytes. FC_ERR_VALUE (rule projection_lossy_tokenizer) for a
+ * WordPiece vocabulary. Read-only once built; the vocabularies must outlive it. */
+typedef struct fc_project_ctx fc_project_ctx_t;
+FC_API fc_status fc_project_ctx_new(const fc_vocab_t *src, const fc_vocab_t *pivot,
+                                    fc_project_ctx_t **out, fc_error *err);
+FC_API void      fc_project_ctx_free(fc_project_ctx_t *ctx);
+
+/* how a pivot position was resolved; NOTE: values are only ever appended */
+enum {
+    FC_PROJ_EXACT    = 0, /* source tokens cover the next pivot token exactly */
+    FC_PROJ_PREFIX   = 1, /* prefix mass: boundaries differ */
+    FC_PROJ_FALLBACK = 2, /* nothing to project from: empty list */
+    FC_PROJ_LAST     = 3, /* the last position: no next token */
+};
+
+/* The source's distributions carried to the pivot's next tokens. topk_ids [n, k] (-1 pads)
+ * and topk_logprobs [n, k] are absolute log-probabilities (position i predicts token i+1);
+ * true_logprobs [n] (NULL, NaN where unknown) the log-probability of the true next token.
+ * Output for each pivot position j: out_ids / out_logprobs [out_offsets[j] ..
+ * out_offsets[j+1]) (capacity m * out_k), at most out_k entries by mass; gold_logprob[j]
+ * (NaN when unresolved) and resolution[j] (FC_PROJ_*). FC_ERR_VALUE naming the position on
+ * bad ids or log-probabilities (NaN, +inf, above 0.1). */
+FC_API fc_status fc_align_project(const fc_project_ctx_t *ctx, const int64_t *src_ids,
+                                  int64_t n, const int64_t *pivot_ids, int64_t m,
+                                  const int64_t *topk_ids, const float *topk_logprobs,
+                                  int64_t k, const float *true_logprobs, int64_t out_k,
+                                  int64_t *out_offsets, int32_t *out_ids, float *out_logprobs,
+                                  float *gold_logprob, uint8_t *resolution, fc_error *err);
 
 #ifdef __cplusplus
 }

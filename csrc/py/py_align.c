@@ -6,6 +6,7 @@
 #define CAP_VOCAB  "fusechat.vocab"
 #define CAP_CTX    "fusechat.align_ctx"
 #define CAP_COUNTS "fusechat.counts"
+#define CAP_PROJ   "fusechat.project_ctx"
 
 /* ------------------------------------------------------------------------------------ */
 /* helpers */
@@ -14,6 +15,11 @@ static void vocab_destroy(PyObject *cap) { fc_vocab_free(PyCapsule_GetPointer(ca
 static void counts_destroy(PyObject *cap) { fc_counts_free(PyCapsule_GetPointer(cap, CAP_COUNTS)); }
 static void ctx_destroy(PyObject *cap) {
     fc_align_ctx_free(PyCapsule_GetPointer(cap, CAP_CTX));
+    Py_XDECREF((PyObject *)PyCapsule_GetContext(cap)); /* the vocab capsules it borrows */
+}
+
+static void proj_destroy(PyObject *cap) {
+    fc_project_ctx_free(PyCapsule_GetPointer(cap, CAP_PROJ));
     Py_XDECREF((PyObject *)PyCapsule_GetContext(cap)); /* the vocab capsules it borrows */
 }
 
@@ -459,6 +465,93 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* projection */
+
+static PyObject *py_project_ctx(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *a, *b;
+    if (!PyArg_ParseTuple(args, "OO", &a, &b)) return NULL;
+    fc_vocab_t *src = get_vocab(a), *piv = src ? get_vocab(b) : NULL;
+    if (!piv) return NULL;
+    fc_project_ctx_t *ctx = NULL;
+    fc_error err;
+    fc_error_clear(&err);
+    fc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = fc_project_ctx_new(src, piv, &ctx, &err);
+    Py_END_ALLOW_THREADS
+    if (st) return fc_py_raise(&err);
+    PyObject *cap = PyCapsule_New(ctx, CAP_PROJ, proj_destroy);
+    PyObject *keep = Py_BuildValue("(OO)", a, b);
+    if (!cap || !keep || PyCapsule_SetContext(cap, keep)) {
+        Py_XDECREF(keep);
+        if (cap) Py_DECREF(cap);
+        else fc_project_ctx_free(ctx);
+        return NULL;
+    }
+    return cap;
+}
+
+/* project(ctx, src_ids, pivot_ids, topk_ids [n,K], topk_logprobs [n,K], true_logprobs|None, k)
+ * -> (offsets, ids, logprobs, gold_logprob, resolution) */
+static PyObject *py_project(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cap, *so, *po, *tio, *tlo, *tro;
+    long long out_k;
+    if (!PyArg_ParseTuple(args, "OOOOOOL", &cap, &so, &po, &tio, &tlo, &tro, &out_k)) return NULL;
+    fc_project_ctx_t *ctx = PyCapsule_GetPointer(cap, CAP_PROJ);
+    if (!ctx) return NULL;
+    PyArrayObject *s = NULL, *p = NULL, *ti = NULL, *tl = NULL, *tr = NULL;
+    PyObject *offs = NULL, *ids = NULL, *lp = NULL, *gold = NULL, *res = NULL, *ret = NULL;
+    if (!(s = as_array(so, NPY_INT64, 1, "src_ids"))
+        || !(p = as_array(po, NPY_INT64, 1, "pivot_ids"))
+        || !(ti = as_array(tio, NPY_INT64, 2, "src_topk_ids"))
+        || !(tl = as_array(tlo, NPY_FLOAT32, 2, "src_topk_logprobs"))
+        || (tro != Py_None && !(tr = as_array(tro, NPY_FLOAT32, 1, "src_true_logprobs"))))
+        goto done;
+    npy_intp n = PyArray_SIZE(s), m = PyArray_SIZE(p), k = PyArray_DIM(ti, 1);
+    if (PyArray_DIM(ti, 0) != n || PyArray_DIM(tl, 0) != n || PyArray_DIM(tl, 1) != k) {
+        PyErr_Format(PyExc_ValueError, "src_topk_ids and src_topk_logprobs must both be "
+                     "[len(src_ids)=%zd, K], got [%zd, %zd] and [%zd, %zd]", (Py_ssize_t)n,
+                     (Py_ssize_t)PyArray_DIM(ti, 0), (Py_ssize_t)k,
+                     (Py_ssize_t)PyArray_DIM(tl, 0), (Py_ssize_t)PyArray_DIM(tl, 1));
+        goto done;
+    }
+    if (tr && PyArray_SIZE(tr) != n) {
+        PyErr_Format(PyExc_ValueError, "src_true_logprobs has %zd entries, src_ids %zd",
+                     (Py_ssize_t)PyArray_SIZE(tr), (Py_ssize_t)n);
+        goto done;
+    }
+    if (out_k < 1) {
+        PyErr_Format(PyExc_ValueError, "k must be >= 1, got %lld", out_k);
+        goto done;
+    }
+    npy_intp cap_out = m * (npy_intp)out_k;
+    offs = new_array(NPY_INT64, m + 1, NULL);
+    ids = new_array(NPY_INT32, cap_out, NULL);
+    lp = new_array(NPY_FLOAT32, cap_out, NULL);
+    gold = new_array(NPY_FLOAT32, m, NULL);
+    res = new_array(NPY_UINT8, m, NULL);
+    if (!offs || !ids || !lp || !gold || !res) goto done;
+    fc_error err;
+    fc_error_clear(&err);
+    fc_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = fc_align_project(ctx, PyArray_DATA(s), n, PyArray_DATA(p), m, PyArray_DATA(ti),
+                          PyArray_DATA(tl), k, tr ? PyArray_DATA(tr) : NULL, out_k,
+                          PyArray_DATA((PyArrayObject *)offs), PyArray_DATA((PyArrayObject *)ids),
+                          PyArray_DATA((PyArrayObject *)lp), PyArray_DATA((PyArrayObject *)gold),
+                          PyArray_DATA((PyArrayObject *)res), &err);
+    Py_END_ALLOW_THREADS
+    if (st) { fc_py_raise(&err); goto done; }
+    ret = Py_BuildValue("OOOOO", offs, ids, lp, gold, res);
+done:
+    Py_XDECREF(s); Py_XDECREF(p); Py_XDECREF(ti); Py_XDECREF(tl); Py_XDECREF(tr);
+    Py_XDECREF(offs); Py_XDECREF(ids); Py_XDECREF(lp); Py_XDECREF(gold); Py_XDECREF(res);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"vocab_load", py_vocab_load, METH_VARARGS, "vocab_load(folder) -> vocab handle"},
     {"vocab_parse", py_vocab_parse, METH_VARARGS,
@@ -490,6 +583,11 @@ static PyMethodDef methods[] = {
     {"align_distributions", py_align_distributions, METH_VARARGS,
      "align_distributions(ctx, mode, multi, src_ids, pivot_ids, indptr, indices, topk_ids, "
      "topk_logits, eff_map, map|None) -> (offsets, ids, logits)"},
+    {"project_ctx", py_project_ctx, METH_VARARGS,
+     "project_ctx(src vocab, pivot vocab) -> projection handle"},
+    {"project", py_project, METH_VARARGS,
+     "project(ctx, src_ids, pivot_ids, topk_ids, topk_logprobs, true_logprobs|None, k) -> "
+     "(offsets, ids, logprobs, gold_logprob, resolution)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,399 @@
+/* align_project.c - the source's top-K log-probabilities carried to the pivot's next tokens
+ * by the chain rule over bytes. The rules, their names and worked examples are in
+ * docs/alignment.md ("Projection onto pivot tokens"); tests/reference/project_ref.py is the
+ * plain-Python twin, and the masses are summed in the same order in both. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "align_internal.h"
+
+typedef struct entry { int32_t id; double mass; } entry;
+
+/* one sequence pair, everything the positions share */
+typedef struct seq {
+    const fc_project_ctx_t *c;
+    const int64_t *src, *piv, *tk_ids;
+    const float   *tk_lp, *true_lp;
+    int64_t        n, m, k;
+    const unsigned char *S, *P;
+    int64_t        ns, np;
+    int64_t       *B, *PB;      /* token start offsets, n + 1 / m + 1 (the end is the next) */
+    uint8_t       *ss, *ps;     /* byte states */
+    int64_t       *to_src;      /* source byte of a matched pivot byte */
+    int64_t       *sdiff;       /* differing source bytes before offset x, ns + 1 */
+    int64_t       *next_match;  /* first matched source byte at or after x, ns + 1 */
+    int64_t       *cut;         /* m */
+    entry         *ent;         /* the position's masses */
+    int64_t        n_ent, cap_ent;
+} seq;
+
+static double prob(float lp) {
+    double q = exp((double)lp);
+    return q > 1.0 ? 1.0 : q;
+}
+
+static const unsigned char *src_bytes(const seq *q, int64_t id, int64_t *len) {
+    const fc_vocab_t *v = q->c->src;
+    *len = v->can_off[id + 1] - v->can_off[id];
+    return (const unsigned char *)v->canonical.data + v->can_off[id];
+}
+
+static int64_t piv_len(const seq *q, int64_t id) {
+    return q->c->pivot->can_off[id + 1] - q->c->pivot->can_off[id];
+}
+
+/* P_true(i): the given log-probability, else the top-K entry, else an estimate */
+static double true_prob(const seq *q, int64_t i, int64_t true_id) {
+    if (q->true_lp && !isnan(q->true_lp[i])) return prob(q->true_lp[i]);
+    const int64_t *ids = q->tk_ids + i * q->k;
+    const float *lp = q->tk_lp + i * q->k;
+    double sum = 0, low = 0;
+    int any = 0;
+    for (int64_t t = 0; t < q->k; t++) {
+        if (ids[t] < 0) continue;
+        double p = prob(lp[t]);
+        sum += p;
+        if (!any || p < low) low = p;
+        any = 1;
+    }
+    for (int64_t t = 0; t < q->k; t++)
+        if (ids[t] == true_id) return prob(lp[t]);
+    if (!any) return 1.0;
+    double rest = 1.0 - sum > 0 ? 1.0 - sum : 0.0;
+    return low < rest ? low : rest;
+}
+
+static int add(seq *q, int64_t id, double w) {
+    for (int64_t e = 0; e < q->n_ent; e++)
+        if (q->ent[e].id == id) { q->ent[e].mass += w; return 0; }
+    if (q->n_ent == q->cap_ent) {
+        int64_t cap = q->cap_ent ? 2 * q->cap_ent : 64;
+        entry *e = realloc(q->ent, (size_t)cap * sizeof *e);
+        if (!e) return -1;
+        q->ent = e, q->cap_ent = cap;
+    }
+    q->ent[q->n_ent++] = (entry){(int32_t)id, w};
+    return 0;
+}
+
+static int64_t common_prefix(const unsigned char *a, int64_t na, const unsigned char *b,
+                             int64_t nb) {
+    int64_t k = 0;
+    while (k < na && k < nb && a[k] == b[k]) k++;
+    return k;
+}
+
+/* whether the two pieces a[0..na) + b[0..nb) start with x[0..nx) */
+static int starts_with(const unsigned char *a, int64_t na, const unsigned char *b, int64_t nb,
+                       const unsigned char *x, int64_t nx) {
+    if (na + nb < nx) return 0;
+    int64_t from_a = na < nx ? na : nx;
+    return memcmp(a, x, (size_t)from_a) == 0
+        && memcmp(b, x + from_a, (size_t)(nx - from_a)) == 0;
+}
+
+/* first t in [0, n) with a[t] > x (a non-decreasing), n if none */
+static int64_t first_above(const int64_t *a, int64_t n, int64_t x) {
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (a[mid] > x) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+enum { POS_FALLBACK = -2, POS_NOMEM = -1 };
+
+/* a pivot token without bytes: paired with a source token without bytes near its offset */
+static int special_position(seq *q, int64_t j, double *gold_out) {
+    int64_t g = q->piv[j + 1], c = q->cut[j];
+    int64_t k = 0;
+    for (int64_t jj = j; jj >= 0 && piv_len(q, q->piv[jj]) == 0; jj--) k++;
+    int64_t c2 = q->next_match[c];
+    int64_t u = -1, seen = 0;
+    for (int64_t t = first_above(q->B, q->n, c - 1); t < q->n && q->B[t] <= c2; t++) {
+        if (q->B[t] != q->B[t + 1]) continue;
+        u = t; /* the k-th, else the last */
+        if (seen++ == k) break;
+    }
+    if (u <= 0) return POS_FALLBACK;
+    int64_t i = u - 1;
+    double gold = true_prob(q, i, q->src[u]);
+    const int64_t *ids = q->tk_ids + i * q->k;
+    const float *lp = q->tk_lp + i * q->k;
+    for (int64_t t = 0; t < q->k; t++) {
+        int64_t v = ids[t];
+        if (v < 0 || v == q->src[u]) continue;
+        double w = prob(lp[t]);
+        int64_t len;
+        src_bytes(q, v, &len);
+        if (!len) {
+            int64_t pv = q->c->role_map[v];
+            if (pv == g) gold += w;
+            else if (pv >= 0 && add(q, pv, w)) return POS_NOMEM;
+        } else {
+            int64_t L = q->c->src_piece[v];
+            if (L >= 0 && add(q, L, w)) return POS_NOMEM;
+        }
+    }
+    if (!(gold > 0)) return POS_FALLBACK;
+    if (add(q, g, gold)) return POS_NOMEM;
+    *gold_out = gold;
+    return FC_PROJ_EXACT;
+}
+
+/* the walk for pivot position j (predicting pivot token j + 1); returns FC_PROJ_* or POS_* */
+static int project_position(seq *q, int64_t j, double *gold_out) {
+    int64_t g = q->piv[j + 1];
+    int64_t gb = q->PB[j + 1], ge = q->PB[j + 2];
+    if (gb == ge) return special_position(q, j, gold_out);
+    int64_t first = -1;
+    for (int64_t y = gb; y < ge; y++) {
+        if (q->ps[y] == FC_BYTE_DIFFERING) return POS_FALLBACK;
+        if (q->ps[y] == FC_BYTE_MATCHED && first < 0) first = y;
+    }
+    if (first < 0) return POS_FALLBACK;
+    int64_t c = q->cut[j], d = q->cut[j + 1];
+    while (c < d && q->ss[c] == FC_BYTE_DIFFERING) c++; /* they belong to the tokens before */
+    if (q->sdiff[d] - q->sdiff[c]) return POS_FALLBACK;
+    const unsigned char *X = q->P + gb;
+    int64_t nx = first - gb, ny = d - c;
+    const int64_t *E = q->B + 1;
+    int64_t t = first_above(E, q->n, c);
+    if (t >= q->n || t == 0) return POS_FALLBACK;
+    int64_t i = t - 1, s = c - q->B[t];
+    double D = 1.0;
+    if (s > 0) { /* the conditional prefix mass of the start inside token t */
+        D = true_prob(q, i, q->src[t]);
+        const int64_t *ids = q->tk_ids + i * q->k;
+        const float *lp = q->tk_lp + i * q->k;
+        for (int64_t r = 0; r < q->k; r++) {
+            if (ids[r] < 0 || ids[r] == q->src[t]) continue;
+            int64_t len;
+            const unsigned char *b = src_bytes(q, ids[r], &len);
+            if (len > s && memcmp(b, q->S + q->B[t], (size_t)s) == 0) D += prob(lp[r]);
+        }
+        if (!(D > 0)) return POS_FALLBACK;
+    }
+    double w = 1.0, gold = 0.0;
+    int64_t z = c;
+    int first_step = 1, at_boundary = s == 0, kind;
+    for (;;) {
+        int64_t u = i + 1;
+        if (q->sdiff[q->B[u + 1]] - q->sdiff[q->B[u]]) return POS_FALLBACK;
+        double scale = first_step ? w / D : w;
+        fc_trie_walk base[2];
+        int have_base[2] = {0, 0};
+        const int64_t *ids = q->tk_ids + i * q->k;
+        const float *lp = q->tk_lp + i * q->k;
+        for (int64_t r = 0; r < q->k; r++) {
+            int64_t v = ids[r];
+            if (v < 0 || v == q->src[u]) continue;
+            double m = prob(lp[r]) * scale;
+            int64_t len;
+            const unsigned char *b = src_bytes(q, v, &len);
+            if (!len) {
+                if (first_step && at_boundary) {
+                    int64_t pv = q->c->role_map[v];
+                    if (pv == g) gold += m;
+                    else if (pv >= 0 && add(q, pv, m)) return POS_NOMEM;
+                }
+                continue;
+            }
+            if (s > 0) {
+                if (len <= s || memcmp(b, q->S + q->B[u], (size_t)s) != 0) continue;
+                b += s, len -= s;
+            }
+            /* W = S[c:z] + b: the text up to z, then the candidate's bytes */
+            int64_t zc = z - c, nw = zc + len;
+            int64_t text = q->ns - z < len ? q->ns - z : len;
+            int64_t e = zc + common_prefix(b, len, q->S + z, text);
+            if (e == nw) { /* agrees with the text over all of its length */
+                if (nw >= ny) gold += m;
+                continue;
+            }
+            /* leaves the text at e: the pivot piece that spells the longest prefix of
+             * X + W (X only when W does not start with it) */
+            int prepend = nx && !starts_with(q->S + c, zc, b, len, X, nx);
+            fc_trie_walk t;
+            if (!prepend && !zc && !s) { /* W is the whole candidate token */
+                t.best = q->c->src_piece[v], t.best_len = q->c->src_piece_len[v];
+            } else { /* from the step's shared walk over [X +] S[c:z] */
+                if (!have_base[prepend]) {
+                    fc_trie_walk_start(&base[prepend]);
+                    if (!prepend || fc_trie_walk_feed(q->c, &base[prepend], X, nx))
+                        fc_trie_walk_feed(q->c, &base[prepend], q->S + c, zc);
+                    have_base[prepend] = 1;
+                }
+                t = base[prepend];
+                fc_trie_walk_feed(q->c, &t, b, len);
+            }
+            if (t.best >= 0 && t.best_len > e + (prepend ? nx : 0)) {
+                if (add(q, t.best, m)) return POS_NOMEM;
+            } else if (e >= ny) {
+                gold += m;
+            }
+        }
+        double pt = true_prob(q, i, q->src[u]) * scale;
+        int64_t z2 = q->B[u + 1];
+        if (z2 >= d) {
+            gold += pt;
+            kind = at_boundary && z2 == d ? FC_PROJ_EXACT : FC_PROJ_PREFIX;
+            break;
+        }
+        w = pt, z = z2, i = u, s = 0, first_step = 0;
+    }
+    if (!(gold > 0)) return POS_FALLBACK;
+    if (add(q, g, gold)) return POS_NOMEM;
+    *gold_out = gold;
+    return kind;
+}
+
+/* largest mass first, ties: lower id (an insertion sort: a position has few entries) */
+static int before(entry x, entry y) { return x.mass > y.mass || (x.mass == y.mass && x.id < y.id); }
+
+static void sort_by_mass(entry *e, int64_t n) {
+    for (int64_t a = 1; a < n; a++) {
+        entry x = e[a];
+        int64_t b = a;
+        for (; b > 0 && before(x, e[b - 1]); b--) e[b] = e[b - 1];
+        e[b] = x;
+    }
+}
+
+static fc_status check_inputs(const fc_project_ctx_t *c, const int64_t *src_ids, int64_t n,
+                              const int64_t *pivot_ids, int64_t m, const int64_t *topk_ids,
+                              const float *topk_lp, int64_t k, const float *true_lp,
+                              int64_t out_k, fc_error *err) {
+    fc_status st = fc_align_check_ids(src_ids, n, c->src, "src_ids", err);
+    if (!st) st = fc_align_check_ids(pivot_ids, m, c->pivot, "pivot_ids", err);
+    if (st) return st;
+    if (out_k < 1 || k < 0)
+        return fc_error_set(err, FC_ERR_VALUE, "k must be >= 1 (got %lld) and the top-K width "
+                            ">= 0 (got %lld)", (long long)out_k, (long long)k);
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t t = 0; t < k; t++) {
+            int64_t v = topk_ids[i * k + t];
+            if (v < -1 || v >= c->src->V)
+                return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "token_id_out_of_range",
+                                         "topk_ids[%lld][%lld] = %lld is not a source token id "
+                                         "(vocabulary size %lld; -1 pads) (rule "
+                                         "token_id_out_of_range)", (long long)i, (long long)t,
+                                         (long long)v, (long long)c->src->V);
+            float lp = topk_lp[i * k + t];
+            if (v >= 0 && (isnan(lp) || lp > 0.1f))
+                return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "not_log_probability",
+                                         "topk_logprobs[%lld][%lld] = %g is not a log-probability "
+                                         "(NaN, +inf or above 0.1; -inf is probability 0) (rule "
+                                         "not_log_probability)", (long long)i, (long long)t,
+                                         (double)lp);
+        }
+        if (true_lp && (true_lp[i] > 0.1f))
+            return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "not_log_probability",
+                                     "src_true_logprobs[%lld] = %g is not a log-probability "
+                                     "(+inf or above 0.1; NaN means unknown) (rule "
+                                     "not_log_probability)", (long long)i, (double)true_lp[i]);
+    }
+    return FC_OK;
+}
+
+static void free_seq(seq *q) {
+    free((void *)q->S); free((void *)q->P); free(q->B); free(q->PB); free(q->ss); free(q->ps);
+    free(q->to_src); free(q->sdiff); free(q->next_match); free(q->cut); free(q->ent);
+}
+
+/* byte streams, token offsets, byte states and the per-offset tables */
+static int prepare(seq *q) {
+    const fc_vocab_t *sv = q->c->src, *pv = q->c->pivot;
+    q->B = malloc((size_t)(q->n + 1) * sizeof *q->B);
+    q->PB = malloc((size_t)(q->m + 2) * sizeof *q->PB);
+    if (!q->B || !q->PB) return -1;
+    q->B[0] = 0;
+    for (int64_t t = 0; t < q->n; t++)
+        q->B[t + 1] = q->B[t] + sv->can_off[q->src[t] + 1] - sv->can_off[q->src[t]];
+    q->PB[0] = 0;
+    for (int64_t j = 0; j < q->m; j++)
+        q->PB[j + 1] = q->PB[j] + pv->can_off[q->piv[j] + 1] - pv->can_off[q->piv[j]];
+    q->PB[q->m + 1] = q->PB[q->m];
+    q->ns = q->B[q->n], q->np = q->PB[q->m];
+    unsigned char *S = malloc((size_t)q->ns + 1), *P = malloc((size_t)q->np + 1);
+    q->S = S, q->P = P;
+    q->ss = malloc((size_t)q->ns + 1);
+    q->ps = malloc((size_t)q->np + 1);
+    q->to_src = malloc((size_t)(q->np + 1) * sizeof *q->to_src);
+    q->sdiff = malloc((size_t)(q->ns + 1) * sizeof *q->sdiff);
+    q->next_match = malloc((size_t)(q->ns + 1) * sizeof *q->next_match);
+    q->cut = malloc((size_t)(q->m + 1) * sizeof *q->cut);
+    if (!S || !P || !q->ss || !q->ps || !q->to_src || !q->sdiff || !q->next_match || !q->cut)
+        return -1;
+    for (int64_t t = 0; t < q->n; t++)
+        memcpy(S + q->B[t], sv->canonical.data + sv->can_off[q->src[t]],
+               (size_t)(q->B[t + 1] - q->B[t]));
+    for (int64_t j = 0; j < q->m; j++)
+        memcpy(P + q->PB[j], pv->canonical.data + pv->can_off[q->piv[j]],
+               (size_t)(q->PB[j + 1] - q->PB[j]));
+    if (fc_bytes_match(S, q->ns, P, q->np, q->ss, q->ps, q->to_src)) return -1;
+    q->sdiff[0] = 0;
+    for (int64_t x = 0; x < q->ns; x++) q->sdiff[x + 1] = q->sdiff[x] + (q->ss[x] == FC_BYTE_DIFFERING);
+    q->next_match[q->ns] = q->ns;
+    for (int64_t x = q->ns - 1; x >= 0; x--)
+        q->next_match[x] = q->ss[x] == FC_BYTE_MATCHED ? x : q->next_match[x + 1];
+    int64_t last = 0;
+    for (int64_t j = 0; j < q->m; j++) {
+        for (int64_t y = q->PB[j]; y < q->PB[j + 1]; y++)
+            if (q->to_src[y] >= 0) last = q->to_src[y] + 1;
+        q->cut[j] = last;
+    }
+    return 0;
+}
+
+fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, int64_t n,
+                           const int64_t *pivot_ids, int64_t m, const int64_t *topk_ids,
+                           const float *topk_logprobs, int64_t k, const float *true_logprobs,
+                           int64_t out_k, int64_t *out_offsets, int32_t *out_ids,
+                           float *out_logprobs, float *gold_logprob, uint8_t *resolution,
+                           fc_error *err) {
+    fc_status st = check_inputs(c, src_ids, n, pivot_ids, m, topk_ids, topk_logprobs, k,
+                                true_logprobs, out_k, err);
+    if (st) return st;
+    seq q = {c, src_ids, pivot_ids, topk_ids, topk_logprobs, true_logprobs, n, m, k};
+    out_offsets[0] = 0;
+    if (prepare(&q)) goto nomem;
+    for (int64_t j = 0; j < m; j++) {
+        int64_t at = out_offsets[j];
+        gold_logprob[j] = NAN;
+        if (j == m - 1) {
+            resolution[j] = FC_PROJ_LAST;
+            out_offsets[j + 1] = at;
+            continue;
+        }
+        q.n_ent = 0;
+        double gold = 0;
+        int kind = project_position(&q, j, &gold);
+        if (kind == POS_NOMEM) goto nomem;
+        if (kind == POS_FALLBACK) {
+            resolution[j] = FC_PROJ_FALLBACK;
+            out_offsets[j + 1] = at;
+            continue;
+        }
+        resolution[j] = (uint8_t)kind;
+        gold_logprob[j] = (float)log(gold);
+        sort_by_mass(q.ent, q.n_ent);
+        int64_t kept = 0;
+        for (int64_t e = 0; e < q.n_ent && kept < out_k; e++) {
+            if (!(q.ent[e].mass > 0)) continue;
+            out_ids[at + kept] = q.ent[e].id;
+            out_logprobs[at + kept] = (float)log(q.ent[e].mass);
+            kept++;
+        }
+        out_offsets[j + 1] = at + kept;
+    }
+    free_seq(&q);
+    return FC_OK;
+nomem:
+    free_seq(&q);
+    return fc_error_set(err, FC_ERR_NOMEM, "out of memory projecting %lld x %lld tokens",
+                        (long long)n, (long long)m);
+}
