@@ -64,6 +64,18 @@ def test_a_model_that_learned_its_answers_scores_exact():
                        quiet=True)
     assert res.exact.tolist() == [1.0] * len(convs)
     assert np.all(res.nll < 0.5)
+    # answer-set probability of the one gold reply: the product of its supervised tokens'
+    # probabilities, i.e. exp(-mean NLL x their count) (one assistant turn per chat)
+    n_sup = [int(chat.tokenize(c, tok, sep="</s>").loss_mask.sum()) for c in convs]
+    np.testing.assert_allclose(res.answer_p, np.exp(-res.nll * np.array(n_sup)), rtol=1e-4)
+    assert np.all(res.answer_p > 0.5)
+    # with two right answers it is the sum of both answers' probabilities
+    from fusechat.evaluate import answer_set_probability
+    other = str(int(convs[0].turns[-1][1]) + 1)
+    both = answer_set_probability(model, tok, convs[0], [convs[0].turns[-1][1], other],
+                                  sep="</s>")
+    alone = answer_set_probability(model, tok, convs[0], [other], sep="</s>")
+    assert both == pytest.approx(res.answer_p[0] + alone, rel=1e-5)
     # with an "answers" list, a reply is exact when it is any of them
     convs[0].meta["answers"] = ["nope", "never"]
     convs[1].meta["answers"] = ["nope", convs[1].turns[-1][1]]
