@@ -115,21 +115,33 @@ def greedy_answer(model, tokenizer, prompt, sep, max_new_tokens):
 def answer_set_probability(model, tokenizer, conv, answers, *, template="openchat_3.5",
                            max_length=2048, sep=None, device="cpu"):
     """Sum over the distinct ``answers`` of the model's probability of the last assistant turn
-    being that answer (its supervised tokens, end-of-turn included, tokenized as in training),
-    given everything before it. One teacher-forced forward per answer."""
+    being that answer (its tokens up to the last supervised one, end-of-turn included,
+    tokenized as in training), given the prefix all the answers' tokenizations share. One
+    teacher-forced forward per answer.
+
+    The shared prefix matters: a tokenizer may put the space before an answer in a piece of
+    its own that is not supervised ("▁", "Bra" but "▁Tazku"); scoring each answer from its
+    own first supervised token would condition them on different prefixes, and the sum could
+    pass 1. From the common prefix the answers are disjoint continuations, so it cannot."""
     import torch
 
-    total = 0.0
+    toks = []
     for want in sorted({str(w).strip() for w in answers}):
         turns = list(conv.turns[:-1]) + [(conv.turns[-1][0], want)]
         alt = type(conv)(conv.index, turns, conv.meta)
-        tok = chat.tokenize(alt, tokenizer, template=template, max_length=max_length, sep=sep)
-        start = answer_start(tok.loss_mask)
-        ids = torch.as_tensor(tok.input_ids, dtype=torch.long, device=device)[None]
+        toks.append(chat.tokenize(alt, tokenizer, template=template, max_length=max_length,
+                                  sep=sep))
+    common = min(answer_start(t.loss_mask) for t in toks)
+    for t in toks[1:]:
+        same = np.asarray(t.input_ids[:common]) == np.asarray(toks[0].input_ids[:common])
+        common = int(np.argmin(same)) if not same.all() else common
+    total = 0.0
+    for tok in toks:
+        end = len(tok.loss_mask) - int(np.argmax(np.asarray(tok.loss_mask)[::-1]))
+        ids = torch.as_tensor(tok.input_ids[:end], dtype=torch.long, device=device)[None]
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-        t = torch.arange(start, ids.shape[1], device=device)
-        t = t[torch.as_tensor(tok.loss_mask[start:], device=device).bool()]
+        t = torch.arange(max(common, 1), end, device=device)
         total += float(torch.exp(logp[t - 1, ids[0, t]].sum()))
     return total
 

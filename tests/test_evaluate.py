@@ -108,3 +108,25 @@ def test_save_rejects_a_tokenizer_that_reloads_differently(tmp_path):
     model = demo_models.build_model("qwen2", tok, hidden=16, layers=1)
     with pytest.raises(RuntimeError, match="Qwen2Tokenizer"):
         demo_models.save(model, tok, tmp_path)
+
+
+@pytest.mark.parametrize("kind", demo_models.TOKENIZER_KINDS)
+def test_answer_set_probability_is_a_probability(kind):
+    """The answers are disjoint continuations of one shared prefix, so their probabilities
+    sum to at most 1, also where the tokenizer puts the space before some answers in an
+    unsupervised piece of its own (Unigram: "▁", "Bra"); and the sum over one answer is
+    that answer's probability."""
+    from fusechat.evaluate import answer_set_probability
+
+    tok = demo_models.train_tokenizer(kind)
+    arch = {"byte_level": "qwen2", "metaspace": "llama", "unigram": "gpt2"}[kind]
+    model = demo_models.build_model(arch, tok, hidden=16, layers=1, seed=3).eval()
+    recs = [r for r in demo_data.make_dataset(200, seed=8) if len(r["answers"]) > 1][:6]
+    for conv in chat.load_conversations(recs)[0]:
+        answers = conv.meta["answers"]
+        total = answer_set_probability(model, tok, conv, answers, sep="</s>")
+        parts = [answer_set_probability(model, tok, conv, [a], sep="</s>") for a in answers]
+        assert 0.0 < total <= 1.0 + 1e-6
+        # each part alone is scored from its own first supervised token, a later point
+        # than (or the same as) the shared prefix: the set's sum is never above theirs
+        assert total <= sum(parts) + 1e-9
