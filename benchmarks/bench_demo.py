@@ -39,11 +39,13 @@ def sizes_line(quick):
     from fusechat.demo import SIZES
 
     z = SIZES["quick" if quick else "full"]
-    return (f"Sizes: fusion dataset {z['n_data']} synthetic chats ({z['n_eval']} held out), "
-            f"sources {z['source_n']} chats x {z['source_epochs']} epochs, pivot "
-            f"{z['pivot_n']} x {z['pivot_epochs']}, hidden {z['hidden']}, 2 layers, targets "
-            f"and SFT {z['train_epochs']} epochs (lm_weight {z['lm_weight']}). The cached rerun "
-            "checks every step's fingerprint (hashing the model folders) and recomputes nothing.")
+    return (f"Sizes: fusion set {z['n_gold']} gold chats + {z['n_prompts']} prompts answered by "
+            f"the sources, {z['n_eval']} held out; sources {z['source_n']} chats x "
+            f"{z['source_epochs']} epochs, pivot {z['pivot_n']} x {z['pivot_epochs']}, hidden "
+            f"{z['hidden']}, 2 layers; targets and SFT baselines {z['train_epochs']} epochs "
+            f"(lm_weight {z['lm_weight']}) x training seeds {z['train_seeds']}. The cached "
+            "rerun checks every step's fingerprint (hashing the model folders) and recomputes "
+            "nothing.")
 
 
 def main():
@@ -63,8 +65,10 @@ def main():
     lines = [SECTION, "",
              f"`benchmarks/bench_demo.py`{' --quick' if args.quick else ''}, "
              f"{time.strftime('%Y-%m-%d')}, {machine()}. Wall time of `fusechat demo` "
-             "(build 3 tiny models, extract 3, align 2, fuse 2, train 2 targets + SFT, SCE "
-             "merge, evaluate 7 models: pivot, SFT, 2 targets, merge, 2 sources) in an empty work folder, then rerun in the same folder.",
+             "(build 4 tiny models, best-of-sources replies, extract 3 + 1, align 3, fuse 3, per "
+             "training seed train 3 targets + 2 SFT baselines and an SCE merge, evaluate "
+             "pivot, every seed's models and the 3 sources) in an empty work folder, then "
+             "rerun in the same folder.",
              "", "| run | wall s | vs the 600 s goal |", "|---|---|---|",
              f"| demo ({mode}), fresh work folder | {fresh:.1f} | {fresh / GOAL_S:.2f}x |",
              f"| demo ({mode}), rerun, every step cached | {cached:.1f} | "

@@ -19,6 +19,7 @@ from . import errors  # noqa: E402 - __version__ first: submodules read it
 from ._backend import backend, cuda_available
 from .errors import ConfigError, CudaError, FormatError, SafetensorsError, TokenizerError
 from .vocab import Vocab
+from . import progress  # noqa: E402,F401 - sets tqdm's auto mode up quietly, before anyone else
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

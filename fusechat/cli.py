@@ -76,8 +76,8 @@ def _demo_args(p):
     p.add_argument("--quick", action="store_true",
                    help="fewer samples and epochs (a smoke run, as the tests use)")
     p.add_argument("--seed", type=int, default=0,
-                   help="draw other data, models and split (0: the reported table; 1: the dev "
-                        "seed the settings were chosen on)")
+                   help="the data seed: other data, models and held-out set (0: the reported "
+                        "table; 1: the dev seed the settings were chosen on)")
 
 
 def _demo_run(args):
@@ -85,7 +85,10 @@ def _demo_run(args):
 
     require_modules("torch", "transformers", "matplotlib")  # the plot too: checked up front
 
-    return run_demo(args.workdir, quiet=args.quiet, quick=args.quick, seed=args.seed)
+    # quiet unless -v: the demo's steps print one line each; progress bars and the trainer's
+    # logs only with -v
+    return run_demo(args.workdir, quiet=args.quiet or not args.verbose, quick=args.quick,
+                    seed=args.seed)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""Held-out evaluation of chat models: per-token NLL and exact-match accuracy, per skill,
-with bootstrap confidence intervals and paired comparisons (fusechat.stats).
+"""Held-out evaluation of chat models: per-token NLL, exact-match accuracy and the
+probability of the set of right answers, per skill, with bootstrap confidence intervals and
+paired comparisons (fusechat.stats).
 
 For each conversation the model is scored on the supervised tokens of every assistant turn
 (mean negative log-likelihood per token), and asked to answer the last user turn greedily;
 the answer is exact if it equals the last assistant turn after stripping whitespace, or any
 of the record's ``answers`` (a list of strings) where a question has several right answers.
+``answer_p`` is the probability the model gives to that set: the sum over the right answers
+of P(answer tokens and the end-of-turn token | the prompt), each answer tokenized as in
+training. Exact match rewards one right reply; ``answer_p`` also rewards a model that spreads
+its probability over several right answers rather than over wrong ones (what a source's
+distribution can teach beyond one gold reply).
 Needs torch and transformers (``pip install fusechat[torch]``).
 """
 import logging
@@ -14,7 +20,7 @@ import numpy as np
 
 from . import chat
 from .progress import tqdm
-from .stats import bootstrap_ci, paired_bootstrap
+from .stats import bootstrap_ci, seed_item_bootstrap
 
 LOG = logging.getLogger(__name__)
 
@@ -27,11 +33,15 @@ class EvalResult:
     skill: np.ndarray   # object [n]
     nll: np.ndarray     # float64 [n] mean NLL per supervised token
     exact: np.ndarray   # float64 [n] 1.0 if the greedy answer matched
+    answer_p: np.ndarray = None  # float64 [n] probability of the set of right answers
 
     def summary(self, skill=None, seed=0):
         sel = np.ones(len(self.nll), bool) if skill is None else self.skill == skill
-        return {"nll": bootstrap_ci(self.nll[sel], seed=seed),
-                "exact": bootstrap_ci(self.exact[sel], seed=seed), "n": int(sel.sum())}
+        out = {"nll": bootstrap_ci(self.nll[sel], seed=seed),
+               "exact": bootstrap_ci(self.exact[sel], seed=seed), "n": int(sel.sum())}
+        if self.answer_p is not None:
+            out["answer_p"] = bootstrap_ci(self.answer_p[sel], seed=seed)
+        return out
 
 
 def _load(model, tokenizer):
@@ -53,10 +63,7 @@ def evaluate(model, conversations, *, tokenizer=None, name=None, template="openc
     model, tokenizer = _load(model, tokenizer)
     model = model.to(device).eval()
     sep = chat.end_of_turn_token(tokenizer) if template == "openchat_3.5" else None
-    stop_ids = {tokenizer.convert_tokens_to_ids(sep)} if sep else set()
-    if tokenizer.eos_token_id is not None:
-        stop_ids.add(tokenizer.eos_token_id)
-    idx, skills, nlls, exact = [], [], [], []
+    idx, skills, nlls, exact, answer_p = [], [], [], [], []
     for conv in tqdm(conversations, desc=f"eval {name or ''}".strip(), disable=quiet):
         tok = chat.tokenize(conv, tokenizer, template=template, max_length=max_length, sep=sep)
         ids = torch.as_tensor(tok.input_ids, dtype=torch.long, device=device)[None]
@@ -67,20 +74,76 @@ def evaluate(model, conversations, *, tokenizer=None, name=None, template="openc
         nll = -logp[t - 1, ids[0, t]].mean().item()
         # greedy answer to the last user turn, from exactly the tokens that precede it in
         # training
-        prompt = ids[:, :answer_start(tok.loss_mask)]
-        with torch.no_grad():
-            out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=sorted(stop_ids) or None,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        answer = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+        answer, _ = greedy_answer(model, tokenizer, ids[:, :answer_start(tok.loss_mask)], sep,
+                                  max_new_tokens)
         # a record may list every right answer ("answers": [...]); else the reply is the answer
         wants = conv.meta.get("answers") or [conv.turns[-1][1]]
         idx.append(conv.index)
         skills.append(conv.meta.get("skill", "all"))
         nlls.append(nll)
         exact.append(float(answer.strip() in {str(w).strip() for w in wants}))
+        answer_p.append(answer_set_probability(model, tokenizer, conv, wants, template=template,
+                                               max_length=max_length, sep=sep, device=device))
     return EvalResult(name or getattr(model, "name_or_path", "model"), np.asarray(idx, np.int64),
-                      np.asarray(skills, dtype=object), np.asarray(nlls), np.asarray(exact))
+                      np.asarray(skills, dtype=object), np.asarray(nlls), np.asarray(exact),
+                      np.asarray(answer_p))
+
+
+def greedy_answer(model, tokenizer, prompt, sep, max_new_tokens):
+    """(text, log-probability) of the greedy reply to ``prompt`` (ids [1, T]), stopping at
+    the end-of-turn token ``sep`` or EOS. The log-probability is the sum over the generated
+    tokens, the stop token included (-inf when the reply did not stop within
+    ``max_new_tokens``: it is cut, not a reply)."""
+    import torch
+
+    stop_ids = {tokenizer.convert_tokens_to_ids(sep)} if sep else set()
+    if tokenizer.eos_token_id is not None:
+        stop_ids.add(tokenizer.eos_token_id)
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=sorted(stop_ids) or None, output_scores=True,
+                             return_dict_in_generate=True,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    new = out.sequences[0, prompt.shape[1]:]
+    logp = sum(float(torch.log_softmax(score[0].float(), -1)[tok])
+               for score, tok in zip(out.scores, new.tolist()))
+    if not len(new) or int(new[-1]) not in stop_ids:
+        logp = float("-inf")
+    return tokenizer.decode(new, skip_special_tokens=True), logp
+
+
+def answer_set_probability(model, tokenizer, conv, answers, *, template="openchat_3.5",
+                           max_length=2048, sep=None, device="cpu"):
+    """Sum over the distinct ``answers`` of the model's probability of the last assistant turn
+    being that answer (its tokens up to the last supervised one, end-of-turn included,
+    tokenized as in training), given the prefix all the answers' tokenizations share. One
+    teacher-forced forward per answer.
+
+    The shared prefix matters: a tokenizer may put the space before an answer in a piece of
+    its own that is not supervised ("▁", "Bra" but "▁Tazku"); scoring each answer from its
+    own first supervised token would condition them on different prefixes, and the sum could
+    pass 1. From the common prefix the answers are disjoint continuations, so it cannot."""
+    import torch
+
+    toks = []
+    for want in sorted({str(w).strip() for w in answers}):
+        turns = list(conv.turns[:-1]) + [(conv.turns[-1][0], want)]
+        alt = type(conv)(conv.index, turns, conv.meta)
+        toks.append(chat.tokenize(alt, tokenizer, template=template, max_length=max_length,
+                                  sep=sep))
+    common = min(answer_start(t.loss_mask) for t in toks)
+    for t in toks[1:]:
+        same = np.asarray(t.input_ids[:common]) == np.asarray(toks[0].input_ids[:common])
+        common = int(np.argmin(same)) if not same.all() else common
+    total = 0.0
+    for tok in toks:
+        end = len(tok.loss_mask) - int(np.argmax(np.asarray(tok.loss_mask)[::-1]))
+        ids = torch.as_tensor(tok.input_ids[:end], dtype=torch.long, device=device)[None]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+        t = torch.arange(max(common, 1), end, device=device)
+        total += float(torch.exp(logp[t - 1, ids[0, t]].sum()))
+    return total
 
 
 def answer_start(loss_mask):
@@ -100,39 +163,71 @@ def answer_start(loss_mask):
     return int(unsupervised_before[-1]) + 1 if len(unsupervised_before) else 0
 
 
+SEED_MARK = "@"  # "sft@2": the SFT model of training seed 2; compare() groups by "sft"
+METRICS = ("nll", "exact", "answer_p")
+
+
+def model_group(name):
+    """The model a result belongs to, without its training seed ("sft@2" -> "sft")."""
+    return name.split(SEED_MARK, 1)[0]
+
+
 def compare(results, baseline=None, seed=0):
-    """Rows of a comparison table: per model and skill, NLL and exact match with 95% CIs, and
-    the paired difference of exact match against ``baseline`` (a name in results)."""
-    by_name = {r.name: r for r in results}
-    base = by_name.get(baseline) if baseline else None
-    skills = sorted(set(np.concatenate([r.skill for r in results]).tolist()))
-    rows = []
+    """Rows of a comparison table: per model and skill, the mean of each metric (NLL, exact
+    match, answer-set probability) with a 95% CI, and the difference against ``baseline``
+    (model minus baseline) with its 95% CI.
+
+    Results named ``model@seed`` are the training seeds of one model: its row averages them,
+    and every interval is ``fusechat.stats.seed_item_bootstrap`` (items and training seeds
+    resampled; the items paired with the baseline's), so it includes the training-seed
+    variance. A model with a single result gets the plain item bootstrap (paired against the
+    baseline). ``seeds`` in a row says how many training seeds it averages."""
+    groups = {}
     for r in results:
-        if base is not None and not np.array_equal(r.index, base.index):
-            raise ValueError(f"{r.name} and {base.name} were not scored on the same items")
+        groups.setdefault(model_group(r.name), []).append(r)
+    base = groups.get(model_group(baseline)) if baseline else None
+    if baseline and base is None:
+        raise ValueError(f"baseline {baseline!r}: not one of the models {sorted(groups)}")
+    first = results[0]
+    for r in results:
+        if not np.array_equal(r.index, first.index):
+            raise ValueError(f"{r.name} and {first.name} were not scored on the same items")
+    skills = sorted(set(first.skill.tolist()))
+    metrics = [m for m in METRICS if all(getattr(r, m) is not None for r in results)]
+    rows = []
+    for name, runs in groups.items():
         for skill in skills + ["all"]:
-            s = r.summary(None if skill == "all" else skill, seed)
-            row = {"model": r.name, "skill": skill, "n": s["n"], "nll": s["nll"],
-                   "exact": s["exact"]}
-            if base is not None and r is not base:
-                sel = np.ones(len(r.exact), bool) if skill == "all" else r.skill == skill
-                row["exact_vs_base"] = paired_bootstrap(base.exact[sel], r.exact[sel], seed=seed)
-                row["nll_vs_base"] = paired_bootstrap(base.nll[sel], r.nll[sel], seed=seed)
+            sel = np.ones(len(first.index), bool) if skill == "all" else first.skill == skill
+            row = {"model": name, "skill": skill, "n": int(sel.sum()), "seeds": len(runs)}
+            for m in metrics:
+                b = np.stack([getattr(r, m)[sel] for r in runs])
+                own = seed_item_bootstrap(b, seed=seed)
+                row[m] = (own["diff"], own["low"], own["high"])
+                if base is not None and runs is not base:
+                    a = np.stack([getattr(r, m)[sel] for r in base])
+                    row[m + "_vs_base"] = seed_item_bootstrap(b, a, seed=seed)
             rows.append(row)
     return rows
 
 
 def format_table(rows):
     """A plain-text table of compare() rows."""
+    def ci(v):
+        return f"{v[0]:.3f} [{v[1]:.3f},{v[2]:.3f}]" if v else ""
+
     def diff(d):
         return f"{d['diff']:+.3f} [{d['low']:+.3f},{d['high']:+.3f}]" if d else ""
 
-    lines = [f"{'model':<22} {'skill':<11} {'n':>4}  {'NLL/token [95% CI]':<24} "
-             f"{'exact match [95% CI]':<24} {'exact vs base':<24} {'NLL vs base'}"]
+    has_p = any("answer_p" in r for r in rows)
+    head = (f"{'model':<22} {'skill':<11} {'n':>4} {'seeds':>5}  {'exact match [95% CI]':<22} "
+            f"{'exact vs base':<24} ")
+    head += f"{'answer-set P [95% CI]':<22} {'answer-set P vs base':<24} " if has_p else ""
+    lines = [head + f"{'NLL/token [95% CI]':<22} NLL vs base"]
     for r in rows:
-        nll, ex = r["nll"], r["exact"]
-        lines.append(f"{r['model']:<22} {r['skill']:<11} {r['n']:>4}  "
-                     f"{nll[0]:.3f} [{nll[1]:.3f},{nll[2]:.3f}]    "
-                     f"{ex[0]:.3f} [{ex[1]:.3f},{ex[2]:.3f}]    "
-                     f"{diff(r.get('exact_vs_base')):<24} {diff(r.get('nll_vs_base'))}".rstrip())
+        line = (f"{r['model']:<22} {r['skill']:<11} {r['n']:>4} {r.get('seeds', 1):>5}  "
+                f"{ci(r['exact']):<22} {diff(r.get('exact_vs_base')):<24} ")
+        if has_p:
+            line += f"{ci(r.get('answer_p')):<22} {diff(r.get('answer_p_vs_base')):<24} "
+        line += f"{ci(r['nll']):<22} {diff(r.get('nll_vs_base'))}"
+        lines.append(line.rstrip())
     return "\n".join(lines)

@@ -2,8 +2,15 @@
 but 0/false), when ``disable=True`` is passed (the CLI's --quiet), or when stderr is no TTY."""
 import os
 
+import warnings
+
 try:
-    from tqdm.auto import tqdm as _tqdm
+    # tqdm's auto mode: widgets in Jupyter, text elsewhere. Where ipywidgets is missing it
+    # falls back to text bars, but warns "IProgress not found" first: the fallback is fine,
+    # the warning is noise (it is emitted once, at this import, for every later user too)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from tqdm.auto import tqdm as _tqdm
 except ImportError:  # tqdm is a dependency, but keep the core importable without it
     _tqdm = None
 

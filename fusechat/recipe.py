@@ -3,14 +3,22 @@
 A recipe names the pivot, the sources, the dataset and the options of every stage (schema:
 ``SCHEMA`` below and docs/pipeline.md). The runner plans these steps, in order:
 
-  split            dataset -> data/train.jsonl + data/eval.jsonl (held-out split)
-  extract/<name>   every model's TopK store on the training split
+  split            dataset -> data/train.jsonl + data/eval.jsonl (held-out split, or the
+                   records of dataset.eval_path)
+  extract/<name>   every model's TopK store on the training split (and the pivot's on each
+                   of baseline.datasets)
   align/<source>   each source's store aligned to the pivot's tokens and vocabulary
   fuse/<source>    pivot store + one aligned source store -> fused store (pairwise fusion)
   train/<source>   the pivot fine-tuned on each fused store (one target per source)
-  train/sft        the pivot fine-tuned with plain CE on the same data (baseline; optional)
+  train/sft        the pivot fine-tuned with plain CE on the same data (baseline; optional),
+                   and train/<name> on each of baseline.datasets (e.g. the gold part only)
   merge            the targets merged onto the pivot (SCE by default; needs >= 2 targets)
   eval             pivot, SFT, targets, merged model scored on the held-out split
+
+With ``train.seed`` a list, the train steps and the merge run once per training seed
+(``train/<source>@<seed>``, model ``target-<source>@<seed>``); the evaluation then reports
+each model as the mean over its seeds with intervals that include the seed variance
+(fusechat.evaluate.compare).
 
 Each step's output is a folder under ``output``; beside its files the runner writes
 ``.fusechat-step.json`` with the step's fingerprint (a SHA-256 of its resolved options and
@@ -42,16 +50,17 @@ SCHEMA = {
     "pivot": {"name": "pivot", "model": None, "tokenizer": None},
     "dataset": {"path": None, "template": "openchat_3.5", "max_length": 2048,
                 "skip_bad_records": False, "eval_fraction": 0.1, "eval_size": None,
-                "split_seed": 0},
+                "split_seed": 0, "eval_path": None},
     "extract": {"k": 10, "batch_size": 8, "dtype": "bfloat16", "device": "cpu",
                 "logits_dtype": "F16"},
     "align": {"projection": "bytes", "k": None, "method": "dtw", "map": "ms"},
     "fuse": {"rule": "mince", "level": "sequence"},
     "train": {"lm_weight": 0.9, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
-              "max_steps": None, "seed": 42, "bf16": False, "device": None},
-    "baseline": {"sft": True, "lm_weight": 1.0},
+              "max_steps": None, "seed": 42, "bf16": False, "device": None,
+              "temperature": 1.0},
+    "baseline": {"sft": True, "lm_weight": 1.0, "datasets": {}},
     "merge": {"method": "sce", "parameters": {"select_topk": 0.1}, "dtype": "float32",
-              "seed": 0},
+              "seed": 0, "sources": None},
     "eval": {"enabled": True, "baseline": None, "max_new_tokens": 16, "max_items": None,
              "sources": False},
 }
@@ -122,6 +131,33 @@ def load_recipe(recipe, base_dir=None):
     names = [out["pivot"]["name"]] + [s["name"] for s in out["sources"]]
     if len(set(names)) != len(names) or "sft" in names:
         raise ConfigError(f"{where}: model names must be distinct and not 'sft': {names}")
+    extra = out["baseline"]["datasets"] or {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"{where}: baseline.datasets: expected a mapping of baseline name "
+                          "-> dataset path")
+    for name in extra:
+        if name in names or name == "sft":
+            raise ConfigError(f"{where}: baseline.datasets.{name}: the name is taken by a model")
+    if any("@" in str(n) for n in names + list(extra)):
+        raise ConfigError(f"{where}: model names may not contain '@' (it marks a training "
+                          f"seed in results): {names + list(extra)}")
+    merged = out["merge"]["sources"]
+    if merged is not None and (not isinstance(merged, list) or
+                               not set(merged) <= set(names[1:]) or len(merged) < 2):
+        raise ConfigError(f"{where}: merge.sources: a list of at least two source names whose "
+                          f"targets are merged (default: all), out of {names[1:]}; got "
+                          f"{merged!r}")
+    seeds = out["train"]["seed"]
+    if isinstance(seeds, list):
+        if not seeds or not all(isinstance(x, int) for x in seeds) or \
+                len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{where}: train.seed: an integer or a non-empty list of distinct "
+                              f"integers (one training run per seed), got {seeds!r}")
+    elif not isinstance(seeds, int):
+        raise ConfigError(f"{where}: train.seed: an integer or a list of integers, got {seeds!r}")
+    if not float(out["train"]["temperature"]) > 0:
+        raise ConfigError(f"{where}: train.temperature must be > 0 (the fusion target is "
+                          "softmax(logits / temperature))")
     out["eval"]["baseline"] = out["eval"]["baseline"] or out["pivot"]["name"]
     if not 0 <= float(out["dataset"]["eval_fraction"]) < 1:
         raise ConfigError(f"{where}: dataset.eval_fraction must be in [0, 1)")
@@ -139,6 +175,8 @@ def load_recipe(recipe, base_dir=None):
     for m in [out["pivot"]] + out["sources"]:
         m["model"], m["tokenizer"] = local(m["model"]), local(m["tokenizer"])
     out["dataset"]["path"] = local(out["dataset"]["path"], hub_ok=False)
+    out["dataset"]["eval_path"] = local(out["dataset"]["eval_path"], hub_ok=False)
+    out["baseline"]["datasets"] = {k: local(v, hub_ok=False) for k, v in extra.items()}
     out["output"] = os.path.abspath(os.path.join(base_dir, os.path.expanduser(str(raw["output"]))))
     return out
 
@@ -197,37 +235,54 @@ class Step:
         self.fingerprint = _hash({"step": name, **key})
 
 
-def split_dataset(path, out, *, eval_fraction, eval_size, seed, skip_bad_records=False):
+def split_dataset(path, out, *, eval_fraction, eval_size, seed, skip_bad_records=False,
+                  eval_path=None):
     """Write out/train.jsonl and out/eval.jsonl: a seeded random held-out split of the
     dataset's valid records, and out/split.json with the counts. Records are validated here
     (chat.load_conversations), so a bad record's error names its row in the dataset; with
-    ``skip_bad_records`` bad rows are left out of both splits and listed in split.json."""
+    ``skip_bad_records`` bad rows are left out of both splits and listed in split.json.
+    With ``eval_path`` the held-out records are that file's (validated the same way) and
+    every valid record of ``path`` trains."""
     import numpy as np
 
     from .chat import load_conversations, read_records
 
-    records, lines = read_records(path, lines=True)
-    convs, n_bad = load_conversations(records, skip_bad_records=skip_bad_records, name=path,
-                                      lines=lines)
-    good = [c.index for c in convs]
-    bad = sorted(set(range(len(records))) - set(good))
-    if n_bad:
-        LOG.warning("%s: skipped %d bad record(s): rows %s", path, n_bad, bad[:20])
-    n_eval = int(eval_size) if eval_size is not None else int(round(len(good) * eval_fraction))
-    if not 0 <= n_eval < len(good):
-        raise ConfigError(f"dataset: the held-out split ({n_eval} rows) must leave training "
-                          f"rows out of {len(good)} valid records")
-    order = np.random.default_rng(seed).permutation(len(good))
-    held = {good[i] for i in order[:n_eval].tolist()}
+    def valid(p):
+        records, lines = read_records(p, lines=True)
+        convs, n_bad = load_conversations(records, skip_bad_records=skip_bad_records, name=p,
+                                          lines=lines)
+        good = [c.index for c in convs]
+        bad = sorted(set(range(len(records))) - set(good))
+        if n_bad:
+            LOG.warning("%s: skipped %d bad record(s): rows %s", p, n_bad, bad[:20])
+        return records, good, bad
+
+    records, good, bad = valid(path)
+    if eval_path is not None:
+        held_records, held_good, held_bad = valid(eval_path)
+        train = [records[i] for i in good]
+        held = [held_records[i] for i in held_good]
+        if not train or not held:
+            raise ConfigError(f"dataset: {path if not train else eval_path}: no valid records")
+    else:
+        n_eval = int(eval_size) if eval_size is not None else int(round(len(good) * eval_fraction))
+        if not 0 <= n_eval < len(good):
+            raise ConfigError(f"dataset: the held-out split ({n_eval} rows) must leave training "
+                              f"rows out of {len(good)} valid records")
+        order = np.random.default_rng(seed).permutation(len(good))
+        chosen = {good[i] for i in order[:n_eval].tolist()}
+        train = [records[i] for i in good if i not in chosen]
+        held = [records[i] for i in good if i in chosen]
+        held_bad = []
     os.makedirs(out, exist_ok=True)
-    for name, keep in (("train.jsonl", lambda i: i not in held), ("eval.jsonl", held.__contains__)):
+    for name, rows in (("train.jsonl", train), ("eval.jsonl", held)):
         with open(os.path.join(out, name), "w", encoding="utf-8") as f:
-            for i in good:
-                if keep(i):
-                    f.write(json.dumps(records[i], ensure_ascii=False) + "\n")
+            for rec in rows:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     with open(os.path.join(out, "split.json"), "w", encoding="utf-8") as f:
-        json.dump({"records": len(records), "train": len(good) - n_eval, "eval": n_eval,
-                   "skipped_bad_records": bad}, f, indent=1)
+        json.dump({"records": len(records), "train": len(train), "eval": len(held),
+                   "eval_path": eval_path, "skipped_bad_records": bad,
+                   "skipped_bad_eval_records": held_bad}, f, indent=1)
 
 
 def _tokenizer_of(m):
@@ -260,10 +315,13 @@ def plan(r, *, quiet=False):
     data_dir = os.path.join(out, "data")
     split_opts = {k: ds[k] for k in ("eval_fraction", "eval_size", "split_seed",
                                       "skip_bad_records")}
-    split = Step("split", data_dir, {"data": fp(ds["path"]), **split_opts},
+    held_fp = fp(ds["eval_path"]) if ds["eval_path"] else None
+    held = {"eval_data": held_fp} if held_fp else {}  # (keeps older runs' fingerprints)
+    split = Step("split", data_dir, {"data": fp(ds["path"]), **held, **split_opts},
                  lambda o: split_dataset(ds["path"], o, eval_fraction=ds["eval_fraction"],
                                          eval_size=ds["eval_size"], seed=ds["split_seed"],
-                                         skip_bad_records=ds["skip_bad_records"]))
+                                         skip_bad_records=ds["skip_bad_records"],
+                                         eval_path=ds["eval_path"]))
     steps = [split]
     train_data = os.path.join(data_dir, "train.jsonl")
     ext_opts = {**ex, "template": ds["template"], "max_length": ds["max_length"],
@@ -279,8 +337,13 @@ def plan(r, *, quiet=False):
         stores[m["name"]] = s
         steps.append(s)
 
-    train_opts = {k: v for k, v in tr.items()}
-    targets = []
+    # one training run per seed; a list of seeds names every trained model "name@seed"
+    seeds = tr["seed"] if isinstance(tr["seed"], list) else [tr["seed"]]
+
+    def seeded(name, seed):
+        return f"{name}@{seed}" if isinstance(tr["seed"], list) else name
+
+    fused_steps = []
     for src in sources:
         piv_store, src_store = stores[pivot["name"]], stores[src["name"]]
 
@@ -302,41 +365,63 @@ def plan(r, *, quiet=False):
         fu = Step(f"fuse/{src['name']}", os.path.join(out, "fused", src["name"]),
                   {"pivot": piv_store.fingerprint, "aligned": al.fingerprint, **r["fuse"]},
                   run_fuse)
-        tg = _train_step(f"train/{src['name']}", os.path.join(out, "models", f"target-{src['name']}"),
-                         pivot, fp, fu, train_opts, quiet)
-        steps += [al, fu, tg]
-        targets.append(tg)
+        steps += [al, fu]
+        fused_steps.append((src, fu))
 
-    sft = None
-    if r["baseline"]["sft"]:
-        sft = _train_step("train/sft", os.path.join(out, "models", "sft"), pivot, fp,
-                          stores[pivot["name"]],
-                          {**train_opts, "lm_weight": r["baseline"]["lm_weight"]}, quiet)
-        steps.append(sft)
+    # SFT baselines: on the fusion data ("sft"), and on each of baseline.datasets (their own
+    # pivot store)
+    sft_stores = [("sft", stores[pivot["name"]])] if r["baseline"]["sft"] else []
+    for name, path in r["baseline"]["datasets"].items():
+        def run_extract_baseline(o, path=path):
+            from .extract import extract
+            extract(pivot["model"], path, o, tokenizer=pivot["tokenizer"], quiet=quiet,
+                    **ext_opts)
+        s = Step(f"extract/{name}", os.path.join(out, "stores", f"baseline-{name}"),
+                 {"model": fp(pivot["model"]), "tokenizer": fp(_tokenizer_of(pivot)),
+                  "data": fp(path), **ext_opts}, run_extract_baseline)
+        steps.append(s)
+        sft_stores.append((name, s))
 
-    merged = None
-    if len(targets) >= 2:
-        mg = r["merge"]
-        cfg = {"models": [{"model": t.out} for t in targets], "merge_method": mg["method"],
-               "base_model": pivot["model"], "parameters": mg["parameters"],
-               "dtype": mg["dtype"]}
+    baselines, trained, merges = [], [], []  # (eval name, step)
+    for seed in seeds:
+        opts = {**tr, "seed": seed}
+        targets = []  # the targets merged into "fused"
+        for src, fu in fused_steps:
+            name = seeded(f"target-{src['name']}", seed)
+            tg = _train_step(seeded(f"train/{src['name']}", seed),
+                             os.path.join(out, "models", name), pivot, fp, fu, opts, quiet)
+            steps.append(tg)
+            trained.append((name, tg))
+            if r["merge"]["sources"] is None or src["name"] in r["merge"]["sources"]:
+                targets.append(tg)
+        for name, store in sft_stores:
+            sft = _train_step(seeded(f"train/{name}", seed),
+                              os.path.join(out, "models", seeded(name, seed)), pivot, fp, store,
+                              {**opts, "lm_weight": r["baseline"]["lm_weight"]}, quiet)
+            steps.append(sft)
+            baselines.append((seeded(name, seed), sft))
+        if len(targets) >= 2:
+            mg = r["merge"]
+            cfg = {"models": [{"model": t.out} for t in targets], "merge_method": mg["method"],
+                   "base_model": pivot["model"], "parameters": mg["parameters"],
+                   "dtype": mg["dtype"]}
+            mg = {k: v for k, v in mg.items() if k != "sources" or v is not None}
 
-        def run_merge(o):
-            from . import merge
-            merge.run(cfg, o, seed=mg["seed"], quiet=quiet)
-            _copy_tokenizer(_tokenizer_of(pivot), o)
-        merged = Step("merge", os.path.join(out, "models", "fused"),
-                      {"pivot": fp(pivot["model"]), "targets": [t.fingerprint for t in targets],
-                       **mg}, run_merge)
-        steps.append(merged)
+            def run_merge(o, cfg=cfg):
+                from . import merge
+                merge.run(cfg, o, seed=mg["seed"], quiet=quiet)
+                _copy_tokenizer(_tokenizer_of(pivot), o)
+            merged = Step(seeded("merge", seed), os.path.join(out, "models", seeded("fused", seed)),
+                          {"pivot": fp(pivot["model"]),
+                           "targets": [t.fingerprint for t in targets], **mg}, run_merge)
+            steps.append(merged)
+            merges.append((seeded("fused", seed), merged))
 
     if r["eval"]["enabled"]:
         models = [(pivot["name"], pivot["model"], _tokenizer_of(pivot), fp(pivot["model"]))]
-        if sft:
-            models.append(("sft", sft.out, sft.out, sft.fingerprint))
-        models += [(os.path.basename(t.out), t.out, t.out, t.fingerprint) for t in targets]
-        if merged:
-            models.append(("fused", merged.out, merged.out, merged.fingerprint))
+        models += [(name, st.out, st.out, st.fingerprint)
+                   for name, st in sorted(baselines, key=lambda b: b[0].split("@")[0] != "sft")
+                   + trained + merges]
         if r["eval"]["sources"]:  # each source with its own tokenizer, for reference
             models += [(f"source-{s['name']}", s["model"], _tokenizer_of(s), fp(s["model"]))
                        for s in sources]
@@ -365,10 +450,10 @@ def evaluate_models(models, data, out, opts, quiet=False):
     from transformers import AutoTokenizer
 
     from .chat import load_conversations, read_records
-    from .evaluate import compare, evaluate, format_table
+    from .evaluate import compare, evaluate, format_table, model_group
 
-    names = [m[0] for m in models]
-    if opts.get("baseline") and opts["baseline"] not in names:
+    names = [model_group(m[0]) for m in models]
+    if opts.get("baseline") and model_group(opts["baseline"]) not in names:
         raise ConfigError(f"eval.baseline {opts['baseline']!r}: not one of the evaluated "
                           f"models {names}")
     convs, _ = load_conversations(data, skip_bad_records=True)
@@ -383,7 +468,9 @@ def evaluate_models(models, data, out, opts, quiet=False):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump([{"name": e.name, "index": e.index.tolist(), "skill": e.skill.tolist(),
-                    "nll": e.nll.tolist(), "exact": e.exact.tolist()} for e in results], f)
+                    "nll": e.nll.tolist(), "exact": e.exact.tolist(),
+                    "answer_p": None if e.answer_p is None else e.answer_p.tolist()}
+                   for e in results], f)
     rows = compare(results, baseline=opts.get("baseline"))
     with open(os.path.join(out, "table.txt"), "w", encoding="utf-8") as f:
         f.write(format_table(rows) + "\n")
@@ -399,7 +486,9 @@ def load_results(folder):
         rows = json.load(f)
     return [EvalResult(r["name"], np.asarray(r["index"], np.int64),
                        np.asarray(r["skill"], dtype=object), np.asarray(r["nll"]),
-                       np.asarray(r["exact"])) for r in rows]
+                       np.asarray(r["exact"]),
+                       None if r.get("answer_p") is None else np.asarray(r["answer_p"]))
+            for r in rows]
 
 
 # --------------------------------------------------------------------------------------

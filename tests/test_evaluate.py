@@ -64,6 +64,18 @@ def test_a_model_that_learned_its_answers_scores_exact():
                        quiet=True)
     assert res.exact.tolist() == [1.0] * len(convs)
     assert np.all(res.nll < 0.5)
+    # answer-set probability of the one gold reply: the product of its supervised tokens'
+    # probabilities, i.e. exp(-mean NLL x their count) (one assistant turn per chat)
+    n_sup = [int(chat.tokenize(c, tok, sep="</s>").loss_mask.sum()) for c in convs]
+    np.testing.assert_allclose(res.answer_p, np.exp(-res.nll * np.array(n_sup)), rtol=1e-4)
+    assert np.all(res.answer_p > 0.5)
+    # with two right answers it is the sum of both answers' probabilities
+    from fusechat.evaluate import answer_set_probability
+    other = str(int(convs[0].turns[-1][1]) + 1)
+    both = answer_set_probability(model, tok, convs[0], [convs[0].turns[-1][1], other],
+                                  sep="</s>")
+    alone = answer_set_probability(model, tok, convs[0], [other], sep="</s>")
+    assert both == pytest.approx(res.answer_p[0] + alone, rel=1e-5)
     # with an "answers" list, a reply is exact when it is any of them
     convs[0].meta["answers"] = ["nope", "never"]
     convs[1].meta["answers"] = ["nope", convs[1].turns[-1][1]]
@@ -96,3 +108,25 @@ def test_save_rejects_a_tokenizer_that_reloads_differently(tmp_path):
     model = demo_models.build_model("qwen2", tok, hidden=16, layers=1)
     with pytest.raises(RuntimeError, match="Qwen2Tokenizer"):
         demo_models.save(model, tok, tmp_path)
+
+
+@pytest.mark.parametrize("kind", demo_models.TOKENIZER_KINDS)
+def test_answer_set_probability_is_a_probability(kind):
+    """The answers are disjoint continuations of one shared prefix, so their probabilities
+    sum to at most 1, also where the tokenizer puts the space before some answers in an
+    unsupervised piece of its own (Unigram: "▁", "Bra"); and the sum over one answer is
+    that answer's probability."""
+    from fusechat.evaluate import answer_set_probability
+
+    tok = demo_models.train_tokenizer(kind)
+    arch = {"byte_level": "qwen2", "metaspace": "llama", "unigram": "gpt2"}[kind]
+    model = demo_models.build_model(arch, tok, hidden=16, layers=1, seed=3).eval()
+    recs = [r for r in demo_data.make_dataset(200, seed=8) if len(r["answers"]) > 1][:6]
+    for conv in chat.load_conversations(recs)[0]:
+        answers = conv.meta["answers"]
+        total = answer_set_probability(model, tok, conv, answers, sep="</s>")
+        parts = [answer_set_probability(model, tok, conv, [a], sep="</s>") for a in answers]
+        assert 0.0 < total <= 1.0 + 1e-6
+        # each part alone is scored from its own first supervised token, a later point
+        # than (or the same as) the shared prefix: the set's sum is never above theirs
+        assert total <= sum(parts) + 1e-9

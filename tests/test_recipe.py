@@ -8,6 +8,7 @@ import os
 import shutil
 
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -62,7 +63,7 @@ def tree_digest(folder):
 
 
 STEPS = ["split", "extract/pivot", "extract/qwen2", "extract/gpt2", "align/qwen2", "fuse/qwen2",
-         "train/qwen2", "align/gpt2", "fuse/gpt2", "train/gpt2", "train/sft", "merge", "eval"]
+         "align/gpt2", "fuse/gpt2", "train/qwen2", "train/gpt2", "train/sft", "merge", "eval"]
 
 
 def outputs(out):
@@ -150,6 +151,57 @@ def test_fusechat_eval_compares_models(tiny_inputs, tmp_path, capsys):
     assert cli.main(["eval", models[0], "--data", str(data), "--baseline", "nope"]) == 1
 
 
+def test_recipe_with_training_seeds_baselines_and_a_held_out_file(tiny_inputs, tmp_path):
+    """train.seed as a list trains every model once per seed ("name@seed"); baseline.datasets
+    adds an SFT baseline on its own data; dataset.eval_path is the held-out set; merge.sources
+    picks the merged targets; train.temperature reaches the trainer."""
+    from fusechat.recipe import load_results
+
+    models = tiny_inputs / "tiny-models"
+    gold = tmp_path / "gold.jsonl"
+    held = tmp_path / "held.jsonl"
+    gold.write_text("".join(json.dumps(r) + "\n" for r in demo_data.make_dataset(6, seed=21)))
+    held.write_text("".join(json.dumps(r) + "\n" for r in demo_data.make_dataset(5, seed=22)))
+    r = {"pivot": {"model": str(models / "pivot")},
+         "sources": [{"name": n, "model": str(models / n)} for n in ("qwen2", "gpt2")],
+         "dataset": {"path": str(tiny_inputs / "tiny-data.jsonl"), "eval_path": str(held),
+                     "max_length": 64},
+         "extract": {"k": 3, "dtype": "float32"},
+         "train": {"epochs": 1, "batch_size": 8, "seed": [3, 4], "device": "cpu",
+                   "temperature": 2.0, "lr": 1e-3},
+         "baseline": {"datasets": {"sft-gold": str(gold)}},
+         "merge": {"sources": ["qwen2", "gpt2"], "parameters": {"select_topk": 1.0}},
+         "eval": {"baseline": "sft-gold", "max_new_tokens": 2},
+         "output": str(tmp_path / "out")}
+    out = recipe.run(r, quiet=True)
+    ran = [e["step"] for e in recipe.read_run_log(str(tmp_path / "out")) if e["status"] == "ran"]
+    for seed in (3, 4):
+        for step in (f"train/qwen2@{seed}", f"train/gpt2@{seed}", f"train/sft@{seed}",
+                     f"train/sft-gold@{seed}", f"merge@{seed}"):
+            assert step in ran
+        settings = json.load(open(os.path.join(out[f"train/qwen2@{seed}"], "fusechat_train.json")))
+        assert settings["seed"] == seed and settings["temperature"] == 2.0
+    # the gold-only baseline trained on its own store, made from its own data
+    with open_store(out["extract/sft-gold"]) as s:
+        assert len(s) == 6
+    split = json.load(open(os.path.join(out["split"], "split.json")))
+    assert split["eval"] == 5 and split["train"] == 40
+    names = [e.name for e in load_results(out["eval"])]
+    assert names == ["pivot", "sft@3", "sft@4", "sft-gold@3", "sft-gold@4", "target-qwen2@3",
+                     "target-gpt2@3", "target-qwen2@4", "target-gpt2@4", "fused@3", "fused@4"]
+    table = open(os.path.join(out["eval"], "table.txt")).read().splitlines()
+    fused = [line.split() for line in table if line.startswith("fused ")]
+    assert fused and {row[3] for row in fused} == {"2"}  # two training seeds per row
+    with pytest.raises(ConfigError, match="train.seed"):
+        recipe.load_recipe({**r, "train": {"seed": [1, 1]}})
+    with pytest.raises(ConfigError, match="merge.sources"):
+        recipe.load_recipe({**r, "merge": {"sources": ["qwen2", "nope"]}})
+    with pytest.raises(ConfigError, match="temperature"):
+        recipe.load_recipe({**r, "train": {"temperature": 0}})
+    with pytest.raises(ConfigError, match="taken"):
+        recipe.load_recipe({**r, "baseline": {"datasets": {"qwen2": str(gold)}}})
+
+
 def test_recipe_errors_name_the_key(tmp_path):
     base = {"pivot": {"model": "p"}, "dataset": {"path": "d.jsonl"}, "output": "o"}
     with pytest.raises(ConfigError, match=r"unknown key 'trian'.*valid keys: pivot, sources"):
@@ -222,14 +274,37 @@ def test_bad_records_name_their_index_or_are_skipped(tiny_inputs, tmp_path, bad,
 
 
 def test_demo_quick_prints_the_table(tmp_path, capsys):
+    from fusechat import demo
+
     assert cli.main(["-q", "demo", "--quick", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("model "))
-    assert "NLL/token" in header and "exact match" in header
-    for model in ("pivot", "sft", "target-qwen2-arith", "target-gpt2-facts", "fused",
-                  "source-qwen2-arith", "source-gpt2-facts"):
-        rows = [line for line in out.splitlines() if line.startswith(model + " ")]
-        assert {line.split()[1] for line in rows} == {"arithmetic", "strings", "facts", "all"}
+    assert "NLL/token" in header and "exact match" in header and "answer-set P" in header
+    seeds = len(demo.SIZES["quick"]["train_seeds"])
+    for model, n_seeds in (("pivot", 1), ("sft-gold", seeds), ("sft-seqkd", seeds),
+                           ("target-qwen2-arith", seeds), ("target-gpt2-facts", seeds),
+                           ("target-control-arith", seeds), ("fused", seeds),
+                           ("source-qwen2-arith", 1), ("source-gpt2-facts", 1)):
+        rows = [line.split() for line in out.splitlines() if line.startswith(model + " ")]
+        assert {r[1] for r in rows} == {"arithmetic", "strings", "facts", "all"}, model
+        assert {int(r[3]) for r in rows} == {n_seeds}, model
+    pipe = tmp_path / "pipeline"
+    # the control source has the pivot's tokenizer: its store is copied, not aligned
+    with open_store(str(pipe / "aligned" / "control-arith")) as s:
+        info = s.manifest["info"]
+        assert info["method"] == "copy" and info["n_copied"] == len(s) > 0
+    with open_store(str(pipe / "aligned" / "qwen2-arith")) as s:
+        assert s.manifest["info"]["method"] == "dtw"
+    # the fusion set is the gold part plus the sources' replies; the fused model merges the
+    # two cross-tokenizer targets only, once per training seed
+    fusion = [json.loads(x) for x in open(tmp_path / "fusion-data" / "fusion.jsonl")]
+    n_gold = demo.SIZES["quick"]["n_gold"]
+    assert all("reply_from" not in r for r in fusion[:n_gold])
+    assert all(r["reply_from"] in ("qwen2-arith", "gpt2-facts") for r in fusion[n_gold:])
+    merge = yaml.safe_load(open(pipe / "recipe.resolved.yaml"))["merge"]
+    assert merge["sources"] == ["qwen2-arith", "gpt2-facts"]
+    for seed in demo.SIZES["quick"]["train_seeds"]:
+        assert (pipe / "models" / f"fused@{seed}" / "config.json").exists()
     try:
         import matplotlib  # noqa: F401
         assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -271,4 +346,6 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
                     exec(compile(c.source, "quickstart.ipynb", "exec"), scope)
         text = buf.getvalue()
     assert "NLL/token" in text and "\nfused " in text
+    assert "smoke run" in text  # it says what its table is
+    assert "IProgress not found" not in text  # tqdm's auto mode without the ipywidgets warning
     assert os.path.isdir(tmp_path / "fused-model")
