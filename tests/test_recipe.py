@@ -294,7 +294,9 @@ def test_demo_quick_prints_the_table(tmp_path, capsys):
         info = s.manifest["info"]
         assert info["method"] == "copy" and info["n_copied"] == len(s) > 0
     with open_store(str(pipe / "aligned" / "qwen2-arith")) as s:
-        assert s.manifest["info"]["method"] == "dtw"
+        # the demo's recipe takes the default projection: bytes, with its fidelity figures
+        assert s.manifest["info"]["projection"] == "bytes"
+        assert "fidelity" in s.manifest["info"]
     # the fusion set is the gold part plus the sources' replies; the fused model merges the
     # two cross-tokenizer targets only, once per training seed
     fusion = [json.loads(x) for x in open(tmp_path / "fusion-data" / "fusion.jsonl")]

@@ -82,7 +82,8 @@ def test_gradcheck_float64(kwargs):
 
 def test_fallback_and_twin_float64():
     z, y, ids, vals = make(seed=3, dtype=torch.float64)
-    fids = torch.randint(0, V, (N, 3))
+    g = torch.Generator().manual_seed(3)  # distinct ids per row (duplicates are refused)
+    fids = torch.stack([torch.randperm(V, generator=g)[:3] for _ in range(N)])
     fids[:, 1] = -1
     fvals = torch.randn(N, 3)
     z.requires_grad_()
