@@ -93,6 +93,8 @@ def test_cuda_home_variable_selects_the_toolkit(tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "setup.py")):
+        pytest.skip("a build test: needs the source tree (the wheel check runs tests alone)")
     env = {**os.environ, "FUSECHAT_CUDA": "1", "FUSECHAT_CUDA_HOME": str(tmp_path / "cuda12")}
     out = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "-b",
                           str(tmp_path / "lib"), "-t", str(tmp_path / "tmp")], cwd=root,
