@@ -89,7 +89,7 @@ def torch_topk_ce(logits, labels, k):
 def measure_extraction(records, tok, vocab, dtype, repeats, batch_size, work):
     import torch
 
-    from fusechat.extract import _fused_topk, extract
+    from fusechat.stages.extract import _fused_topk, extract
 
     model = tiny_model(vocab, tok)
     res = {}
@@ -113,9 +113,9 @@ def store_size(records, tok, work):
     """Bytes per token of the pivot's extracted store of these records (small vocabulary:
     U16 ids) and of the same samples written for a BIG_VOCAB-id vocabulary (U24 ids), with
     the reference's on the same samples."""
-    from fusechat.demo_models import build_model
-    from fusechat.extract import extract
-    from fusechat.store import TopKStore, TopKStoreWriter
+    from fusechat.demo.models import build_model
+    from fusechat.stages.extract import extract
+    from fusechat.stages.store import TopKStore, TopKStoreWriter
 
     out = os.path.join(work, "store")
     extract(build_model("llama", tok), records, out, tokenizer=tok, dtype="float32", k=K,
@@ -144,7 +144,7 @@ def store_size(records, tok, work):
 
 def long_records(n, seed):
     """Demo records with several turns each, so that samples have realistic lengths."""
-    from fusechat.demo_data import make_dataset
+    from fusechat.demo.data import make_dataset
 
     base = make_dataset(n * 8, seed=seed)
     out = []
@@ -166,7 +166,7 @@ def main():
     args = ap.parse_args()
     import torch
 
-    from fusechat.demo_models import train_tokenizer
+    from fusechat.demo.models import train_tokenizer
 
     quick = args.quick
     n = 16 if quick else 128

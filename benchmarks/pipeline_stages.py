@@ -32,8 +32,8 @@ K = 10
 
 
 def write_store(path, tok, records, seed):
-    from fusechat.chat import load_conversations, tokenize
-    from fusechat.store import TopKStoreWriter
+    from fusechat.stages.chat import load_conversations, tokenize
+    from fusechat.stages.store import TopKStoreWriter
     from fusechat.vocab import Vocab
 
     rng = np.random.default_rng(seed)
@@ -59,7 +59,7 @@ def write_store(path, tok, records, seed):
 def twin_seconds(piv_path, src_path, piv_tok, src_tok, n):
     """The reference's alignment in Python (the twin) on the first n conversations."""
     from fusechat import align as al
-    from fusechat.store import TopKStore
+    from fusechat.stages.store import TopKStore
     from fusechat.vocab import Vocab
     from reference import align_ref as R
 
@@ -86,9 +86,9 @@ def measure_align_fuse(quick):
     """Seconds of each stage over n conversations, plus the twin's seconds on a subset."""
     from bench_pipeline import long_records
 
-    from fusechat.align_stage import align_stores
-    from fusechat.demo_models import train_tokenizer
-    from fusechat.fuse_stage import fuse_stores
+    from fusechat.stages.align import align_stores
+    from fusechat.demo.models import train_tokenizer
+    from fusechat.stages.fuse import fuse_stores
 
     n = 100 if quick else 1000
     n_twin = 3 if quick else 10

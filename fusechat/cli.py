@@ -81,7 +81,7 @@ def _demo_args(p):
 
 
 def _demo_run(args):
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     require_modules("torch", "transformers", "matplotlib")  # the plot too: checked up front
 
@@ -205,7 +205,7 @@ def _extract_args(p):
 
 
 def _extract_run(args):
-    from .extract import extract, parse_shard
+    from .stages.extract import extract, parse_shard
 
     require_path(args.model, "model folder")
     require_path(args.data, "dataset")
@@ -248,7 +248,7 @@ def _align_args(p):
 
 
 def _align_run(args):
-    from .align_stage import align_stores, print_fidelity
+    from .stages.align import align_stores, print_fidelity
 
     for path, what in ((args.pivot_store, "pivot store"), (args.source_store, "source store"),
                        (args.pivot_tokenizer, "pivot tokenizer"),
@@ -285,7 +285,7 @@ def _fuse_args(p):
 
 
 def _fuse_run(args):
-    from .fuse_stage import fuse_stores
+    from .stages.fuse import fuse_stores
 
     if len(args.aligned) < 2:
         raise ValueError("fuse: give at least one aligned store and then OUT")
@@ -341,7 +341,7 @@ def train_extra_args(args):
 
 
 def _train_run(args):
-    from .train import train
+    from .stages.train import train
 
     require_path(args.pivot_model, "pivot model folder")
     require_path(args.fused_store, "store")

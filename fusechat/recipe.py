@@ -18,7 +18,7 @@ A recipe names the pivot, the sources, the dataset and the options of every stag
 With ``train.seed`` a list, the train steps and the merge run once per training seed
 (``train/<source>@<seed>``, model ``target-<source>@<seed>``); the evaluation then reports
 each model as the mean over its seeds with intervals that include the seed variance
-(fusechat.evaluate.compare).
+(fusechat.stages.evaluate.compare).
 
 Each step's output is a folder under ``output``; beside its files the runner writes
 ``.fusechat-step.json`` with the step's fingerprint (a SHA-256 of its resolved options and
@@ -245,7 +245,7 @@ def split_dataset(path, out, *, eval_fraction, eval_size, seed, skip_bad_records
     every valid record of ``path`` trains."""
     import numpy as np
 
-    from .chat import load_conversations, read_records
+    from .stages.chat import load_conversations, read_records
 
     def valid(p):
         records, lines = read_records(p, lines=True)
@@ -329,7 +329,7 @@ def plan(r, *, quiet=False):
     stores = {}
     for m in [pivot] + sources:
         def run_extract(o, m=m):
-            from .extract import extract
+            from .stages.extract import extract
             extract(m["model"], train_data, o, tokenizer=m["tokenizer"], quiet=quiet, **ext_opts)
         s = Step(f"extract/{m['name']}", os.path.join(out, "stores", m["name"]),
                  {"model": fp(m["model"]), "tokenizer": fp(_tokenizer_of(m)),
@@ -348,7 +348,7 @@ def plan(r, *, quiet=False):
         piv_store, src_store = stores[pivot["name"]], stores[src["name"]]
 
         def run_align(o, src=src):
-            from .align_stage import align_stores, print_fidelity
+            from .stages.align import align_stores, print_fidelity
             align_stores(piv_store.out, stores[src["name"]].out, o,
                          pivot_tokenizer=_tokenizer_of(pivot),
                          source_tokenizer=_tokenizer_of(src),
@@ -360,7 +360,7 @@ def plan(r, *, quiet=False):
                    **r["align"]}, run_align)
 
         def run_fuse(o, al=al):
-            from .fuse_stage import fuse_stores
+            from .stages.fuse import fuse_stores
             fuse_stores(piv_store.out, [al.out], o, quiet=quiet, **r["fuse"])
         fu = Step(f"fuse/{src['name']}", os.path.join(out, "fused", src["name"]),
                   {"pivot": piv_store.fingerprint, "aligned": al.fingerprint, **r["fuse"]},
@@ -373,7 +373,7 @@ def plan(r, *, quiet=False):
     sft_stores = [("sft", stores[pivot["name"]])] if r["baseline"]["sft"] else []
     for name, path in r["baseline"]["datasets"].items():
         def run_extract_baseline(o, path=path):
-            from .extract import extract
+            from .stages.extract import extract
             extract(pivot["model"], path, o, tokenizer=pivot["tokenizer"], quiet=quiet,
                     **ext_opts)
         s = Step(f"extract/{name}", os.path.join(out, "stores", f"baseline-{name}"),
@@ -437,7 +437,7 @@ def plan(r, *, quiet=False):
 
 def _train_step(name, out, pivot, fp, store_step, opts, quiet):
     def run_train(o):
-        from .train import train
+        from .stages.train import train
         train(pivot["model"], store_step.out, o, tokenizer=pivot["tokenizer"], quiet=quiet,
               **opts)
     return Step(name, out, {"pivot": fp(pivot["model"]), "tokenizer": fp(_tokenizer_of(pivot)),
@@ -449,8 +449,8 @@ def evaluate_models(models, data, out, opts, quiet=False):
     and out/table.txt (compare() against opts["baseline"])."""
     from transformers import AutoTokenizer
 
-    from .chat import load_conversations, read_records
-    from .evaluate import compare, evaluate, format_table, model_group
+    from .stages.chat import load_conversations, read_records
+    from .stages.evaluate import compare, evaluate, format_table, model_group
 
     names = [model_group(m[0]) for m in models]
     if opts.get("baseline") and model_group(opts["baseline"]) not in names:
@@ -480,7 +480,7 @@ def load_results(folder):
     """The EvalResults an eval step wrote (``folder``/results.json)."""
     import numpy as np
 
-    from .evaluate import EvalResult
+    from .stages.evaluate import EvalResult
 
     with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
         rows = json.load(f)

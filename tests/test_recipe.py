@@ -13,9 +13,10 @@ import yaml
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from fusechat import cli, demo_data, demo_models, recipe  # noqa: E402
+from fusechat import cli, recipe  # noqa: E402
+from fusechat.demo import data as demo_data, models as demo_models  # noqa: E402
 from fusechat.errors import ConfigError, FormatError  # noqa: E402
-from fusechat.store import open_store  # noqa: E402
+from fusechat.stages.store import open_store  # noqa: E402
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "examples")
@@ -274,7 +275,7 @@ def test_bad_records_name_their_index_or_are_skipped(tiny_inputs, tmp_path, bad,
 
 
 def test_demo_quick_prints_the_table(tmp_path, capsys):
-    from fusechat import demo
+    from fusechat.demo import run as demo
 
     assert cli.main(["-q", "demo", "--quick", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Held-out evaluation of chat models: per-token NLL, exact-match accuracy and the
 probability of the set of right answers, per skill, with bootstrap confidence intervals and
-paired comparisons (fusechat.stats).
+paired comparisons (fusechat.stages.stats).
 
 For each conversation the model is scored on the supervised tokens of every assistant turn
 (mean negative log-likelihood per token), and asked to answer the last user turn greedily;
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import chat
-from .progress import tqdm
+from ..progress import tqdm
 from .stats import bootstrap_ci, seed_item_bootstrap
 
 LOG = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def compare(results, baseline=None, seed=0):
     (model minus baseline) with its 95% CI.
 
     Results named ``model@seed`` are the training seeds of one model: its row averages them,
-    and every interval is ``fusechat.stats.seed_item_bootstrap`` (items and training seeds
+    and every interval is ``fusechat.stages.stats.seed_item_bootstrap`` (items and training seeds
     resampled; the items paired with the baseline's), so it includes the training-seed
     variance. A model with a single result gets the plain item bootstrap (paired against the
     baseline). ``seeds`` in a row says how many training seeds it averages."""

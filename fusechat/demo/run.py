@@ -1,6 +1,6 @@
 """``fusechat demo`` (``make demo``): the whole FuseChat pipeline on tiny models, no download.
 
-1. generates a synthetic chat dataset with three skills (fusechat.demo_data: arithmetic,
+1. generates a synthetic chat dataset with three skills (fusechat.demo.data: arithmetic,
    string transformations, recall of a generated fact table);
 2. trains three tokenizers (Metaspace BPE, byte-level BPE, Unigram) and three tiny chat
    models of different architectures (Llama, Qwen2, GPT-2 style) so that the two sources are
@@ -23,8 +23,8 @@ import logging
 import os
 import time
 
-from . import demo_data
-from .recipe import Step, load_results, path_fingerprint, run, run_steps
+from . import data as demo_data
+from ..recipe import Step, load_results, path_fingerprint, run, run_steps
 
 LOG = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def data_files(workdir, size, seed):
 
 def model_steps(workdir, size, quiet, seed=0):
     """Steps that build the demo's chat models (cached like the pipeline's steps)."""
-    from . import demo_models
+    from . import models as demo_models
 
     steps = []
     for i, (name, arch, kind, mix, role) in enumerate(MODELS):
@@ -118,7 +118,7 @@ def replies_step(workdir, files, builds, quiet):
            "sources": [step.fingerprint for _, step in sources], "max_new_tokens": 12}
 
     def build(out):
-        from .replies import best_of_replies
+        from ..stages.replies import best_of_replies
 
         gold = _read_jsonl(files["gold"])
         replied, wins = best_of_replies(_read_jsonl(files["prompts"]),
@@ -248,7 +248,7 @@ def demo_results(out_eval):
 
 
 def _run_demo(workdir, quiet, quick, seed):
-    from .evaluate import compare, format_table
+    from ..stages.evaluate import compare, format_table
 
     say = print
     size = SIZES["quick" if quick else "full"]
