@@ -125,7 +125,7 @@ def _eval_args(p):
 
 
 def _eval_run(args):
-    from .recipe import evaluate_models
+    from .stages.evaluate import evaluate_models
 
     require_path(args.data, "dataset")
     models = []

@@ -24,7 +24,9 @@ import os
 import time
 
 from . import data as demo_data
-from ..recipe import Step, load_results, path_fingerprint, run, run_steps
+from ..recipe import run
+from ..runner import Step, path_fingerprint, run_steps
+from ..stages.evaluate import load_results
 
 LOG = logging.getLogger(__name__)
 
