@@ -13,6 +13,7 @@ import os
 import sys
 
 from .errors import ConfigError, CudaError, FormatError, SafetensorsError, TokenizerError
+from .loss import LM_WEIGHT
 from .progress import disable_all_bars
 
 LOG = logging.getLogger("fusechat")
@@ -305,8 +306,8 @@ def _train_args(p):
     p.add_argument("fused_store", help="TopK store made with the pivot's tokenizer "
                                        "(fused, or extracted for self-distillation)")
     p.add_argument("out", help="output model folder")
-    p.add_argument("--lm-weight", type=float, default=0.9,
-                   help="weight of the gold CE (default 0.9; 1.0 = plain SFT baseline)")
+    p.add_argument("--lm-weight", type=float, default=LM_WEIGHT,
+                   help="weight of the gold CE (1.0 = plain SFT baseline)")
     p.add_argument("--temperature", type=float, default=1.0, help="target temperature")
     p.add_argument("--loss", default="ce", choices=["ce", "kl"], help="fusion term")
     p.add_argument("--epochs", type=float, default=3, help="passes over the store")

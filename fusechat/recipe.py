@@ -41,6 +41,7 @@ import shutil
 import yaml
 
 from .errors import ConfigError
+from .loss import LM_WEIGHT
 from .runner import Step, path_fingerprint, run_steps
 from .stages.split import split_dataset
 
@@ -54,7 +55,7 @@ SCHEMA = {
                 "logits_dtype": "F16"},
     "align": {"projection": "bytes", "k": None, "method": "dtw", "map": "ms"},
     "fuse": {"rule": "mince", "level": "sequence"},
-    "train": {"lm_weight": 0.9, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
+    "train": {"lm_weight": LM_WEIGHT, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
               "max_steps": None, "seed": 42, "bf16": False, "device": None,
               "temperature": 1.0},
     "baseline": {"sft": True, "lm_weight": 1.0, "datasets": {}},

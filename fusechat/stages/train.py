@@ -23,6 +23,7 @@ import shutil
 import numpy as np
 
 from ..errors import FormatError
+from ..loss import LM_WEIGHT
 from .store import open_store
 
 LOG = logging.getLogger(__name__)
@@ -81,14 +82,14 @@ class StoreDataset:
 class FusionTrainer(Trainer if Trainer is not None else object):
     """``transformers.Trainer`` with FuseChat's loss (``fusechat.torch.causal_lm_fusion_loss``).
 
-    ``lm_weight`` (default 0.9, FuseChat's ``lm_loss_weight``), ``temperature`` (applied to
+    ``lm_weight`` (default ``fusechat.loss.LM_WEIGHT``, FuseChat's ``lm_loss_weight``), ``temperature`` (applied to
     the target) and ``kind`` ("ce" or "kl") set the loss. Batches carry ``target_ids`` and
     ``target_values`` (see FusionCollator); without them the loss is plain CE. The loss is
     normalised by the Trainer's global count of supervised tokens (``num_items_in_batch``),
     so gradient accumulation and data parallelism give the same gradients as one big batch.
     """
 
-    def __init__(self, *args, lm_weight=0.9, temperature=1.0, kind="ce", **kwargs):
+    def __init__(self, *args, lm_weight=LM_WEIGHT, temperature=1.0, kind="ce", **kwargs):
         from ..loss import loss_options
 
         if not 0.0 <= float(lm_weight) <= 1.0:
@@ -164,7 +165,7 @@ def training_arguments(work, *, epochs, lr, batch_size, grad_accum, max_steps, s
     return TrainingArguments(**args)
 
 
-def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, temperature=1.0,
+def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=LM_WEIGHT, temperature=1.0,
           kind="ce", epochs=3, lr=5e-6, batch_size=4, grad_accum=4, max_steps=None, seed=42,
           bf16=False, device=None, max_length=None, overwrite=False, quiet=False,
           training_args=None):
