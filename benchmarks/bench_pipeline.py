@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from _common import machine, write_section  # noqa: E402
+from _common import long_records, machine, write_section  # noqa: E402
 
 SECTION = "## Pipeline (bench_pipeline.py)"
 K = 10
@@ -140,20 +140,6 @@ def store_size(records, tok, work):
                               ours_with_manifest=(files + manifest) / tokens))
     return dict(cases=cases, ref=n * REF_ROW_BYTES / tokens, mean_len=tokens / n, n=n,
                 tokens=tokens)
-
-
-def long_records(n, seed):
-    """Demo records with several turns each, so that samples have realistic lengths."""
-    from fusechat.demo.data import make_dataset
-
-    base = make_dataset(n * 8, seed=seed)
-    out = []
-    for i in range(n):
-        msgs = []
-        for rec in base[i * 8:(i + 1) * 8]:
-            msgs += rec["messages"]
-        out.append({"messages": msgs})
-    return out
 
 
 def main():
