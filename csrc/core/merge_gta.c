@@ -82,8 +82,8 @@ static void delta_keys(void *vctx, int64_t begin, int64_t n, uint32_t *keys) {
  * and stored there for its later passes. */
 static fc_status select_delta_keys(const mg_tensor *t, key_ctx *kc, uint32_t *keys, int64_t k,
                                    fc_topk *out) {
-    if (keys) return mg_select_topk_store(t->numel, k, delta_keys, kc, keys, t->nthreads, out, t->err);
-    return fc_select_topk(t->numel, k, delta_keys, kc, t->nthreads, out, t->err);
+    if (keys) return mg_select_topk_store(t->ctx, t->numel, k, delta_keys, kc, keys, t->nthreads, out, t->err);
+    return mg_select_topk(t->ctx, t->numel, k, delta_keys, kc, t->nthreads, out, t->err);
 }
 
 typedef struct {
@@ -557,8 +557,8 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
     }
     if (frac > 0.3) goto out; /* e.g. massive ties: the exact passes are cheaper */
     g->rec_cap = (int64_t)((double)N * (1.5 * frac + 0.005)) + g->block;
-    g->rec_idx = mg_buffer_take((size_t)g->rec_cap * sizeof(int64_t));
-    g->rec_val = mg_buffer_take((size_t)g->rec_cap * (n + 1) * sizeof(float));
+    g->rec_idx = mg_buffer_take(t->ctx, (size_t)g->rec_cap * sizeof(int64_t));
+    g->rec_val = mg_buffer_take(t->ctx, (size_t)g->rec_cap * (n + 1) * sizeof(float));
     if (!g->rec_idx || !g->rec_val) goto out;
     atomic_init(&g->rec_used, 0);
     atomic_init(&g->overflow, 0);
@@ -573,7 +573,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
 
     int64_t nchunks = (c.nrec + REC_CHUNK - 1) / REC_CHUNK;
     size_t scratch = (size_t)(n + 11) * REC_CHUNK + 6;
-    c.keys = mg_buffer_take((size_t)n * (c.nrec ? c.nrec : 1) * sizeof(uint32_t));
+    c.keys = mg_buffer_take(t->ctx, (size_t)n * (c.nrec ? c.nrec : 1) * sizeof(uint32_t));
     c.counts = calloc((size_t)(nchunks ? nchunks : 1) * n * 3, sizeof(int64_t));
     c.tied = malloc((size_t)n * nblocks * sizeof(atomic_int_fast64_t));
     if (!c.keys || !c.counts || !c.tied) goto out;
@@ -592,7 +592,7 @@ static fc_status gta_stream(const mg_tensor *t, gta_ctx *g, int *done) {
         else if (want[i] == in_band)
             g->keep[i] = g->lo[i] ? (fc_topk){g->lo[i] - 1, 0} : (fc_topk){0, N};
         else { /* the key only: the keys are in no particular order, so not its cut */
-            st = mg_select_topk_key(c.nrec, want[i], c.keys + (size_t)i * c.nrec, t->nthreads,
+            st = mg_select_topk_key(t->ctx, c.nrec, want[i], c.keys + (size_t)i * c.nrec, t->nthreads,
                                     &c.threshold[i], t->err);
             if (st != FC_OK) goto out;
         }
@@ -620,13 +620,13 @@ out:
     free(c.threshold);
     free(c.counts);
     free(c.tied);
-    mg_buffer_give(c.keys);
+    mg_buffer_give(t->ctx, c.keys);
     free(g->lo);
     free(g->mid);
     free(g->hi);
     free(g->above);
-    mg_buffer_give(g->rec_idx);
-    mg_buffer_give(g->rec_val);
+    mg_buffer_give(t->ctx, g->rec_idx);
+    mg_buffer_give(t->ctx, g->rec_val);
     g->lo = g->mid = g->hi = NULL;
     g->above = g->rec_idx = NULL;
     g->rec_val = NULL;
@@ -669,14 +669,14 @@ fc_status mg_merge_gta(const mg_tensor *t) {
         any_rescale |= g.active[i] && p->rescale;
     }
     if (g.sp == SP_MAGNITUDE && any_active && !any_rescale && t->numel >= MG_SAMPLE_MIN &&
-        mg_streaming()) {
+        mg_streaming(t)) {
         int done;
         st = gta_stream(t, &g, &done);
-        mg_stream_outcome(done);
+        mg_stream_outcome(t, done);
         if (st != FC_OK || done) goto done;
     }
     keys = g.sp == SP_MAGNITUDE || g.sp == SP_OUTLIERS
-                         ? mg_buffer_take((size_t)t->numel * sizeof(uint32_t)) : NULL;
+                         ? mg_buffer_take(t->ctx, (size_t)t->numel * sizeof(uint32_t)) : NULL;
     for (int i = 0; i < n; i++) {
         const fc_merge_model_params *mp = &p->models[i];
         if (!g.active[i]) continue;
@@ -696,7 +696,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
             }
             st = select_delta_keys(t, &kc, keys, N - n_bot, &g.keep[i]);
             if (st == FC_OK) /* the same keys again: stored by the first selection if kept */
-                st = fc_select_topk(N, n_top, keys ? NULL : delta_keys, keys ? (void *)keys : &kc,
+                st = mg_select_topk(t->ctx, N, n_top, keys ? NULL : delta_keys, keys ? (void *)keys : &kc,
                                     t->nthreads, &g.drop[i], t->err);
             if (st != FC_OK) goto done;
         }
@@ -704,7 +704,7 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     /* keep the random flags for the output pass where they take at most 512 MiB (else draw
      * them again) */
     if (any_rescale && g.sp == SP_RANDOM && (uint64_t)t->numel * (uint64_t)n <= (1u << 29))
-        g.masks = mg_buffer_take((size_t)t->numel * (size_t)n);
+        g.masks = mg_buffer_take(t->ctx, (size_t)t->numel * (size_t)n);
     if (any_rescale) {
         int64_t nblocks = (t->numel + g.block - 1) / g.block;
         g.partials = mg_calloc(t, (size_t)nblocks * 2 * (n ? n : 1), sizeof(double));
@@ -729,8 +729,8 @@ fc_status mg_merge_gta(const mg_tensor *t) {
     }
     st = mg_for_blocks(t, t->numel, g.block, (size_t)(n + 6) * g.block + 2, gta_block, &g);
 done:
-    mg_buffer_give(keys);
-    mg_buffer_give(g.masks);
+    mg_buffer_give(t->ctx, keys);
+    mg_buffer_give(t->ctx, g.masks);
     free(g.active);
     free(g.keep);
     free(g.drop);

@@ -22,6 +22,7 @@
 #define mg_merge_sce MG_ISA(mg_merge_sce)
 #define mg_merge_varm MG_ISA(mg_merge_varm)
 #define fc_select_topk MG_ISA(fc_select_topk)
+#define mg_select_topk MG_ISA(mg_select_topk)
 #define mg_select_topk_store MG_ISA(mg_select_topk_store)
 #define mg_select_topk_key MG_ISA(mg_select_topk_key)
 

@@ -23,7 +23,7 @@ def _per_model(value, n, name):
 
 
 def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name="",
-                  threads=0, out=None, **params):
+                  threads=0, out=None, ctx=None, **params):
     """Merge one tensor. ``base`` is the base model's array (None where the method takes
     none), ``tensors`` the other models' arrays; per-model parameters (weight, density,
     gamma, epsilon, scale) are a scalar or one value per tensor; global ones are scalars.
@@ -32,7 +32,9 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
 
     The result has the base's dtype (else the first tensor's) unless ``out_dtype`` is given.
     ``seed`` and ``tensor_name`` key the random masks of dare_* and della*. ``out``: an
-    array of the output dtype and shape to write the result into (and return).
+    array of the output dtype and shape to write the result into (and return). ``ctx``: a
+    ``fusechat._C.MergeContext`` (kernel instruction set, streaming switch and counters, kept
+    buffers); None: the module's default one (``fusechat._C.default_merge_context``).
     """
     from .. import _C
 
@@ -82,4 +84,4 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
             glob[name] = int(v) if isinstance(v, bool) else v
     out_dtype = ref.dtype if out_dtype is None else np.dtype(out_dtype)
     return _C.merge_tensor(method, base, tensors, out_dtype, models, glob, int(seed),
-                           tensor_name, int(threads), out)
+                           tensor_name, int(threads), out, ctx)
