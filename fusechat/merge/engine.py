@@ -26,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import _C
+from .._C import merge_tensor as merge_kernel
 from .. import safetensors as st
 from ..progress import tqdm
 from .config import load_config
 from .plan import roles, plan
-from .tensors import merge_tensors
 
 LOG = logging.getLogger(__name__)
 
@@ -92,10 +92,11 @@ def _merge_job(job, files, method, seed, threads, vocab=None, out=None, ctx=None
         xs = [files[p].get(n) for p, n in job.inputs]
     if method.base == "required" and not xs:
         return base.astype(st.numpy_dtype(job.out_dtype))
+    # the plan resolved and checked every parameter: the kernel directly (merge_tensors, the
+    # notebook helper, would check them again for every tensor)
     try:
-        return merge_tensors(method.name, base, xs, out_dtype=st.numpy_dtype(job.out_dtype),
-                             seed=seed, tensor_name=job.name, threads=threads, out=out,
-                             ctx=ctx, **job.params)
+        return merge_kernel(method.name, base, xs, st.numpy_dtype(job.out_dtype), job.models,
+                            job.glob, int(seed), job.name, int(threads), out, ctx)
     except ValueError as exc:
         raise type(exc)(f"tensor {job.name!r} (models "
                         f"{', '.join(p for p, _ in job.inputs)}): {exc}") from None

@@ -121,6 +121,22 @@ def check_value(method, name, value, where, error=ValueError):
     return v
 
 
+def kernel_args(per_model, n, glob):
+    """The C kernel's parameters from resolved, checked values: one (weight, density, gamma,
+    epsilon, scale) tuple per model (per_model: name -> n values; fields not given take
+    MODEL_DEFAULTS) and the global overrides by name (rescale_norm as its FC_RESCALE_* index,
+    booleans as ints; int8_mask, which changes only mergekit's mask dtype, dropped)."""
+    models = [tuple(float(per_model[k][i]) if k in per_model else MODEL_DEFAULTS[k]
+                    for k in MODEL_FIELDS) for i in range(n)]
+    out = {}
+    for name, v in glob.items():
+        if name == "int8_mask":
+            continue
+        out[name] = (RESCALE_NORMS.index(v) if name == "rescale_norm"
+                     else int(v) if isinstance(v, bool) else v)
+    return models, out
+
+
 def check_della(method, density, epsilon, where, error=ValueError):
     if method.name.startswith("della") and density < 1.0 and not (
             density - epsilon > 0.0 and density + epsilon < 1.0):
