@@ -4,11 +4,18 @@
 
 #include <string.h>
 
-/* Fill the global parameters from a dict of overrides (names as in fc_merge_params). */
-static int parse_globals(PyObject *d, fc_merge_params *p) {
+/* A parameter of fc_merge_params or fc_merge_model_params, by name: an int or a double. */
+typedef struct {
+    const char *name;
+    int *i;
+    double *f;
+} param_field;
+
+/* Set the fields a dict names (what: "parameter" or "per-model parameter", for errors). */
+static int set_fields(PyObject *d, const param_field *fields, size_t nf, const char *what) {
     if (!d || d == Py_None) return 0;
     if (!PyDict_Check(d)) {
-        PyErr_SetString(PyExc_TypeError, "merge_tensor: params must be a dict");
+        PyErr_Format(PyExc_TypeError, "merge_tensor: %ss must be a dict", what);
         return -1;
     }
     PyObject *key, *val;
@@ -16,22 +23,11 @@ static int parse_globals(PyObject *d, fc_merge_params *p) {
     while (PyDict_Next(d, &pos, &key, &val)) {
         const char *k = PyUnicode_AsUTF8(key);
         if (!k) return -1;
-        struct { const char *name; int *i; double *f; } fields[] = {
-            {"normalize", &p->normalize, NULL}, {"rescale", &p->rescale, NULL},
-            {"lambda", NULL, &p->lambda}, {"select_topk", NULL, &p->select_topk},
-            {"mask_deltas", &p->mask_deltas, NULL}, {"t", NULL, &p->t},
-            {"nuslerp_flatten", &p->nuslerp_flatten, NULL},
-            {"nuslerp_row_wise", &p->nuslerp_row_wise, NULL},
-            {"normalize_weights", &p->normalize_weights, NULL}, {"eps", NULL, &p->eps},
-            {"max_iter", &p->max_iter, NULL}, {"tol", NULL, &p->tol},
-            {"filter_wise", &p->filter_wise, NULL}, {"rescale_norm", &p->rescale_norm, NULL},
-            {"epsilon", NULL, &p->active_eps}, {"r", NULL, &p->r}, {"alpha", NULL, &p->alpha},
-        };
-        size_t i, nf = sizeof fields / sizeof fields[0];
+        size_t i;
         for (i = 0; i < nf; i++)
             if (strcmp(k, fields[i].name) == 0) break;
         if (i == nf) {
-            PyErr_Format(PyExc_ValueError, "merge_tensor: unknown parameter %R", key);
+            PyErr_Format(PyExc_ValueError, "merge_tensor: unknown %s %R", what, key);
             return -1;
         }
         if (fields[i].i) {
@@ -45,6 +41,33 @@ static int parse_globals(PyObject *d, fc_merge_params *p) {
         }
     }
     return 0;
+}
+
+/* Fill the global parameters from a dict of overrides (names as in mergekit configs). */
+static int parse_globals(PyObject *d, fc_merge_params *p) {
+    param_field fields[] = {
+        {"normalize", &p->normalize, NULL}, {"rescale", &p->rescale, NULL},
+        {"lambda", NULL, &p->lambda}, {"select_topk", NULL, &p->select_topk},
+        {"mask_deltas", &p->mask_deltas, NULL}, {"t", NULL, &p->t},
+        {"nuslerp_flatten", &p->nuslerp_flatten, NULL},
+        {"nuslerp_row_wise", &p->nuslerp_row_wise, NULL},
+        {"normalize_weights", &p->normalize_weights, NULL}, {"eps", NULL, &p->eps},
+        {"max_iter", &p->max_iter, NULL}, {"tol", NULL, &p->tol},
+        {"filter_wise", &p->filter_wise, NULL}, {"rescale_norm", &p->rescale_norm, NULL},
+        {"epsilon", NULL, &p->active_eps}, {"r", NULL, &p->r}, {"alpha", NULL, &p->alpha},
+    };
+    return set_fields(d, fields, sizeof fields / sizeof fields[0], "parameter");
+}
+
+/* One input's parameters from a dict of overrides (the others keep
+ * fc_merge_model_params_init's defaults). */
+static int parse_model(PyObject *d, fc_merge_model_params *mp) {
+    fc_merge_model_params_init(mp);
+    param_field fields[] = {
+        {"weight", NULL, &mp->weight}, {"density", NULL, &mp->density},
+        {"gamma", NULL, &mp->gamma}, {"epsilon", NULL, &mp->epsilon}, {"scale", NULL, &mp->scale},
+    };
+    return set_fields(d, fields, sizeof fields / sizeof fields[0], "per-model parameter");
 }
 
 static PyArrayObject *as_input(PyObject *obj, const char *what, int *dt) {
@@ -179,8 +202,9 @@ static PyTypeObject MergeContextType = {
 };
 
 /* merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads
- *              [, out[, ctx]]) models: one (weight, density, gamma, epsilon, scale) tuple per
- * input; out: an array to write the result into (returned), else a new one; ctx: the
+ *              [, out[, ctx]]) models: one dict of per-model parameters (weight, density,
+ * gamma, epsilon, scale; absent ones take their defaults) per input; params: a dict of
+ * global parameters; out: an array to write the result into (returned), else a new one; ctx: the
  * MergeContext (None: the default one). */
 static PyObject *py_merge_tensor(PyObject *self, PyObject *args) {
     (void)self;
@@ -247,10 +271,7 @@ static PyObject *py_merge_tensor(PyObject *self, PyObject *args) {
         }
         ptrs[i] = PyArray_DATA(a);
         dts[i] = (fc_dtype)dt;
-        fc_merge_model_params_init(&mps[i]);
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(models, i), "ddddd", &mps[i].weight,
-                              &mps[i].density, &mps[i].gamma, &mps[i].epsilon, &mps[i].scale))
-            goto done;
+        if (parse_model(PyList_GET_ITEM(models, i), &mps[i]) < 0) goto done;
     }
     if (!shape_src) {
         PyErr_SetString(PyExc_ValueError, "merge_tensor: no tensors given");

@@ -36,7 +36,7 @@ _RANGES = {
     "rescale_norm": (str, lambda v: v in RESCALE_NORMS, "one of l1, l2, linf"),
 }
 
-# per-model fields passed to the C core, in its tuple order
+# the per-model parameters (fc_merge_model_params) and their defaults (fc_merge_model_params_init)
 MODEL_FIELDS = ("weight", "density", "gamma", "epsilon", "scale")
 MODEL_DEFAULTS = {"weight": 1.0, "density": 1.0, "gamma": 0.01, "epsilon": 0.15, "scale": 1.0}
 
@@ -122,12 +122,11 @@ def check_value(method, name, value, where, error=ValueError):
 
 
 def kernel_args(per_model, n, glob):
-    """The C kernel's parameters from resolved, checked values: one (weight, density, gamma,
-    epsilon, scale) tuple per model (per_model: name -> n values; fields not given take
-    MODEL_DEFAULTS) and the global overrides by name (rescale_norm as its FC_RESCALE_* index,
-    booleans as ints; int8_mask, which changes only mergekit's mask dtype, dropped)."""
-    models = [tuple(float(per_model[k][i]) if k in per_model else MODEL_DEFAULTS[k]
-                    for k in MODEL_FIELDS) for i in range(n)]
+    """The C kernel's parameters from resolved, checked values, by name: one dict per model
+    (per_model: name -> n values; the C core's defaults, MODEL_DEFAULTS, for the others) and
+    the global overrides (rescale_norm as its FC_RESCALE_* index, booleans as ints;
+    int8_mask, which changes only mergekit's mask dtype, dropped)."""
+    models = [{k: float(v[i]) for k, v in per_model.items()} for i in range(n)]
     out = {}
     for name, v in glob.items():
         if name == "int8_mask":

@@ -22,7 +22,7 @@ class Job:
     copy_from: tuple = None        # (model path, tensor): copied unchanged (non-float tensors)
     base: tuple = None             # (model path, tensor name) of the base input
     inputs: tuple = ()             # (model path, tensor name) of the other inputs, in order
-    models: list = None            # the kernel's per-model parameter tuples (kernel_args)
+    models: list = None            # the kernel's per-model parameters, a dict per input (kernel_args)
     glob: dict = None              # the kernel's global parameters, by name (kernel_args)
     permute: bool = False          # embedding rows re-laid out by token (tokenizer_source)
 
