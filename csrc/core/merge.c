@@ -1,6 +1,5 @@
 /* merge.c - fc_merge_tensor: argument checks, defaults and dispatch to the kernels. */
 #include <math.h>
-#include <stdatomic.h>
 #include <string.h>
 
 #include "merge_internal.h"
@@ -60,45 +59,12 @@ extern const mg_kernels mg_kernels_avx2, mg_kernels_avx512;
 #define HAVE_ISA_BUILDS 0
 #endif
 
-enum { ISA_AUTO, ISA_PORTABLE, ISA_AVX2, ISA_AVX512, ISA_COUNT };
-static const char *const isa_names[ISA_COUNT] = {"auto", "portable", "avx2", "avx512"};
-static atomic_int isa_choice = ISA_AUTO;
-
-static int cpu_has(int isa) {
+/* the build ctx uses: the one chosen, or with "auto" the widest the CPU has */
+static const mg_kernels *kernels_of(const fc_merge_ctx *ctx) {
 #if HAVE_ISA_BUILDS
-    if (isa == ISA_AVX2) return __builtin_cpu_supports("avx2");
-    if (isa == ISA_AVX512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx2");
-#endif
-    return isa == ISA_AUTO || isa == ISA_PORTABLE;
-}
-
-int fc_merge_set_isa(const char *name) {
-    for (int c = 0; name && c < ISA_COUNT; c++)
-        if (strcmp(name, isa_names[c]) == 0) {
-            if (!cpu_has(c)) return -1;
-            atomic_store(&isa_choice, c);
-            return 0;
-        }
-    return -1;
-}
-
-/* the build in use: the one chosen, or with "auto" the widest the CPU has */
-static int isa_now(void) {
-    int c = atomic_load(&isa_choice);
-    if (c != ISA_AUTO) return c;
-    return cpu_has(ISA_AVX512) ? ISA_AVX512 : cpu_has(ISA_AVX2) ? ISA_AVX2 : ISA_PORTABLE;
-}
-
-const char *fc_merge_isa(void) { return isa_names[isa_now()]; }
-
-static const mg_kernels *kernels_now(void) {
-#if HAVE_ISA_BUILDS
-    switch (isa_now()) {
-    case ISA_AVX2: return &mg_kernels_avx2;
-    case ISA_AVX512: return &mg_kernels_avx512;
+    switch (mg_ctx_isa(ctx)) {
+    case MG_ISA_AVX2: return &mg_kernels_avx2;
+    case MG_ISA_AVX512: return &mg_kernels_avx512;
     default: break;
     }
 #endif
@@ -172,10 +138,10 @@ static fc_status check_params(const fc_merge_params *p, int n, fc_error *err) {
     return FC_OK;
 }
 
-fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype base_dt,
-                          const void *const *inputs, const fc_dtype *input_dts, int n, int ndim,
-                          const int64_t *shape, void *out, fc_dtype out_dt, int nthreads,
-                          fc_error *err) {
+fc_status fc_merge_tensor(fc_merge_ctx *ctx, const fc_merge_params *p, const void *base,
+                          fc_dtype base_dt, const void *const *inputs, const fc_dtype *input_dts,
+                          int n, int ndim, const int64_t *shape, void *out, fc_dtype out_dt,
+                          int nthreads, fc_error *err) {
     fc_error_clear(err);
     if (!p || (unsigned)p->method >= FC_MERGE_METHOD_COUNT)
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "unknown_method", "unknown merge method %d",
@@ -218,12 +184,12 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
     fc_status st = check_params(p, n, err);
     if (st != FC_OK || numel == 0) return st;
     mg_tensor t = {p, n, base, base_dt, inputs, input_dts, numel, 1, numel, ndim, out, out_dt,
-                   nthreads, err};
+                   nthreads, err, ctx};
     if (ndim >= 2 && shape[ndim - 1] > 0) {
         t.cols = shape[ndim - 1];
         t.rows = numel / t.cols;
     }
-    const mg_kernels *k = kernels_now();
+    const mg_kernels *k = kernels_of(ctx);
     switch (p->method) {
     case FC_MERGE_LINEAR: st = mg_merge_linear(&t); break;
     case FC_MERGE_SCE: st = n ? k->sce(&t) : k->combine(&t, MG_FLAT, (float[]){1.0f}); break;

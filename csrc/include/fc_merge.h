@@ -97,29 +97,46 @@ FC_API void fc_merge_model_params_init(fc_merge_model_params *mp);
 /* 64-bit FNV-1a of a tensor name: the RNG key of that tensor. */
 FC_API uint64_t fc_merge_tensor_key(const char *name);
 
-FC_API fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype base_dt,
-                                 const void *const *inputs, const fc_dtype *input_dts, int n,
-                                 int ndim, const int64_t *shape, void *out, fc_dtype out_dt,
-                                 int nthreads, fc_error *err);
+/* ---- the merge context: what a merge keeps between tensor calls ----
+ *
+ * Owned by the caller: created with fc_merge_ctx_init (NULL when out of memory), passed to
+ * every fc_merge_tensor of one merge, freed with fc_merge_ctx_free (NULL is fine). It holds
+ * the kernels' instruction set, the streaming switch, the streaming outcome counters and
+ * the kept working buffers; nothing in the merge component is process-wide, so merges with
+ * different contexts may run at once in different threads. One context may also be shared
+ * by threads (its settings are atomic, its buffers guarded by a lock), but then its
+ * counters mix their tensors. A NULL context stands for the defaults: "auto", streaming on,
+ * no buffers kept, nothing counted. */
+typedef struct fc_merge_ctx fc_merge_ctx;
 
+FC_API fc_merge_ctx *fc_merge_ctx_init(void);
+FC_API void          fc_merge_ctx_free(fc_merge_ctx *ctx);
 /* The instruction set of the hot kernels (task-arithmetic family, SCE, VaRM): "auto" (the
  * default: the widest the CPU has), "avx512", "avx2" or "portable" (SSE2 on x86-64). The
- * results are the same bytes whichever is used; this exists to test that. Returns 0, or -1 for an unknown
- * name or an instruction set the CPU lacks. fc_merge_isa: the one in use. */
-FC_API int fc_merge_set_isa(const char *name);
-FC_API const char *fc_merge_isa(void);
-/* Streaming top-k (TIES, SCE on tensors of 2^20 elements or more: one pass over the inputs
- * guided by a sample, see merge_sample.c) on (default) or off (the exact multi-pass path).
- * The same bytes either way; for tests and benchmarks. Process-wide. */
-FC_API void fc_merge_set_streaming(int on);
-/* Since the process started: tensors the streaming path finished in one pass, and those
- * where its sampled band missed and the exact passes ran instead (a diagnostic). */
-FC_API void fc_merge_stream_counts(int64_t *streamed, int64_t *fell_back);
+ * results are the same bytes whichever is used; this exists to test that. Returns 0, or -1
+ * for an unknown name or an instruction set the CPU lacks. fc_merge_ctx_isa: the one in
+ * use ("auto" resolved). */
+FC_API int         fc_merge_ctx_set_isa(fc_merge_ctx *ctx, const char *name);
+FC_API const char *fc_merge_ctx_isa(const fc_merge_ctx *ctx);
+/* Streaming top-k (TIES, SCE on tensors of 2^21 elements or more: one pass over the inputs
+ * guided by a sample, see merge_sample.c) on (the default) or off (the exact multi-pass
+ * path). The same bytes either way; for tests and benchmarks. */
+FC_API void fc_merge_ctx_set_streaming(fc_merge_ctx *ctx, int on);
+/* Tensors merged with ctx that the streaming path finished in one pass, and those where its
+ * sampled band missed and the exact passes ran instead (a diagnostic: a run's result). */
+FC_API void fc_merge_ctx_stream_counts(const fc_merge_ctx *ctx, int64_t *streamed,
+                                       int64_t *fell_back);
+/* keep 1: the kernels keep their big working buffers (top-k keys, masks) in ctx for the
+ * next tensor instead of freeing them (saves faulting in and zeroing fresh pages for each
+ * tensor of a model); keep 0: free them (the state of a new context). */
+FC_API void fc_merge_ctx_keep_buffers(fc_merge_ctx *ctx, int keep);
 
-/* keep 1: the kernels keep their big working buffers (top-k keys, masks) for the next
- * tensor instead of freeing them (saves faulting in and zeroing fresh pages for each
- * tensor of a model); keep 0: free them (the default state). */
-FC_API void fc_merge_keep_buffers(int keep);
+/* Merge one tensor with the kernels and settings of ctx (NULL: the defaults). */
+FC_API fc_status fc_merge_tensor(fc_merge_ctx *ctx, const fc_merge_params *p, const void *base,
+                                 fc_dtype base_dt, const void *const *inputs,
+                                 const fc_dtype *input_dts, int n, int ndim,
+                                 const int64_t *shape, void *out, fc_dtype out_dt, int nthreads,
+                                 fc_error *err);
 
 /* ------------------------------------------------------------------------------------ */
 /* counter-based randomness (rng.c): uniform floats in [0, 1) with 24 random bits */

@@ -36,7 +36,7 @@ _RANGES = {
     "rescale_norm": (str, lambda v: v in RESCALE_NORMS, "one of l1, l2, linf"),
 }
 
-# per-model fields passed to the C core, in its tuple order
+# the per-model parameters (fc_merge_model_params) and their defaults (fc_merge_model_params_init)
 MODEL_FIELDS = ("weight", "density", "gamma", "epsilon", "scale")
 MODEL_DEFAULTS = {"weight": 1.0, "density": 1.0, "gamma": 0.01, "epsilon": 0.15, "scale": 1.0}
 
@@ -119,6 +119,21 @@ def check_value(method, name, value, where, error=ValueError):
     if v != v or v in (float("inf"), float("-inf")) or not check(v):
         raise error(f"{where}: {name} must be {msg}, got {value!r}")
     return v
+
+
+def kernel_args(per_model, n, glob):
+    """The C kernel's parameters from resolved, checked values, by name: one dict per model
+    (per_model: name -> n values; the C core's defaults, MODEL_DEFAULTS, for the others) and
+    the global overrides (rescale_norm as its FC_RESCALE_* index, booleans as ints;
+    int8_mask, which changes only mergekit's mask dtype, dropped)."""
+    models = [{k: float(v[i]) for k, v in per_model.items()} for i in range(n)]
+    out = {}
+    for name, v in glob.items():
+        if name == "int8_mask":
+            continue
+        out[name] = (RESCALE_NORMS.index(v) if name == "rescale_norm"
+                     else int(v) if isinstance(v, bool) else v)
+    return models, out
 
 
 def check_della(method, density, epsilon, where, error=ValueError):
