@@ -4,15 +4,10 @@
 
 #include <string.h>
 
-/* A parameter of fc_merge_params or fc_merge_model_params, by name: an int or a double. */
-typedef struct {
-    const char *name;
-    int *i;
-    double *f;
-} param_field;
-
-/* Set the fields a dict names (what: "parameter" or "per-model parameter", for errors). */
-static int set_fields(PyObject *d, const param_field *fields, size_t nf, const char *what) {
+/* Set the fields of `dst` that a dict names, through the method table: the parameters of
+ * mi with scope per_model (1: dst is a fc_merge_model_params, 0: a fc_merge_params). */
+static int set_fields(PyObject *d, const fc_merge_method_info *mi, int per_model, void *dst) {
+    const char *what = per_model ? "per-model parameter" : "parameter";
     if (!d || d == Py_None) return 0;
     if (!PyDict_Check(d)) {
         PyErr_Format(PyExc_TypeError, "merge_tensor: %ss must be a dict", what);
@@ -23,51 +18,31 @@ static int set_fields(PyObject *d, const param_field *fields, size_t nf, const c
     while (PyDict_Next(d, &pos, &key, &val)) {
         const char *k = PyUnicode_AsUTF8(key);
         if (!k) return -1;
-        size_t i;
-        for (i = 0; i < nf; i++)
-            if (strcmp(k, fields[i].name) == 0) break;
-        if (i == nf) {
-            PyErr_Format(PyExc_ValueError, "merge_tensor: unknown %s %R", what, key);
+        const fc_merge_param_info *pi = fc_merge_param_find(mi, k, per_model);
+        if (!pi) {
+            PyErr_Format(PyExc_ValueError, "merge_tensor: %s has no %s %R", mi->name, what, key);
             return -1;
         }
-        if (fields[i].i) {
-            long v = PyLong_AsLong(val);
-            if (v == -1 && PyErr_Occurred()) return -1;
-            *fields[i].i = (int)v;
-        } else {
+        if (pi->offset < 0) continue; /* accepted, no effect (int8_mask) */
+        char *field = (char *)dst + pi->offset;
+        if (pi->kind == FC_PARAM_FLOAT) {
             double v = PyFloat_AsDouble(val);
             if (v == -1.0 && PyErr_Occurred()) return -1;
-            *fields[i].f = v;
+            *(double *)field = v;
+        } else {
+            long v = PyLong_AsLong(val);
+            if (v == -1 && PyErr_Occurred()) return -1;
+            *(int *)field = (int)v;
         }
     }
     return 0;
 }
 
-/* Fill the global parameters from a dict of overrides (names as in mergekit configs). */
-static int parse_globals(PyObject *d, fc_merge_params *p) {
-    param_field fields[] = {
-        {"normalize", &p->normalize, NULL}, {"rescale", &p->rescale, NULL},
-        {"lambda", NULL, &p->lambda}, {"select_topk", NULL, &p->select_topk},
-        {"mask_deltas", &p->mask_deltas, NULL}, {"t", NULL, &p->t},
-        {"nuslerp_flatten", &p->nuslerp_flatten, NULL},
-        {"nuslerp_row_wise", &p->nuslerp_row_wise, NULL},
-        {"normalize_weights", &p->normalize_weights, NULL}, {"eps", NULL, &p->eps},
-        {"max_iter", &p->max_iter, NULL}, {"tol", NULL, &p->tol},
-        {"filter_wise", &p->filter_wise, NULL}, {"rescale_norm", &p->rescale_norm, NULL},
-        {"epsilon", NULL, &p->active_eps}, {"r", NULL, &p->r}, {"alpha", NULL, &p->alpha},
-    };
-    return set_fields(d, fields, sizeof fields / sizeof fields[0], "parameter");
-}
-
 /* One input's parameters from a dict of overrides (the others keep
  * fc_merge_model_params_init's defaults). */
-static int parse_model(PyObject *d, fc_merge_model_params *mp) {
+static int parse_model(PyObject *d, const fc_merge_method_info *mi, fc_merge_model_params *mp) {
     fc_merge_model_params_init(mp);
-    param_field fields[] = {
-        {"weight", NULL, &mp->weight}, {"density", NULL, &mp->density},
-        {"gamma", NULL, &mp->gamma}, {"epsilon", NULL, &mp->epsilon}, {"scale", NULL, &mp->scale},
-    };
-    return set_fields(d, fields, sizeof fields / sizeof fields[0], "per-model parameter");
+    return set_fields(d, mi, 1, mp);
 }
 
 static PyArrayObject *as_input(PyObject *obj, const char *what, int *dt) {
@@ -228,9 +203,10 @@ static PyObject *py_merge_tensor(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "merge_tensor: unknown method %R", PyTuple_GET_ITEM(args, 0));
         return NULL;
     }
+    const fc_merge_method_info *mi = fc_merge_method_info_of((fc_merge_method)m);
     fc_merge_params p;
     fc_merge_params_init(&p, (fc_merge_method)m);
-    if (parse_globals(params, &p) < 0) return NULL;
+    if (set_fields(params, mi, 0, &p) < 0) return NULL;
     p.seed = seed;
     p.tensor_key = fc_merge_tensor_key(tname);
     int out_dt = fc_py_dtype_arg(out_dt_obj, "out_dtype");
@@ -271,7 +247,7 @@ static PyObject *py_merge_tensor(PyObject *self, PyObject *args) {
         }
         ptrs[i] = PyArray_DATA(a);
         dts[i] = (fc_dtype)dt;
-        if (parse_model(PyList_GET_ITEM(models, i), &mps[i]) < 0) goto done;
+        if (parse_model(PyList_GET_ITEM(models, i), mi, &mps[i]) < 0) goto done;
     }
     if (!shape_src) {
         PyErr_SetString(PyExc_ValueError, "merge_tensor: no tensors given");
@@ -321,20 +297,111 @@ done:
     return result;
 }
 
+/* One parameter's row as a dict. */
+static PyObject *param_dict(const fc_merge_param_info *pi) {
+    static const char *const kinds[] = {"float", "int", "bool", "choice"};
+    char rule[64];
+    fc_merge_param_ok(pi, 0.0, rule, sizeof rule);
+    PyObject *def = pi->kind == FC_PARAM_FLOAT  ? PyFloat_FromDouble(pi->def)
+                    : pi->kind == FC_PARAM_BOOL ? PyBool_FromLong(pi->def != 0)
+                                                : PyLong_FromLong((long)pi->def);
+    if (!def) return NULL;
+    return Py_BuildValue("{s:s,s:O,s:s,s:N,s:O,s:d,s:d,s:O,s:O,s:z,s:s,s:O}", "name", pi->name,
+                         "per_model", pi->per_model ? Py_True : Py_False, "kind", kinds[pi->kind],
+                         "default", def, "required", pi->required ? Py_True : Py_False, "lo",
+                         pi->lo, "hi", pi->hi, "lo_open", pi->lo_open ? Py_True : Py_False,
+                         "hi_open", pi->hi_open ? Py_True : Py_False, "choices", pi->choices,
+                         "rule", rule, "ignored", pi->offset < 0 ? Py_True : Py_False);
+}
+
+/* One method's row as a dict. */
+static PyObject *method_dict(const fc_merge_method_info *mi) {
+    static const char *const bases[] = {"none", "required", "optional"};
+    PyObject *params = PyList_New(mi->nparams);
+    for (int i = 0; params && i < mi->nparams; i++) {
+        PyObject *d = param_dict(&mi->params[i]);
+        if (!d) {
+            Py_CLEAR(params);
+            break;
+        }
+        PyList_SET_ITEM(params, i, d);
+    }
+    if (!params) return NULL;
+    PyObject *max = mi->max_models < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(mi->max_models);
+    if (!max) {
+        Py_DECREF(params);
+        return NULL;
+    }
+    return Py_BuildValue("{s:s,s:s,s:i,s:N,s:O,s:O,s:N}", "name", mi->name, "base",
+                         bases[mi->base], "min_models", mi->min_models, "max_models", max,
+                         "randomized", mi->randomized ? Py_True : Py_False, "sparsifies",
+                         mi->sparsifies ? Py_True : Py_False, "params", params);
+}
+
+/* merge_methods() -> [dict]: the method table (fc_merge_method_info), in enum order. */
 static PyObject *py_merge_methods(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    PyObject *l = PyList_New(0);
+    PyObject *l = PyList_New(FC_MERGE_METHOD_COUNT);
     for (int i = 0; l && i < FC_MERGE_METHOD_COUNT; i++) {
-        PyObject *s = PyUnicode_FromString(fc_merge_method_name((fc_merge_method)i));
-        if (!s || PyList_Append(l, s) < 0) {
-            Py_XDECREF(s);
-            Py_DECREF(l);
-            return NULL;
+        PyObject *d = method_dict(fc_merge_method_info_of((fc_merge_method)i));
+        if (!d) {
+            Py_CLEAR(l);
+            break;
         }
-        Py_DECREF(s);
+        PyList_SET_ITEM(l, i, d);
     }
     return l;
+}
+
+static const fc_merge_method_info *method_arg(const char *name) {
+    int m = fc_merge_method_from_name(name);
+    if (m < 0) PyErr_Format(PyExc_ValueError, "unknown merge method '%s'", name);
+    return m < 0 ? NULL : fc_merge_method_info_of((fc_merge_method)m);
+}
+
+/* merge_param_ok(method, name, value) -> bool: value within the table's rule for the
+ * parameter `name` of `method`. */
+static PyObject *py_merge_param_ok(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *method, *name;
+    double v;
+    if (!PyArg_ParseTuple(args, "ssd", &method, &name, &v)) return NULL;
+    const fc_merge_method_info *mi = method_arg(method);
+    if (!mi) return NULL;
+    const fc_merge_param_info *pi = fc_merge_param_find(mi, name, -1);
+    if (!pi) return PyErr_Format(PyExc_ValueError, "%s has no parameter '%s'", method, name);
+    return PyBool_FromLong(fc_merge_param_ok(pi, v, NULL, 0));
+}
+
+/* merge_check_params(method, models, params) -> None, or (model index or -1, why): the
+ * parameters a merge_tensor call would get, checked by fc_merge_check_params. */
+static PyObject *py_merge_check_params(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *method;
+    PyObject *models, *params;
+    if (!PyArg_ParseTuple(args, "sO!O", &method, &PyList_Type, &models, &params)) return NULL;
+    const fc_merge_method_info *mi = method_arg(method);
+    if (!mi) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(models);
+    fc_merge_model_params *mps = PyMem_Calloc((size_t)n + 1, sizeof *mps);
+    if (!mps) return PyErr_NoMemory();
+    fc_merge_params p;
+    fc_merge_params_init(&p, (fc_merge_method)fc_merge_method_from_name(method));
+    PyObject *result = NULL;
+    if (set_fields(params, mi, 0, &p) < 0) goto done;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (parse_model(PyList_GET_ITEM(models, i), mi, &mps[i]) < 0) goto done;
+    p.models = mps;
+    fc_error err;
+    int bad;
+    if (fc_merge_check_params(&p, (int)n, &bad, &err) == FC_OK)
+        result = Py_NewRef(Py_None);
+    else
+        result = Py_BuildValue("(is)", bad, err.msg);
+done:
+    PyMem_Free(mps);
+    return result;
 }
 
 /* The default context's settings, as module functions (tests, notebooks). */
@@ -363,7 +430,15 @@ static PyMethodDef methods[] = {
      "merge_tensor(method, base, inputs, out_dtype, models, params, seed, tensor_name, threads"
      "[, out[, ctx]]) -> ndarray: one tensor merged by fc_merge_tensor with the MergeContext "
      "ctx (None: the default one; see fusechat.merge.merge_tensors)."},
-    {"merge_methods", py_merge_methods, METH_NOARGS, "the merge method names known to the C core"},
+    {"merge_methods", py_merge_methods, METH_NOARGS,
+     "merge_methods() -> [dict]: the method table of the C core (name, base, min_models, "
+     "max_models, randomized, sparsifies, params: [{name, per_model, kind, default, required, "
+     "lo, hi, lo_open, hi_open, choices, rule, ignored}]), in enum order"},
+    {"merge_param_ok", py_merge_param_ok, METH_VARARGS,
+     "merge_param_ok(method, name, value) -> bool: value obeys the table's rule for it"},
+    {"merge_check_params", py_merge_check_params, METH_VARARGS,
+     "merge_check_params(method, models, params) -> None or (model index or -1, why): "
+     "fc_merge_check_params over merge_tensor's arguments"},
     {"merge_set_isa", py_merge_set_isa, METH_O,
      "merge_set_isa(name): the default MergeContext's set_isa"},
     {"merge_isa", py_merge_isa, METH_NOARGS, "the default MergeContext's isa()"},

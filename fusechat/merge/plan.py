@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .config import LAYER_RE, ModelEntry, layer_index, lookup
-from .methods import MODEL_DEFAULTS, MODEL_FIELDS, REQUIRED, check_della, kernel_args
+from .methods import REQUIRED, check_params, kernel_args
 
 EMBED_NAMES = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out")
 FLOATS = ("F16", "BF16", "F32", "F64")
@@ -100,9 +100,7 @@ class _Planner:
                                   "path) to match embedding rows by token")
             raise ConfigError(f"tensor {out_name!r}: shapes differ between models ({detail})")
         per = {}
-        for field in MODEL_FIELDS:
-            if field not in m.tensor:
-                continue
+        for field in m.tensor:
             vals = []
             for e, name in use:
                 v = lookup(field, name, t, e.params, slice_params, cfg.params)
@@ -113,10 +111,6 @@ class _Planner:
                                           f"model {e.path} (no value or filter matches)")
                 vals.append(v)
             per[field] = vals
-        for i, (e, _) in enumerate(use):
-            get = lambda f: per[f][i] if f in per else MODEL_DEFAULTS[f]  # noqa: E731
-            check_della(m, get("density"), get("epsilon"),
-                        f"tensor {out_name!r}, model {e.path}", ConfigError)
         glob = {}
         for g, default in m.glob.items():
             v = lookup(g, out_name, t, slice_params, cfg.params)
@@ -125,7 +119,11 @@ class _Planner:
                     raise ConfigError(f"tensor {out_name!r}: {m.name} needs the parameter {g}")
                 continue
             glob[g] = v
-        models, glob = kernel_args(per, len(use), glob)
+        models, glob = kernel_args(m, per, len(use), glob)
+        bad = check_params(m, models, glob)
+        if bad:
+            who = f", model {use[bad[0]][0].path}" if bad[0] >= 0 else ""
+            raise ConfigError(f"tensor {out_name!r}{who}: {bad[1]}")
         out_dtype = self.dtype or cfg.out_dtype or cfg.dtype or info.dtype
         return Job(out_name, out_dtype, out_shape,
                    base=(base[0].path, base[1]) if base else None,

@@ -1,8 +1,7 @@
 """``merge_tensors``: one tensor merged by the C core, for notebooks and tests."""
 import numpy as np
 
-from .methods import (MODEL_DEFAULTS, MODEL_FIELDS, REQUIRED, check_della, check_value,
-                      get_method, kernel_args)
+from .methods import REQUIRED, check_value, get_method, kernel_args
 
 
 def _as_array(x, what):
@@ -58,17 +57,11 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
             raise ValueError(f"merge_tensors: tensors[{i}] has shape {t.shape}, "
                              f"expected {ref.shape}")
     per = {}
-    for name in MODEL_FIELDS:
-        if name in m.tensor:
-            default = m.tensor[name]
-            if name not in params and default is REQUIRED:
-                raise ValueError(f"merge_tensors: {method} needs {name} for every model")
-            vals = _per_model(params.get(name, default), n, name)
-            per[name] = [check_value(m, name, v, f"merge_tensors: {name}") for v in vals]
-        else:
-            per[name] = [MODEL_DEFAULTS[name]] * n
-    for i in range(n):
-        check_della(m, per["density"][i], per["epsilon"][i], "merge_tensors")
+    for name, default in m.tensor.items():
+        if name not in params and default is REQUIRED:
+            raise ValueError(f"merge_tensors: {method} needs {name} for every model")
+        vals = _per_model(params.get(name, default), n, name)
+        per[name] = [check_value(m, name, v, f"merge_tensors: {name}") for v in vals]
     glob = {}
     for name, default in m.glob.items():
         if name not in params:
@@ -76,7 +69,7 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
                 raise ValueError(f"merge_tensors: {method} needs the parameter {name}")
             continue
         glob[name] = check_value(m, name, params[name], "merge_tensors")
-    models, glob = kernel_args(per, n, glob)
+    models, glob = kernel_args(m, per, n, glob)
     out_dtype = ref.dtype if out_dtype is None else np.dtype(out_dtype)
     return _C.merge_tensor(method, base, tensors, out_dtype, models, glob, int(seed),
                            tensor_name, int(threads), out, ctx)
