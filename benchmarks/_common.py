@@ -1,5 +1,6 @@
-"""Shared by the benchmark scripts: what machine ran them, and writing a script's section of
-docs/benchmarks.md (each script owns one "## ..." section and replaces only that)."""
+"""Shared by the benchmark scripts: what machine ran them, writing a script's section of
+docs/benchmarks.md (each script owns one "## ..." section and replaces only that), and the
+long chat records the pipeline benchmarks time."""
 import os
 import platform
 import subprocess
@@ -52,3 +53,17 @@ def write_section(text, path=DOCS, parent=None):
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(new)
     os.replace(path + ".tmp", path)
+
+
+def long_records(n, seed):
+    """Demo records with several turns each, so that samples have realistic lengths."""
+    from fusechat.demo.data import make_dataset
+
+    base = make_dataset(n * 8, seed=seed)
+    out = []
+    for i in range(n):
+        msgs = []
+        for rec in base[i * 8:(i + 1) * 8]:
+            msgs += rec["messages"]
+        out.append({"messages": msgs})
+    return out

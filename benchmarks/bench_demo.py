@@ -36,7 +36,7 @@ def timed_demo(workdir, quick):
 
 
 def sizes_line(quick):
-    from fusechat.demo import SIZES
+    from fusechat.demo.run import SIZES
 
     z = SIZES["quick" if quick else "full"]
     return (f"Sizes: fusion set {z['n_gold']} gold chats + {z['n_prompts']} prompts answered by "

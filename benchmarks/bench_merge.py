@@ -67,7 +67,7 @@ def model_config(size):
 
 
 def shapes(size):
-    from fusechat.tiny_llama import llama_shapes
+    from fusechat.demo.tiny_llama import llama_shapes
 
     return list(llama_shapes(model_config(size)).items())
 

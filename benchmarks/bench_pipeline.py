@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from _common import machine, write_section  # noqa: E402
+from _common import long_records, machine, write_section  # noqa: E402
 
 SECTION = "## Pipeline (bench_pipeline.py)"
 K = 10
@@ -89,7 +89,7 @@ def torch_topk_ce(logits, labels, k):
 def measure_extraction(records, tok, vocab, dtype, repeats, batch_size, work):
     import torch
 
-    from fusechat.extract import _fused_topk, extract
+    from fusechat.stages.extract import _fused_topk, extract
 
     model = tiny_model(vocab, tok)
     res = {}
@@ -113,9 +113,9 @@ def store_size(records, tok, work):
     """Bytes per token of the pivot's extracted store of these records (small vocabulary:
     U16 ids) and of the same samples written for a BIG_VOCAB-id vocabulary (U24 ids), with
     the reference's on the same samples."""
-    from fusechat.demo_models import build_model
-    from fusechat.extract import extract
-    from fusechat.store import TopKStore, TopKStoreWriter
+    from fusechat.demo.models import build_model
+    from fusechat.stages.extract import extract
+    from fusechat.stages.store import TopKStore, TopKStoreWriter
 
     out = os.path.join(work, "store")
     extract(build_model("llama", tok), records, out, tokenizer=tok, dtype="float32", k=K,
@@ -142,20 +142,6 @@ def store_size(records, tok, work):
                 tokens=tokens)
 
 
-def long_records(n, seed):
-    """Demo records with several turns each, so that samples have realistic lengths."""
-    from fusechat.demo_data import make_dataset
-
-    base = make_dataset(n * 8, seed=seed)
-    out = []
-    for i in range(n):
-        msgs = []
-        for rec in base[i * 8:(i + 1) * 8]:
-            msgs += rec["messages"]
-        out.append({"messages": msgs})
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 repeats")
@@ -166,7 +152,7 @@ def main():
     args = ap.parse_args()
     import torch
 
-    from fusechat.demo_models import train_tokenizer
+    from fusechat.demo.models import train_tokenizer
 
     quick = args.quick
     n = 16 if quick else 128

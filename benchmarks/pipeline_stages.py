@@ -26,14 +26,15 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+from _common import long_records, machine, write_section  # noqa: E402
 
 SUBSECTION = "### Align and fuse stages (pipeline_stages.py)"
 K = 10
 
 
 def write_store(path, tok, records, seed):
-    from fusechat.chat import load_conversations, tokenize
-    from fusechat.store import TopKStoreWriter
+    from fusechat.stages.chat import load_conversations, tokenize
+    from fusechat.stages.store import TopKStoreWriter
     from fusechat.vocab import Vocab
 
     rng = np.random.default_rng(seed)
@@ -59,7 +60,7 @@ def write_store(path, tok, records, seed):
 def twin_seconds(piv_path, src_path, piv_tok, src_tok, n):
     """The reference's alignment in Python (the twin) on the first n conversations."""
     from fusechat import align as al
-    from fusechat.store import TopKStore
+    from fusechat.stages.store import TopKStore
     from fusechat.vocab import Vocab
     from reference import align_ref as R
 
@@ -84,11 +85,9 @@ def twin_seconds(piv_path, src_path, piv_tok, src_tok, n):
 
 def measure_align_fuse(quick):
     """Seconds of each stage over n conversations, plus the twin's seconds on a subset."""
-    from bench_pipeline import long_records
-
-    from fusechat.align_stage import align_stores
-    from fusechat.demo_models import train_tokenizer
-    from fusechat.fuse_stage import fuse_stores
+    from fusechat.demo.models import train_tokenizer
+    from fusechat.stages.align import align_stores
+    from fusechat.stages.fuse import fuse_stores
 
     n = 100 if quick else 1000
     n_twin = 3 if quick else 10
@@ -154,8 +153,6 @@ def align_fuse_lines(res):
 
 
 def main():
-    from _common import machine, write_section
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="100 conversations instead of 1000")
     ap.add_argument("--write-docs", action="store_true",

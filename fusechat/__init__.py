@@ -8,7 +8,9 @@ Submodules: ``fusechat.safetensors`` (checkpoint I/O), ``fusechat.align`` (token
 vocabulary alignment; ``fusechat.Vocab`` reads tokenizers), ``fusechat.loss`` (the fused
 sparse fusion loss and top-K extraction on NumPy arrays), ``fusechat.fuse`` (MinCE/AvgCE
 fusion), ``fusechat.torch`` (the loss for PyTorch; imports torch, which fusechat otherwise
-never needs). The C core is ``fusechat._C``; CUDA kernels, when built, are
+never needs). ``fusechat.stages`` holds the stage-1 pipeline stages (extract, align,
+fuse, train, evaluate; the TopK store is ``fusechat.TopKStore``), ``fusechat.merge`` stage 2,
+``fusechat.recipe`` runs both from one YAML file, ``fusechat.demo`` is `fusechat demo`. The C core is ``fusechat._C``; CUDA kernels, when built, are
 ``fusechat._C_cuda`` (see ``cuda_available()``).
 """
 import logging
@@ -19,6 +21,7 @@ from . import errors  # noqa: E402 - __version__ first: submodules read it
 from ._backend import backend, cuda_available
 from .errors import ConfigError, CudaError, FormatError, SafetensorsError, TokenizerError
 from .vocab import Vocab
+from .stages.store import TopKStore, TopKStoreWriter, open_store
 from . import progress  # noqa: E402,F401 - sets tqdm's auto mode up quietly, before anyone else
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -35,4 +38,5 @@ def convert(array, dtype, threads=0):
 
 
 __all__ = ["__version__", "backend", "convert", "cuda_available", "errors", "ConfigError",
-           "CudaError", "FormatError", "SafetensorsError", "TokenizerError", "Vocab"]
+           "CudaError", "FormatError", "SafetensorsError", "TokenizerError", "TopKStore", "TopKStoreWriter", "Vocab",
+           "open_store"]

@@ -13,6 +13,7 @@ import os
 import sys
 
 from .errors import ConfigError, CudaError, FormatError, SafetensorsError, TokenizerError
+from .loss import LM_WEIGHT
 from .progress import disable_all_bars
 
 LOG = logging.getLogger("fusechat")
@@ -81,7 +82,7 @@ def _demo_args(p):
 
 
 def _demo_run(args):
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     require_modules("torch", "transformers", "matplotlib")  # the plot too: checked up front
 
@@ -125,7 +126,7 @@ def _eval_args(p):
 
 
 def _eval_run(args):
-    from .recipe import evaluate_models
+    from .stages.evaluate import evaluate_models
 
     require_path(args.data, "dataset")
     models = []
@@ -205,7 +206,7 @@ def _extract_args(p):
 
 
 def _extract_run(args):
-    from .extract import extract, parse_shard
+    from .stages.extract import extract, parse_shard
 
     require_path(args.model, "model folder")
     require_path(args.data, "dataset")
@@ -248,7 +249,7 @@ def _align_args(p):
 
 
 def _align_run(args):
-    from .align_stage import align_stores, print_fidelity
+    from .stages.align import align_stores, print_fidelity
 
     for path, what in ((args.pivot_store, "pivot store"), (args.source_store, "source store"),
                        (args.pivot_tokenizer, "pivot tokenizer"),
@@ -285,7 +286,7 @@ def _fuse_args(p):
 
 
 def _fuse_run(args):
-    from .fuse_stage import fuse_stores
+    from .stages.fuse import fuse_stores
 
     if len(args.aligned) < 2:
         raise ValueError("fuse: give at least one aligned store and then OUT")
@@ -305,8 +306,8 @@ def _train_args(p):
     p.add_argument("fused_store", help="TopK store made with the pivot's tokenizer "
                                        "(fused, or extracted for self-distillation)")
     p.add_argument("out", help="output model folder")
-    p.add_argument("--lm-weight", type=float, default=0.9,
-                   help="weight of the gold CE (default 0.9; 1.0 = plain SFT baseline)")
+    p.add_argument("--lm-weight", type=float, default=LM_WEIGHT,
+                   help="weight of the gold CE (1.0 = plain SFT baseline)")
     p.add_argument("--temperature", type=float, default=1.0, help="target temperature")
     p.add_argument("--loss", default="ce", choices=["ce", "kl"], help="fusion term")
     p.add_argument("--epochs", type=float, default=3, help="passes over the store")
@@ -341,7 +342,7 @@ def train_extra_args(args):
 
 
 def _train_run(args):
-    from .train import train
+    from .stages.train import train
 
     require_path(args.pivot_model, "pivot model folder")
     require_path(args.fused_store, "store")

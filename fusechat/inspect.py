@@ -116,7 +116,7 @@ def is_store(path):
 
 def store_summary(path):
     """What a TopK store holds (opening it validates every shard)."""
-    from .store import open_store
+    from .stages.store import open_store
 
     with open_store(path) as s:
         m = s.manifest
@@ -132,7 +132,7 @@ def store_summary(path):
 
 
 def format_store(s):
-    from .align_stage import format_fidelity
+    from .stages.align import format_fidelity
 
     lines = [f"TopK store {s['path']}: kind {s['kind']}, model {s['model']!r}, format {s['format']}",
              f"  {human_count(s['n_samples'])} samples, {human_count(s['n_tokens'])} tokens, "

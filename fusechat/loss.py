@@ -18,34 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = {"ce": 0, "kl": 1}
-REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
-REDUCE_NORMALIZER = 3
+from ._loss_common import (LM_WEIGHT, TopK, check_k, loss_options, shift_labels_into,
+                           sparse_present, sparse_rows, topk_buffers, topk_result)
+
+__all__ = ["LM_WEIGHT", "LossResult", "TopK", "fusion_loss", "hf_shift_labels", "loss_options",
+           "topk_and_ce"]
+
 _LOGIT_DTYPES = ("float32", "float16", "bfloat16")
 _LOSS_DTYPES = _LOGIT_DTYPES + ("float64",)  # float64: exact, for gradient checks
-
-
-def loss_options(lm_weight=0.9, temperature=1.0, kind="ce", reduction="mean", normalizer=None,
-                 ignore_index=-100, validate=True, threads=0):
-    """The keyword arguments of the C entry points, checked and mapped to their codes."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}: expected 'ce' or 'kl'")
-    if normalizer is not None:
-        if reduction not in ("mean", "sum"):
-            raise ValueError("normalizer replaces reduction='mean'; it cannot go with "
-                             f"reduction={reduction!r}")
-        red = REDUCE_NORMALIZER
-    elif reduction in REDUCTIONS:
-        red = REDUCTIONS[reduction]
-    else:
-        raise ValueError(f"reduction={reduction!r}: expected 'mean', 'sum' or 'none'")
-    if isinstance(validate, str) and validate != "strict":
-        raise ValueError(f"validate={validate!r}: expected True, False or 'strict'")
-    return dict(lm_weight=float(lm_weight), temperature=float(temperature), kind=KINDS[kind],
-                reduction=red, normalizer=float(normalizer) if normalizer is not None else 1.0,
-                ignore_index=int(ignore_index),
-                validate=2 if validate == "strict" else int(bool(validate)),
-                threads=int(threads))
 
 
 def _logits_2d(logits, dtypes=_LOGIT_DTYPES, name="logits"):
@@ -61,27 +41,20 @@ def _logits_2d(logits, dtypes=_LOGIT_DTYPES, name="logits"):
 
 def _sparse(ids, values, n, name):
     """(ids int32 [N, K], values float32 [N, K]) or (None, None)."""
-    if ids is None and values is None:
+    if not sparse_present(ids, values, name):
         return None, None
-    if ids is None or values is None:
-        raise ValueError(f"{name}_ids and {name}_values go together")
     ids, values = np.asarray(ids), np.asarray(values)
-    if ids.shape != values.shape or ids.ndim < 1:
-        raise ValueError(f"{name}_ids {ids.shape} and {name}_values {values.shape} must have "
-                         "the same shape [..., K]")
+    rows, k = sparse_rows(ids.shape, values.shape, n, name)
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"{name}_ids: dtype {ids.dtype} is not an integer type")
-    k = ids.shape[-1]
-    ids = ids.reshape(-1, k)
-    if ids.shape[0] != n:
-        raise ValueError(f"{name}_ids has {ids.shape[0]} rows, logits have {n}")
+    ids = ids.reshape(rows, k)
     big = (ids < np.iinfo(np.int32).min) | (ids > np.iinfo(np.int32).max)
     if big.any():  # would wrap in the int32 cast: report the original value
         row = int(np.argmax(big.any(axis=1)))
         raise ValueError(f"fusion_loss: {name}_ids row {row}: id {ids[row][big[row]][0]} is "
                          "outside the vocabulary and not -1 (padding)")
     return (np.ascontiguousarray(ids, dtype=np.int32),
-            np.ascontiguousarray(values.reshape(-1, k), dtype=np.float32))
+            np.ascontiguousarray(values.reshape(rows, k), dtype=np.float32))
 
 
 def _labels(labels, n):
@@ -107,7 +80,7 @@ class LossResult:
 
 
 def fusion_loss(logits, labels, target_ids=None, target_values=None, *, fallback_ids=None,
-                fallback_values=None, lm_weight=0.9, temperature=1.0, kind="ce",
+                fallback_values=None, lm_weight=LM_WEIGHT, temperature=1.0, kind="ce",
                 reduction="mean", normalizer=None, ignore_index=-100, grad=True, inplace=False,
                 validate=True, threads=0):
     """The FuseChat loss and its gradient in one fused pass (C, multithreaded, GIL released).
@@ -147,25 +120,11 @@ def fusion_loss(logits, labels, target_ids=None, target_values=None, *, fallback
     return LossResult(loss, row_loss, g, nsup)
 
 
-@dataclass
-class TopK:
-    """ids int32 [N, k] and logits float32 [N, k] sorted descending (ties: lower id first);
-    token_ce float32 [N] (0 where ignored); seq_ce float32 [S] mean CE over each sequence's
-    supervised tokens and seq_has uint8 [S] (0 = no supervised token; seq_ce is then 0)."""
-    ids: np.ndarray
-    logits: np.ndarray
-    token_ce: np.ndarray
-    seq_ce: np.ndarray
-    seq_has: np.ndarray
-
-
 def hf_shift_labels(labels, ignore_index=-100):
     """HF causal-LM shift: the label of position t is the token at t+1, the last position of
     each sequence gets ignore_index (transformers' ForCausalLMLoss pads then drops one)."""
     labels = np.asarray(labels)
-    out = np.full(labels.shape, ignore_index, dtype=np.int64)
-    out[..., :-1] = labels[..., 1:]
-    return out
+    return shift_labels_into(labels, np.full(labels.shape, ignore_index, dtype=np.int64))
 
 
 def topk_and_ce(logits, labels=None, k=10, *, seq_offsets=None, shift=False, ignore_index=-100,
@@ -189,15 +148,7 @@ def topk_and_ce(logits, labels=None, k=10, *, seq_offsets=None, shift=False, ign
     if so is not None and y is None:
         raise ValueError("seq_offsets needs labels")
     s = 0 if so is None else len(so) - 1
-    k = int(k)
-    if not 1 <= k <= z.shape[1]:
-        raise ValueError(f"k = {k} must be in [1, V = {z.shape[1]}]")
-    ids = np.empty((n, k), np.int32)
-    vals = np.empty((n, k), np.float32)
-    tce = np.empty(n, np.float32) if y is not None else None
-    sce = np.empty(s, np.float32) if so is not None else None
-    shas = np.empty(s, np.uint8) if so is not None else None
-    _C.topk_ce(z, y, k, int(ignore_index), so, ids, vals, tce, sce, shas, threads)
-    lead = logits.shape[:-1]
-    return TopK(ids.reshape(*lead, k), vals.reshape(*lead, k),
-                None if tce is None else tce.reshape(lead), sce, shas)
+    k = check_k(k, z.shape[1])
+    out = topk_buffers(np.empty, n, k, s, y is not None, so is not None)
+    _C.topk_ce(z, y, k, int(ignore_index), so, *out, threads)
+    return topk_result(*out, logits.shape[:-1], k)

@@ -18,7 +18,7 @@ A recipe names the pivot, the sources, the dataset and the options of every stag
 With ``train.seed`` a list, the train steps and the merge run once per training seed
 (``train/<source>@<seed>``, model ``target-<source>@<seed>``); the evaluation then reports
 each model as the mean over its seeds with intervals that include the seed variance
-(fusechat.evaluate.compare).
+(fusechat.stages.evaluate.compare).
 
 Each step's output is a folder under ``output``; beside its files the runner writes
 ``.fusechat-step.json`` with the step's fingerprint (a SHA-256 of its resolved options and
@@ -27,23 +27,23 @@ A step whose output folder carries a matching fingerprint is skipped; a folder w
 (an interrupted step) or with another one is removed and the step runs again. The run log
 (``run.log.jsonl``: time, step, ran/skipped, seconds) and the resolved recipe
 (``recipe.resolved.yaml``) are written into ``output``.
+
+This module is the orchestration: the recipe's schema (``load_recipe``), its steps (``plan``)
+and ``run``. The steps' work is in ``fusechat.stages`` (``split``, ``extract``, ``align``,
+``fuse``, ``train``, ``evaluate``) and ``fusechat.merge``; skipping, markers and the run log
+in ``fusechat.runner``.
 """
 import copy
 import errno
-import hashlib
-import json
-import logging
 import os
 import shutil
-import time
 
 import yaml
 
 from .errors import ConfigError
-
-LOG = logging.getLogger(__name__)
-MARKER = ".fusechat-step.json"
-RUN_LOG = "run.log.jsonl"
+from .loss import LM_WEIGHT
+from .runner import Step, path_fingerprint, run_steps
+from .stages.split import split_dataset
 
 # section -> {key: default}; None means "no default" (required keys are checked apart)
 SCHEMA = {
@@ -55,7 +55,7 @@ SCHEMA = {
                 "logits_dtype": "F16"},
     "align": {"projection": "bytes", "k": None, "method": "dtw", "map": "ms"},
     "fuse": {"rule": "mince", "level": "sequence"},
-    "train": {"lm_weight": 0.9, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
+    "train": {"lm_weight": LM_WEIGHT, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
               "max_steps": None, "seed": 42, "bf16": False, "device": None,
               "temperature": 1.0},
     "baseline": {"sft": True, "lm_weight": 1.0, "datasets": {}},
@@ -182,108 +182,7 @@ def load_recipe(recipe, base_dir=None):
 
 
 # --------------------------------------------------------------------------------------
-# fingerprints
-
-def _hash(obj):
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def path_fingerprint(path):
-    """A file's SHA-256, or a folder's hash over its files' names and contents (model folders
-    are hashed once per run; a Hub id, not a local path, is its own fingerprint)."""
-    if not os.path.exists(path):
-        return "name:" + str(path)
-    h = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f != MARKER)
-    for f in files:
-        h.update(os.path.relpath(f, path).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def read_marker(folder):
-    return read_marker_file(os.path.join(folder, MARKER))
-
-
-def read_marker_file(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def write_marker(folder, step, fingerprint):
-    tmp = os.path.join(folder, MARKER + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"step": step, "fingerprint": fingerprint}, f, indent=1)
-    os.replace(tmp, os.path.join(folder, MARKER))
-
-
-# --------------------------------------------------------------------------------------
 # steps
-
-class Step:
-    """One unit of work: ``fn(out)`` writes the folder ``out``; ``key`` is what it depends on
-    (options and the fingerprints of its inputs)."""
-
-    def __init__(self, name, out, key, fn):
-        self.name, self.out, self.fn = name, out, fn
-        self.fingerprint = _hash({"step": name, **key})
-
-
-def split_dataset(path, out, *, eval_fraction, eval_size, seed, skip_bad_records=False,
-                  eval_path=None):
-    """Write out/train.jsonl and out/eval.jsonl: a seeded random held-out split of the
-    dataset's valid records, and out/split.json with the counts. Records are validated here
-    (chat.load_conversations), so a bad record's error names its row in the dataset; with
-    ``skip_bad_records`` bad rows are left out of both splits and listed in split.json.
-    With ``eval_path`` the held-out records are that file's (validated the same way) and
-    every valid record of ``path`` trains."""
-    import numpy as np
-
-    from .chat import load_conversations, read_records
-
-    def valid(p):
-        records, lines = read_records(p, lines=True)
-        convs, n_bad = load_conversations(records, skip_bad_records=skip_bad_records, name=p,
-                                          lines=lines)
-        good = [c.index for c in convs]
-        bad = sorted(set(range(len(records))) - set(good))
-        if n_bad:
-            LOG.warning("%s: skipped %d bad record(s): rows %s", p, n_bad, bad[:20])
-        return records, good, bad
-
-    records, good, bad = valid(path)
-    if eval_path is not None:
-        held_records, held_good, held_bad = valid(eval_path)
-        train = [records[i] for i in good]
-        held = [held_records[i] for i in held_good]
-        if not train or not held:
-            raise ConfigError(f"dataset: {path if not train else eval_path}: no valid records")
-    else:
-        n_eval = int(eval_size) if eval_size is not None else int(round(len(good) * eval_fraction))
-        if not 0 <= n_eval < len(good):
-            raise ConfigError(f"dataset: the held-out split ({n_eval} rows) must leave training "
-                              f"rows out of {len(good)} valid records")
-        order = np.random.default_rng(seed).permutation(len(good))
-        chosen = {good[i] for i in order[:n_eval].tolist()}
-        train = [records[i] for i in good if i not in chosen]
-        held = [records[i] for i in good if i in chosen]
-        held_bad = []
-    os.makedirs(out, exist_ok=True)
-    for name, rows in (("train.jsonl", train), ("eval.jsonl", held)):
-        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
-            for rec in rows:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    with open(os.path.join(out, "split.json"), "w", encoding="utf-8") as f:
-        json.dump({"records": len(records), "train": len(train), "eval": len(held),
-                   "eval_path": eval_path, "skipped_bad_records": bad,
-                   "skipped_bad_eval_records": held_bad}, f, indent=1)
-
 
 def _tokenizer_of(m):
     return m["tokenizer"] or m["model"]
@@ -329,7 +228,7 @@ def plan(r, *, quiet=False):
     stores = {}
     for m in [pivot] + sources:
         def run_extract(o, m=m):
-            from .extract import extract
+            from .stages.extract import extract
             extract(m["model"], train_data, o, tokenizer=m["tokenizer"], quiet=quiet, **ext_opts)
         s = Step(f"extract/{m['name']}", os.path.join(out, "stores", m["name"]),
                  {"model": fp(m["model"]), "tokenizer": fp(_tokenizer_of(m)),
@@ -348,7 +247,7 @@ def plan(r, *, quiet=False):
         piv_store, src_store = stores[pivot["name"]], stores[src["name"]]
 
         def run_align(o, src=src):
-            from .align_stage import align_stores, print_fidelity
+            from .stages.align import align_stores, print_fidelity
             align_stores(piv_store.out, stores[src["name"]].out, o,
                          pivot_tokenizer=_tokenizer_of(pivot),
                          source_tokenizer=_tokenizer_of(src),
@@ -360,7 +259,7 @@ def plan(r, *, quiet=False):
                    **r["align"]}, run_align)
 
         def run_fuse(o, al=al):
-            from .fuse_stage import fuse_stores
+            from .stages.fuse import fuse_stores
             fuse_stores(piv_store.out, [al.out], o, quiet=quiet, **r["fuse"])
         fu = Step(f"fuse/{src['name']}", os.path.join(out, "fused", src["name"]),
                   {"pivot": piv_store.fingerprint, "aligned": al.fingerprint, **r["fuse"]},
@@ -373,7 +272,7 @@ def plan(r, *, quiet=False):
     sft_stores = [("sft", stores[pivot["name"]])] if r["baseline"]["sft"] else []
     for name, path in r["baseline"]["datasets"].items():
         def run_extract_baseline(o, path=path):
-            from .extract import extract
+            from .stages.extract import extract
             extract(pivot["model"], path, o, tokenizer=pivot["tokenizer"], quiet=quiet,
                     **ext_opts)
         s = Step(f"extract/{name}", os.path.join(out, "stores", f"baseline-{name}"),
@@ -428,6 +327,7 @@ def plan(r, *, quiet=False):
         ev_opts = {**r["eval"], "template": ds["template"], "max_length": ds["max_length"]}
 
         def run_eval(o):
+            from .stages.evaluate import evaluate_models
             evaluate_models(models, os.path.join(data_dir, "eval.jsonl"), o, ev_opts, quiet)
         steps.append(Step("eval", os.path.join(out, "eval"),
                           {"data": split.fingerprint, "models": [m[3] for m in models],
@@ -437,67 +337,15 @@ def plan(r, *, quiet=False):
 
 def _train_step(name, out, pivot, fp, store_step, opts, quiet):
     def run_train(o):
-        from .train import train
+        from .stages.train import train
         train(pivot["model"], store_step.out, o, tokenizer=pivot["tokenizer"], quiet=quiet,
               **opts)
     return Step(name, out, {"pivot": fp(pivot["model"]), "tokenizer": fp(_tokenizer_of(pivot)),
                             "store": store_step.fingerprint, **opts}, run_train)
 
 
-def evaluate_models(models, data, out, opts, quiet=False):
-    """Score [(name, model, tokenizer, _)] on data; write out/results.json (per-item scores)
-    and out/table.txt (compare() against opts["baseline"])."""
-    from transformers import AutoTokenizer
-
-    from .chat import load_conversations, read_records
-    from .evaluate import compare, evaluate, format_table, model_group
-
-    names = [model_group(m[0]) for m in models]
-    if opts.get("baseline") and model_group(opts["baseline"]) not in names:
-        raise ConfigError(f"eval.baseline {opts['baseline']!r}: not one of the evaluated "
-                          f"models {names}")
-    convs, _ = load_conversations(data, skip_bad_records=True)
-    if opts.get("max_items"):
-        convs = convs[:int(opts["max_items"])]
-    results = []
-    for name, model, tok, _ in models:
-        results.append(evaluate(model, convs, tokenizer=AutoTokenizer.from_pretrained(tok),
-                                name=name, template=opts["template"],
-                                max_length=opts["max_length"],
-                                max_new_tokens=opts["max_new_tokens"], quiet=quiet))
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump([{"name": e.name, "index": e.index.tolist(), "skill": e.skill.tolist(),
-                    "nll": e.nll.tolist(), "exact": e.exact.tolist(),
-                    "answer_p": None if e.answer_p is None else e.answer_p.tolist()}
-                   for e in results], f)
-    rows = compare(results, baseline=opts.get("baseline"))
-    with open(os.path.join(out, "table.txt"), "w", encoding="utf-8") as f:
-        f.write(format_table(rows) + "\n")
-
-
-def load_results(folder):
-    """The EvalResults an eval step wrote (``folder``/results.json)."""
-    import numpy as np
-
-    from .evaluate import EvalResult
-
-    with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
-        rows = json.load(f)
-    return [EvalResult(r["name"], np.asarray(r["index"], np.int64),
-                       np.asarray(r["skill"], dtype=object), np.asarray(r["nll"]),
-                       np.asarray(r["exact"]),
-                       None if r.get("answer_p") is None else np.asarray(r["answer_p"]))
-            for r in rows]
-
-
 # --------------------------------------------------------------------------------------
-# the runner
-
-def _log(out, entry):
-    with open(os.path.join(out, RUN_LOG), "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-
+# run
 
 def run(recipe, *, workdir=None, quiet=False, say=None):
     """Run every step of ``recipe`` that is not already done. ``workdir`` overrides the
@@ -512,46 +360,3 @@ def run(recipe, *, workdir=None, quiet=False, say=None):
     steps = plan(r, quiet=quiet)
     run_steps(steps, out, say=say)
     return {s.name: s.out for s in steps}
-
-
-def _now():
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def run_steps(steps, log_dir, say=None):
-    """Run the steps not already done (see the module docstring), logging into log_dir."""
-    say = say or (lambda msg: LOG.info("%s", msg))
-    os.makedirs(log_dir, exist_ok=True)
-    for step in steps:
-        t0 = time.time()
-        marker = read_marker(step.out)
-        if marker and marker.get("fingerprint") == step.fingerprint:
-            _log(log_dir, {"time": _now(), "step": step.name, "status": "skipped",
-                           "seconds": 0.0, "fingerprint": step.fingerprint})
-            say(f"{step.name}: up to date, skipped")
-            continue
-        if os.path.lexists(step.out):
-            # interrupted (no marker) or made from other inputs: start it over
-            shutil.rmtree(step.out)
-        # a stage's own resume state (train's OUT.partial) is kept only for the same inputs
-        pending = step.out + ".pending.json"
-        if (read_marker_file(pending) or {}).get("fingerprint") != step.fingerprint:
-            shutil.rmtree(step.out + ".partial", ignore_errors=True)
-        os.makedirs(os.path.dirname(step.out), exist_ok=True)
-        with open(pending, "w", encoding="utf-8") as f:
-            json.dump({"step": step.name, "fingerprint": step.fingerprint}, f)
-        say(f"{step.name}: running")
-        _log(log_dir, {"time": _now(), "step": step.name, "status": "started",
-                       "fingerprint": step.fingerprint})
-        step.fn(step.out)
-        write_marker(step.out, step.name, step.fingerprint)
-        os.remove(pending)
-        dt = time.time() - t0
-        _log(log_dir, {"time": _now(), "step": step.name, "status": "ran",
-                       "seconds": round(dt, 3), "fingerprint": step.fingerprint})
-        say(f"{step.name}: done in {dt:.1f} s")
-
-
-def read_run_log(out):
-    with open(os.path.join(out, RUN_LOG), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -14,14 +14,13 @@ rows; to average over the global batch (and over gradient-accumulation steps), p
 let the data-parallel all-reduce sum the gradients (scale by the world size if your
 framework averages them).
 """
-import math
-
 import torch
 
 from . import _backend
-from .loss import TopK, loss_options
+from ._loss_common import (LM_WEIGHT, check_k, loss_options, shift_labels_into,
+                           sparse_present, sparse_rows, topk_buffers, topk_result)
 
-__all__ = ["FusionLoss", "fusion_loss", "causal_lm_fusion_loss", "hf_shift_labels",
+__all__ = ["LM_WEIGHT", "FusionLoss", "fusion_loss", "causal_lm_fusion_loss", "hf_shift_labels",
            "topk_and_ce", "check_errors"]
 
 
@@ -37,17 +36,9 @@ def _kernel_module(t):
 
 
 def _sparse(ids, values, n, name, device):
-    if ids is None and values is None:
+    if not sparse_present(ids, values, name):
         return None, None
-    if ids is None or values is None:
-        raise ValueError(f"{name}_ids and {name}_values go together")
-    if ids.shape != values.shape or ids.dim() < 1:
-        raise ValueError(f"{name}_ids {tuple(ids.shape)} and {name}_values "
-                         f"{tuple(values.shape)} must have the same shape [..., K]")
-    k = ids.shape[-1]
-    rows = math.prod(ids.shape[:-1])  # not reshape(-1, k): K = 0 leaves -1 undetermined
-    if rows != n:
-        raise ValueError(f"{name}_ids has {rows} rows, logits have {n}")
+    rows, k = sparse_rows(ids.shape, values.shape, n, name)
     ids = ids.detach().reshape(rows, k)
     if ids.dtype != torch.int32:
         limit = torch.iinfo(torch.int32)
@@ -125,7 +116,7 @@ class _FusionLossFunction(torch.autograd.Function):
 
 
 def fusion_loss(logits, labels, target_ids=None, target_values=None, *, fallback_ids=None,
-                fallback_values=None, lm_weight=0.9, temperature=1.0, kind="ce",
+                fallback_values=None, lm_weight=LM_WEIGHT, temperature=1.0, kind="ce",
                 reduction="mean", normalizer=None, ignore_index=-100, validate=True,
                 inplace=False, threads=0):
     """FuseChat's loss on torch tensors (CPU or CUDA), differentiable w.r.t. ``logits``.
@@ -168,7 +159,7 @@ def hf_shift_labels(labels, ignore_index=-100):
     """transformers' causal-LM shift without moving the logits: position t is labelled with
     the token at t+1 and the last position of each sequence with ignore_index (the same
     rows as ``logits[..., :-1, :]`` against ``labels[..., 1:]``, as ForCausalLMLoss does)."""
-    return torch.nn.functional.pad(labels[..., 1:], (0, 1), value=ignore_index)
+    return shift_labels_into(labels, torch.full_like(labels, ignore_index))
 
 
 def causal_lm_fusion_loss(logits, labels, target_ids=None, target_values=None, *,
@@ -189,10 +180,10 @@ def causal_lm_fusion_loss(logits, labels, target_ids=None, target_values=None, *
 
 
 class FusionLoss(torch.nn.Module):
-    """``nn.Module`` form: ``FusionLoss(lm_weight=0.9)(logits, labels, target_ids,
+    """``nn.Module`` form: ``FusionLoss(lm_weight=LM_WEIGHT)(logits, labels, target_ids,
     target_values)``. Holds the options; see :func:`fusion_loss`."""
 
-    def __init__(self, lm_weight=0.9, temperature=1.0, kind="ce", reduction="mean",
+    def __init__(self, lm_weight=LM_WEIGHT, temperature=1.0, kind="ce", reduction="mean",
                  ignore_index=-100, validate=True, inplace=False):
         super().__init__()
         loss_options(lm_weight, temperature, kind, reduction, None, ignore_index)  # check early
@@ -229,9 +220,7 @@ def topk_and_ce(logits, labels=None, k=10, *, seq_offsets=None, shift=False, ign
     lead = logits.shape[:-1]
     z = logits.detach().contiguous().reshape(-1, logits.shape[-1])
     n = z.shape[0]
-    k = int(k)
-    if not 1 <= k <= z.shape[1]:
-        raise ValueError(f"k = {k} must be in [1, V = {z.shape[1]}]")
+    k = check_k(k, z.shape[1])
     y = None
     if labels is not None:
         labels = labels.to(dev)
@@ -252,17 +241,14 @@ def topk_and_ce(logits, labels=None, k=10, *, seq_offsets=None, shift=False, ign
             raise ValueError(f"seq_offsets must rise from 0 to N = {n}")
         so = so.to(dev).contiguous()
     s = 0 if so is None else so.shape[0] - 1
-    ids = torch.empty(n, k, dtype=torch.int32, device=dev)
-    vals = torch.empty(n, k, dtype=torch.float32, device=dev)
-    tce = torch.empty(n, dtype=torch.float32, device=dev) if y is not None else None
-    sce = torch.empty(s, dtype=torch.float32, device=dev) if so is not None else None
-    shas = torch.empty(s, dtype=torch.uint8, device=dev) if so is not None else None
+    out = topk_buffers(lambda shape, dtype: torch.empty(shape, dtype=getattr(torch, dtype),
+                                                        device=dev),
+                       n, k, s, y is not None, so is not None)
     mod = _kernel_module(z)
     if dev.type == "cuda":
         with torch.cuda.device(dev):
-            mod.topk_ce(z, y, k, int(ignore_index), so, ids, vals, tce, sce, shas,
+            mod.topk_ce(z, y, k, int(ignore_index), so, *out,
                         torch.cuda.current_stream().cuda_stream)
     else:
-        mod.topk_ce(z, y, k, int(ignore_index), so, ids, vals, tce, sce, shas, threads)
-    return TopK(ids.reshape(*lead, k), vals.reshape(*lead, k),
-                None if tce is None else tce.reshape(lead), sce, shas)
+        mod.topk_ce(z, y, k, int(ignore_index), so, *out, threads)
+    return topk_result(*out, lead, k)

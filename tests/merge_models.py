@@ -10,7 +10,7 @@ HIDDEN, INTER, LAYERS, HEADS = 64, 96, 3, 4
 
 
 def llama_shapes(vocab, hidden=HIDDEN, inter=INTER, layers=LAYERS):
-    from fusechat.tiny_llama import llama_shapes as shapes_of
+    from fusechat.demo.tiny_llama import llama_shapes as shapes_of
 
     return shapes_of({"hidden_size": hidden, "intermediate_size": inter, "vocab_size": vocab,
                       "num_attention_heads": HEADS, "num_key_value_heads": HEADS,

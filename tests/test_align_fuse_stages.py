@@ -1,4 +1,4 @@
-"""The align and fuse stages (fusechat.align_stage, fusechat.fuse_stage, `fusechat align/fuse`)
+"""The align and fuse stages (fusechat.stages.align, fusechat.stages.fuse, `fusechat align/fuse`)
 on TopK stores written with TopKStoreWriter from tiny tokenizers' encodings of synthetic chat
 data. References: a direct per-sample computation with fusechat.align, the Python twin of
 the reference (tests/reference/align_ref.py), a NumPy MinCE and fusechat.fuse's AvgCE."""
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from fusechat import align as al
-from fusechat import demo_data, demo_models
-from fusechat.align_stage import align_stores
-from fusechat.chat import load_conversations, tokenize
+from fusechat.demo import data as demo_data, models as demo_models
+from fusechat.stages.align import align_stores
+from fusechat.stages.chat import load_conversations, tokenize
 from fusechat.cli import main
 from fusechat.fuse import SparseDists, avg_ce
-from fusechat.fuse_stage import fuse_stores
-from fusechat.store import TopKStore, TopKStoreWriter
+from fusechat.stages.fuse import fuse_stores
+from fusechat.stages.store import TopKStore, TopKStoreWriter
 from fusechat.vocab import Vocab
 from reference import align_ref as R
 
@@ -146,7 +146,7 @@ def test_counts_reused_and_key_checked(env, stores, tmp_path, caplog):
     for _ in range(50):
         c2.merge(extra)
     c2.save(cpath)
-    with caplog.at_level("INFO", logger="fusechat.align_stage"):
+    with caplog.at_level("INFO", logger="fusechat.stages.align"):
         align_stores(stores["piv"], stores["src"], tmp_path / "a2", counts_path=cpath, **kw)
     assert "reusing alignment counts" in caplog.text
     reused = al.AlignmentCounts.load(cpath)
@@ -360,8 +360,8 @@ def test_extract_align_fuse_tiny_models(tmp_path):
     """Two tiny models with different tokenizers (Llama + Metaspace BPE pivot, Qwen2 +
     byte-level BPE source, extracted in 2 parts): extract -> align -> fuse, and the fused
     store is what training opens (pivot fingerprint, pivot positions)."""
-    from fusechat.extract import extract, parse_shard
-    from fusechat.store import open_store
+    from fusechat.stages.extract import extract, parse_shard
+    from fusechat.stages.store import open_store
 
     records = demo_data.make_dataset(10, seed=8)
     paths = {}
@@ -411,7 +411,7 @@ def _run_stages(env, root):
     """Stores of the module's tokenizers written, aligned (MS map over DTW, and the
     same-vocabulary copy), fused (MinCE per sequence and per token, AvgCE) and collated;
     returns every output's samples and the collated batch."""
-    from fusechat.train import FusionCollator
+    from fusechat.stages.train import FusionCollator
 
     tr, toks, convs = env
     piv = write_store(root / "piv", toks["piv"], convs, 1, drop={3}, model="pivot")
@@ -443,7 +443,7 @@ def test_narrow_id_stores_give_the_results_of_i32_stores(env, tmp_path, monkeypa
     """The whole path on U16 stores (what 300-id vocabularies get) and on U24 stores (what
     Qwen-sized vocabularies get, forced here) against the same path with every store forced
     to I32 ids (format 1.0's layout, the reference)."""
-    from fusechat import store as store_mod
+    from fusechat.stages import store as store_mod
 
     with monkeypatch.context() as m:
         if narrow == "U24":

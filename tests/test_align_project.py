@@ -27,7 +27,7 @@ def digits_bpe():
     """A byte-level BPE with digits split one by one (Qwen2's pre-tokenizer) on real text."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from fusechat.demo_models import QWEN2_SPLIT
+    from fusechat.demo.models import QWEN2_SPLIT
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -43,7 +43,7 @@ def digits_bpe():
 
 @functools.lru_cache(maxsize=None)
 def demo_tokenizer(kind):
-    from fusechat.demo_models import train_tokenizer
+    from fusechat.demo.models import train_tokenizer
 
     return train_tokenizer(kind)
 
@@ -178,7 +178,8 @@ def test_twin_equals_c_random_ids_and_edited_texts():
 
 
 def demo_chats(n, tokenizer):
-    from fusechat import chat, demo_data
+    from fusechat.demo import data as demo_data
+    from fusechat.stages import chat
 
     convs, _ = chat.load_conversations(demo_data.make_dataset(n, seed=3))
     sep = chat.end_of_turn_token(tokenizer)

@@ -12,9 +12,9 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
 
 from fusechat import Vocab, align  # noqa: E402
-from fusechat.align_stage import align_stores, true_logprobs  # noqa: E402
+from fusechat.stages.align import align_stores, true_logprobs  # noqa: E402
 from fusechat.cli import main  # noqa: E402
-from fusechat.store import TopKStore, TopKStoreWriter  # noqa: E402
+from fusechat.stages.store import TopKStore, TopKStoreWriter  # noqa: E402
 from test_align_project import demo_chats, demo_tokenizer  # noqa: E402
 
 

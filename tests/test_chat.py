@@ -1,10 +1,11 @@
-"""Chat dataset loading, validation, templates and supervision masks (fusechat.chat)."""
+"""Chat dataset loading, validation, templates and supervision masks (fusechat.stages.chat)."""
 import json
 
 import numpy as np
 import pytest
 
-from fusechat import chat, demo_data, demo_models
+from fusechat.demo import data as demo_data, models as demo_models
+from fusechat.stages import chat
 from fusechat.errors import FormatError
 
 SHAREGPT = {"conversations": [{"from": "human", "value": "What is 2 + 3?"},

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from fusechat import chat, cli
+from fusechat import cli
+from fusechat.stages import chat
 from fusechat import safetensors as st
 from fusechat.errors import FormatError
 

@@ -16,9 +16,9 @@ pytest.importorskip("transformers")
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-from fusechat import demo_data, demo_models  # noqa: E402
-from fusechat.extract import extract  # noqa: E402
-from fusechat.store import open_store  # noqa: E402
+from fusechat.demo import data as demo_data, models as demo_models  # noqa: E402
+from fusechat.stages.extract import extract  # noqa: E402
+from fusechat.stages.store import open_store  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""fusechat.evaluate: the greedy answer is asked from the training tokenization's own prefix,
+"""fusechat.stages.evaluate: the greedy answer is asked from the training tokenization's own prefix,
 and the demo's model folders load back with the tokenizer they were trained with."""
 import numpy as np
 import pytest
@@ -6,8 +6,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from fusechat import chat, demo, demo_data, demo_models  # noqa: E402
-from fusechat.evaluate import answer_start, evaluate  # noqa: E402
+from fusechat.demo import data as demo_data, models as demo_models, run as demo  # noqa: E402
+from fusechat.stages import chat  # noqa: E402
+from fusechat.stages.evaluate import answer_start, evaluate  # noqa: E402
 
 ARITH = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
                        {"role": "assistant", "content": str(a + b)}]}
@@ -70,7 +71,7 @@ def test_a_model_that_learned_its_answers_scores_exact():
     np.testing.assert_allclose(res.answer_p, np.exp(-res.nll * np.array(n_sup)), rtol=1e-4)
     assert np.all(res.answer_p > 0.5)
     # with two right answers it is the sum of both answers' probabilities
-    from fusechat.evaluate import answer_set_probability
+    from fusechat.stages.evaluate import answer_set_probability
     other = str(int(convs[0].turns[-1][1]) + 1)
     both = answer_set_probability(model, tok, convs[0], [convs[0].turns[-1][1], other],
                                   sep="</s>")
@@ -116,7 +117,7 @@ def test_answer_set_probability_is_a_probability(kind):
     sum to at most 1, also where the tokenizer puts the space before some answers in an
     unsupervised piece of its own (Unigram: "▁", "Bra"); and the sum over one answer is
     that answer's probability."""
-    from fusechat.evaluate import answer_set_probability
+    from fusechat.stages.evaluate import answer_set_probability
 
     tok = demo_models.train_tokenizer(kind)
     arch = {"byte_level": "qwen2", "metaspace": "llama", "unigram": "gpt2"}[kind]

@@ -11,12 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from fusechat import chat, demo_data, demo_models  # noqa: E402
+from fusechat.demo import data as demo_data, models as demo_models  # noqa: E402
+from fusechat.stages import chat  # noqa: E402
 from fusechat.cli import build_parser, main, train_extra_args  # noqa: E402
 from fusechat.errors import FormatError  # noqa: E402
-from fusechat.extract import extract, parse_shard, shard_range, tokenizer_fingerprint  # noqa: E402
-from fusechat.store import TopKStore, open_store, part_name  # noqa: E402
-from fusechat.train import FusionCollator, FusionTrainer, train, training_arguments  # noqa: E402
+from fusechat.stages.extract import extract, parse_shard, shard_range, tokenizer_fingerprint  # noqa: E402
+from fusechat.stages.store import TopKStore, open_store, part_name  # noqa: E402
+from fusechat.stages.train import FusionCollator, FusionTrainer, train, training_arguments  # noqa: E402
 
 N_RECORDS = 25
 

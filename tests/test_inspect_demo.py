@@ -1,4 +1,4 @@
-"""`fusechat inspect` and the tiny Llama checkpoint (fusechat.tiny_llama)."""
+"""`fusechat inspect` and the tiny Llama checkpoint (fusechat.demo.tiny_llama)."""
 import json
 import os
 import struct
@@ -8,7 +8,7 @@ import pytest
 
 from fusechat import cli
 from fusechat import safetensors as st
-from fusechat.tiny_llama import (TINY_LLAMA, build_tiny_llama, llama_shapes, round_trip,
+from fusechat.demo.tiny_llama import (TINY_LLAMA, build_tiny_llama, llama_shapes, round_trip,
                                  write_checkpoint)
 from st_files import entry, write
 

@@ -193,7 +193,7 @@ def test_exception_mid_merge_leaves_nothing(zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(zoo)
     before = digest(zoo / "fam")
     calls = {"n": 0}
-    real = engine.merge_tensors
+    real = engine.merge_kernel
 
     def failing(*a, **k):
         calls["n"] += 1
@@ -201,7 +201,7 @@ def test_exception_mid_merge_leaves_nothing(zoo, tmp_path, monkeypatch):
             raise RuntimeError("injected failure")
         return real(*a, **k)
 
-    monkeypatch.setattr(engine, "merge_tensors", failing)
+    monkeypatch.setattr(engine, "merge_kernel", failing)
     with pytest.raises(RuntimeError, match="injected"):
         run(os.path.join(EXAMPLES, "fusechat-sce.yml"), tmp_path / "out", quiet=True)
     assert os.listdir(tmp_path) == []

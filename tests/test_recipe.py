@@ -13,9 +13,10 @@ import yaml
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from fusechat import cli, demo_data, demo_models, recipe  # noqa: E402
+from fusechat import cli, recipe, runner  # noqa: E402
+from fusechat.demo import data as demo_data, models as demo_models  # noqa: E402
 from fusechat.errors import ConfigError, FormatError  # noqa: E402
-from fusechat.store import open_store  # noqa: E402
+from fusechat.stages.store import open_store  # noqa: E402
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "examples")
@@ -87,7 +88,7 @@ def test_tiny_recipe_runs_then_resumes_after_an_interruption(tiny_inputs, tmp_pa
         assert f"fidelity of {os.path.join(clean, 'aligned', src)}: " in captured.err
     for model in ("pivot", "sft", "target-qwen2", "target-gpt2", "fused"):
         assert f"\n{model} " in table
-    log = recipe.read_run_log(clean)
+    log = runner.read_run_log(clean)
     assert [e["step"] for e in log if e["status"] == "ran"] == STEPS
     # the stages' outputs are what they claim: stores with the pivot's tokenizer after
     # alignment and fusion, HF model folders that load
@@ -115,11 +116,11 @@ def test_tiny_recipe_runs_then_resumes_after_an_interruption(tiny_inputs, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         recipe.run(path, workdir=resumed, quiet=True)
     before = outputs(resumed)
-    assert not os.path.exists(os.path.join(resumed, "models", "fused", recipe.MARKER))
-    n_first = len(recipe.read_run_log(resumed))
+    assert not os.path.exists(os.path.join(resumed, "models", "fused", runner.MARKER))
+    n_first = len(runner.read_run_log(resumed))
     monkeypatch.setattr(merge, "run", real_merge)
     recipe.run(path, workdir=resumed, quiet=True)
-    log = recipe.read_run_log(resumed)
+    log = runner.read_run_log(resumed)
     second = log[n_first:]
     assert [e["step"] for e in second if e["status"] == "skipped"] == STEPS[:11]
     assert [e["step"] for e in second if e["status"] == "ran"] == ["merge", "eval"]
@@ -135,7 +136,7 @@ def test_tiny_recipe_runs_then_resumes_after_an_interruption(tiny_inputs, tmp_pa
     text = open(path).read().replace("select_topk: 0.1", "select_topk: 0.5")
     open(path, "w").write(text)
     recipe.run(path, workdir=resumed, quiet=True)
-    third = recipe.read_run_log(resumed)[len(log):]
+    third = runner.read_run_log(resumed)[len(log):]
     assert [e["step"] for e in third if e["status"] == "ran"] == ["merge", "eval"]
 
 
@@ -155,7 +156,7 @@ def test_recipe_with_training_seeds_baselines_and_a_held_out_file(tiny_inputs, t
     """train.seed as a list trains every model once per seed ("name@seed"); baseline.datasets
     adds an SFT baseline on its own data; dataset.eval_path is the held-out set; merge.sources
     picks the merged targets; train.temperature reaches the trainer."""
-    from fusechat.recipe import load_results
+    from fusechat.stages.evaluate import load_results
 
     models = tiny_inputs / "tiny-models"
     gold = tmp_path / "gold.jsonl"
@@ -174,7 +175,7 @@ def test_recipe_with_training_seeds_baselines_and_a_held_out_file(tiny_inputs, t
          "eval": {"baseline": "sft-gold", "max_new_tokens": 2},
          "output": str(tmp_path / "out")}
     out = recipe.run(r, quiet=True)
-    ran = [e["step"] for e in recipe.read_run_log(str(tmp_path / "out")) if e["status"] == "ran"]
+    ran = [e["step"] for e in runner.read_run_log(str(tmp_path / "out")) if e["status"] == "ran"]
     for seed in (3, 4):
         for step in (f"train/qwen2@{seed}", f"train/gpt2@{seed}", f"train/sft@{seed}",
                      f"train/sft-gold@{seed}", f"merge@{seed}"):
@@ -274,7 +275,7 @@ def test_bad_records_name_their_index_or_are_skipped(tiny_inputs, tmp_path, bad,
 
 
 def test_demo_quick_prints_the_table(tmp_path, capsys):
-    from fusechat import demo
+    from fusechat.demo import run as demo
 
     assert cli.main(["-q", "demo", "--quick", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -314,7 +315,7 @@ def test_demo_quick_prints_the_table(tmp_path, capsys):
         assert not (tmp_path / "demo.png").exists()
     # a rerun reuses every step
     assert cli.main(["-q", "demo", "--quick", "--workdir", str(tmp_path)]) == 0
-    log = recipe.read_run_log(str(tmp_path / "pipeline"))
+    log = runner.read_run_log(str(tmp_path / "pipeline"))
     runs = [e for e in log if e["status"] in ("ran", "skipped")]
     assert {e["status"] for e in runs[len(runs) // 2:]} == {"skipped"}
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fusechat.stats import bootstrap_ci, paired_bootstrap, seed_item_bootstrap
+from fusechat.stages.stats import bootstrap_ci, paired_bootstrap, seed_item_bootstrap
 
 
 def test_bootstrap_ci_matches_normal_approximation():

@@ -8,7 +8,7 @@ import pytest
 
 from fusechat import safetensors as st
 from fusechat.errors import FormatError
-from fusechat.store import TopKStore, TopKStoreWriter
+from fusechat.stages.store import TopKStore, TopKStoreWriter
 
 
 def random_samples(n, k, seed=0, vocab=500):
@@ -322,7 +322,7 @@ def write_v1_0_store(path, samples, k):
 
 
 def test_format_1_0_store_still_opens(tmp_path):
-    from fusechat.store import open_store, part_name
+    from fusechat.stages.store import open_store, part_name
 
     samples = padded_samples(6, k=4, vocab=300)
     write_v1_0_store(tmp_path / "old", samples, k=4)

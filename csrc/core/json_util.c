@@ -1,4 +1,5 @@
-/* json_util.c - checked JSON intake over cJSON (see json_util.h). */
+/* json_util.c - checked JSON intake over cJSON, and the JSON text builder of the writers
+ * (see json_util.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,4 +167,46 @@ int fc_json_scan_numbers(const char *buf, size_t len, size_t *bad_at) {
         i = j - 1;
     }
     return 1;
+}
+
+/* ---- writing ---- */
+
+void fc_json_buf_put(fc_json_buf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) { b->oom = 1; return; }
+        b->s = p;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+void fc_json_buf_str(fc_json_buf *b, const char *s) { fc_json_buf_put(b, s, strlen(s)); }
+
+void fc_json_buf_u64(fc_json_buf *b, uint64_t v) {
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
+    fc_json_buf_put(b, tmp, (size_t)n);
+}
+
+void fc_json_buf_string(fc_json_buf *b, const char *s) {
+    fc_json_buf_put(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            fc_json_buf_put(b, e, 2);
+        } else if (c < 0x20) {
+            char e[8];
+            snprintf(e, sizeof e, "\\u%04x", c);
+            fc_json_buf_put(b, e, 6);
+        } else
+            fc_json_buf_put(b, s, 1);
+    }
+    fc_json_buf_put(b, "\"", 1);
 }

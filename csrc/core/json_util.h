@@ -1,5 +1,6 @@
 /* json_util.h - checked JSON intake over cJSON for untrusted files (safetensors headers and
- * indexes, tokenizer.json, configs). Internal to the core (not part of the public API).
+ * indexes, tokenizer.json, configs), and a string builder for the JSON we write (safetensors
+ * headers and indexes). Internal to the core (not part of the public API).
  *
  * cJSON's sharp edges this covers (see shared/style.md section 5): it does not check UTF-8,
  * needs NUL termination unless given a length, ignores what follows the value, keeps
@@ -39,5 +40,21 @@ int fc_json_uint(const cJSON *item, uint64_t *out);
  * Returns 1 if all are, else 0 with *bad_at at the first offending token. Used where the
  * number text must be exact before cJSON turns it into a double. */
 int fc_json_scan_numbers(const char *buf, size_t len, size_t *bad_at);
+
+/* ---- writing: a growing NUL-terminated string for JSON text (safetensors headers and
+ * indexes). Appends after an allocation failure are dropped and set oom; the caller checks
+ * oom once at the end and frees s. Start from {0}. */
+typedef struct {
+    char  *s;
+    size_t len, cap;
+    int    oom;
+} fc_json_buf;
+
+void fc_json_buf_put(fc_json_buf *b, const char *s, size_t n);
+void fc_json_buf_str(fc_json_buf *b, const char *s);    /* s verbatim */
+void fc_json_buf_u64(fc_json_buf *b, uint64_t v);       /* decimal */
+/* A JSON string literal: quotes, backslash and control characters (\u00XX) escaped; other
+ * bytes (UTF-8 included) verbatim. */
+void fc_json_buf_string(fc_json_buf *b, const char *s);
 
 #endif

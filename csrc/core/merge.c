@@ -1,53 +1,8 @@
-/* merge.c - fc_merge_tensor: argument checks, defaults and dispatch to the kernels. */
-#include <math.h>
-#include <stdatomic.h>
-#include <string.h>
+/* merge.c - fc_merge_tensor: argument checks (arity and parameters from the method table,
+ * merge_methods.c) and dispatch to the kernels. */
+#include <stdio.h>
 
 #include "merge_internal.h"
-
-static const char *const method_names[FC_MERGE_METHOD_COUNT] = {
-    "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-    "breadcrumbs_ties", "della", "della_linear", "sce", "varm", "slerp", "nuslerp",
-    "multislerp", "karcher", "model_stock", "nearswap", "passthrough", "ram", "ramplus_tl",
-};
-
-int fc_merge_method_from_name(const char *name) {
-    for (int i = 0; name && i < FC_MERGE_METHOD_COUNT; i++)
-        if (strcmp(name, method_names[i]) == 0) return i;
-    return -1;
-}
-
-const char *fc_merge_method_name(fc_merge_method m) {
-    return (unsigned)m < FC_MERGE_METHOD_COUNT ? method_names[m] : NULL;
-}
-
-void fc_merge_model_params_init(fc_merge_model_params *mp) {
-    mp->weight = 1.0;
-    mp->density = 1.0;
-    mp->gamma = 0.01;
-    mp->epsilon = 0.15;
-    mp->scale = 1.0;
-}
-
-void fc_merge_params_init(fc_merge_params *p, fc_merge_method m) {
-    memset(p, 0, sizeof *p);
-    p->method = m;
-    p->normalize = m == FC_MERGE_LINEAR || m == FC_MERGE_TIES || m == FC_MERGE_DELLA;
-    p->rescale = m == FC_MERGE_DARE_TIES || m == FC_MERGE_DARE_LINEAR || m == FC_MERGE_DELLA ||
-                 m == FC_MERGE_DELLA_LINEAR;
-    p->lambda = 1.0;
-    p->select_topk = 1.0;
-    p->mask_deltas = 1;
-    p->t = 0.5;
-    p->nuslerp_flatten = 1;
-    p->normalize_weights = 1;
-    p->eps = 1e-8;
-    p->max_iter = 10;
-    p->tol = 1e-5;
-    p->active_eps = 1e-5;
-    p->r = 0.1;
-    p->alpha = 0.2;
-}
 
 /* ---- instruction set of the hot kernels ---- */
 
@@ -60,132 +15,32 @@ extern const mg_kernels mg_kernels_avx2, mg_kernels_avx512;
 #define HAVE_ISA_BUILDS 0
 #endif
 
-enum { ISA_AUTO, ISA_PORTABLE, ISA_AVX2, ISA_AVX512, ISA_COUNT };
-static const char *const isa_names[ISA_COUNT] = {"auto", "portable", "avx2", "avx512"};
-static atomic_int isa_choice = ISA_AUTO;
-
-static int cpu_has(int isa) {
+/* the build ctx uses: the one chosen, or with "auto" the widest the CPU has */
+static const mg_kernels *kernels_of(const fc_merge_ctx *ctx) {
 #if HAVE_ISA_BUILDS
-    if (isa == ISA_AVX2) return __builtin_cpu_supports("avx2");
-    if (isa == ISA_AVX512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx2");
-#endif
-    return isa == ISA_AUTO || isa == ISA_PORTABLE;
-}
-
-int fc_merge_set_isa(const char *name) {
-    for (int c = 0; name && c < ISA_COUNT; c++)
-        if (strcmp(name, isa_names[c]) == 0) {
-            if (!cpu_has(c)) return -1;
-            atomic_store(&isa_choice, c);
-            return 0;
-        }
-    return -1;
-}
-
-/* the build in use: the one chosen, or with "auto" the widest the CPU has */
-static int isa_now(void) {
-    int c = atomic_load(&isa_choice);
-    if (c != ISA_AUTO) return c;
-    return cpu_has(ISA_AVX512) ? ISA_AVX512 : cpu_has(ISA_AVX2) ? ISA_AVX2 : ISA_PORTABLE;
-}
-
-const char *fc_merge_isa(void) { return isa_names[isa_now()]; }
-
-static const mg_kernels *kernels_now(void) {
-#if HAVE_ISA_BUILDS
-    switch (isa_now()) {
-    case ISA_AVX2: return &mg_kernels_avx2;
-    case ISA_AVX512: return &mg_kernels_avx512;
+    switch (mg_ctx_isa(ctx)) {
+    case MG_ISA_AVX2: return &mg_kernels_avx2;
+    case MG_ISA_AVX512: return &mg_kernels_avx512;
     default: break;
     }
 #endif
     return &portable;
 }
 
-static int is_gta(fc_merge_method m) {
-    return m >= FC_MERGE_TASK_ARITHMETIC && m <= FC_MERGE_DELLA_LINEAR;
-}
-
-/* Which inputs each method takes: base 0 = none, 1 = required, 2 = optional;
- * [min, max] non-base inputs (max -1 = any). */
-static void method_arity(fc_merge_method m, int *base, int *lo, int *hi) {
-    *base = 1, *lo = 0, *hi = -1;
-    switch (m) {
-    case FC_MERGE_LINEAR: *base = 0, *lo = 1; break;
-    case FC_MERGE_KARCHER: *base = 0, *lo = 1; break;
-    case FC_MERGE_PASSTHROUGH: *base = 0, *lo = 1, *hi = 1; break;
-    case FC_MERGE_SLERP: *lo = 1, *hi = 1; break;
-    case FC_MERGE_NUSLERP: *base = 2, *lo = 2, *hi = 2; break;
-    case FC_MERGE_MULTISLERP: *base = 2, *lo = 1; break;
-    case FC_MERGE_MODEL_STOCK: *lo = 2; break;
-    case FC_MERGE_NEARSWAP: *lo = 1, *hi = 1; break;
-    default: break;
-    }
-}
-
-static fc_status check_params(const fc_merge_params *p, int n, fc_error *err) {
-    const char *name = method_names[p->method];
-    for (int i = 0; i < n; i++) {
-        const fc_merge_model_params *mp = &p->models[i];
-        if (!isfinite(mp->weight) || !isfinite(mp->scale))
-            return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
-                                     "%s: model %d: weight and scale must be finite", name, i);
-        int sparsifies = p->method != FC_MERGE_TASK_ARITHMETIC && is_gta(p->method);
-        if (sparsifies && !(mp->density > 0.0 && mp->density <= 1.0))
-            return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
-                                     "%s: model %d: density %g is outside (0, 1]", name, i,
-                                     mp->density);
-        if ((p->method == FC_MERGE_BREADCRUMBS || p->method == FC_MERGE_BREADCRUMBS_TIES) &&
-            !(mp->gamma >= 0.0 && mp->gamma < 1.0))
-            return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
-                                     "%s: model %d: gamma %g is outside [0, 1)", name, i, mp->gamma);
-        if ((p->method == FC_MERGE_DELLA || p->method == FC_MERGE_DELLA_LINEAR) &&
-            mp->density < 1.0 &&
-            !(mp->epsilon >= 0.0 && mp->density - mp->epsilon > 0.0 &&
-              mp->density + mp->epsilon < 1.0))
-            return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
-                                     "%s: model %d: epsilon %g too large for density %g: "
-                                     "density - epsilon and density + epsilon must lie in (0, 1)",
-                                     name, i, mp->epsilon, mp->density);
-    }
-    if ((p->method == FC_MERGE_SLERP || p->method == FC_MERGE_NEARSWAP) && !isfinite(p->t))
-        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter", "%s: t must be finite", name);
-    if (p->method == FC_MERGE_KARCHER && (p->max_iter < 0 || !(p->tol > 0)))
-        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
-                                 "karcher: max_iter must be >= 0 and tol > 0");
-    if (p->method == FC_MERGE_MULTISLERP && !(p->eps >= 0))
-        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter", "multislerp: eps must be >= 0");
-    if (is_gta(p->method) && (p->rescale_norm < FC_RESCALE_L1 || p->rescale_norm > FC_RESCALE_LINF))
-        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
-                                 "%s: rescale_norm %d is not l1 (0), l2 (1) or linf (2)", name,
-                                 p->rescale_norm);
-    if ((p->method == FC_MERGE_RAM || p->method == FC_MERGE_RAMPLUS_TL) &&
-        !(p->active_eps >= 0 && isfinite(p->r) && p->alpha >= 0 && isfinite(p->alpha)))
-        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
-                                 "%s: epsilon and alpha must be >= 0 and r finite", name);
-    if (!isfinite(p->lambda) || !isfinite(p->select_topk))
-        return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "bad_parameter",
-                                 "%s: lambda and select_topk must be finite", name);
-    return FC_OK;
-}
-
-fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype base_dt,
-                          const void *const *inputs, const fc_dtype *input_dts, int n, int ndim,
-                          const int64_t *shape, void *out, fc_dtype out_dt, int nthreads,
-                          fc_error *err) {
+fc_status fc_merge_tensor(fc_merge_ctx *ctx, const fc_merge_params *p, const void *base,
+                          fc_dtype base_dt, const void *const *inputs, const fc_dtype *input_dts,
+                          int n, int ndim, const int64_t *shape, void *out, fc_dtype out_dt,
+                          int nthreads, fc_error *err) {
     fc_error_clear(err);
     if (!p || (unsigned)p->method >= FC_MERGE_METHOD_COUNT)
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "unknown_method", "unknown merge method %d",
                                  p ? (int)p->method : -1);
-    const char *name = method_names[p->method];
-    int want_base, lo, hi;
-    method_arity(p->method, &want_base, &lo, &hi);
-    if (want_base == 1 && !base)
+    const fc_merge_method_info *mi = fc_merge_method_info_of(p->method);
+    const char *name = mi->name;
+    int want_base = mi->base, lo = mi->min_models, hi = mi->max_models;
+    if (want_base == FC_MERGE_BASE_REQUIRED && !base)
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "base_required", "%s needs a base model", name);
-    if (want_base == 0 && base)
+    if (want_base == FC_MERGE_BASE_NONE && base)
         return fc_error_set_rule(err, FC_ERR_VALUE, NULL, "base_not_used",
                                  "%s takes no base model (pass it as one more input)", name);
     if (n < lo || (hi >= 0 && n > hi)) {
@@ -215,15 +70,24 @@ fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype b
         if (!fc_dtype_is_float(input_dts[i]) || (!inputs[i] && numel > 0))
             return fc_error_set_rule(err, FC_ERR_TYPE, NULL, "bad_dtype",
                                      "%s: input %d must be an F16, BF16, F32 or F64 tensor", name, i);
-    fc_status st = check_params(p, n, err);
+    int bad;
+    fc_status st = fc_merge_check_params(p, n, &bad, err);
+    if (st != FC_OK && err) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        if (bad >= 0)
+            fc_error_set_rule(err, st, NULL, "bad_parameter", "%s: model %d: %s", name, bad, why);
+        else
+            fc_error_set_rule(err, st, NULL, "bad_parameter", "%s: %s", name, why);
+    }
     if (st != FC_OK || numel == 0) return st;
     mg_tensor t = {p, n, base, base_dt, inputs, input_dts, numel, 1, numel, ndim, out, out_dt,
-                   nthreads, err};
+                   nthreads, err, ctx};
     if (ndim >= 2 && shape[ndim - 1] > 0) {
         t.cols = shape[ndim - 1];
         t.rows = numel / t.cols;
     }
-    const mg_kernels *k = kernels_now();
+    const mg_kernels *k = kernels_of(ctx);
     switch (p->method) {
     case FC_MERGE_LINEAR: st = mg_merge_linear(&t); break;
     case FC_MERGE_SCE: st = n ? k->sce(&t) : k->combine(&t, MG_FLAT, (float[]){1.0f}); break;

@@ -86,7 +86,7 @@ static fc_status blocks_worker(void *vctx, int64_t w0, int64_t w1) {
     (void)w0;
     (void)w1;
     blocks_ctx *c = (blocks_ctx *)vctx;
-    float *scratch = mg_buffer_take((c->scratch_floats ? c->scratch_floats : 1) * sizeof(float));
+    float *scratch = mg_buffer_take(c->t->ctx, (c->scratch_floats ? c->scratch_floats : 1) * sizeof(float));
     if (!scratch) {
         atomic_store(&c->failed, 1);
         return FC_ERR_NOMEM;
@@ -100,7 +100,7 @@ static fc_status blocks_worker(void *vctx, int64_t w0, int64_t w1) {
         st = c->fn(c->t, c->user, begin, len, scratch, b);
     }
     if (st != FC_OK) atomic_store(&c->failed, 1);
-    mg_buffer_give(scratch);
+    mg_buffer_give(c->t->ctx, scratch);
     return st;
 }
 

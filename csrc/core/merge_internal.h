@@ -21,6 +21,7 @@ typedef struct mg_tensor {
     fc_dtype out_dt;
     int nthreads;
     fc_error *err;
+    fc_merge_ctx *ctx;           /* the caller's context (merge_ctx.c); NULL: the defaults */
 } mg_tensor;
 
 /* Convert elements [begin, begin + n) of src to float32. */
@@ -64,18 +65,22 @@ static inline double *mg_doubles_at(float *scratch, size_t off) {
 double mg_dot(const float *a, const float *b, int64_t len);   /* sum a[k] * b[k] */
 double mg_sum_abs(const float *a, int64_t len);                /* sum |a[k]| */
 
-/* Big uninitialised buffers, reused between tensors while fc_merge_keep_buffers(1) is in
- * force (merge_buffers.c); take returns NULL when out of memory. */
-void *mg_buffer_take(size_t bytes);
-void  mg_buffer_give(void *p);
+/* Big uninitialised buffers, reused between the tensors merged with a context while
+ * fc_merge_ctx_keep_buffers(ctx, 1) is in force (merge_ctx.c; ctx NULL: plain malloc and
+ * free); take returns NULL when out of memory. */
+void *mg_buffer_take(fc_merge_ctx *ctx, size_t bytes);
+void  mg_buffer_give(fc_merge_ctx *ctx, void *p);
 
-/* fc_select_topk computing the keys once with fn, fused with its first histogram pass, into
- * store[n]: its later passes and the caller read them there (select.c). */
-fc_status mg_select_topk_store(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint32_t *store,
-                               int nthreads, fc_topk *out, fc_error *err);
+/* fc_select_topk with its histogram buffers taken from (and kept in) pool (select.c). */
+fc_status mg_select_topk(fc_merge_ctx *pool, int64_t n, int64_t k, fc_key_fn fn, void *ctx,
+                         int nthreads, fc_topk *out, fc_error *err);
+/* mg_select_topk computing the keys once with fn, fused with its first histogram pass, into
+ * store[n]: its later passes and the caller read them there. */
+fc_status mg_select_topk_store(fc_merge_ctx *pool, int64_t n, int64_t k, fc_key_fn fn, void *ctx,
+                               uint32_t *store, int nthreads, fc_topk *out, fc_error *err);
 /* Only the key of the k-th largest of keys[n] (no pass for the cut among its ties). */
-fc_status mg_select_topk_key(int64_t n, int64_t k, const uint32_t *keys, int nthreads,
-                             uint32_t *key, fc_error *err);
+fc_status mg_select_topk_key(fc_merge_ctx *pool, int64_t n, int64_t k, const uint32_t *keys,
+                             int nthreads, uint32_t *key, fc_error *err);
 
 /* Sampling a threshold (merge_sample.c): the streaming top-k of TIES and SCE guesses a band
  * of keys holding the k-th largest from a sample of the keys, decides everything outside
@@ -97,10 +102,14 @@ void mg_sample_band(const uint32_t *sorted, int64_t size, double rank, double sd
                     uint32_t *mid, uint32_t *hi);
 /* The fraction of the sample inside [lo, hi]. */
 double mg_sample_fraction(const uint32_t *sorted, int64_t size, uint32_t lo, uint32_t hi);
-/* Whether the streaming paths are on (fc_merge_set_streaming). */
-int mg_streaming(void);
-/* Counts a streaming attempt that finished the tensor (1) or fell back (0). */
-void mg_stream_outcome(int streamed);
+/* Whether the streaming paths are on in t's context (fc_merge_ctx_set_streaming). */
+int mg_streaming(const mg_tensor *t);
+/* Counts, in t's context, a streaming attempt that finished the tensor (1) or fell back (0). */
+void mg_stream_outcome(const mg_tensor *t, int streamed);
+
+/* The instruction sets of the hot kernels; mg_ctx_isa: the one ctx uses (never AUTO). */
+enum { MG_ISA_AUTO, MG_ISA_PORTABLE, MG_ISA_AVX2, MG_ISA_AVX512, MG_ISA_COUNT };
+int mg_ctx_isa(const fc_merge_ctx *ctx);
 
 /* Allocation helpers that report NOMEM through t->err. */
 void *mg_calloc(const mg_tensor *t, size_t count, size_t size);
@@ -120,7 +129,7 @@ fc_status mg_merge_karcher(const mg_tensor *t);
 fc_status mg_merge_ram(const mg_tensor *t);       /* merge_ram.c: ram, ramplus_tl */
 
 /* The hot kernels of one build: portable (merge.c), AVX2 or AVX-512 (merge_avx2.c,
- * merge_avx512.c; x86-64 only). merge.c picks one per call (fc_merge_set_isa). */
+ * merge_avx512.c; x86-64 only). merge.c picks one per call (fc_merge_ctx_set_isa). */
 typedef struct mg_kernels {
     fc_status (*gta)(const mg_tensor *t);
     fc_status (*sce)(const mg_tensor *t);

@@ -1,7 +1,8 @@
 /* merge_isa_build.h - the body of merge_avx2.c and merge_avx512.c: the hot merge kernels
- * (merge_common.c, merge_gta.c, merge_sce.c, select.c) compiled once more for the
- * instruction set MG_ISA_TARGET, their external names suffixed with MG_ISA_SUFFIX
- * (merge_isa.h), and a kernel table MG_ISA(mg_kernels) for merge.c to choose at run time.
+ * (merge_common.c, merge_gta.c, merge_gta_stream.c, merge_sce.c, select.c) compiled once
+ * more for the instruction set MG_ISA_TARGET, their external names suffixed with
+ * MG_ISA_SUFFIX (merge_isa.h), and a kernel table MG_ISA(mg_kernels) for merge.c to choose
+ * at run time.
  *
  * The sources are the same; only the compiler's instruction choice differs, so the results
  * are the same bytes: the build is ISO C11 (-std=c11, hence -ffp-contract=off: no fused
@@ -27,6 +28,7 @@ MG_TARGET_PRAGMA(MG_ISA_TARGET)
 
 #include "merge_common.c"
 #include "merge_gta.c"
+#include "merge_gta_stream.c"
 #include "merge_sce.c"
 #include "select.c"
 

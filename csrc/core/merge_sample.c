@@ -8,7 +8,6 @@
  * When the band misses (the callers check with exact counts), they fall back to the exact
  * multi-pass path, so the result never depends on the sample, only the speed does. */
 #include <math.h>
-#include <stdatomic.h>
 #include <string.h>
 
 #include "merge_internal.h"
@@ -59,19 +58,4 @@ double mg_sample_fraction(const uint32_t *sorted, int64_t size, uint32_t lo, uin
     int64_t in = 0;
     for (int64_t i = 0; i < size; i++) in += sorted[i] >= lo && sorted[i] <= hi;
     return (double)in / (double)size;
-}
-
-static atomic_int streaming_on = 1;
-
-void fc_merge_set_streaming(int on) { atomic_store(&streaming_on, on != 0); }
-
-int mg_streaming(void) { return atomic_load(&streaming_on); }
-
-static atomic_int_fast64_t outcomes[2]; /* tensors merged in one pass, by the exact passes */
-
-void mg_stream_outcome(int streamed) { atomic_fetch_add(&outcomes[streamed ? 0 : 1], 1); }
-
-void fc_merge_stream_counts(int64_t *streamed, int64_t *fell_back) {
-    *streamed = (int64_t)atomic_load(&outcomes[0]);
-    *fell_back = (int64_t)atomic_load(&outcomes[1]);
 }

@@ -349,7 +349,7 @@ static int sce_cands_open(const mg_tensor *t, sce_cands *cd, int64_t nblocks) {
     if ((double)cd->cap * (double)rec > SCE_STREAM_MAX_BYTES) return 0;
     cd->first = malloc((size_t)nblocks * sizeof(int64_t));
     cd->count = malloc((size_t)nblocks * sizeof(int64_t));
-    cd->d = mg_buffer_take((size_t)cd->cap * rec + 16);
+    cd->d = mg_buffer_take(t->ctx, (size_t)cd->cap * rec + 16);
     if (!cd->first || !cd->count || !cd->d) return 0;
     cd->key = (uint32_t *)(void *)(cd->d + (size_t)cd->cap * t->n);
     cd->rel = (uint16_t *)(void *)(cd->key + cd->cap);
@@ -358,10 +358,10 @@ static int sce_cands_open(const mg_tensor *t, sce_cands *cd, int64_t nblocks) {
     return 1;
 }
 
-static void sce_cands_close(sce_cands *cd) {
+static void sce_cands_close(const mg_tensor *t, sce_cands *cd) {
     free(cd->first);
     free(cd->count);
-    mg_buffer_give(cd->d);
+    mg_buffer_give(t->ctx, cd->d);
 }
 
 /* The exact top-k of the tensor from the candidates into c->top (by element index);
@@ -371,13 +371,13 @@ static int sce_cands_select(const mg_tensor *t, sce_ctx *c, int64_t nblocks, int
     const sce_cands *cd = c->cand;
     int64_t ncand = atomic_load(&cd->used);
     if (ncand < k) return 0; /* the k-th largest key is below lo */
-    uint32_t *keys = mg_buffer_take((size_t)ncand * sizeof(uint32_t) + 4); /* element order */
+    uint32_t *keys = mg_buffer_take(t->ctx, (size_t)ncand * sizeof(uint32_t) + 4); /* element order */
     if (!keys) return 0;
     for (int64_t b = 0, pos = 0; b < nblocks; pos += cd->count[b++])
         memcpy(keys + pos, cd->key + cd->first[b], (size_t)cd->count[b] * sizeof(uint32_t));
     fc_topk top;
-    *st = fc_select_topk(ncand, k, NULL, keys, t->nthreads, &top, t->err);
-    mg_buffer_give(keys);
+    *st = mg_select_topk(t->ctx, ncand, k, NULL, keys, t->nthreads, &top, t->err);
+    mg_buffer_give(t->ctx, keys);
     if (*st != FC_OK) return 0;
     c->top.key = top.key;
     c->top.cut = t->numel; /* top.cut == ncand: every tied candidate is kept */
@@ -412,7 +412,7 @@ static fc_status sce_stream(const mg_tensor *t, sce_ctx *c, int64_t nblocks, int
         st = mg_for_blocks(t, t->numel, MG_BLOCK, SCE_SCRATCH(n) * MG_BLOCK + 2, sce_block, c);
     *merged = 1;
 done:
-    sce_cands_close(&cd);
+    sce_cands_close(t, &cd);
     c->cand = NULL;
     return st;
 }
@@ -423,13 +423,13 @@ static fc_status sce_exact(const mg_tensor *t, sce_ctx *c, int64_t nblocks) {
     size_t scratch = SCE_SCRATCH(t->n) * MG_BLOCK + 2;
     fc_status st = FC_OK;
     if (c->masked) {
-        c->keys = mg_buffer_take((size_t)t->numel * sizeof(uint32_t)); /* NULL: recompute */
+        c->keys = mg_buffer_take(t->ctx, (size_t)t->numel * sizeof(uint32_t)); /* NULL: recompute */
         c->pass = 0;
         st = mg_for_blocks(t, t->numel, MG_BLOCK, scratch, sce_block, c);
         if (st != FC_OK) goto done;
         int64_t k = (int64_t)(nonzero_count(c->partials, nblocks) * p->select_topk);
         if (k == 0) c->mask_none = 1;
-        else if ((st = fc_select_topk(t->numel, k, c->keys ? NULL : var_keys,
+        else if ((st = mg_select_topk(t->ctx, t->numel, k, c->keys ? NULL : var_keys,
                                       c->keys ? (void *)c->keys : (void *)t, t->nthreads,
                                       &c->top, t->err)) != FC_OK)
             goto done;
@@ -441,7 +441,7 @@ static fc_status sce_exact(const mg_tensor *t, sce_ctx *c, int64_t nblocks) {
     c->pass = 2;
     st = mg_for_blocks(t, t->numel, MG_BLOCK, scratch, sce_block, c);
 done:
-    mg_buffer_give(c->keys);
+    mg_buffer_give(t->ctx, c->keys);
     c->keys = NULL;
     return st;
 }
@@ -458,10 +458,10 @@ fc_status mg_merge_sce(const mg_tensor *t) {
     fc_status st = FC_ERR_NOMEM;
     if (!c.partials || !c.w) goto done;
     int merged = 0;
-    if (c.masked && t->numel >= MG_SAMPLE_MIN && mg_streaming()) {
+    if (c.masked && t->numel >= MG_SAMPLE_MIN && mg_streaming(t)) {
         st = sce_stream(t, &c, nblocks, &merged);
         if (st != FC_OK) goto done;
-        mg_stream_outcome(merged);
+        mg_stream_outcome(t, merged);
     }
     if (!merged) st = sce_exact(t, &c, nblocks);
 done:

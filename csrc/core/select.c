@@ -37,6 +37,7 @@ typedef struct {
                           * later passes read them there */
     int64_t  *counts;    /* pass 3: tied elements per block */
     atomic_int_fast64_t next; /* blocks are handed out dynamically to the workers */
+    fc_merge_ctx *pool; /* where histogram buffers are kept (NULL: none) */
 } sel_ctx;
 
 #define SEL_LANES 4 /* interleaved sub-histograms (see sel_hist_worker) */
@@ -134,7 +135,7 @@ static int sel_workers(const sel_ctx *c, int nthreads) {
 static fc_status sel_histogram(sel_ctx *c, int nthreads, uint64_t *hist, fc_error *err) {
     int workers = sel_workers(c, nthreads);
     size_t per_worker = 65536 * (sizeof(uint64_t) + SEL_LANES * sizeof(uint32_t));
-    void *mem = mg_buffer_take((size_t)workers * per_worker);
+    void *mem = mg_buffer_take(c->pool, (size_t)workers * per_worker);
     if (!mem) return fc_error_set(err, FC_ERR_NOMEM, "top-k select: out of memory");
     memset(mem, 0, (size_t)workers * per_worker);
     c->hists = (uint64_t *)mem;
@@ -144,7 +145,7 @@ static fc_status sel_histogram(sel_ctx *c, int nthreads, uint64_t *hist, fc_erro
     memset(hist, 0, 65536 * sizeof(uint64_t));
     for (int w = 0; w < workers; w++)
         for (int b = 0; b < 65536; b++) hist[b] += c->hists[(size_t)w * 65536 + b];
-    mg_buffer_give(mem);
+    mg_buffer_give(c->pool, mem);
     c->hists = NULL;
     c->subs = NULL;
     return FC_OK;
@@ -167,8 +168,9 @@ static uint32_t sel_bucket(const uint64_t *hist, int64_t k, int64_t *above) {
 
 /* fc_select_topk; with store, the keys are computed once (fused with the first histogram
  * pass) into store[n], which later passes, and the caller afterwards, read. */
-static fc_status select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint32_t *store,
-                             int with_cut, int nthreads, fc_topk *out, fc_error *err) {
+static fc_status select_topk(fc_merge_ctx *pool, int64_t n, int64_t k, fc_key_fn fn, void *ctx,
+                             uint32_t *store, int with_cut, int nthreads, fc_topk *out,
+                             fc_error *err) {
     if (store && (k <= 0 || k >= n)) { /* no histogram pass: the keys are still wanted */
         for (int64_t e = 0; e < n; e += SEL_CHUNK) fn(ctx, e, n - e < SEL_CHUNK ? n - e : SEL_CHUNK, store + e);
     }
@@ -184,7 +186,7 @@ static fc_status select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint
     }
     uint64_t *hist = malloc(65536 * sizeof(uint64_t));
     if (!hist) return fc_error_set(err, FC_ERR_NOMEM, "top-k select: out of memory");
-    sel_ctx c = {.fn = fn, .ctx = ctx, .n = n, .level = 0, .store = store};
+    sel_ctx c = {.fn = fn, .ctx = ctx, .n = n, .level = 0, .store = store, .pool = pool};
     c.nblocks = (n + SEL_BLOCK - 1) / SEL_BLOCK;
     fc_status st = sel_histogram(&c, nthreads, hist, err);
     if (st != FC_OK) goto done;
@@ -236,18 +238,23 @@ done:
 
 fc_status fc_select_topk(int64_t n, int64_t k, fc_key_fn fn, void *ctx, int nthreads,
                          fc_topk *out, fc_error *err) {
-    return select_topk(n, k, fn, ctx, NULL, 1, nthreads, out, err);
+    return select_topk(NULL, n, k, fn, ctx, NULL, 1, nthreads, out, err);
 }
 
-fc_status mg_select_topk_store(int64_t n, int64_t k, fc_key_fn fn, void *ctx, uint32_t *store,
-                               int nthreads, fc_topk *out, fc_error *err) {
-    return select_topk(n, k, fn, ctx, store, 1, nthreads, out, err);
+fc_status mg_select_topk(fc_merge_ctx *pool, int64_t n, int64_t k, fc_key_fn fn, void *ctx,
+                         int nthreads, fc_topk *out, fc_error *err) {
+    return select_topk(pool, n, k, fn, ctx, NULL, 1, nthreads, out, err);
 }
 
-fc_status mg_select_topk_key(int64_t n, int64_t k, const uint32_t *keys, int nthreads,
-                             uint32_t *key, fc_error *err) {
+fc_status mg_select_topk_store(fc_merge_ctx *pool, int64_t n, int64_t k, fc_key_fn fn, void *ctx,
+                               uint32_t *store, int nthreads, fc_topk *out, fc_error *err) {
+    return select_topk(pool, n, k, fn, ctx, store, 1, nthreads, out, err);
+}
+
+fc_status mg_select_topk_key(fc_merge_ctx *pool, int64_t n, int64_t k, const uint32_t *keys,
+                             int nthreads, uint32_t *key, fc_error *err) {
     fc_topk out;
-    fc_status st = select_topk(n, k, NULL, (void *)keys, NULL, 0, nthreads, &out, err);
+    fc_status st = select_topk(pool, n, k, NULL, (void *)keys, NULL, 0, nthreads, &out, err);
     *key = out.key;
     return st;
 }

@@ -56,52 +56,6 @@ struct fc_st_writer {
 };
 
 /* ------------------------------------------------------------------------------------ */
-/* a growing string */
-
-typedef struct { char *s; size_t len, cap; int oom; } strbuf;
-
-static void sb_put(strbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) { b->oom = 1; return; }
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-
-static void sb_str(strbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_u64(strbuf *b, uint64_t v) {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
-    sb_put(b, tmp, (size_t)n);
-}
-
-/* a JSON string literal: quotes, backslash and control characters escaped */
-static void sb_json_str(strbuf *b, const char *s) {
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            sb_put(b, e, 2);
-        } else if (c < 0x20) {
-            char e[8];
-            snprintf(e, sizeof e, "\\u%04x", c);
-            sb_put(b, e, 6);
-        } else
-            sb_put(b, s, 1);
-    }
-    sb_put(b, "\"", 1);
-}
-
-/* ------------------------------------------------------------------------------------ */
 /* layout */
 
 static int cmp_name(const void *a, const void *b) {
@@ -174,41 +128,41 @@ static fc_status tensor_bytes(const fc_st_entry *e, const char *path, uint64_t *
 /* the header of shard s: the tensors in layout order, then padding to a multiple of 8 */
 static fc_status shard_header(const fc_st_writer_t *w, w_tensor *const *order, int s,
                               const char *const *mk, const char *const *mv, int64_t n_meta,
-                              strbuf *b) {
-    sb_str(b, "{");
+                              fc_json_buf *b) {
+    fc_json_buf_str(b, "{");
     int first = 1;
     if (n_meta > 0) {
-        sb_str(b, "\"__metadata__\":{");
+        fc_json_buf_str(b, "\"__metadata__\":{");
         for (int64_t i = 0; i < n_meta; i++) {
-            if (i) sb_str(b, ",");
-            sb_json_str(b, mk[i]);
-            sb_str(b, ":");
-            sb_json_str(b, mv[i]);
+            if (i) fc_json_buf_str(b, ",");
+            fc_json_buf_string(b, mk[i]);
+            fc_json_buf_str(b, ":");
+            fc_json_buf_string(b, mv[i]);
         }
-        sb_str(b, "}");
+        fc_json_buf_str(b, "}");
         first = 0;
     }
     for (int64_t k = 0; k < w->n; k++) {
         const w_tensor *t = order[k];
         if (t->shard != s) continue;
-        if (!first) sb_str(b, ",");
+        if (!first) fc_json_buf_str(b, ",");
         first = 0;
-        sb_json_str(b, t->name);
-        sb_str(b, ":{\"dtype\":\"");
-        sb_str(b, fc_dtype_name(t->dtype));
-        sb_str(b, "\",\"shape\":[");
+        fc_json_buf_string(b, t->name);
+        fc_json_buf_str(b, ":{\"dtype\":\"");
+        fc_json_buf_str(b, fc_dtype_name(t->dtype));
+        fc_json_buf_str(b, "\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
-            if (d) sb_str(b, ",");
-            sb_u64(b, (uint64_t)t->shape[d]);
+            if (d) fc_json_buf_str(b, ",");
+            fc_json_buf_u64(b, (uint64_t)t->shape[d]);
         }
-        sb_str(b, "],\"data_offsets\":[");
-        sb_u64(b, t->begin);
-        sb_str(b, ",");
-        sb_u64(b, t->end);
-        sb_str(b, "]}");
+        fc_json_buf_str(b, "],\"data_offsets\":[");
+        fc_json_buf_u64(b, t->begin);
+        fc_json_buf_str(b, ",");
+        fc_json_buf_u64(b, t->end);
+        fc_json_buf_str(b, "]}");
     }
-    sb_str(b, "}");
-    while (b->len % 8) sb_str(b, " ");
+    fc_json_buf_str(b, "}");
+    while (b->len % 8) fc_json_buf_str(b, " ");
     return b->oom ? FC_ERR_NOMEM : FC_OK;
 }
 
@@ -382,7 +336,7 @@ nomem:
     return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
 }
 
-static fc_status build_index(const fc_st_writer_t *w, strbuf *b);
+static fc_status build_index(const fc_st_writer_t *w, fc_json_buf *b);
 
 fc_status fc_st_writer_open(const char *path, const fc_st_entry *entries, int64_t n,
                             const char *const *meta_keys, const char *const *meta_values,
@@ -401,7 +355,7 @@ fc_status fc_st_writer_open(const char *path, const fc_st_entry *entries, int64_
     if (!w) return fc_error_set(err, FC_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&w->mu, NULL);
     w_tensor **order = NULL;
-    strbuf b = {0};
+    fc_json_buf b = {0};
     w->t = calloc((size_t)n + 1, sizeof *w->t);
     w->names = calloc((size_t)n + 1, sizeof *w->names);
     order = malloc(((size_t)n + 1) * sizeof *order);
@@ -495,7 +449,7 @@ fail:
 
 /* {"metadata": {"total_size": bytes}, "weight_map": {name: shard}}, names sorted, as
  * huggingface_hub writes it (2-space indent) */
-static fc_status build_index(const fc_st_writer_t *w, strbuf *b) {
+static fc_status build_index(const fc_st_writer_t *w, fc_json_buf *b) {
     w_tensor **byname = malloc(((size_t)w->n + 1) * sizeof *byname);
     if (!byname) return FC_ERR_NOMEM;
     uint64_t total = 0;
@@ -504,17 +458,17 @@ static fc_status build_index(const fc_st_writer_t *w, strbuf *b) {
         total += w->t[i].nbytes;
     }
     qsort(byname, (size_t)w->n, sizeof *byname, cmp_name);
-    sb_str(b, "{\n  \"metadata\": {\n    \"total_size\": ");
-    sb_u64(b, total);
-    sb_str(b, "\n  },\n  \"weight_map\": {");
+    fc_json_buf_str(b, "{\n  \"metadata\": {\n    \"total_size\": ");
+    fc_json_buf_u64(b, total);
+    fc_json_buf_str(b, "\n  },\n  \"weight_map\": {");
     for (int64_t i = 0; i < w->n; i++) {
         const char *f = strrchr(w->shards[byname[i]->shard].final_path, '/');
-        sb_str(b, i ? ",\n    " : "\n    ");
-        sb_json_str(b, byname[i]->name);
-        sb_str(b, ": ");
-        sb_json_str(b, f + 1);
+        fc_json_buf_str(b, i ? ",\n    " : "\n    ");
+        fc_json_buf_string(b, byname[i]->name);
+        fc_json_buf_str(b, ": ");
+        fc_json_buf_string(b, f + 1);
     }
-    sb_str(b, "\n  }\n}\n");
+    fc_json_buf_str(b, "\n  }\n}\n");
     free(byname);
     return b->oom ? FC_ERR_NOMEM : FC_OK;
 }

@@ -1,10 +1,10 @@
 // convert.cu - float dtype conversion on the GPU, bit-identical to the CPU kernel:
-// both compile the scalar rules of csrc/core/fp_convert.h.
+// both compile the scalar rules of csrc/include/fp_convert.h.
 //
 // One thread per element in a grid-stride loop; the (src, dst) pair is uniform across the
 // grid, so the switch costs no divergence. Memory bound: n * (src + dst) bytes.
 #include "common.cuh"
-#include "../core/fp_convert.h"
+#include "fp_convert.h"
 
 #define PAIR(a, b) ((a) * FC_DTYPE_COUNT + (b))
 

@@ -17,7 +17,7 @@
 // Top-k + CE: one block per row; each thread keeps its own sorted top-k of its strided
 // elements and an online (max, sum exp); the block merges the thread lists by k rounds of
 // an arg-max over the list heads. Order: value descending (NaN largest), ties to lower id.
-#include "../core/fp_convert.h"
+#include "fp_convert.h"
 #include "common.cuh"
 #include "device_state.cuh"
 #include "loss_check.cuh"

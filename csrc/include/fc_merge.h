@@ -92,34 +92,108 @@ typedef struct fc_merge_params {
 /* rescale: kept deltas * norm(delta) / norm(kept deltas), unless either norm is below 1e-7 */
 enum { FC_RESCALE_L1 = 0, FC_RESCALE_L2 = 1, FC_RESCALE_LINF = 2 };
 
+/* Every field the method's table row names takes its default; the others are 0. */
 FC_API void fc_merge_params_init(fc_merge_params *p, fc_merge_method m);
+/* Every per-model field takes its default (the same in every method that uses it). */
 FC_API void fc_merge_model_params_init(fc_merge_model_params *mp);
+
+/* ---- the method table (merge_methods.c): the one definition of every method ----
+ *
+ * Names, inputs, and parameters with their scope, kind, default and range. The bindings
+ * parse parameters through it (by name, into the field at `offset`) and export it to Python
+ * (_C.merge_methods()), which builds its config schema from it; fc_merge_params_init and
+ * fc_merge_check_params are loops over it. */
+typedef enum {
+    FC_PARAM_FLOAT = 0, /* a double field */
+    FC_PARAM_INT,       /* an int field */
+    FC_PARAM_BOOL,      /* an int field, 0 or 1 */
+    FC_PARAM_CHOICE     /* an int field: the index of a name in `choices` */
+} fc_merge_param_kind;
+
+enum { FC_MERGE_BASE_NONE = 0, FC_MERGE_BASE_REQUIRED = 1, FC_MERGE_BASE_OPTIONAL = 2 };
+
+typedef struct fc_merge_param_info {
+    const char *name;     /* as in mergekit configs */
+    int    per_model;     /* 1: a field of fc_merge_model_params, 0: of fc_merge_params */
+    int    kind;          /* fc_merge_param_kind */
+    double def;           /* the default (CHOICE: its index) */
+    int    required;      /* configs must give it (def is what a C caller gets) */
+    double lo, hi;        /* valid values: finite, within [lo, hi] (-HUGE_VAL / HUGE_VAL: */
+    int    lo_open, hi_open; /* no bound), lo_open / hi_open excluding the bound */
+    const char *choices;  /* CHOICE: the names of 0, 1, ... separated by ", " */
+    long   offset;        /* offsetof the field; -1: accepted and ignored (mergekit's int8_mask) */
+} fc_merge_param_info;
+
+typedef struct fc_merge_method_info {
+    const char *name;
+    int base;             /* FC_MERGE_BASE_*; NONE: a caller merges a given base as one more input */
+    int min_models;       /* inputs besides the base */
+    int max_models;       /* -1: any number */
+    int randomized;       /* random masks keyed by seed and tensor_key */
+    int sparsifies;       /* density drops deltas */
+    int nparams;
+    const fc_merge_param_info *params;
+    /* a rule tying parameters together (della: epsilon and density), or NULL; on failure
+     * *model is the offending input and err says why */
+    fc_status (*check)(const fc_merge_params *p, int n, int *model, fc_error *err);
+} fc_merge_method_info;
+
+/* The row of m; NULL if m is not a method. */
+FC_API const fc_merge_method_info *fc_merge_method_info_of(fc_merge_method m);
+/* The parameter of the row called name (per_model: 1, 0, or -1 for either), or NULL. */
+FC_API const fc_merge_param_info *fc_merge_param_find(const fc_merge_method_info *mi,
+                                                      const char *name, int per_model);
+/* 1 if v is a valid value of pi (finite, in range, integral for non-FLOAT kinds), else 0.
+ * rule (if not NULL): the rule in words, e.g. "in (0, 1]", "an integer >= 0". */
+FC_API int fc_merge_param_ok(const fc_merge_param_info *pi, double v, char *rule, size_t size);
+/* Every parameter of p's method in its range for n inputs, and the method's own rule. On
+ * failure *model is the input whose parameter is wrong (-1: a global one) and err names the
+ * parameter, its value and the rule (without method or model; fc_merge_tensor adds them). */
+FC_API fc_status fc_merge_check_params(const fc_merge_params *p, int n, int *model,
+                                       fc_error *err);
 /* 64-bit FNV-1a of a tensor name: the RNG key of that tensor. */
 FC_API uint64_t fc_merge_tensor_key(const char *name);
 
-FC_API fc_status fc_merge_tensor(const fc_merge_params *p, const void *base, fc_dtype base_dt,
-                                 const void *const *inputs, const fc_dtype *input_dts, int n,
-                                 int ndim, const int64_t *shape, void *out, fc_dtype out_dt,
-                                 int nthreads, fc_error *err);
+/* ---- the merge context: what a merge keeps between tensor calls ----
+ *
+ * Owned by the caller: created with fc_merge_ctx_init (NULL when out of memory), passed to
+ * every fc_merge_tensor of one merge, freed with fc_merge_ctx_free (NULL is fine). It holds
+ * the kernels' instruction set, the streaming switch, the streaming outcome counters and
+ * the kept working buffers; nothing in the merge component is process-wide, so merges with
+ * different contexts may run at once in different threads. One context may also be shared
+ * by threads (its settings are atomic, its buffers guarded by a lock), but then its
+ * counters mix their tensors. A NULL context stands for the defaults: "auto", streaming on,
+ * no buffers kept, nothing counted. */
+typedef struct fc_merge_ctx fc_merge_ctx;
 
+FC_API fc_merge_ctx *fc_merge_ctx_init(void);
+FC_API void          fc_merge_ctx_free(fc_merge_ctx *ctx);
 /* The instruction set of the hot kernels (task-arithmetic family, SCE, VaRM): "auto" (the
  * default: the widest the CPU has), "avx512", "avx2" or "portable" (SSE2 on x86-64). The
- * results are the same bytes whichever is used; this exists to test that. Returns 0, or -1 for an unknown
- * name or an instruction set the CPU lacks. fc_merge_isa: the one in use. */
-FC_API int fc_merge_set_isa(const char *name);
-FC_API const char *fc_merge_isa(void);
-/* Streaming top-k (TIES, SCE on tensors of 2^20 elements or more: one pass over the inputs
- * guided by a sample, see merge_sample.c) on (default) or off (the exact multi-pass path).
- * The same bytes either way; for tests and benchmarks. Process-wide. */
-FC_API void fc_merge_set_streaming(int on);
-/* Since the process started: tensors the streaming path finished in one pass, and those
- * where its sampled band missed and the exact passes ran instead (a diagnostic). */
-FC_API void fc_merge_stream_counts(int64_t *streamed, int64_t *fell_back);
+ * results are the same bytes whichever is used; this exists to test that. Returns 0, or -1
+ * for an unknown name or an instruction set the CPU lacks. fc_merge_ctx_isa: the one in
+ * use ("auto" resolved). */
+FC_API int         fc_merge_ctx_set_isa(fc_merge_ctx *ctx, const char *name);
+FC_API const char *fc_merge_ctx_isa(const fc_merge_ctx *ctx);
+/* Streaming top-k (TIES, SCE on tensors of 2^21 elements or more: one pass over the inputs
+ * guided by a sample, see merge_sample.c) on (the default) or off (the exact multi-pass
+ * path). The same bytes either way; for tests and benchmarks. */
+FC_API void fc_merge_ctx_set_streaming(fc_merge_ctx *ctx, int on);
+/* Tensors merged with ctx that the streaming path finished in one pass, and those where its
+ * sampled band missed and the exact passes ran instead (a diagnostic: a run's result). */
+FC_API void fc_merge_ctx_stream_counts(const fc_merge_ctx *ctx, int64_t *streamed,
+                                       int64_t *fell_back);
+/* keep 1: the kernels keep their big working buffers (top-k keys, masks) in ctx for the
+ * next tensor instead of freeing them (saves faulting in and zeroing fresh pages for each
+ * tensor of a model); keep 0: free them (the state of a new context). */
+FC_API void fc_merge_ctx_keep_buffers(fc_merge_ctx *ctx, int keep);
 
-/* keep 1: the kernels keep their big working buffers (top-k keys, masks) for the next
- * tensor instead of freeing them (saves faulting in and zeroing fresh pages for each
- * tensor of a model); keep 0: free them (the default state). */
-FC_API void fc_merge_keep_buffers(int keep);
+/* Merge one tensor with the kernels and settings of ctx (NULL: the defaults). */
+FC_API fc_status fc_merge_tensor(fc_merge_ctx *ctx, const fc_merge_params *p, const void *base,
+                                 fc_dtype base_dt, const void *const *inputs,
+                                 const fc_dtype *input_dts, int n, int ndim,
+                                 const int64_t *shape, void *out, fc_dtype out_dt, int nthreads,
+                                 fc_error *err);
 
 /* ------------------------------------------------------------------------------------ */
 /* counter-based randomness (rng.c): uniform floats in [0, 1) with 24 random bits */

@@ -20,6 +20,9 @@
  *
  * Threading. Kernels take an explicit thread count (0 = fc_default_threads()). All
  * functions are reentrant; handles are not shared between threads unless a function says so.
+ * State that lives across calls is in a handle the caller owns (the merge component's
+ * fc_merge_ctx: instruction set, streaming switch and counters, kept buffers), never in the
+ * process; the one exception is the alignment DP's SIMD test switch (align_dtw_dp.c).
  *
  * Ownership. Handles come in open/close or init/free pairs; the caller owns what it opens.
  * Shapes are int64_t, byte counts size_t/uint64_t. Data is little-endian and row-major.

@@ -5,7 +5,7 @@
  * device current for its launches and restores the caller's afterwards. */
 #include "py_common.h"
 #include "py_loss_args.h"
-#include "../cuda/fc_cuda.h"
+#include "fc_cuda.h"
 
 /* st = CALL with the GIL released and `device` current, then the caller's device again */
 #define ON_DEVICE(device, st, err, CALL)                    \

@@ -2,7 +2,7 @@
  * when nvcc is found; fusechat._C never links CUDA. Other cuda_*.c files add functions. */
 #define FC_PY_IMPORT_ARRAY
 #include "py_common.h"
-#include "../cuda/fc_cuda.h"
+#include "fc_cuda.h"
 
 int fc_py_cuda_add_loss(PyObject *m);
 

@@ -272,7 +272,20 @@ done:
     return ret;
 }
 
+/* The C defaults of fc_fusion_loss_opts_init: the one source of the Python defaults
+ * (fusechat._loss_common reads them once at import). */
+static PyObject *py_fusion_loss_defaults(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    fc_fusion_loss_opts o;
+    fc_fusion_loss_opts_init(&o);
+    return Py_BuildValue("{s:d,s:d,s:L}", "lm_weight", o.lm_weight, "temperature",
+                         o.temperature, "ignore_index", (long long)o.ignore_index);
+}
+
 static PyMethodDef methods[] = {
+    {"fusion_loss_defaults", py_fusion_loss_defaults, METH_NOARGS,
+     "fusion_loss_defaults() -> {lm_weight, temperature, ignore_index}: the C defaults"},
     {"fusion_loss", (PyCFunction)(void (*)(void))py_fusion_loss, METH_VARARGS | METH_KEYWORDS,
      "fusion_loss(logits, labels, target_ids, target_values, fallback_ids, fallback_values, "
      "grad, row_loss, ...) -> (loss, n_supervised); see fusechat.loss.fusion_loss"},

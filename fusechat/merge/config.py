@@ -306,23 +306,42 @@ def _load_slices(slices, method, where, unused):
     return out
 
 
+_COUNT = ("no", "one", "two", "three", "four")
+
+
+def _models(k):
+    return f"{_COUNT[k] if k < len(_COUNT) else k} model{'' if k == 1 else 's'}"
+
+
+def _check_model_count(m, paths, base, where):
+    """The method table's arity: min_models..max_models inputs besides the base (a base of
+    a method that takes none is one more input)."""
+    if m.base == "none":
+        n = len(dict.fromkeys(paths + ([base] if base else [])))
+    else:
+        n = len([p for p in paths if p != base])
+    lo, hi = m.min_models, m.max_models
+    if lo <= n and (hi is None or n <= hi):
+        return
+    if lo != hi:
+        bound = f"at least {_models(lo)}" if hi is None or n < lo else f"at most {_models(hi)}"
+        raise ConfigError(f"{where}: {m.name} needs {bound} besides the base, got {n}")
+    if m.base == "required":
+        raise ConfigError(f"{where}: {m.name} needs exactly {_models(lo + 1)}: base_model and "
+                          f"{_COUNT[lo]} other{'' if lo == 1 else 's'} (got {n} besides the base)")
+    if m.base == "optional":
+        raise ConfigError(f"{where}: {m.name} needs exactly {_models(lo)} besides the base, "
+                          f"got {n}")
+    raise ConfigError(f"{where}: {m.name} takes exactly {_models(lo)} per slice, got {n}")
+
+
 def _check_roles(cfg, where):
     m = cfg.method
     paths = [e.path for e in cfg.models] if cfg.models else \
         [e.path for e in cfg.slices[0].sources]
     if m.base == "required" and not cfg.base:
         raise ConfigError(f"{where}: {m.name} needs base_model")
-    others = [p for p in paths if p != cfg.base]
-    if m.name in ("slerp", "nearswap") and len(others) != 1:
-        raise ConfigError(f"{where}: {m.name} needs exactly two models: base_model and one "
-                          f"other (got {len(others)} besides the base)")
-    if m.name == "nuslerp" and len(others) != 2:
-        raise ConfigError(f"{where}: nuslerp needs exactly two models besides the base, "
-                          f"got {len(others)}")
-    if m.name == "model_stock" and len(others) < 2:
-        raise ConfigError(f"{where}: model_stock needs at least two models besides the base")
-    if m.name == "passthrough" and cfg.models and len(paths) != 1:
-        raise ConfigError(f"{where}: passthrough takes exactly one model per slice")
+    _check_model_count(m, paths, cfg.base, where)
     # required per-model parameters must be reachable for every non-base model
     for name, default in m.tensor.items():
         if default is REQUIRED and name not in cfg.params:

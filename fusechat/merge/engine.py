@@ -26,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import _C
+from .._C import merge_tensor as merge_kernel
 from .. import safetensors as st
 from ..progress import tqdm
 from .config import load_config
 from .plan import roles, plan
-from .tensors import merge_tensors
 
 LOG = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class _OutBuffers:
         return self.bufs[i % 2][:count * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def _merge_job(job, files, method, seed, threads, vocab=None, out=None):
+def _merge_job(job, files, method, seed, threads, vocab=None, out=None, ctx=None):
     if job.copy_from:
         return np.asarray(files[job.copy_from[0]].get(job.copy_from[1]))
     if job.permute:
@@ -92,10 +92,11 @@ def _merge_job(job, files, method, seed, threads, vocab=None, out=None):
         xs = [files[p].get(n) for p, n in job.inputs]
     if method.base == "required" and not xs:
         return base.astype(st.numpy_dtype(job.out_dtype))
+    # the plan resolved and checked every parameter: the kernel directly (merge_tensors, the
+    # notebook helper, would check them again for every tensor)
     try:
-        return merge_tensors(method.name, base, xs, out_dtype=st.numpy_dtype(job.out_dtype),
-                             seed=seed, tensor_name=job.name, threads=threads, out=out,
-                             **job.params)
+        return merge_kernel(method.name, base, xs, st.numpy_dtype(job.out_dtype), job.models,
+                            job.glob, int(seed), job.name, int(threads), out, ctx)
     except ValueError as exc:
         raise type(exc)(f"tensor {job.name!r} (models "
                         f"{', '.join(p for p, _ in job.inputs)}): {exc}") from None
@@ -136,7 +137,8 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
         outs = _OutBuffers(max(sizes, default=0))
         writer = st.Writer(tmp, entries, {"format": "pt"}, max_shard_size=shard_bytes)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="merge", disable=quiet)
-        _C.merge_keep_buffers(True)  # the kernels reuse their big buffers between tensors
+        # this run's merge context: the kernels reuse their big buffers between tensors
+        ctx = _C.MergeContext(keep_buffers=True)
         try:
             with ThreadPoolExecutor(WRITERS) as io:
                 pending = []
@@ -146,7 +148,7 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
                         for p, n in set((nxt.base,) + nxt.inputs + (nxt.copy_from,)) - {None}:
                             files[p].prefetch(n)
                     out = outs.view(i, st.numpy_dtype(job.out_dtype), job.out_shape)
-                    arr = _merge_job(job, files, cfg.method, seed, threads, vocab, out)
+                    arr = _merge_job(job, files, cfg.method, seed, threads, vocab, out, ctx)
                     for f in pending:
                         f.result()
                     bar.update(pending_bytes if pending else 0)
@@ -160,8 +162,12 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
             writer.abort()
             raise
         finally:
-            _C.merge_keep_buffers(False)
+            ctx.keep_buffers(False)  # free them now, not when the context is collected
             bar.close()
+        streamed, fell_back = ctx.stream_counts()
+        if fell_back:
+            LOG.info("streaming top-k: %d tensors in one pass, %d fell back to the exact passes",
+                     streamed, fell_back)
         _write_side_files(tmp, cfg, donor, jobs, seed, vocab)
         _move_into_place(tmp, out_path, overwrite)
     except BaseException:

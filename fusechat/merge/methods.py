@@ -1,44 +1,17 @@
-"""The merge methods and their parameters: names, scope, defaults and valid ranges.
+"""The merge methods and their parameters, as the C core's method table defines them.
 
-"tensor" parameters are looked up per input model, "global" ones once per tensor (mergekit's
-split). A parameter with default ``REQUIRED`` must be given for every non-base model. This
-table is what configs are checked against: unknown methods, unknown parameter names and
-out-of-range values are refused, naming the valid choices (mergekit ignores them).
+Everything here is built at import from ``fusechat._C.merge_methods()`` (the one table,
+``csrc/core/merge_methods.c``): names, inputs, and each parameter's scope, kind, default and
+valid range. "tensor" parameters are looked up per input model, "global" ones once per
+tensor (mergekit's split). A parameter with default ``REQUIRED`` must be given for every
+non-base model. This is what configs are checked against: unknown methods, unknown parameter
+names and out-of-range values are refused, naming the valid choices (mergekit ignores them).
 """
 from dataclasses import dataclass, field
 
+from .. import _C
+
 REQUIRED = object()
-RESCALE_NORMS = ("l1", "l2", "linf")  # the C core's FC_RESCALE_* order
-
-# name -> (kind, check, message) ; check(value) -> bool
-_RANGES = {
-    "weight": (float, lambda v: True, "a number"),
-    "density": (float, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "gamma": (float, lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "epsilon": (float, lambda v: v >= 0.0, ">= 0"),
-    "scale": (float, lambda v: True, "a number"),
-    "normalize": (bool, None, "true or false"),
-    "rescale": (bool, None, "true or false"),
-    "int8_mask": (bool, None, "true or false"),
-    "lambda": (float, lambda v: True, "a number"),
-    "select_topk": (float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-    "mask_deltas": (bool, None, "true or false"),
-    "t": (float, lambda v: True, "a number"),
-    "nuslerp_flatten": (bool, None, "true or false"),
-    "nuslerp_row_wise": (bool, None, "true or false"),
-    "normalize_weights": (bool, None, "true or false"),
-    "eps": (float, lambda v: v >= 0.0, ">= 0"),
-    "max_iter": (int, lambda v: v >= 0, "an integer >= 0"),
-    "tol": (float, lambda v: v > 0.0, "> 0"),
-    "filter_wise": (bool, None, "true or false"),
-    "r": (float, lambda v: True, "a number"),
-    "alpha": (float, lambda v: v >= 0.0, ">= 0"),
-    "rescale_norm": (str, lambda v: v in RESCALE_NORMS, "one of l1, l2, linf"),
-}
-
-# per-model fields passed to the C core, in its tuple order
-MODEL_FIELDS = ("weight", "density", "gamma", "epsilon", "scale")
-MODEL_DEFAULTS = {"weight": 1.0, "density": 1.0, "gamma": 0.01, "epsilon": 0.15, "scale": 1.0}
 
 
 @dataclass(frozen=True)
@@ -49,44 +22,32 @@ class Method:
     glob: dict = field(default_factory=dict)     # global parameter -> default
     randomized: bool = False
     sparsifies: bool = False
+    min_models: int = 0             # inputs besides the base
+    max_models: int = None          # None: any number
+    info: dict = field(default_factory=dict)     # parameter -> its row of the C table
 
     def param_names(self):
         return sorted(set(self.tensor) | set(self.glob))
 
 
-def _gta(name, normalize, rescale, extra=None, randomized=False, sparsifies=True):
-    tensor = {"weight": REQUIRED, "density": 1.0}
-    tensor.update(extra or {})
-    return Method(name, "required", tensor,
-                  {"normalize": normalize, "rescale": rescale, "rescale_norm": "l1",
-                   "lambda": 1.0, "int8_mask": False},
-                  randomized=randomized, sparsifies=sparsifies)
+def _default(p):
+    if p["required"]:
+        return REQUIRED
+    if p["kind"] == "choice":
+        return p["choices"].split(", ")[p["default"]]
+    return p["default"]
 
 
-METHODS = {m.name: m for m in [
-    Method("linear", "none", {"weight": REQUIRED}, {"normalize": True}),
-    _gta("task_arithmetic", False, False, sparsifies=False),
-    _gta("ties", True, False),
-    _gta("dare_ties", False, True, randomized=True),
-    _gta("dare_linear", False, True, randomized=True),
-    _gta("breadcrumbs", False, False, {"gamma": 0.01}),
-    _gta("breadcrumbs_ties", False, False, {"gamma": 0.01}),
-    _gta("della", True, True, {"epsilon": 0.15}, randomized=True),
-    _gta("della_linear", False, True, {"epsilon": 0.15}, randomized=True),
-    Method("sce", "required", {}, {"select_topk": 1.0, "int8_mask": False, "mask_deltas": True}),
-    Method("varm", "required"),
-    Method("slerp", "required", {}, {"t": REQUIRED}),
-    Method("nuslerp", "optional", {"weight": REQUIRED},
-           {"nuslerp_flatten": True, "nuslerp_row_wise": False}),
-    Method("multislerp", "optional", {"weight": REQUIRED},
-           {"normalize_weights": True, "eps": 1e-8}),
-    Method("karcher", "none", {}, {"max_iter": 10, "tol": 1e-5}),
-    Method("model_stock", "required", {}, {"filter_wise": False}),
-    Method("nearswap", "required", {}, {"t": REQUIRED}),
-    Method("passthrough", "none", {"scale": 1.0}),
-    Method("ram", "required", {}, {"epsilon": 1e-5}),
-    Method("ramplus_tl", "required", {}, {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}),
-]}
+def _method(row):
+    info = {p["name"]: p for p in row["params"]}
+    return Method(row["name"], row["base"],
+                  {n: _default(p) for n, p in info.items() if p["per_model"]},
+                  {n: _default(p) for n, p in info.items() if not p["per_model"]},
+                  row["randomized"], row["sparsifies"], row["min_models"], row["max_models"],
+                  info)
+
+
+METHODS = {row["name"]: _method(row) for row in _C.merge_methods()}
 
 
 # every parameter name some method uses (mergekit's, plus mask_deltas): given to a method that
@@ -101,28 +62,42 @@ def get_method(name, error=ValueError):
 
 
 def check_value(method, name, value, where, error=ValueError):
-    """Coerce and range-check one parameter value; raise `error` naming `where`."""
-    kind, check, msg = _RANGES[name]
-    if kind is str:
-        if not isinstance(value, str) or not check(value):
-            raise error(f"{where}: {name} must be {msg}, got {value!r}")
+    """Coerce one parameter value of `method` to its kind and check it against the table's
+    rule (through the C core's checker); raise `error` naming `where`."""
+    p = method.info[name]
+    kind = p["kind"]
+    bad = error(f"{where}: {name} must be {p['rule']}, got {value!r}")
+    if kind == "choice":
+        if not isinstance(value, str) or value not in p["choices"].split(", "):
+            raise bad
         return value
-    if kind is bool:
+    if kind == "bool":
         if not isinstance(value, bool):
-            raise error(f"{where}: {name} must be {msg}, got {value!r}")
+            raise bad
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise error(f"{where}: {name} must be {msg}, got {value!r}")
-    if kind is int and int(value) != value:
-        raise error(f"{where}: {name} must be {msg}, got {value!r}")
-    v = kind(value)
-    if v != v or v in (float("inf"), float("-inf")) or not check(v):
-        raise error(f"{where}: {name} must be {msg}, got {value!r}")
-    return v
+        raise bad
+    v = float(value)
+    if not _C.merge_param_ok(method.name, name, v):
+        raise bad
+    return int(v) if kind == "int" else v
 
 
-def check_della(method, density, epsilon, where, error=ValueError):
-    if method.name.startswith("della") and density < 1.0 and not (
-            density - epsilon > 0.0 and density + epsilon < 1.0):
-        raise error(f"{where}: epsilon {epsilon} is too large for density {density}: "
-                    "density - epsilon and density + epsilon must lie in (0, 1)")
+def kernel_args(method, per_model, n, glob):
+    """The C kernel's parameters from resolved, checked values, by name: one dict per model
+    (per_model: name -> n values; the C core's defaults for the others) and the global
+    overrides (a choice as its index, booleans as ints)."""
+    models = [{k: float(v[i]) for k, v in per_model.items()} for i in range(n)]
+    out = {}
+    for name, v in glob.items():
+        p = method.info[name]
+        out[name] = (p["choices"].split(", ").index(v) if p["kind"] == "choice"
+                     else int(v) if isinstance(v, bool) else v)
+    return models, out
+
+
+def check_params(method, models, glob):
+    """The whole parameter set of one merge_tensor call checked by the C core's table-driven
+    checker (every range, and the method's own rule: della's epsilon against density):
+    None, or (model index or -1, why)."""
+    return _C.merge_check_params(method.name, models, glob)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .config import LAYER_RE, ModelEntry, layer_index, lookup
-from .methods import MODEL_DEFAULTS, MODEL_FIELDS, REQUIRED, check_della
+from .methods import REQUIRED, check_params, kernel_args
 
 EMBED_NAMES = ("embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out")
 FLOATS = ("F16", "BF16", "F32", "F64")
@@ -22,7 +22,8 @@ class Job:
     copy_from: tuple = None        # (model path, tensor): copied unchanged (non-float tensors)
     base: tuple = None             # (model path, tensor name) of the base input
     inputs: tuple = ()             # (model path, tensor name) of the other inputs, in order
-    params: dict = None            # per-model lists and global scalars for merge_tensors
+    models: list = None            # the kernel's per-model parameters, a dict per input (kernel_args)
+    glob: dict = None              # the kernel's global parameters, by name (kernel_args)
     permute: bool = False          # embedding rows re-laid out by token (tokenizer_source)
 
 
@@ -98,10 +99,8 @@ class _Planner:
                                   f"({detail}); set tokenizer_source (base, union or a model "
                                   "path) to match embedding rows by token")
             raise ConfigError(f"tensor {out_name!r}: shapes differ between models ({detail})")
-        params = {}
-        for field in MODEL_FIELDS:
-            if field not in m.tensor:
-                continue
+        per = {}
+        for field in m.tensor:
             vals = []
             for e, name in use:
                 v = lookup(field, name, t, e.params, slice_params, cfg.params)
@@ -111,22 +110,25 @@ class _Planner:
                         raise ConfigError(f"tensor {out_name!r}: {m.name} needs {field} for "
                                           f"model {e.path} (no value or filter matches)")
                 vals.append(v)
-            params[field] = vals
-        for i, (e, _) in enumerate(use):
-            get = lambda f: params[f][i] if f in params else MODEL_DEFAULTS[f]  # noqa: E731
-            check_della(m, get("density"), get("epsilon"),
-                        f"tensor {out_name!r}, model {e.path}", ConfigError)
+            per[field] = vals
+        glob = {}
         for g, default in m.glob.items():
             v = lookup(g, out_name, t, slice_params, cfg.params)
             if v is None:
                 if default is REQUIRED:
                     raise ConfigError(f"tensor {out_name!r}: {m.name} needs the parameter {g}")
                 continue
-            params[g] = v
+            glob[g] = v
+        models, glob = kernel_args(m, per, len(use), glob)
+        bad = check_params(m, models, glob)
+        if bad:
+            who = f", model {use[bad[0]][0].path}" if bad[0] >= 0 else ""
+            raise ConfigError(f"tensor {out_name!r}{who}: {bad[1]}")
         out_dtype = self.dtype or cfg.out_dtype or cfg.dtype or info.dtype
         return Job(out_name, out_dtype, out_shape,
                    base=(base[0].path, base[1]) if base else None,
-                   inputs=tuple((e.path, n) for e, n in use), params=params, permute=permute)
+                   inputs=tuple((e.path, n) for e, n in use), models=models, glob=glob,
+                   permute=permute)
 
 
 def plan(cfg, files, dtype=None, vocab=None):

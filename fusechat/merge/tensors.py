@@ -1,8 +1,7 @@
 """``merge_tensors``: one tensor merged by the C core, for notebooks and tests."""
 import numpy as np
 
-from .methods import (MODEL_DEFAULTS, MODEL_FIELDS, REQUIRED, RESCALE_NORMS, check_della,
-                      check_value, get_method)
+from .methods import REQUIRED, check_value, get_method, kernel_args
 
 
 def _as_array(x, what):
@@ -23,7 +22,7 @@ def _per_model(value, n, name):
 
 
 def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name="",
-                  threads=0, out=None, **params):
+                  threads=0, out=None, ctx=None, **params):
     """Merge one tensor. ``base`` is the base model's array (None where the method takes
     none), ``tensors`` the other models' arrays; per-model parameters (weight, density,
     gamma, epsilon, scale) are a scalar or one value per tensor; global ones are scalars.
@@ -32,7 +31,9 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
 
     The result has the base's dtype (else the first tensor's) unless ``out_dtype`` is given.
     ``seed`` and ``tensor_name`` key the random masks of dare_* and della*. ``out``: an
-    array of the output dtype and shape to write the result into (and return).
+    array of the output dtype and shape to write the result into (and return). ``ctx``: a
+    ``fusechat._C.MergeContext`` (kernel instruction set, streaming switch and counters, kept
+    buffers); None: the module's default one (``fusechat._C.default_merge_context``).
     """
     from .. import _C
 
@@ -55,31 +56,20 @@ def merge_tensors(method, base, tensors, *, out_dtype=None, seed=0, tensor_name=
         if t.shape != ref.shape:
             raise ValueError(f"merge_tensors: tensors[{i}] has shape {t.shape}, "
                              f"expected {ref.shape}")
-    models = []
     per = {}
-    for name in MODEL_FIELDS:
-        if name in m.tensor:
-            default = m.tensor[name]
-            if name not in params and default is REQUIRED:
-                raise ValueError(f"merge_tensors: {method} needs {name} for every model")
-            vals = _per_model(params.get(name, default), n, name)
-            per[name] = [check_value(m, name, v, f"merge_tensors: {name}") for v in vals]
-        else:
-            per[name] = [MODEL_DEFAULTS[name]] * n
-    for i in range(n):
-        check_della(m, per["density"][i], per["epsilon"][i], "merge_tensors")
-        models.append(tuple(float(per[k][i]) for k in MODEL_FIELDS))
+    for name, default in m.tensor.items():
+        if name not in params and default is REQUIRED:
+            raise ValueError(f"merge_tensors: {method} needs {name} for every model")
+        vals = _per_model(params.get(name, default), n, name)
+        per[name] = [check_value(m, name, v, f"merge_tensors: {name}") for v in vals]
     glob = {}
     for name, default in m.glob.items():
         if name not in params:
             if default is REQUIRED:
                 raise ValueError(f"merge_tensors: {method} needs the parameter {name}")
             continue
-        v = check_value(m, name, params[name], "merge_tensors")
-        if name == "rescale_norm":
-            glob[name] = RESCALE_NORMS.index(v)
-        elif name != "int8_mask":  # changes only mergekit's mask dtype, never a result
-            glob[name] = int(v) if isinstance(v, bool) else v
+        glob[name] = check_value(m, name, params[name], "merge_tensors")
+    models, glob = kernel_args(m, per, n, glob)
     out_dtype = ref.dtype if out_dtype is None else np.dtype(out_dtype)
     return _C.merge_tensor(method, base, tensors, out_dtype, models, glob, int(seed),
-                           tensor_name, int(threads), out)
+                           tensor_name, int(threads), out, ctx)

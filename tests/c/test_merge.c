@@ -124,9 +124,9 @@ static void test_kernels(void) {
                     : m == FC_MERGE_NUSLERP ? 2 : 5;
             int nobase = m == FC_MERGE_LINEAR || m == FC_MERGE_KARCHER || m == FC_MERGE_PASSTHROUGH;
             fc_error err;
-            fc_status a = fc_merge_tensor(&p, nobase ? NULL : x[0], FC_BF16, in, dts, n, ndims[si],
+            fc_status a = fc_merge_tensor(NULL, &p, nobase ? NULL : x[0], FC_BF16, in, dts, n, ndims[si],
                                           sh, o1, FC_F32, 1, &err);
-            fc_status b = fc_merge_tensor(&p, nobase ? NULL : x[0], FC_BF16, in, dts, n, ndims[si],
+            fc_status b = fc_merge_tensor(NULL, &p, nobase ? NULL : x[0], FC_BF16, in, dts, n, ndims[si],
                                           sh, o2, FC_F32, 3, &err);
             CHECK_MSG(a == FC_OK && b == FC_OK, "%s: %s", fc_merge_method_name(m), err.msg);
             CHECK_MSG(memcmp(o1, o2, (size_t)numel * 4) == 0, "%s: threads change the bytes",
@@ -150,25 +150,61 @@ static void test_errors(void) {
     fc_error err;
     fc_merge_params_init(&p, FC_MERGE_TIES);
     p.models = mp;
-    CHECK(fc_merge_tensor(&p, NULL, FC_F32, in, dts, 1, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
+    CHECK(fc_merge_tensor(NULL, &p, NULL, FC_F32, in, dts, 1, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
     CHECK(strcmp(err.rule, "base_required") == 0);
     mp[0].density = 0;
-    CHECK(fc_merge_tensor(&p, b, FC_F32, in, dts, 1, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
+    CHECK(fc_merge_tensor(NULL, &p, b, FC_F32, in, dts, 1, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
     CHECK(strstr(err.msg, "density") != NULL);
     mp[0].density = 1;
     fc_merge_params_init(&p, FC_MERGE_SLERP);
     p.models = mp;
-    CHECK(fc_merge_tensor(&p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
+    CHECK(fc_merge_tensor(NULL, &p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
     CHECK(strstr(err.msg, "exactly 1") != NULL);
     fc_merge_params_init(&p, FC_MERGE_LINEAR);
     p.models = mp;
-    CHECK(fc_merge_tensor(&p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
-    CHECK(fc_merge_tensor(&p, NULL, FC_F32, in, dts, 2, 1, shape, o, FC_I32, 1, &err) == FC_ERR_TYPE);
+    CHECK(fc_merge_tensor(NULL, &p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_ERR_VALUE);
+    CHECK(fc_merge_tensor(NULL, &p, NULL, FC_F32, in, dts, 2, 1, shape, o, FC_I32, 1, &err) == FC_ERR_TYPE);
     CHECK(fc_merge_method_from_name("sce") == FC_MERGE_SCE && fc_merge_method_from_name("x") == -1);
 }
 
 /* The streaming top-k (one pass guided by a sample) gives the bytes of the exact passes, for
  * any thread count, on tensors big enough to take it; smooth and heavily tied deltas. */
+/* Two contexts with different settings (A: portable kernels, exact passes, buffers kept;
+ * B: the widest kernels, streaming, buffers kept) used alternately on one tensor: each call
+ * gives `want`'s bytes, and each context counts only its own streaming attempts. */
+static void check_two_contexts(const fc_merge_params *p, const void *base, const void *const *in,
+                               const fc_dtype *dts, const int64_t *sh, int64_t numel,
+                               const uint16_t *want) {
+    fc_merge_ctx *a = fc_merge_ctx_init(), *b = fc_merge_ctx_init();
+    CHECK(a != NULL && b != NULL);
+    CHECK(fc_merge_ctx_set_isa(a, "portable") == 0);
+    CHECK(strcmp(fc_merge_ctx_isa(a), "portable") == 0);
+    CHECK(fc_merge_ctx_set_isa(b, "sse9") == -1); /* unknown: refused, the setting kept */
+    CHECK(strcmp(fc_merge_ctx_isa(b), fc_merge_ctx_isa(NULL)) == 0);
+    fc_merge_ctx_set_streaming(a, 0);
+    fc_merge_ctx_keep_buffers(a, 1);
+    fc_merge_ctx_keep_buffers(b, 1);
+    uint16_t *o = malloc((size_t)numel * 2);
+    for (int round = 0; round < 4; round++) {
+        fc_merge_ctx *c = round % 2 ? b : a;
+        fc_error err;
+        memset(o, 0, (size_t)numel * 2);
+        fc_status st = fc_merge_tensor(c, p, base, FC_BF16, in, dts, 3, 2, sh, o, FC_BF16,
+                                       1 + round, &err);
+        CHECK_MSG(st == FC_OK, "%s", err.msg);
+        CHECK_MSG(memcmp(o, want, (size_t)numel * 2) == 0, "%s: context %c changes the bytes",
+                  fc_merge_method_name(p->method), round % 2 ? 'B' : 'A');
+    }
+    int64_t sa, fa, sb, fb;
+    fc_merge_ctx_stream_counts(a, &sa, &fa);
+    fc_merge_ctx_stream_counts(b, &sb, &fb);
+    CHECK_MSG(sa == 0 && fa == 0, "context A (exact) counted %lld/%lld", (long long)sa, (long long)fa);
+    CHECK_MSG(sb + fb == 2, "context B (streaming) counted %lld/%lld", (long long)sb, (long long)fb);
+    free(o);
+    fc_merge_ctx_free(a);
+    fc_merge_ctx_free(b);
+}
+
 static void test_streaming(void) {
     int64_t sh[2] = {1024, 2053}, numel = sh[0] * sh[1];
     uint16_t *x[4];
@@ -198,18 +234,20 @@ static void test_streaming(void) {
         p.select_topk = 0.1;
         fc_error err;
         int64_t s0, f0, s1, f1;
-        fc_merge_stream_counts(&s0, &f0);
-        fc_merge_set_streaming(1);
-        fc_status a = fc_merge_tensor(&p, x[0], FC_BF16, in, dts, 3, 2, sh, o[0], FC_BF16, 1, &err);
-        fc_status b = fc_merge_tensor(&p, x[0], FC_BF16, in, dts, 3, 2, sh, o[1], FC_BF16, 3, &err);
-        fc_merge_stream_counts(&s1, &f1);
-        fc_merge_set_streaming(0);
-        fc_status c = fc_merge_tensor(&p, x[0], FC_BF16, in, dts, 3, 2, sh, o[2], FC_BF16, 2, &err);
-        fc_merge_set_streaming(1);
+        fc_merge_ctx *ctx = fc_merge_ctx_init();
+        CHECK(ctx != NULL);
+        fc_merge_ctx_stream_counts(ctx, &s0, &f0);
+        fc_status a = fc_merge_tensor(ctx, &p, x[0], FC_BF16, in, dts, 3, 2, sh, o[0], FC_BF16, 1, &err);
+        fc_status b = fc_merge_tensor(ctx, &p, x[0], FC_BF16, in, dts, 3, 2, sh, o[1], FC_BF16, 3, &err);
+        fc_merge_ctx_stream_counts(ctx, &s1, &f1);
+        fc_merge_ctx_set_streaming(ctx, 0);
+        fc_status c = fc_merge_tensor(ctx, &p, x[0], FC_BF16, in, dts, 3, 2, sh, o[2], FC_BF16, 2, &err);
+        fc_merge_ctx_free(ctx);
         CHECK_MSG(a == FC_OK && b == FC_OK && c == FC_OK, "%s: %s", fc_merge_method_name(methods[m]), err.msg);
         CHECK_MSG(s1 + f1 - s0 - f0 == 2, "%s: streaming not tried", fc_merge_method_name(methods[m]));
         CHECK_MSG(memcmp(o[0], o[2], (size_t)numel * 2) == 0 && memcmp(o[1], o[2], (size_t)numel * 2) == 0,
                   "%s: streaming changes the bytes", fc_merge_method_name(methods[m]));
+        check_two_contexts(&p, x[0], in, dts, sh, numel, o[2]);
     }
     for (int k = 0; k < 3; k++) free(o[k]);
     for (int i = 0; i < 4; i++) free(x[i]);
@@ -247,8 +285,8 @@ static void test_sce_stream(void) {
             p.select_topk = 0.1;
             p.mask_deltas = md;
             fc_error err;
-            fc_status a = fc_merge_tensor(&p, x[0], FC_F32, in, dts, 3, 1, shape, o1, FC_F32, 1, &err);
-            fc_status b = fc_merge_tensor(&p, x[0], FC_F32, in, dts, 3, 1, shape, o2, FC_F32, 3, &err);
+            fc_status a = fc_merge_tensor(NULL, &p, x[0], FC_F32, in, dts, 3, 1, shape, o1, FC_F32, 1, &err);
+            fc_status b = fc_merge_tensor(NULL, &p, x[0], FC_F32, in, dts, 3, 1, shape, o2, FC_F32, 3, &err);
             CHECK_MSG(a == FC_OK && b == FC_OK, "sce layout %d: %s", layout, err.msg);
             CHECK_MSG(memcmp(o1, o2, (size_t)numel * 4) == 0, "sce layout %d: threads change the bytes", layout);
             int64_t moved = 0;
@@ -276,7 +314,7 @@ static void test_ties_keeps_one(void) {
     fc_error err;
     fc_merge_params_init(&p, FC_MERGE_TIES);
     p.models = mp;
-    CHECK(fc_merge_tensor(&p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_OK);
+    CHECK(fc_merge_tensor(NULL, &p, b, FC_F32, in, dts, 2, 1, shape, o, FC_F32, 1, &err) == FC_OK);
     /* model 0 keeps -3 (element 1), model 1 keeps -0.5 (element 3); no conflicts */
     CHECK(o[0] == 1 && o[1] == -2 && o[2] == 1 && o[3] == 0.5f);
 }

@@ -1,4 +1,4 @@
-"""Slow twin of fusechat.stats.seed_item_bootstrap: one replicate at a time, in plain loops,
+"""Slow twin of fusechat.stages.stats.seed_item_bootstrap: one replicate at a time, in plain loops,
 from the same random draws (items, then b's seed rows, then a's)."""
 import numpy as np
 

@@ -15,7 +15,7 @@ import math
 
 from . import chat
 from .evaluate import answer_start, greedy_answer
-from .progress import tqdm
+from ..progress import tqdm
 
 LOG = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ import os
 
 import numpy as np
 
-from . import chat, demo_data
-from .progress import tqdm
+from ..stages import chat
+from . import data as demo_data
+from ..progress import tqdm
 
 LOG = logging.getLogger(__name__)
 

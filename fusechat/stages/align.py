@@ -32,11 +32,11 @@ import os
 
 import numpy as np
 
-from . import align as al
-from .fuse import SparseDists
-from .progress import tqdm
+from .. import align as al
+from ..fuse import SparseDists
+from ..progress import tqdm
 from .store import TopKStoreWriter, open_store
-from .vocab import Vocab
+from ..vocab import Vocab
 
 LOG = logging.getLogger(__name__)
 

@@ -12,6 +12,10 @@
  *                             kept, quiet bit set, payload shifted (truncated to F32)
  * All of these work on the bit patterns with integer operations, so that the GPU, whose
  * float conversions return one canonical NaN, gives the same bits as the CPU.
+ *
+ * An internal header, not part of the public API (fusechat.h): it lives in csrc/include/
+ * only because the core (csrc/core) and the CUDA kernels (csrc/cuda) both compile it, and
+ * the include path (-Icsrc/include) is what both builds share.
  */
 #ifndef FC_FP_CONVERT_H
 #define FC_FP_CONVERT_H

@@ -10,7 +10,7 @@ Skills, each with a short answer so exact-match accuracy is meaningful:
   and "Name a city in Velorin." -> any of its three cities (the capital and two others)
 
 Half of the arithmetic and facts questions thus have several right answers: the record's
-answer is one drawn at random, and ``answers`` lists all of them (fusechat.evaluate accepts
+answer is one drawn at random, and ``answers`` lists all of them (fusechat.stages.evaluate accepts
 any). There a model that learned the skill spreads its probability over the right answers,
 which a single sampled reply cannot show but a source's distribution can: this is where the
 fusion signal carries more than the gold reply (docs/pipeline.md, "The demo").

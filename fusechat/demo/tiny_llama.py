@@ -9,7 +9,7 @@ import os
 import ml_dtypes
 import numpy as np
 
-from . import safetensors as st
+from .. import safetensors as st
 
 TINY_LLAMA = {
     "architectures": ["LlamaForCausalLM"],

@@ -18,9 +18,9 @@ import os
 
 import numpy as np
 
-from .align_stage import finished, store_identity
-from .fuse import LEVELS, SparseDists, avg_ce, min_ce
-from .progress import tqdm
+from .align import finished, store_identity
+from ..fuse import LEVELS, SparseDists, avg_ce, min_ce
+from ..progress import tqdm
 from .store import TopKStoreWriter, open_store
 
 LOG = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 ``extract(model, data, out)`` tokenizes every conversation (the fixed openchat_3.5 template
 with the model's own end-of-turn token, as the reference does, or the model's own chat
 template), runs the model without gradients over length-sorted batches (padding only within
-a batch, never to 2048), and writes a TopK store (``fusechat.store``) of kind "extracted":
+a batch, never to 2048), and writes a TopK store (``fusechat.stages.store``) of kind "extracted":
 per position the top-K ids and raw logits, the log-sum-exp of all logits (so that the top-K
 become absolute log-probabilities, which the byte projection needs), the CE of the next token
 where it is supervised, and per sample the mean CE over its supervised tokens. Top-K and CE come from one pass of the
@@ -12,7 +12,7 @@ separate cross-entropy.
 
 Scaling out: ``shard=(i, n)`` processes the contiguous slice i of n of the dataset rows (the
 reference's split: floor(N/n) rows each, the last shard takes the remainder) and writes the
-complete store ``OUT/part-0000i-of-0000n``; ``fusechat.store.open_store(OUT)`` reads the
+complete store ``OUT/part-0000i-of-0000n``; ``fusechat.stages.store.open_store(OUT)`` reads the
 parts as one store. Under torchrun/accelerate the shard defaults to (RANK, WORLD_SIZE), one
 process per rank. A finished output with the same settings is skipped when rerun (resume).
 """
@@ -23,8 +23,8 @@ import os
 import numpy as np
 
 from . import chat
-from .errors import FormatError
-from .progress import tqdm
+from ..errors import FormatError
+from ..progress import tqdm
 from .store import TopKStore, TopKStoreWriter, part_name
 
 LOG = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ SORT_WINDOW = 4096
 def tokenizer_fingerprint(tokenizer):
     """The tokenizer fingerprint stores are checked against (``fusechat.Vocab``'s SHA-256 of
     the model type, every piece and every flag)."""
-    from .vocab import Vocab
+    from ..vocab import Vocab
 
     return Vocab.from_tokenizer(tokenizer).fingerprint
 
@@ -184,7 +184,7 @@ def run_batch(model, group, *, k, pad_id, device, topk_fn=None):
 def _fused_topk(logits, labels, k):
     """One pass of the fused kernel: top-k, token CE and sequence CE (NaN when a sequence has
     no supervised token, as the reference's 0/0)."""
-    from .torch import topk_and_ce
+    from ..torch import topk_and_ce
 
     r = topk_and_ce(logits, labels, k, shift=True)
     seq = r.seq_ce.masked_fill(r.seq_has == 0, float("nan"))

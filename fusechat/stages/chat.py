@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
 
 LOG = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Held-out evaluation of chat models: per-token NLL, exact-match accuracy and the
 probability of the set of right answers, per skill, with bootstrap confidence intervals and
-paired comparisons (fusechat.stats).
+paired comparisons (fusechat.stages.stats).
 
 For each conversation the model is scored on the supervised tokens of every assistant turn
 (mean negative log-likelihood per token), and asked to answer the last user turn greedily;
@@ -13,13 +13,16 @@ its probability over several right answers rather than over wrong ones (what a s
 distribution can teach beyond one gold reply).
 Needs torch and transformers (``pip install fusechat[torch]``).
 """
+import json
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import chat
-from .progress import tqdm
+from ..progress import tqdm
 from .stats import bootstrap_ci, seed_item_bootstrap
 
 LOG = logging.getLogger(__name__)
@@ -178,7 +181,7 @@ def compare(results, baseline=None, seed=0):
     (model minus baseline) with its 95% CI.
 
     Results named ``model@seed`` are the training seeds of one model: its row averages them,
-    and every interval is ``fusechat.stats.seed_item_bootstrap`` (items and training seeds
+    and every interval is ``fusechat.stages.stats.seed_item_bootstrap`` (items and training seeds
     resampled; the items paired with the baseline's), so it includes the training-seed
     variance. A model with a single result gets the plain item bootstrap (paired against the
     baseline). ``seeds`` in a row says how many training seeds it averages."""
@@ -231,3 +234,43 @@ def format_table(rows):
         line += f"{ci(r['nll']):<22} {diff(r.get('nll_vs_base'))}"
         lines.append(line.rstrip())
     return "\n".join(lines)
+
+
+def evaluate_models(models, data, out, opts, quiet=False):
+    """Score [(name, model, tokenizer, _)] on data; write out/results.json (per-item scores)
+    and out/table.txt (compare() against opts["baseline"])."""
+    from transformers import AutoTokenizer
+
+    names = [model_group(m[0]) for m in models]
+    if opts.get("baseline") and model_group(opts["baseline"]) not in names:
+        raise ConfigError(f"eval.baseline {opts['baseline']!r}: not one of the evaluated "
+                          f"models {names}")
+    convs, _ = chat.load_conversations(data, skip_bad_records=True)
+    if opts.get("max_items"):
+        convs = convs[:int(opts["max_items"])]
+    results = []
+    for name, model, tok, _ in models:
+        results.append(evaluate(model, convs, tokenizer=AutoTokenizer.from_pretrained(tok),
+                                name=name, template=opts["template"],
+                                max_length=opts["max_length"],
+                                max_new_tokens=opts["max_new_tokens"], quiet=quiet))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump([{"name": e.name, "index": e.index.tolist(), "skill": e.skill.tolist(),
+                    "nll": e.nll.tolist(), "exact": e.exact.tolist(),
+                    "answer_p": None if e.answer_p is None else e.answer_p.tolist()}
+                   for e in results], f)
+    rows = compare(results, baseline=opts.get("baseline"))
+    with open(os.path.join(out, "table.txt"), "w", encoding="utf-8") as f:
+        f.write(format_table(rows) + "\n")
+
+
+def load_results(folder):
+    """The EvalResults an eval step wrote (``folder``/results.json)."""
+    with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
+        rows = json.load(f)
+    return [EvalResult(r["name"], np.asarray(r["index"], np.int64),
+                       np.asarray(r["skill"], dtype=object), np.asarray(r["nll"]),
+                       np.asarray(r["exact"]),
+                       None if r.get("answer_p") is None else np.asarray(r["answer_p"]))
+            for r in rows]

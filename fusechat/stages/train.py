@@ -22,7 +22,8 @@ import shutil
 
 import numpy as np
 
-from .errors import FormatError
+from ..errors import FormatError
+from ..loss import LM_WEIGHT
 from .store import open_store
 
 LOG = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ except ImportError:  # torch/transformers are the [torch] extra; fusechat import
 
 
 class FusionCollator:
-    """Collates TopK store samples (``fusechat.store.Sample``) into a batch for a causal LM:
+    """Collates TopK store samples (``fusechat.stages.store.Sample``) into a batch for a causal LM:
     input_ids and attention_mask [B, L] (right padding with ``pad_id``), labels [B, L]
     (-100 where not supervised and on padding), target_ids int32 [B, L, K] (-1 on padding
     and empty rows) and target_values float32 [B, L, K]. Position t's target predicts token
@@ -81,15 +82,15 @@ class StoreDataset:
 class FusionTrainer(Trainer if Trainer is not None else object):
     """``transformers.Trainer`` with FuseChat's loss (``fusechat.torch.causal_lm_fusion_loss``).
 
-    ``lm_weight`` (default 0.9, FuseChat's ``lm_loss_weight``), ``temperature`` (applied to
+    ``lm_weight`` (default ``fusechat.loss.LM_WEIGHT``, FuseChat's ``lm_loss_weight``), ``temperature`` (applied to
     the target) and ``kind`` ("ce" or "kl") set the loss. Batches carry ``target_ids`` and
     ``target_values`` (see FusionCollator); without them the loss is plain CE. The loss is
     normalised by the Trainer's global count of supervised tokens (``num_items_in_batch``),
     so gradient accumulation and data parallelism give the same gradients as one big batch.
     """
 
-    def __init__(self, *args, lm_weight=0.9, temperature=1.0, kind="ce", **kwargs):
-        from .loss import loss_options
+    def __init__(self, *args, lm_weight=LM_WEIGHT, temperature=1.0, kind="ce", **kwargs):
+        from ..loss import loss_options
 
         if not 0.0 <= float(lm_weight) <= 1.0:
             raise ValueError(f"lm_weight={lm_weight}: must lie in [0, 1]")
@@ -103,7 +104,7 @@ class FusionTrainer(Trainer if Trainer is not None else object):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from .torch import causal_lm_fusion_loss
+        from ..torch import causal_lm_fusion_loss
 
         inputs = dict(inputs)
         labels = inputs.pop("labels")
@@ -164,7 +165,7 @@ def training_arguments(work, *, epochs, lr, batch_size, grad_accum, max_steps, s
     return TrainingArguments(**args)
 
 
-def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, temperature=1.0,
+def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=LM_WEIGHT, temperature=1.0,
           kind="ce", epochs=3, lr=5e-6, batch_size=4, grad_accum=4, max_steps=None, seed=42,
           bf16=False, device=None, max_length=None, overwrite=False, quiet=False,
           training_args=None):
@@ -176,7 +177,7 @@ def train(pivot_model, fused_store, out, *, tokenizer=None, lm_weight=0.9, tempe
     existing ``out`` is kept (and returned) unless ``overwrite``.
     """
     if torch is None:
-        raise ImportError("fusechat.train needs torch and transformers (pip install fusechat[torch])")
+        raise ImportError("fusechat.stages.train needs torch and transformers (pip install fusechat[torch])")
     out = os.fspath(out)
     store = open_store(fused_store)
     try:

@@ -1,6 +1,6 @@
 """``fusechat demo`` (``make demo``): the whole FuseChat pipeline on tiny models, no download.
 
-1. generates a synthetic chat dataset with three skills (fusechat.demo_data: arithmetic,
+1. generates a synthetic chat dataset with three skills (fusechat.demo.data: arithmetic,
    string transformations, recall of a generated fact table);
 2. trains three tokenizers (Metaspace BPE, byte-level BPE, Unigram) and three tiny chat
    models of different architectures (Llama, Qwen2, GPT-2 style) so that the two sources are
@@ -23,8 +23,11 @@ import logging
 import os
 import time
 
-from . import demo_data
-from .recipe import Step, load_results, path_fingerprint, run, run_steps
+from . import data as demo_data
+from ..loss import LM_WEIGHT
+from ..recipe import run
+from ..runner import Step, path_fingerprint, run_steps
+from ..stages.evaluate import load_results
 
 LOG = logging.getLogger(__name__)
 
@@ -49,10 +52,10 @@ MODELS = [
 # one (seed=0).
 SIZES = {
     "full": dict(n_gold=150, n_prompts=450, n_eval=150, pivot_n=600, pivot_epochs=2,
-                 source_n=4000, source_epochs=6, hidden=96, train_epochs=12, lm_weight=0.9,
+                 source_n=4000, source_epochs=6, hidden=96, train_epochs=12, lm_weight=LM_WEIGHT,
                  train_seeds=[0, 1, 2]),
     "quick": dict(n_gold=40, n_prompts=40, n_eval=24, pivot_n=100, pivot_epochs=1, source_n=200,
-                  source_epochs=1, hidden=32, train_epochs=1, lm_weight=0.9,
+                  source_epochs=1, hidden=32, train_epochs=1, lm_weight=LM_WEIGHT,
                   train_seeds=[0, 1]),
 }
 BASELINE = "sft-gold"  # the pivot fine-tuned with plain CE on the gold-labelled part only
@@ -87,7 +90,7 @@ def data_files(workdir, size, seed):
 
 def model_steps(workdir, size, quiet, seed=0):
     """Steps that build the demo's chat models (cached like the pipeline's steps)."""
-    from . import demo_models
+    from . import models as demo_models
 
     steps = []
     for i, (name, arch, kind, mix, role) in enumerate(MODELS):
@@ -118,7 +121,7 @@ def replies_step(workdir, files, builds, quiet):
            "sources": [step.fingerprint for _, step in sources], "max_new_tokens": 12}
 
     def build(out):
-        from .replies import best_of_replies
+        from ..stages.replies import best_of_replies
 
         gold = _read_jsonl(files["gold"])
         replied, wins = best_of_replies(_read_jsonl(files["prompts"]),
@@ -248,7 +251,7 @@ def demo_results(out_eval):
 
 
 def _run_demo(workdir, quiet, quick, seed):
-    from .evaluate import compare, format_table
+    from ..stages.evaluate import compare, format_table
 
     say = print
     size = SIZES["quick" if quick else "full"]
