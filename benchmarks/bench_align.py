@@ -517,7 +517,8 @@ def write_projection_doc(r):
     verdict = ("met" if all(met) else "**not** met" if not any(met) else
                "met with the " + ", ".join(str(t["vs"]) for t, ok in zip(r["throughput"], met)
                                          if ok) + "-token source and **not** met with the "
-               + ", ".join(str(t["vs"]) for t, ok in zip(r["throughput"], met) if not ok))
+               + ", ".join(str(t["vs"]) for t, ok in zip(r["throughput"], met) if not ok)
+               + "-token one")
     first_rows = "\n".join(
         f"| {f['name']} | {f['first']['n']} | **{f['first']['bytes']}** | {f['first']['rules']} "
         f"| {f['first']['rules_onehot']} |" for f in r["fidelity"] if f["first"])
