@@ -50,7 +50,7 @@ wheel: deps
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m auditwheel repair -w dist build/wheel-raw/fusechat-*.whl
 
 # C core tests under AddressSanitizer + UndefinedBehaviorSanitizer
-build/ctest/%: tests/c/%.c tests/c/ctest.h $(CORE_SRC) $(wildcard csrc/include/*.h csrc/core/*.h) | deps
+build/ctest/%: tests/c/%.c $(wildcard tests/c/*.h) $(CORE_SRC) $(wildcard csrc/include/*.h csrc/core/*.h) | deps
 	@mkdir -p $(dir $@)
 	gcc $(CFLAGS_TEST) $(SAN) -o $@ $< $(CORE_SRC) $(LIBS_TEST)
 

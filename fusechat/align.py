@@ -27,6 +27,11 @@ LOG = logging.getLogger(__name__)
 
 METHODS = {"dtw": 0, "offsets": 1}
 MAP_MODES = {"em": 0, "mined": 1, "ms": 2}
+# how a source's distributions reach the pivot's tokens (docs/alignment.md): the byte-exact
+# projection, or the reference's DTW + map + MAP/ONEHOT/EMPTY rules (kept for the paper's
+# figures). The one default of `align_stores`, `fusechat align` and a recipe's align.projection.
+PROJECTIONS = ("bytes", "rules")
+DEFAULT_PROJECTION = "bytes"
 DIST_MODES = {"ms": 0, "em": 1, "mined": 2}
 ROLE_POLICIES = {"none": -1, "reference": 0, "all": 1}
 

@@ -227,12 +227,14 @@ def _extract_run(args):
 # align
 
 def _align_args(p):
+    from .align import PROJECTIONS
+
     p.add_argument("pivot_store", help="the pivot's TopK store (extracted)")
     p.add_argument("source_store", help="the source's TopK store (extracted)")
     p.add_argument("out", help="output aligned store folder")
     p.add_argument("--pivot-tokenizer", required=True, help="the pivot's tokenizer folder")
     p.add_argument("--source-tokenizer", required=True, help="the source's tokenizer folder")
-    p.add_argument("--projection", choices=["bytes", "rules"],
+    p.add_argument("--projection", choices=list(PROJECTIONS),
                    help="bytes: the byte-exact projection of the source's distributions onto "
                         "the pivot's tokens (the default); rules: the reference's DTW + map + "
                         "MAP/ONEHOT/EMPTY rules (the default when --method or --map is given)")
@@ -256,15 +258,14 @@ def _align_run(args):
                        (args.source_tokenizer, "source tokenizer")):
         require_path(path, what)
     rules_opts = args.method is not None or args.map is not None or args.counts is not None
-    projection = args.projection or ("rules" if rules_opts else "bytes")
-    if projection == "bytes" and rules_opts:
+    if args.projection == "bytes" and rules_opts:
         raise ValueError("--method, --map and --counts belong to --projection rules")
-    if projection == "rules" and args.k is not None:
+    if (args.projection == "rules" or rules_opts) and args.k is not None:
         raise ValueError("-k belongs to --projection bytes (rules keep the source's K)")
     out = align_stores(args.pivot_store, args.source_store, args.out,
                        pivot_tokenizer=args.pivot_tokenizer,
-                       source_tokenizer=args.source_tokenizer, projection=projection,
-                       method=args.method or "dtw", map=args.map or "ms", k=args.k,
+                       source_tokenizer=args.source_tokenizer, projection=args.projection,
+                       method=args.method, map=args.map, k=args.k,
                        counts_path=args.counts, threads=args.threads, overwrite=args.overwrite,
                        quiet=args.quiet)
     print_fidelity(out)

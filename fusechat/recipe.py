@@ -40,6 +40,7 @@ import shutil
 
 import yaml
 
+from .align import DEFAULT_PROJECTION
 from .errors import ConfigError
 from .loss import LM_WEIGHT
 from .runner import Step, path_fingerprint, run_steps
@@ -53,7 +54,7 @@ SCHEMA = {
                 "split_seed": 0, "eval_path": None},
     "extract": {"k": 10, "batch_size": 8, "dtype": "bfloat16", "device": "cpu",
                 "logits_dtype": "F16"},
-    "align": {"projection": "bytes", "k": None, "method": "dtw", "map": "ms"},
+    "align": {"projection": DEFAULT_PROJECTION, "k": None, "method": "dtw", "map": "ms"},
     "fuse": {"rule": "mince", "level": "sequence"},
     "train": {"lm_weight": LM_WEIGHT, "epochs": 3, "lr": 5e-6, "batch_size": 4, "grad_accum": 1,
               "max_steps": None, "seed": 42, "bf16": False, "device": None,

@@ -74,7 +74,8 @@ def decoded(tok):
 def test_aligned_store_matches_library_and_twin(env, stores, tmp_path):
     root, toks, _ = env
     out = align_stores(stores["piv"], stores["src"], tmp_path / "al", quiet=True,
-                       pivot_tokenizer=root / "tok-piv", source_tokenizer=toks["src"])
+                       pivot_tokenizer=root / "tok-piv", source_tokenizer=toks["src"],
+                       projection="rules")
     pv, sv = Vocab.from_tokenizer(toks["piv"]), Vocab.from_tokenizer(toks["src"])
     piv, src, got = TopKStore(stores["piv"]), TopKStore(stores["src"]), TopKStore(out)
     assert got.kind == "aligned" and got.fingerprint == pv.fingerprint
@@ -375,7 +376,7 @@ def test_extract_align_fuse_tiny_models(tmp_path):
                 shard=parse_shard(f"{i}/2"), quiet=True)
     aligned = align_stores(tmp_path / "s-piv", tmp_path / "s-src", tmp_path / "al",
                            pivot_tokenizer=paths["piv"], source_tokenizer=paths["src"],
-                           quiet=True)
+                           projection="rules", quiet=True)
     fused = fuse_stores(tmp_path / "s-piv", [aligned], tmp_path / "fused", quiet=True)
     piv, src = open_store(tmp_path / "s-piv"), open_store(tmp_path / "s-src")
     f = open_store(fused, expect_fingerprint=piv.fingerprint)
@@ -417,7 +418,7 @@ def _run_stages(env, root):
     piv = write_store(root / "piv", toks["piv"], convs, 1, drop={3}, model="pivot")
     src = write_store(root / "src", toks["src"], convs, 2, drop={7}, model="source")
     same = write_store(root / "same", toks["piv"], convs, 4, drop={0}, model="twin")
-    kw = dict(pivot_tokenizer=tr / "tok-piv", quiet=True)
+    kw = dict(pivot_tokenizer=tr / "tok-piv", projection="rules", quiet=True)
     outs = {"piv": piv, "src": src,
             "al": align_stores(piv, src, root / "al", source_tokenizer=toks["src"], **kw),
             "same": align_stores(piv, same, root / "al-same", source_tokenizer=tr / "tok-piv",

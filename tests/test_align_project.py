@@ -152,6 +152,23 @@ def test_twin_equals_c_real(pivot, source):
         assert_same(c, *twin)
 
 
+def test_twin_equals_c_wide_topk():
+    """Top-K rows of up to 120 candidates, sorted and in random order, with ties: a position
+    collects far more entries than the C's first table holds (32), so it grows mid-position;
+    k up to 200 keeps them all in the output."""
+    (pv, ptok), (sv, stok) = real_pair("mistral", "bytelevel")
+    tw = twin_vocab(sv, pv)
+    rng = np.random.default_rng(23)
+    for text in F.sample_texts()[:6] + NUMBERS[:4]:
+        s, p = stok.encode(text).ids, ptok.encode(text).ids
+        ids, lps, true = random_topk(s, len(sv), rng, k=120)
+        if rng.random() < 0.5:  # ties, in random id order
+            lps = np.where(ids >= 0, np.float32(-6.0), lps).astype(np.float32)
+        c, twin = run_both(s, p, ids, lps, true, sv, pv, tw, k=int(rng.integers(40, 200)))
+        assert_same(c, *twin)
+        assert (np.diff(c.dists.offsets) > 32).any()
+
+
 def test_twin_equals_c_random_ids_and_edited_texts():
     """Sequences that do not spell the same text: random ids on both sides, and texts with
     random edits on one side (resynchronisation, differing spans, one-sided whitespace)."""

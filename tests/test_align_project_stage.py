@@ -18,9 +18,10 @@ from fusechat.stages.store import TopKStore, TopKStoreWriter  # noqa: E402
 from test_align_project import demo_chats, demo_tokenizer  # noqa: E402
 
 
-def write_oracle_store(path, tok, chats, lognorm=True):
+def write_oracle_store(path, tok, chats, lognorm=True, seq_ce_shift=None):
     """A store whose model is an oracle: logit 10 on the true next token, 0 on 9 others and
-    on the rest of the vocabulary; token CE where the next token is supervised."""
+    on the rest of the vocabulary; token CE where the next token is supervised (the sequence
+    CE moved by seq_ce_shift(i) for sample i, when given)."""
     vocab = Vocab.from_tokenizer(tok)
     V = len(vocab)
     lse = math.log(math.exp(10.0) + V - 1)
@@ -40,7 +41,8 @@ def write_oracle_store(path, tok, chats, lognorm=True):
             sup = np.zeros(n, bool)
             sup[:-1] = c.loss_mask[1:] > 0
             ce = np.where(sup, lse - 10.0, 0).astype(np.float32)
-            w.add(i, ids, c.loss_mask, tk, lg, ce, float(lse - 10.0),
+            shift = seq_ce_shift(i) if seq_ce_shift else 0.0
+            w.add(i, ids, c.loss_mask, tk, lg, ce, float(lse - 10.0 + shift),
                   topk_lognorm=np.full(n, lse, np.float32) if lognorm else None)
     return str(path)
 
@@ -120,3 +122,63 @@ def test_cli_bytes_by_default_prints_fidelity_and_inspect_shows_it(env, tmp_path
     assert main(args + ["--projection", "bytes", "--method", "dtw",
                         "--overwrite"]) == 1
     assert "--method, --map and --counts belong to --projection rules" in capsys.readouterr().err
+
+
+def test_one_default_projection_for_api_cli_and_recipe(env, tmp_path):
+    """align_stores, `fusechat align` and a recipe's align.projection share one default
+    (fusechat.align.DEFAULT_PROJECTION, bytes); rules options alone select the rules."""
+    from fusechat.recipe import SCHEMA
+
+    root, _, st, piv, src, _ = env
+    assert align.DEFAULT_PROJECTION == "bytes" == SCHEMA["align"]["projection"]
+    kw = dict(pivot_tokenizer=root / "tok-piv", source_tokenizer=st, quiet=True)
+    out = TopKStore(align_stores(piv, src, tmp_path / "api", **kw))
+    assert out.manifest["info"]["projection"] == "bytes"
+    assert out.manifest["info"]["fidelity"]["top1_correct"] >= 0.99
+    ruled = TopKStore(align_stores(piv, src, tmp_path / "m", method="offsets", **kw))
+    assert "projection" not in ruled.manifest["info"]
+    assert ruled.manifest["info"]["method"] == "offsets"
+    with pytest.raises(ValueError, match="projection='words'"):
+        align_stores(piv, src, tmp_path / "x", projection="words", **kw)
+
+
+@pytest.mark.parametrize("level", ["sequence", "token"])
+def test_fused_store_carries_the_winners_lognorm(env, tmp_path, level):
+    """MinCE over the pivot's oracle store and a bytes-aligned source: every fused position's
+    topk_lognorm is the one of the store whose list it took, computed here independently: the
+    oracle's log(e^10 + V - 1) for the pivot, 0 for the projected log-probabilities; AvgCE
+    stores log-probabilities (0). Then logits - lognorm are log-probabilities (mass <= 1)."""
+    from fusechat.fuse_stage import fuse_stores
+    from test_align_project import demo_chats as chats
+
+    root, pt, st, _, src, _ = env
+    # the pivot loses the even samples (sequence CE raised by 5): both sides win somewhere
+    piv = write_oracle_store(tmp_path / "piv", pt, chats(60, pt),
+                             seq_ce_shift=lambda i: 5.0 if i % 2 == 0 else 0.0)
+    aligned = align_stores(piv, src, tmp_path / "al", pivot_tokenizer=root / "tok-piv",
+                           source_tokenizer=st, projection="bytes", quiet=True)
+    lse_piv = np.float32(math.log(math.exp(10.0) + len(Vocab.from_tokenizer(pt)) - 1))
+    fused = TopKStore(fuse_stores(piv, [aligned], tmp_path / "f", level=level, quiet=True))
+    p_store, a_store = TopKStore(piv), TopKStore(aligned)
+    took = {0: 0, 1: 0}
+    for g, p, a in zip(fused, p_store, a_store):
+        assert g.sample_index == p.sample_index == a.sample_index
+        ka, kp = a.topk_ids.shape[1], p.topk_ids.shape[1]
+        from_source = np.array([np.array_equal(g.topk_ids[t, :ka], a.topk_ids[t])
+                                and not np.array_equal(g.topk_ids[t, :kp], p.topk_ids[t])
+                                for t in range(len(g.input_ids))])
+        from_pivot = np.array([np.array_equal(g.topk_ids[t, :kp], p.topk_ids[t])
+                               and not np.array_equal(g.topk_ids[t, :ka], a.topk_ids[t])
+                               for t in range(len(g.input_ids))])
+        assert (g.topk_lognorm[from_source] == 0).all()
+        assert (g.topk_lognorm[from_pivot] == lse_piv).all()
+        took[0] += int(from_pivot.sum())
+        took[1] += int(from_source.sum())
+        lp = g.topk_logprobs()
+        mass = np.where(g.topk_ids >= 0, np.exp(lp.astype(np.float64)), 0).sum(axis=1)
+        assert (mass <= 1 + 1e-3).all()
+    assert took[0] > 0 and took[1] > 0
+    avg = TopKStore(fuse_stores(piv, [aligned], tmp_path / "avg", rule="avgce", level=level,
+                                quiet=True))
+    for g in avg:
+        assert (g.topk_lognorm == 0).all()

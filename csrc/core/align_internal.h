@@ -74,19 +74,38 @@ int fc_match_ws(const unsigned char *a, int64_t na, const unsigned char *b, int6
 int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, int64_t np,
                    uint8_t *s_state, uint8_t *p_state, int64_t *to_src);
 
-/* The pivot lookup is a byte trie over the pieces' canonical bytes: node 0 is the root, the
- * child of (node, byte) is found in an open-addressing table, piece[node] is the piece
- * spelled by the path to it (-1 if none). */
+/* What the projection reads of a source id, in one 32-byte record (one cache line: top-K ids
+ * are scattered over the vocabulary): its canonical bytes (inline when they fit in head) and
+ * the pivot piece spelling the longest prefix of them (-1 / 0 if none) with its length. */
+#define FC_TOK_HEAD 12
+typedef struct fc_src_tok {
+    int64_t       off;   /* canonical bytes at src->canonical.data + off */
+    int32_t       len, piece, piece_len;
+    unsigned char head[FC_TOK_HEAD]; /* the first bytes (all of them if len <= FC_TOK_HEAD) */
+} fc_src_tok;
+
+/* The canonical bytes of a record. */
+static inline const unsigned char *fc_src_tok_bytes(const fc_vocab_t *src, const fc_src_tok *t) {
+    return t->len <= FC_TOK_HEAD ? t->head : (const unsigned char *)src->canonical.data + t->off;
+}
+
+/* The pivot lookup is a byte trie over the pieces' canonical bytes: node 0 is the root (its
+ * children in root_child), the child of (node, byte) is found in an open-addressing table of
+ * (key, child) pairs, piece[node] is the piece spelled by the path to it (-1 if none). */
+typedef struct fc_trie_edge {
+    uint32_t key;   /* (node << 8 | byte) + 1, 0 = empty slot */
+    int32_t  child;
+} fc_trie_edge;
+
 struct fc_project_ctx {
     const fc_vocab_t *src, *pivot;
-    uint64_t         *edge_key;  /* (node << 8 | byte) + 1, 0 = empty slot */
-    int32_t          *edge_child;
-    uint64_t          edge_mask; /* table size - 1 (a power of two) */
-    int32_t          *piece;     /* per node */
+    fc_trie_edge     *edge;
+    uint64_t          edge_mask;      /* table size - 1 (a power of two) */
+    int32_t           root_child[256];
+    int32_t          *piece;          /* per node */
     int64_t           n_nodes;
     int32_t          *role_map;  /* source id without bytes -> pivot special of its role, -1 */
-    int32_t          *src_piece; /* per source id: the pivot piece spelling the longest */
-    int32_t          *src_piece_len; /* prefix of its bytes (-1 / 0 if none), and its length */
+    fc_src_tok       *src_tok;   /* per source id */
 };
 
 /* A walk down the trie: feed byte strings in order; best / best_len = the longest piece

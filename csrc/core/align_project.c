@@ -10,6 +10,9 @@
 
 typedef struct entry { int32_t id; double mass; } entry;
 
+/* a slot of the entries' table: taken when gen is the position's generation */
+typedef struct ent_slot { uint32_t gen; int32_t e; } ent_slot;
+
 /* one sequence pair, everything the positions share */
 typedef struct seq {
     const fc_project_ctx_t *c;
@@ -26,6 +29,9 @@ typedef struct seq {
     int64_t       *cut;         /* m */
     entry         *ent;         /* the position's masses */
     int64_t        n_ent, cap_ent;
+    ent_slot      *slot;        /* 2 * cap_ent: see add() */
+    uint32_t       gen;         /* the position's generation (0 before the first) */
+    int64_t        pf_next;     /* the next source position to prefetch */
 } seq;
 
 static double prob(float lp) {
@@ -34,9 +40,27 @@ static double prob(float lp) {
 }
 
 static const unsigned char *src_bytes(const seq *q, int64_t id, int64_t *len) {
-    const fc_vocab_t *v = q->c->src;
-    *len = v->can_off[id + 1] - v->can_off[id];
-    return (const unsigned char *)v->canonical.data + v->can_off[id];
+    const fc_src_tok *t = &q->c->src_tok[id];
+    *len = t->len;
+    return fc_src_tok_bytes(q->c->src, t);
+}
+
+#define PREFETCH_AHEAD 4 /* source positions */
+
+/* The records of the candidates of the source positions up to i + PREFETCH_AHEAD, requested
+ * ahead of use: top-K ids are scattered over the vocabulary. */
+static void prefetch_candidates(seq *q, int64_t i) {
+#if defined(__GNUC__)
+    int64_t until = i + PREFETCH_AHEAD < q->n ? i + PREFETCH_AHEAD : q->n - 1;
+    if (q->pf_next < i) q->pf_next = i;
+    for (; q->pf_next <= until; q->pf_next++) {
+        const int64_t *ids = q->tk_ids + q->pf_next * q->k;
+        for (int64_t r = 0; r < q->k; r++)
+            if (ids[r] >= 0) __builtin_prefetch(&q->c->src_tok[ids[r]]);
+    }
+#else
+    (void)q, (void)i;
+#endif
 }
 
 static int64_t piv_len(const seq *q, int64_t id) {
@@ -64,23 +88,83 @@ static double true_prob(const seq *q, int64_t i, int64_t true_id) {
     return low < rest ? low : rest;
 }
 
-static int add(seq *q, int64_t id, double w) {
-    for (int64_t e = 0; e < q->n_ent; e++)
-        if (q->ent[e].id == id) { q->ent[e].mass += w; return 0; }
-    if (q->n_ent == q->cap_ent) {
-        int64_t cap = q->cap_ent ? 2 * q->cap_ent : 64;
-        entry *e = realloc(q->ent, (size_t)cap * sizeof *e);
-        if (!e) return -1;
-        q->ent = e, q->cap_ent = cap;
+/* Mass w for pivot id `id`. Entries are found through the open-addressing table `slot`
+ * (2 * cap_ent slots); a slot is taken when it carries the position's generation, so the
+ * table needs no clearing between positions. */
+static uint64_t slot_of(int64_t id, uint64_t mask) {
+    return ((uint64_t)id * 0x9E3779B97F4A7C15ull >> 32) & mask;
+}
+
+static void clear_slots(ent_slot *t, int64_t n) {
+    for (int64_t h = 0; h < n; h++) t[h] = (ent_slot){0, -1};
+}
+
+/* a new position: a new generation (the table is cleared when the counter wraps) */
+static void next_position(seq *q) {
+    q->n_ent = 0;
+    if (++q->gen == 0) {
+        clear_slots(q->slot, 2 * q->cap_ent);
+        q->gen = 1;
     }
+}
+
+/* twice the room, the entries placed anew; -1 when out of memory */
+static int grow_entries(seq *q) {
+    int64_t cap = 2 * q->cap_ent;
+    entry *e = realloc(q->ent, (size_t)cap * sizeof *e);
+    if (!e) return -1;
+    q->ent = e;
+    ent_slot *t = malloc((size_t)(2 * cap) * sizeof *t);
+    if (!t) return -1;
+    free(q->slot);
+    q->slot = t, q->cap_ent = cap;
+    uint64_t mask = (uint64_t)cap * 2 - 1;
+    clear_slots(t, 2 * cap);
+    for (int64_t k = 0; k < q->n_ent; k++) {
+        uint64_t y = slot_of(q->ent[k].id, mask);
+        while (t[y].gen == q->gen) y = (y + 1) & mask;
+        t[y] = (ent_slot){q->gen, (int32_t)k};
+    }
+    return 0;
+}
+
+static inline int add(seq *q, int64_t id, double w) {
+    uint64_t mask = (uint64_t)q->cap_ent * 2 - 1, h = slot_of(id, mask);
+    for (; q->slot[h].gen == q->gen; h = (h + 1) & mask) {
+        entry *e = &q->ent[q->slot[h].e];
+        if (e->id == id) { e->mass += w; return 0; }
+    }
+    if (q->n_ent == q->cap_ent) {
+        if (grow_entries(q)) return -1;
+        mask = (uint64_t)q->cap_ent * 2 - 1;
+        for (h = slot_of(id, mask); q->slot[h].gen == q->gen; h = (h + 1) & mask) {}
+    }
+    q->slot[h] = (ent_slot){q->gen, (int32_t)q->n_ent};
     q->ent[q->n_ent++] = (entry){(int32_t)id, w};
     return 0;
 }
 
-static int64_t common_prefix(const unsigned char *a, int64_t na, const unsigned char *b,
-                             int64_t nb) {
-    int64_t k = 0;
-    while (k < na && k < nb && a[k] == b[k]) k++;
+/* The length of the common prefix of a[0..na) and b[0..nb). The first 8 bytes are compared
+ * as one word when both are readable that far: b is the text (8 bytes of padding), a when
+ * a_wide (a record's head, with a record after the last one, or 8 bytes and more). */
+static int64_t common_prefix(const unsigned char *a, int64_t na, int a_wide,
+                             const unsigned char *b, int64_t nb) {
+    int64_t n = na < nb ? na : nb, k = 0;
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (a_wide) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x ^ y) {
+            k = __builtin_ctzll(x ^ y) >> 3;
+            return k < n ? k : n;
+        }
+        k = 8 < n ? 8 : n;
+    }
+#else
+    (void)a_wide;
+#endif
+    while (k < n && a[k] == b[k]) k++;
     return k;
 }
 
@@ -134,7 +218,7 @@ static int special_position(seq *q, int64_t j, double *gold_out) {
             if (pv == g) gold += w;
             else if (pv >= 0 && add(q, pv, w)) return POS_NOMEM;
         } else {
-            int64_t L = q->c->src_piece[v];
+            int64_t L = q->c->src_tok[v].piece;
             if (L >= 0 && add(q, L, w)) return POS_NOMEM;
         }
     }
@@ -164,6 +248,7 @@ static int project_position(seq *q, int64_t j, double *gold_out) {
     int64_t t = first_above(E, q->n, c);
     if (t >= q->n || t == 0) return POS_FALLBACK;
     int64_t i = t - 1, s = c - q->B[t];
+    prefetch_candidates(q, i);
     double D = 1.0;
     if (s > 0) { /* the conditional prefix mass of the start inside token t */
         D = true_prob(q, i, q->src[t]);
@@ -180,63 +265,69 @@ static int project_position(seq *q, int64_t j, double *gold_out) {
     double w = 1.0, gold = 0.0;
     int64_t z = c;
     int first_step = 1, at_boundary = s == 0, kind;
+    const fc_project_ctx_t *pc = q->c;
+    const fc_src_tok *tok = pc->src_tok;
+    const unsigned char *S = q->S;
     for (;;) {
-        int64_t u = i + 1;
+        int64_t u = i + 1, true_u = q->src[u];
         if (q->sdiff[q->B[u + 1]] - q->sdiff[q->B[u]]) return POS_FALLBACK;
         double scale = first_step ? w / D : w;
         fc_trie_walk base[2];
         int have_base[2] = {0, 0};
         const int64_t *ids = q->tk_ids + i * q->k;
         const float *lp = q->tk_lp + i * q->k;
+        const unsigned char *Su = S + q->B[u];
+        int64_t zc = z - c, room = q->ns - z;
         for (int64_t r = 0; r < q->k; r++) {
             int64_t v = ids[r];
-            if (v < 0 || v == q->src[u]) continue;
-            double m = prob(lp[r]) * scale;
-            int64_t len;
-            const unsigned char *b = src_bytes(q, v, &len);
+            if (v < 0 || v == true_u) continue;
+            const fc_src_tok *T = &tok[v];
+            int64_t len = T->len;
             if (!len) {
                 if (first_step && at_boundary) {
-                    int64_t pv = q->c->role_map[v];
+                    int64_t pv = pc->role_map[v];
+                    double m = prob(lp[r]) * scale;
                     if (pv == g) gold += m;
                     else if (pv >= 0 && add(q, pv, m)) return POS_NOMEM;
                 }
                 continue;
             }
+            const unsigned char *b = fc_src_tok_bytes(pc->src, T);
             if (s > 0) {
-                if (len <= s || memcmp(b, q->S + q->B[u], (size_t)s) != 0) continue;
+                if (len <= s || memcmp(b, Su, (size_t)s) != 0) continue;
                 b += s, len -= s;
             }
             /* W = S[c:z] + b: the text up to z, then the candidate's bytes */
-            int64_t zc = z - c, nw = zc + len;
-            int64_t text = q->ns - z < len ? q->ns - z : len;
-            int64_t e = zc + common_prefix(b, len, q->S + z, text);
+            int64_t nw = zc + len;
+            int64_t e = zc + common_prefix(b, len, T->len <= FC_TOK_HEAD || len >= 8, S + z,
+                                           room < len ? room : len);
             if (e == nw) { /* agrees with the text over all of its length */
-                if (nw >= ny) gold += m;
+                if (nw >= ny) gold += prob(lp[r]) * scale;
                 continue;
             }
             /* leaves the text at e: the pivot piece that spells the longest prefix of
              * X + W (X only when W does not start with it) */
-            int prepend = nx && !starts_with(q->S + c, zc, b, len, X, nx);
+            int prepend = nx && !starts_with(S + c, zc, b, len, X, nx);
             fc_trie_walk t;
             if (!prepend && !zc && !s) { /* W is the whole candidate token */
-                t.best = q->c->src_piece[v], t.best_len = q->c->src_piece_len[v];
+                t.best = T->piece, t.best_len = T->piece_len;
             } else { /* from the step's shared walk over [X +] S[c:z] */
                 if (!have_base[prepend]) {
                     fc_trie_walk_start(&base[prepend]);
-                    if (!prepend || fc_trie_walk_feed(q->c, &base[prepend], X, nx))
-                        fc_trie_walk_feed(q->c, &base[prepend], q->S + c, zc);
+                    if (!prepend || fc_trie_walk_feed(pc, &base[prepend], X, nx))
+                        fc_trie_walk_feed(pc, &base[prepend], S + c, zc);
                     have_base[prepend] = 1;
                 }
                 t = base[prepend];
-                fc_trie_walk_feed(q->c, &t, b, len);
+                fc_trie_walk_feed(pc, &t, b, len);
             }
             if (t.best >= 0 && t.best_len > e + (prepend ? nx : 0)) {
-                if (add(q, t.best, m)) return POS_NOMEM;
+                if (add(q, t.best, prob(lp[r]) * scale)) return POS_NOMEM;
             } else if (e >= ny) {
-                gold += m;
+                gold += prob(lp[r]) * scale;
             }
         }
-        double pt = true_prob(q, i, q->src[u]) * scale;
+        double pt = true_prob(q, i, true_u) * scale;
         int64_t z2 = q->B[u + 1];
         if (z2 >= d) {
             gold += pt;
@@ -251,16 +342,31 @@ static int project_position(seq *q, int64_t j, double *gold_out) {
     return kind;
 }
 
-/* largest mass first, ties: lower id (an insertion sort: a position has few entries) */
-static int before(entry x, entry y) { return x.mass > y.mass || (x.mass == y.mass && x.id < y.id); }
+/* largest mass first, ties: lower id (no branch: ties are common) */
+static int before(entry x, entry y) {
+    return (x.mass > y.mass) | ((x.mass == y.mass) & (x.id < y.id));
+}
 
-static void sort_by_mass(entry *e, int64_t n) {
+/* The position's entries with positive mass, largest first (ties: lower id), at most out_k
+ * of them, as ids and log-probabilities at out_ids / out_lp; returns how many. An insertion
+ * sort: a position has few entries, and top-K lists come mostly in order. The gold's log is
+ * computed once. */
+static int64_t write_entries(entry *e, int64_t n, int64_t out_k, int64_t g, double gold,
+                             float gold_lp, int32_t *out_ids, float *out_lp) {
     for (int64_t a = 1; a < n; a++) {
         entry x = e[a];
         int64_t b = a;
         for (; b > 0 && before(x, e[b - 1]); b--) e[b] = e[b - 1];
         e[b] = x;
     }
+    int64_t kept = 0;
+    for (int64_t a = 0; a < n && kept < out_k; a++) {
+        if (!(e[a].mass > 0)) continue;
+        out_ids[kept] = e[a].id;
+        out_lp[kept] = e[a].id == g && e[a].mass == gold ? gold_lp : (float)log(e[a].mass);
+        kept++;
+    }
+    return kept;
 }
 
 static fc_status check_inputs(const fc_project_ctx_t *c, const int64_t *src_ids, int64_t n,
@@ -302,6 +408,7 @@ static fc_status check_inputs(const fc_project_ctx_t *c, const int64_t *src_ids,
 static void free_seq(seq *q) {
     free((void *)q->S); free((void *)q->P); free(q->B); free(q->PB); free(q->ss); free(q->ps);
     free(q->to_src); free(q->sdiff); free(q->next_match); free(q->cut); free(q->ent);
+    free(q->slot);
 }
 
 /* byte streams, token offsets, byte states and the per-offset tables */
@@ -318,7 +425,7 @@ static int prepare(seq *q) {
         q->PB[j + 1] = q->PB[j] + pv->can_off[q->piv[j] + 1] - pv->can_off[q->piv[j]];
     q->PB[q->m + 1] = q->PB[q->m];
     q->ns = q->B[q->n], q->np = q->PB[q->m];
-    unsigned char *S = malloc((size_t)q->ns + 1), *P = malloc((size_t)q->np + 1);
+    unsigned char *S = calloc((size_t)q->ns + 8, 1), *P = malloc((size_t)q->np + 1);
     q->S = S, q->P = P;
     q->ss = malloc((size_t)q->ns + 1);
     q->ps = malloc((size_t)q->np + 1);
@@ -326,6 +433,11 @@ static int prepare(seq *q) {
     q->sdiff = malloc((size_t)(q->ns + 1) * sizeof *q->sdiff);
     q->next_match = malloc((size_t)(q->ns + 1) * sizeof *q->next_match);
     q->cut = malloc((size_t)(q->m + 1) * sizeof *q->cut);
+    q->cap_ent = 32;
+    q->ent = malloc((size_t)q->cap_ent * sizeof *q->ent);
+    q->slot = malloc((size_t)(2 * q->cap_ent) * sizeof *q->slot);
+    if (!q->ent || !q->slot) return -1;
+    clear_slots(q->slot, 2 * q->cap_ent);
     if (!S || !P || !q->ss || !q->ps || !q->to_src || !q->sdiff || !q->next_match || !q->cut)
         return -1;
     for (int64_t t = 0; t < q->n; t++)
@@ -369,7 +481,7 @@ fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, in
             out_offsets[j + 1] = at;
             continue;
         }
-        q.n_ent = 0;
+        next_position(&q);
         double gold = 0;
         int kind = project_position(&q, j, &gold);
         if (kind == POS_NOMEM) goto nomem;
@@ -380,15 +492,9 @@ fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, in
         }
         resolution[j] = (uint8_t)kind;
         gold_logprob[j] = (float)log(gold);
-        sort_by_mass(q.ent, q.n_ent);
-        int64_t kept = 0;
-        for (int64_t e = 0; e < q.n_ent && kept < out_k; e++) {
-            if (!(q.ent[e].mass > 0)) continue;
-            out_ids[at + kept] = q.ent[e].id;
-            out_logprobs[at + kept] = (float)log(q.ent[e].mass);
-            kept++;
-        }
-        out_offsets[j + 1] = at + kept;
+        out_offsets[j + 1] = at + write_entries(q.ent, q.n_ent, out_k, pivot_ids[j + 1], gold,
+                                                gold_logprob[j], out_ids + at,
+                                                out_logprobs + at);
     }
     free_seq(&q);
     return FC_OK;

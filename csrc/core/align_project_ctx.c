@@ -2,6 +2,7 @@
  * byte trie: the piece whose canonical bytes are the longest prefix of a byte string, found
  * in one pass over its bytes) and the map of source tokens without bytes (EOS, end of turn)
  * to the pivot's special token of the same role. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,29 +10,35 @@
 
 static int64_t can_len(const fc_vocab_t *v, int64_t id) { return v->can_off[id + 1] - v->can_off[id]; }
 
-static uint64_t slot_of(uint64_t key, uint64_t mask) {
-    return (key * 0x9E3779B97F4A7C15ull >> 17) & mask;
+static uint64_t slot_of(uint32_t key, uint64_t mask) {
+    return ((uint64_t)key * 0x9E3779B97F4A7C15ull >> 17) & mask;
 }
 
 /* the child of (node, byte), or -1 */
 static int64_t child(const fc_project_ctx_t *c, int64_t node, unsigned char b) {
-    uint64_t key = ((uint64_t)node << 8 | b) + 1;
+    if (!node) return c->root_child[b];
+    uint32_t key = ((uint32_t)node << 8 | b) + 1;
     for (uint64_t h = slot_of(key, c->edge_mask);; h = (h + 1) & c->edge_mask) {
-        if (c->edge_key[h] == key) return c->edge_child[h];
-        if (!c->edge_key[h]) return -1;
+        if (c->edge[h].key == key) return c->edge[h].child;
+        if (!c->edge[h].key) return -1;
     }
 }
 
 /* the child of (node, byte), created if missing (the table has room: sized for every byte) */
 static int64_t child_or_new(fc_project_ctx_t *c, int64_t node, unsigned char b) {
-    uint64_t key = ((uint64_t)node << 8 | b) + 1;
+    int64_t found = child(c, node, b);
+    if (found >= 0) return found;
+    int64_t id = c->n_nodes++;
+    c->piece[id] = -1;
+    if (!node) {
+        c->root_child[b] = (int32_t)id;
+        return id;
+    }
+    uint32_t key = ((uint32_t)node << 8 | b) + 1;
     uint64_t h = slot_of(key, c->edge_mask);
-    for (; c->edge_key[h]; h = (h + 1) & c->edge_mask)
-        if (c->edge_key[h] == key) return c->edge_child[h];
-    c->edge_key[h] = key;
-    c->edge_child[h] = (int32_t)c->n_nodes;
-    c->piece[c->n_nodes] = -1;
-    return c->n_nodes++;
+    while (c->edge[h].key) h = (h + 1) & c->edge_mask;
+    c->edge[h] = (fc_trie_edge){key, (int32_t)id};
+    return id;
 }
 
 fc_status fc_project_ctx_new(const fc_vocab_t *src, const fc_vocab_t *pivot,
@@ -52,13 +59,17 @@ fc_status fc_project_ctx_new(const fc_vocab_t *src, const fc_vocab_t *pivot,
     c->pivot = pivot;
     c->role_map = malloc((size_t)(src->V ? src->V : 1) * sizeof *c->role_map);
     int64_t total = pivot->can_off[pivot->V]; /* at most one node per byte of the pieces */
+    if (total >= (int64_t)1 << 24)
+        return fc_project_ctx_free(c), fc_error_set(err, FC_ERR_VALUE, "the pivot vocabulary "
+                                                    "spells %lld bytes; the projection's lookup "
+                                                    "takes at most 2^24", (long long)total);
     uint64_t size = 16;
     while (size < 2 * (uint64_t)total + 16) size <<= 1;
     c->edge_mask = size - 1;
-    c->edge_key = calloc(size, sizeof *c->edge_key);
-    c->edge_child = malloc(size * sizeof *c->edge_child);
+    c->edge = calloc(size, sizeof *c->edge);
     c->piece = malloc((size_t)(total + 1) * sizeof *c->piece);
-    if (!c->role_map || !c->edge_key || !c->edge_child || !c->piece) goto nomem;
+    if (!c->role_map || !c->edge || !c->piece) goto nomem;
+    for (int b = 0; b < 256; b++) c->root_child[b] = -1;
     for (int64_t s = 0; s < src->V; s++) c->role_map[s] = -1;
     static const fc_role order[] = {FC_ROLE_BOS, FC_ROLE_EOS, FC_ROLE_UNK, FC_ROLE_PAD,
                                     FC_ROLE_EOT}; /* later wins: end of turn last */
@@ -80,17 +91,27 @@ fc_status fc_project_ctx_new(const fc_vocab_t *src, const fc_vocab_t *pivot,
         if (old < 0 || ((pivot->flags[old] & FC_TOKEN_BYTE) && !(pivot->flags[id] & FC_TOKEN_BYTE)))
             c->piece[node] = (int32_t)id;
     }
-    /* the lookup of every source token on its own, the most frequent one by far */
-    c->src_piece = malloc((size_t)(src->V ? src->V : 1) * sizeof *c->src_piece);
-    c->src_piece_len = malloc((size_t)(src->V ? src->V : 1) * sizeof *c->src_piece_len);
-    if (!c->src_piece || !c->src_piece_len) goto nomem;
+    /* every source token's record, with its lookup on its own (the most frequent by far) */
+    /* one record more: a word read from the last head stays inside (align_project.c) */
+    c->src_tok = calloc((size_t)src->V + 1, sizeof *c->src_tok);
+    if (!c->src_tok) goto nomem;
     for (int64_t id = 0; id < src->V; id++) {
+        fc_src_tok *t = &c->src_tok[id];
+        const unsigned char *b = (const unsigned char *)src->canonical.data + src->can_off[id];
+        int64_t len = can_len(src, id);
+        if (len > INT32_MAX)
+            return fc_project_ctx_free(c), fc_error_set(err, FC_ERR_VALUE, "source token %lld "
+                                                        "spells %lld bytes; the projection "
+                                                        "takes at most 2^31 - 1", (long long)id,
+                                                        (long long)len);
         fc_trie_walk w;
         fc_trie_walk_start(&w);
-        fc_trie_walk_feed(c, &w, (const unsigned char *)src->canonical.data + src->can_off[id],
-                          can_len(src, id));
-        c->src_piece[id] = (int32_t)w.best;
-        c->src_piece_len[id] = (int32_t)w.best_len;
+        fc_trie_walk_feed(c, &w, b, len);
+        t->off = src->can_off[id];
+        t->len = (int32_t)len;
+        t->piece = (int32_t)w.best;
+        t->piece_len = (int32_t)w.best_len;
+        memcpy(t->head, b, (size_t)(len < FC_TOK_HEAD ? len : FC_TOK_HEAD));
     }
     *out = c;
     return FC_OK;
@@ -101,12 +122,10 @@ nomem:
 
 void fc_project_ctx_free(fc_project_ctx_t *c) {
     if (!c) return;
-    free(c->edge_key);
-    free(c->edge_child);
+    free(c->edge);
     free(c->piece);
     free(c->role_map);
-    free(c->src_piece);
-    free(c->src_piece_len);
+    free(c->src_tok);
     free(c);
 }
 

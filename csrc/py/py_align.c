@@ -198,30 +198,57 @@ static PyObject *py_align_set_simd(PyObject *self, PyObject *arg) {
 /* ------------------------------------------------------------------------------------ */
 /* sequence alignment */
 
-static PyObject *py_align_ctx(PyObject *self, PyObject *args) {
-    (void)self;
+/* A context of a vocabulary pair (sequence alignment or projection) in a capsule that keeps
+ * the two vocabulary capsules alive; built with the GIL released. */
+typedef struct pair_kind {
+    const char *name;
+    PyCapsule_Destructor destroy;
+    fc_status (*make)(const fc_vocab_t *src, const fc_vocab_t *pivot, void **out, fc_error *err);
+    void (*drop)(void *ctx);
+} pair_kind;
+
+static PyObject *pair_ctx(PyObject *args, const pair_kind *kind) {
     PyObject *a, *b;
     if (!PyArg_ParseTuple(args, "OO", &a, &b)) return NULL;
     fc_vocab_t *src = get_vocab(a), *piv = src ? get_vocab(b) : NULL;
     if (!piv) return NULL;
-    fc_align_ctx_t *ctx = NULL;
+    void *ctx = NULL;
     fc_error err;
     fc_error_clear(&err);
     fc_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = fc_align_ctx_new(src, piv, &ctx, &err);
+    st = kind->make(src, piv, &ctx, &err);
     Py_END_ALLOW_THREADS
     if (st) return fc_py_raise(&err);
-    PyObject *cap = PyCapsule_New(ctx, CAP_CTX, ctx_destroy);
+    PyObject *cap = PyCapsule_New(ctx, kind->name, kind->destroy);
     PyObject *keep = Py_BuildValue("(OO)", a, b);
     if (!cap || !keep || PyCapsule_SetContext(cap, keep)) {
         Py_XDECREF(keep);
         if (cap) Py_DECREF(cap);
-        else fc_align_ctx_free(ctx);
+        else kind->drop(ctx);
         return NULL;
     }
     return cap;
 }
+
+/* py_<name>(self, (src vocab, pivot vocab)) -> a capsule of a TYPE made by NEW, freed by FREE */
+#define PAIR_CTX_FUNCTION(name, CAP, DESTROY, TYPE, NEW, FREE)                                 \
+    static fc_status make_##name(const fc_vocab_t *src, const fc_vocab_t *pivot, void **out,  \
+                                 fc_error *err) {                                             \
+        TYPE *c = NULL;                                                                       \
+        fc_status st = NEW(src, pivot, &c, err);                                              \
+        *out = c;                                                                             \
+        return st;                                                                            \
+    }                                                                                         \
+    static void drop_##name(void *c) { FREE(c); }                                             \
+    static PyObject *py_##name(PyObject *self, PyObject *args) {                              \
+        (void)self;                                                                           \
+        static const pair_kind kind = {CAP, DESTROY, make_##name, drop_##name};               \
+        return pair_ctx(args, &kind);                                                         \
+    }
+
+PAIR_CTX_FUNCTION(align_ctx, CAP_CTX, ctx_destroy, fc_align_ctx_t, fc_align_ctx_new,
+                  fc_align_ctx_free)
 
 /* align(ctx, src_ids, pivot_ids, method (0 dtw, 1 offsets), fallback_dtw) */
 static PyObject *py_align(PyObject *self, PyObject *args) {
@@ -468,30 +495,8 @@ done:
 /* ------------------------------------------------------------------------------------ */
 /* projection */
 
-static PyObject *py_project_ctx(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *a, *b;
-    if (!PyArg_ParseTuple(args, "OO", &a, &b)) return NULL;
-    fc_vocab_t *src = get_vocab(a), *piv = src ? get_vocab(b) : NULL;
-    if (!piv) return NULL;
-    fc_project_ctx_t *ctx = NULL;
-    fc_error err;
-    fc_error_clear(&err);
-    fc_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = fc_project_ctx_new(src, piv, &ctx, &err);
-    Py_END_ALLOW_THREADS
-    if (st) return fc_py_raise(&err);
-    PyObject *cap = PyCapsule_New(ctx, CAP_PROJ, proj_destroy);
-    PyObject *keep = Py_BuildValue("(OO)", a, b);
-    if (!cap || !keep || PyCapsule_SetContext(cap, keep)) {
-        Py_XDECREF(keep);
-        if (cap) Py_DECREF(cap);
-        else fc_project_ctx_free(ctx);
-        return NULL;
-    }
-    return cap;
-}
+PAIR_CTX_FUNCTION(project_ctx, CAP_PROJ, proj_destroy, fc_project_ctx_t, fc_project_ctx_new,
+                  fc_project_ctx_free)
 
 /* project(ctx, src_ids, pivot_ids, topk_ids [n,K], topk_logprobs [n,K], true_logprobs|None, k)
  * -> (offsets, ids, logprobs, gold_logprob, resolution) */

@@ -179,19 +179,23 @@ def _pivot_ids(piv, pv):
     return max(piv.manifest.get("vocab_size") or 0, pv.size)
 
 
-PROJECTIONS = ("bytes", "rules")
-
-
 def align_stores(pivot_store, source_store, out, *, pivot_tokenizer, source_tokenizer,
-                 projection="rules", method="dtw", map="ms", k=None, counts_path=None,
+                 projection=None, method=None, map=None, k=None, counts_path=None,
                  threads=0, overwrite=False, quiet=False):
     """Write the source store aligned to the pivot (an "aligned" TopK store) at ``out``;
-    returns ``out``. ``projection``: ``"rules"`` (the reference's DTW + map + MAP/ONEHOT/EMPTY,
-    with ``method`` and ``map``) or ``"bytes"`` (the byte-exact projection, at most ``k``
-    entries per position, default the source's K). See the module docs and
-    docs/pipeline.md."""
-    if projection not in PROJECTIONS:
-        raise ValueError(f"projection={projection!r}: expected one of {list(PROJECTIONS)}")
+    returns ``out``. ``projection``: ``"bytes"`` (the byte-exact projection, at most ``k``
+    entries per position, default the source's K) or ``"rules"`` (the reference's DTW + map +
+    MAP/ONEHOT/EMPTY, with ``method``, default ``"dtw"``, and ``map``, default ``"ms"``).
+    Unset: ``"rules"`` when ``method``, ``map`` or ``counts_path`` is given, else
+    ``fusechat.align.DEFAULT_PROJECTION`` (bytes), as for ``fusechat align``. See the module
+    docs and docs/pipeline.md."""
+    if projection is None:
+        rules_opts = method is not None or map is not None or counts_path is not None
+        projection = "rules" if rules_opts else al.DEFAULT_PROJECTION
+    method = "dtw" if method is None else method
+    map = "ms" if map is None else map
+    if projection not in al.PROJECTIONS:
+        raise ValueError(f"projection={projection!r}: expected one of {list(al.PROJECTIONS)}")
     if k is not None and int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if method not in al.METHODS:

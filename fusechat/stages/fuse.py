@@ -11,7 +11,9 @@ pivot's ids, the training target (``fusechat fuse``, docs/pipeline.md).
 ``level="token"`` applies the rule per position with per-position CE. Samples are matched by
 ``sample_index``; samples missing from any store are dropped and counted. The manifest's
 ``info`` records the models, the rule and, per sample, which model won (``winner``, index in
-``models``; at token level the positions won per model).
+``models``; at token level the positions won per model). ``topk_lognorm`` is that of the store
+whose values each position took (MinCE; NaN where it keeps none), 0 for AvgCE's
+log-probabilities.
 """
 import logging
 import os
@@ -82,6 +84,14 @@ def _padded_dists(samples):
     ids = np.concatenate([np.asarray(s.topk_ids) for s in samples])
     vals = np.concatenate([np.asarray(s.topk_logits, np.float32) for s in samples])
     return ids, vals
+
+
+def _lognorms(samples):
+    """The samples' per-position log-normalisers, concatenated (NaN where a store keeps none:
+    made before format 1.3, or aligned by the rules)."""
+    return np.concatenate([np.full(len(s.input_ids), np.nan, np.float32)
+                           if s.topk_lognorm is None else np.asarray(s.topk_lognorm, np.float32)
+                           for s in samples])
 
 
 def fuse_stores(pivot_store, aligned_stores, out, *, rule="mince", level="sequence",
@@ -163,6 +173,10 @@ def _fuse_chunk(group, rule, level, k_out, writer, wins, winner):
         ids[empty, :kp] = piv_ids[empty]
         vals[empty] = 0
         vals[empty, :kp] = piv_vals[empty]
+        # each position's values are one store's: so is its log-normaliser
+        lns = np.stack([_lognorms(samples) for samples in group])
+        lognorm = lns[choice, np.arange(len(choice))]
+        lognorm[empty] = _lognorms(pivots)[empty]
         if level == "sequence":
             seq_choice = [int(choice[a]) if b > a else 0 for a, b in zip(offs[:-1], offs[1:])]
             winner.extend(seq_choice)
@@ -173,9 +187,10 @@ def _fuse_chunk(group, rule, level, k_out, writer, wins, winner):
     else:
         fused = avg_ce(dists, ce, offs, level=level, valid=valid)
         ids, vals = fused.to_padded(k_out)
+        lognorm = np.zeros(len(ids), np.float32)  # the values are log-probabilities
         seq_choice = [0] * len(pivots)
     for i, p in enumerate(pivots):
         a, b = offs[i], offs[i + 1]
         w = group[seq_choice[i]][i]
         writer.add(p.sample_index, p.input_ids, p.loss_mask, ids[a:b], vals[a:b], w.token_ce,
-                   w.seq_ce)
+                   w.seq_ce, topk_lognorm=lognorm[a:b])

@@ -4,6 +4,7 @@
 
 #include "ctest.h"
 #include "fusechat.h"
+#include "align_fixture.h"
 #include "../../csrc/core/align_internal.h"
 #include "../../csrc/core/levenshtein.h"
 
@@ -16,33 +17,8 @@ static const char *BYTELEVEL =
     " \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false},"
     " \"decoder\": {\"type\": \"ByteLevel\"}}";
 
-/* SentencePiece-style BPE with byte fallback, Llama-2/Mistral decoder chain */
-static const char *METASPACE =
-    "{\"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"vocab\": {\"<unk>\": 0,"
-    " \"<s>\": 1, \"</s>\": 2, \"<0x0A>\": 3, \"<0xC3>\": 4, \"\xe2\x96\x81\": 5, \"a\": 6,"
-    " \"b\": 7, \"\xe2\x96\x81" "a\": 8, \"ab\": 9, \"\xe2\x96\x81" "ab\": 10},"
-    " \"merges\": [\"\xe2\x96\x81 a\", \"a b\", \"\xe2\x96\x81" "a b\"]},"
-    " \"added_tokens\": [{\"id\": 0, \"content\": \"<unk>\", \"special\": true},"
-    " {\"id\": 1, \"content\": \"<s>\", \"special\": true},"
-    " {\"id\": 2, \"content\": \"</s>\", \"special\": true}],"
-    " \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\xe2\x96\x81\","
-    " \"prepend_scheme\": \"first\", \"split\": false},"
-    " \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\":"
-    " {\"String\": \"\xe2\x96\x81\"}, \"content\": \" \"}, {\"type\": \"ByteFallback\"},"
-    " {\"type\": \"Fuse\"}, {\"type\": \"Strip\", \"content\": \" \", \"start\": 1, \"stop\": 0}]}}";
-
-static const char *CONFIG = "{\"bos_token\": \"<s>\", \"eos_token\": {\"content\": \"</s>\"},"
-                            " \"unk_token\": \"<unk>\"}";
-
-static fc_vocab_t *parse(const char *json, const char *config) {
-    fc_vocab_t *v = NULL;
-    fc_error err;
-    fc_error_clear(&err);
-    fc_status st = fc_vocab_parse(json, strlen(json), "t.json", config,
-                                  config ? strlen(config) : 0, "c.json", NULL, 0, NULL, &v, &err);
-    CHECK_MSG(st == FC_OK, "%s", err.msg);
-    return v;
-}
+/* SentencePiece-style pivot with byte fallback and a dummy prefix (align_fixture.h) */
+static const char *METASPACE = METASPACE_BPE("<0xC3>");
 
 static int str_is(fc_strings s, int64_t i, const char *want) {
     size_t n = (size_t)(s.offsets[i + 1] - s.offsets[i]);
@@ -328,7 +304,7 @@ static void test_sequences(fc_vocab_t *bl, fc_vocab_t *ms) {
 }
 
 int main(void) {
-    fc_vocab_t *bl = parse(BYTELEVEL, NULL), *ms = parse(METASPACE, CONFIG);
+    fc_vocab_t *bl = parse(BYTELEVEL, NULL), *ms = parse(METASPACE, METASPACE_CONFIG);
     if (bl && ms) {
         test_vocabs(bl, ms);
         test_sequences(bl, ms);

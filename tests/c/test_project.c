@@ -6,6 +6,7 @@
 
 #include "ctest.h"
 #include "fusechat.h"
+#include "align_fixture.h"
 
 /* byte-level BPE source: "Ġ" is a space; <|im_end|> is special and the eos */
 static const char *SOURCE =
@@ -17,32 +18,8 @@ static const char *SOURCE =
     " \"decoder\": {\"type\": \"ByteLevel\"}}";
 static const char *SOURCE_CONFIG = "{\"eos_token\": \"<|im_end|>\"}";
 
-/* SentencePiece-style pivot with byte fallback and a dummy prefix */
-static const char *PIVOT =
-    "{\"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"vocab\": {\"<unk>\": 0,"
-    " \"<s>\": 1, \"</s>\": 2, \"<0x0A>\": 3, \"<0x61>\": 4, \"\xe2\x96\x81\": 5, \"a\": 6,"
-    " \"b\": 7, \"\xe2\x96\x81" "a\": 8, \"ab\": 9, \"\xe2\x96\x81" "ab\": 10},"
-    " \"merges\": [\"\xe2\x96\x81 a\", \"a b\", \"\xe2\x96\x81" "a b\"]},"
-    " \"added_tokens\": [{\"id\": 0, \"content\": \"<unk>\", \"special\": true},"
-    " {\"id\": 1, \"content\": \"<s>\", \"special\": true},"
-    " {\"id\": 2, \"content\": \"</s>\", \"special\": true}],"
-    " \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\xe2\x96\x81\","
-    " \"prepend_scheme\": \"first\", \"split\": false},"
-    " \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\":"
-    " {\"String\": \"\xe2\x96\x81\"}, \"content\": \" \"}, {\"type\": \"ByteFallback\"},"
-    " {\"type\": \"Fuse\"}, {\"type\": \"Strip\", \"content\": \" \", \"start\": 1, \"stop\": 0}]}}";
-static const char *PIVOT_CONFIG = "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\","
-                                  " \"unk_token\": \"<unk>\"}";
-
-static fc_vocab_t *parse(const char *json, const char *config) {
-    fc_vocab_t *v = NULL;
-    fc_error err;
-    fc_error_clear(&err);
-    fc_status st = fc_vocab_parse(json, strlen(json), "t.json", config, strlen(config), "c.json",
-                                  NULL, 0, NULL, &v, &err);
-    CHECK_MSG(st == FC_OK, "%s", err.msg);
-    return v;
-}
+/* SentencePiece-style pivot with byte fallback and a dummy prefix (align_fixture.h) */
+static const char *PIVOT = METASPACE_BPE("<0x61>");
 
 typedef struct out {
     int64_t offsets[64];
@@ -148,7 +125,7 @@ static void test_random(const fc_project_ctx_t *c) {
 }
 
 int main(void) {
-    fc_vocab_t *src = parse(SOURCE, SOURCE_CONFIG), *piv = parse(PIVOT, PIVOT_CONFIG);
+    fc_vocab_t *src = parse(SOURCE, SOURCE_CONFIG), *piv = parse(PIVOT, METASPACE_CONFIG);
     fc_project_ctx_t *c = NULL;
     fc_error err;
     fc_error_clear(&err);
