@@ -148,7 +148,7 @@ def test_fused_store_carries_the_winners_lognorm(env, tmp_path, level):
     topk_lognorm is the one of the store whose list it took, computed here independently: the
     oracle's log(e^10 + V - 1) for the pivot, 0 for the projected log-probabilities; AvgCE
     stores log-probabilities (0). Then logits - lognorm are log-probabilities (mass <= 1)."""
-    from fusechat.fuse_stage import fuse_stores
+    from fusechat.stages.fuse import fuse_stores
     from test_align_project import demo_chats as chats
 
     root, pt, st, _, src, _ = env
