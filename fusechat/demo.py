@@ -49,7 +49,7 @@ MODELS = [
 # one (seed=0).
 SIZES = {
     "full": dict(n_gold=150, n_prompts=450, n_eval=150, pivot_n=600, pivot_epochs=2,
-                 source_n=4000, source_epochs=6, hidden=96, train_epochs=12, lm_weight=0.9,
+                 source_n=2500, source_epochs=5, hidden=96, train_epochs=8, lm_weight=0.9,
                  train_seeds=[0, 1, 2]),
     "quick": dict(n_gold=40, n_prompts=40, n_eval=24, pivot_n=100, pivot_epochs=1, source_n=200,
                   source_epochs=1, hidden=32, train_epochs=1, lm_weight=0.9,
