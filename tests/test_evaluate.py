@@ -131,3 +131,61 @@ def test_answer_set_probability_is_a_probability(kind):
         # each part alone is scored from its own first supervised token, a later point
         # than (or the same as) the shared prefix: the set's sum is never above theirs
         assert total <= sum(parts) + 1e-9
+
+
+@pytest.mark.parametrize("arch,kind", [("llama", "metaspace"), ("qwen2", "byte_level"),
+                                       ("gpt2", "unigram")])
+def test_greedy_answer_and_answer_set_match_their_slow_twins(arch, kind):
+    """greedy_answer's key/value-cache loop gives generate(do_sample=False)'s reply and the
+    same log-probability; answer_set_probability's one padded batch gives the sum of one
+    unpadded forward per answer (both twins written here from transformers' own calls)."""
+    import math
+
+    import torch
+
+    from fusechat.stages.evaluate import answer_set_probability, greedy_answer
+
+    tok = demo_models.train_tokenizer(kind)
+    model = demo_models.build_model(arch, tok, hidden=32, layers=1, seed=5).eval()
+    demo_models.train_chat_model(model, tok, demo_data.make_dataset(64, seed=2), epochs=2,
+                                 quiet=True)
+    sep = chat.end_of_turn_token(tok)
+    stop = sorted({tok.convert_tokens_to_ids(sep), tok.eos_token_id})
+    recs = demo_data.make_dataset(40, seed=9)
+    stopped = 0
+    for conv in chat.load_conversations(recs)[0]:
+        t = chat.tokenize(conv, tok, sep=sep)
+        prompt = torch.as_tensor(t.input_ids[:answer_start(t.loss_mask)])[None]
+        text, logp = greedy_answer(model, tok, prompt, sep, 6)
+        with torch.no_grad():
+            out = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=stop,
+                                 output_scores=True, return_dict_in_generate=True,
+                                 pad_token_id=tok.pad_token_id)
+        new = out.sequences[0, prompt.shape[1]:].tolist()
+        assert text == tok.decode(new, skip_special_tokens=True)
+        if new[-1] in stop:
+            stopped += 1
+            want = sum(float(torch.log_softmax(s[0].float(), -1)[i])
+                       for s, i in zip(out.scores, new))
+            assert logp == pytest.approx(want, abs=1e-4)
+        else:
+            assert logp == -math.inf
+        # the slow twin: the shared prefix, then one forward per answer
+        answers = sorted(set(conv.meta["answers"]))
+        toks = [chat.tokenize(type(conv)(conv.index, conv.turns[:-1] + [("assistant", a)],
+                                         conv.meta), tok, sep=sep) for a in answers]
+        common = min(answer_start(x.loss_mask) for x in toks)
+        for x in toks[1:]:
+            same = np.asarray(x.input_ids[:common]) == np.asarray(toks[0].input_ids[:common])
+            common = common if same.all() else int(np.argmin(same))
+        slow = 0.0
+        for x in toks:
+            end = int(np.flatnonzero(x.loss_mask)[-1]) + 1
+            ids = torch.as_tensor(x.input_ids[:end])[None]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            pos = torch.arange(max(common, 1), end)
+            slow += float(torch.exp(lp[pos - 1, ids[0, pos]].sum()))
+        got = answer_set_probability(model, tok, conv, conv.meta["answers"], sep=sep)
+        assert got == pytest.approx(slow, rel=1e-4, abs=1e-9)
+    assert stopped > 0  # the log-probability comparison ran

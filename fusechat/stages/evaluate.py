@@ -13,6 +13,7 @@ its probability over several right answers rather than over wrong ones (what a s
 distribution can teach beyond one gold reply).
 Needs torch and transformers (``pip install fusechat[torch]``).
 """
+import inspect
 import json
 import logging
 import os
@@ -96,21 +97,32 @@ def greedy_answer(model, tokenizer, prompt, sep, max_new_tokens):
     """(text, log-probability) of the greedy reply to ``prompt`` (ids [1, T]), stopping at
     the end-of-turn token ``sep`` or EOS. The log-probability is the sum over the generated
     tokens, the stop token included (-inf when the reply did not stop within
-    ``max_new_tokens``: it is cut, not a reply)."""
+    ``max_new_tokens``: it is cut, not a reply).
+
+    A plain loop over the model's key/value cache (argmax, first index on ties, as
+    ``generate(do_sample=False)`` picks): on the demo's tiny models ``generate``'s own set-up
+    per call cost more than the forwards themselves."""
     import torch
 
     stop_ids = {tokenizer.convert_tokens_to_ids(sep)} if sep else set()
     if tokenizer.eos_token_id is not None:
         stop_ids.add(tokenizer.eos_token_id)
+    # transformers 5 renamed the cache argument and output ``past_key_values`` -> ``cache``
+    cache = "cache" if "cache" in inspect.signature(model.forward).parameters \
+        else "past_key_values"
+    new, logp = [], 0.0
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=sorted(stop_ids) or None, output_scores=True,
-                             return_dict_in_generate=True,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    new = out.sequences[0, prompt.shape[1]:]
-    logp = sum(float(torch.log_softmax(score[0].float(), -1)[tok])
-               for score, tok in zip(out.scores, new.tolist()))
-    if not len(new) or int(new[-1]) not in stop_ids:
+        out = model(prompt, use_cache=True)
+        for _ in range(max_new_tokens):
+            row = torch.log_softmax(out.logits[0, -1].float(), -1)
+            tok = int(torch.argmax(row))
+            new.append(tok)
+            logp += float(row[tok])
+            if tok in stop_ids:
+                break
+            out = model(torch.tensor([[tok]], dtype=prompt.dtype, device=prompt.device),
+                        use_cache=True, **{cache: getattr(out, cache)})
+    if not new or new[-1] not in stop_ids:
         logp = float("-inf")
     return tokenizer.decode(new, skip_special_tokens=True), logp
 
@@ -120,7 +132,7 @@ def answer_set_probability(model, tokenizer, conv, answers, *, template="opencha
     """Sum over the distinct ``answers`` of the model's probability of the last assistant turn
     being that answer (its tokens up to the last supervised one, end-of-turn included,
     tokenized as in training), given the prefix all the answers' tokenizations share. One
-    teacher-forced forward per answer.
+    teacher-forced forward of all the answers as one right-padded batch.
 
     The shared prefix matters: a tokenizer may put the space before an answer in a piece of
     its own that is not supervised ("▁", "Bra" but "▁Tazku"); scoring each answer from its
@@ -138,14 +150,19 @@ def answer_set_probability(model, tokenizer, conv, answers, *, template="opencha
     for t in toks[1:]:
         same = np.asarray(t.input_ids[:common]) == np.asarray(toks[0].input_ids[:common])
         common = int(np.argmin(same)) if not same.all() else common
+    # one right-padded batch: causal attention, so padding after a row's end changes nothing
+    ends = [len(t.loss_mask) - int(np.argmax(np.asarray(t.loss_mask)[::-1])) for t in toks]
+    ids = torch.zeros((len(toks), max(ends)), dtype=torch.long, device=device)
+    attn = torch.zeros_like(ids)
+    for r, (tok, end) in enumerate(zip(toks, ends)):
+        ids[r, :end] = torch.as_tensor(tok.input_ids[:end], dtype=torch.long)
+        attn[r, :end] = 1
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids, attention_mask=attn).logits.float(), dim=-1)
     total = 0.0
-    for tok in toks:
-        end = len(tok.loss_mask) - int(np.argmax(np.asarray(tok.loss_mask)[::-1]))
-        ids = torch.as_tensor(tok.input_ids[:end], dtype=torch.long, device=device)[None]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+    for r, end in enumerate(ends):
         t = torch.arange(max(common, 1), end, device=device)
-        total += float(torch.exp(logp[t - 1, ids[0, t]].sum()))
+        total += float(torch.exp(logp[r, t - 1, ids[r, t]].sum()))
     return total
 
 
