@@ -1,5 +1,6 @@
 /* merge.c - fc_merge_tensor: argument checks (arity and parameters from the method table,
- * merge_methods.c) and dispatch to the kernels. */
+ * merge_methods.c), then the kernel its row names; the instruction-set choice of the kernels
+ * built once per ISA. */
 #include <stdio.h>
 
 #include "merge_internal.h"
@@ -25,6 +26,18 @@ static const mg_kernels *kernels_of(const fc_merge_ctx *ctx) {
     }
 #endif
     return &portable;
+}
+
+fc_status mg_run_gta(const mg_tensor *t) { return kernels_of(t->ctx)->gta(t); }
+
+fc_status mg_run_sce(const mg_tensor *t) {
+    const mg_kernels *k = kernels_of(t->ctx);
+    return t->n ? k->sce(t) : k->combine(t, MG_FLAT, (float[]){1.0f});
+}
+
+fc_status mg_run_varm(const mg_tensor *t) {
+    const mg_kernels *k = kernels_of(t->ctx);
+    return t->n ? k->varm(t) : k->combine(t, MG_FLAT, (float[]){1.0f});
 }
 
 fc_status fc_merge_tensor(fc_merge_ctx *ctx, const fc_merge_params *p, const void *base,
@@ -87,22 +100,7 @@ fc_status fc_merge_tensor(fc_merge_ctx *ctx, const fc_merge_params *p, const voi
         t.cols = shape[ndim - 1];
         t.rows = numel / t.cols;
     }
-    const mg_kernels *k = kernels_of(ctx);
-    switch (p->method) {
-    case FC_MERGE_LINEAR: st = mg_merge_linear(&t); break;
-    case FC_MERGE_SCE: st = n ? k->sce(&t) : k->combine(&t, MG_FLAT, (float[]){1.0f}); break;
-    case FC_MERGE_VARM: st = n ? k->varm(&t) : k->combine(&t, MG_FLAT, (float[]){1.0f}); break;
-    case FC_MERGE_SLERP: st = mg_merge_slerp(&t); break;
-    case FC_MERGE_NUSLERP: st = mg_merge_nuslerp(&t); break;
-    case FC_MERGE_MULTISLERP: st = mg_merge_multislerp(&t); break;
-    case FC_MERGE_KARCHER: st = mg_merge_karcher(&t); break;
-    case FC_MERGE_MODEL_STOCK: st = mg_merge_model_stock(&t); break;
-    case FC_MERGE_NEARSWAP: st = mg_merge_nearswap(&t); break;
-    case FC_MERGE_PASSTHROUGH: st = mg_merge_passthrough(&t); break;
-    case FC_MERGE_RAM:
-    case FC_MERGE_RAMPLUS_TL: st = mg_merge_ram(&t); break;
-    default: st = k->gta(&t); break;
-    }
+    st = mg_method_kernel(p->method)(&t);
     if (st != FC_OK && err->code == FC_OK)
         fc_error_set(err, st, "%s: merge failed (%s)", name, fc_status_name(st));
     return st;

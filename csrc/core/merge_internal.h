@@ -128,6 +128,17 @@ fc_status mg_merge_multislerp(const mg_tensor *t);/* merge_sphere.c */
 fc_status mg_merge_karcher(const mg_tensor *t);
 fc_status mg_merge_ram(const mg_tensor *t);       /* merge_ram.c: ram, ramplus_tl */
 
+/* A method's kernel, named by its row in the method table (merge_methods.c), which
+ * fc_merge_tensor runs after the checks. */
+typedef fc_status (*mg_kernel_fn)(const mg_tensor *t);
+mg_kernel_fn mg_method_kernel(fc_merge_method m);
+
+/* The kernels with one build per instruction set run through these, which pick the build
+ * the tensor's context uses (merge.c); sce and varm of a base alone return the base. */
+fc_status mg_run_gta(const mg_tensor *t);
+fc_status mg_run_sce(const mg_tensor *t);
+fc_status mg_run_varm(const mg_tensor *t);
+
 /* The hot kernels of one build: portable (merge.c), AVX2 or AVX-512 (merge_avx2.c,
  * merge_avx512.c; x86-64 only). merge.c picks one per call (fc_merge_ctx_set_isa). */
 typedef struct mg_kernels {

@@ -1,13 +1,14 @@
 /* merge_methods.c - the merge method table: every method's name, inputs, and parameters
  * with scope, kind, default and range (fc_merge.h), and the loops over it: defaults
- * (fc_merge_params_init) and range checks (fc_merge_check_params). Adding a method adds its
- * row here; its parameters' fields live in fc_merge_params / fc_merge_model_params. */
+ * (fc_merge_params_init), range checks (fc_merge_check_params) and the dispatch to each
+ * row's kernel (mg_method_kernel). Adding a method adds its row here, naming its kernel;
+ * its parameters' fields live in fc_merge_params / fc_merge_model_params. */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "fusechat.h"
+#include "merge_internal.h"
 
 #define INF HUGE_VAL
 #define FIELD(st, f) ((long)offsetof(st, f))
@@ -81,48 +82,59 @@ static fc_status della_check(const fc_merge_params *p, int n, int *model, fc_err
     return FC_OK;
 }
 
-#define ROW(name, base, lo, hi, rnd, sparse, params, check)                                   \
-    {name, base, lo, hi, rnd, sparse, (int)(sizeof params / sizeof params[0]), params, check}
+#define ROW(name, base, lo, hi, rnd, sparse, params, check, kernel)                           \
+    {{name, base, lo, hi, rnd, sparse, (int)(sizeof params / sizeof params[0]), params, check}, \
+     kernel}
 #define NONE FC_MERGE_BASE_NONE
 #define REQ FC_MERGE_BASE_REQUIRED
 #define OPT FC_MERGE_BASE_OPTIONAL
 
+/* a row: the public description (fc_merge_method_info) and the kernel that runs it */
+typedef struct {
+    fc_merge_method_info info;
+    mg_kernel_fn kernel;
+} method_row;
+
 /* in fc_merge_method order */
-static const fc_merge_method_info table[FC_MERGE_METHOD_COUNT] = {
-    ROW("linear", NONE, 1, -1, 0, 0, linear_p, NULL),
-    ROW("task_arithmetic", REQ, 0, -1, 0, 0, task_arithmetic_p, NULL),
-    ROW("ties", REQ, 0, -1, 0, 1, ties_p, NULL),
-    ROW("dare_ties", REQ, 0, -1, 1, 1, dare_p, NULL),
-    ROW("dare_linear", REQ, 0, -1, 1, 1, dare_p, NULL),
-    ROW("breadcrumbs", REQ, 0, -1, 0, 1, breadcrumbs_p, NULL),
-    ROW("breadcrumbs_ties", REQ, 0, -1, 0, 1, breadcrumbs_p, NULL),
-    ROW("della", REQ, 0, -1, 1, 1, della_p, della_check),
-    ROW("della_linear", REQ, 0, -1, 1, 1, della_linear_p, della_check),
-    ROW("sce", REQ, 0, -1, 0, 0, sce_p, NULL),
-    {"varm", REQ, 0, -1, 0, 0, 0, NULL, NULL},
-    ROW("slerp", REQ, 1, 1, 0, 0, slerp_p, NULL),
-    ROW("nuslerp", OPT, 2, 2, 0, 0, nuslerp_p, NULL),
-    ROW("multislerp", OPT, 1, -1, 0, 0, multislerp_p, NULL),
-    ROW("karcher", NONE, 1, -1, 0, 0, karcher_p, NULL),
-    ROW("model_stock", REQ, 2, -1, 0, 0, model_stock_p, NULL),
-    ROW("nearswap", REQ, 1, 1, 0, 0, slerp_p, NULL),
-    ROW("passthrough", NONE, 1, 1, 0, 0, passthrough_p, NULL),
-    ROW("ram", REQ, 0, -1, 0, 0, ram_p, NULL),
-    ROW("ramplus_tl", REQ, 0, -1, 0, 0, ramplus_tl_p, NULL),
+static const method_row table[FC_MERGE_METHOD_COUNT] = {
+    ROW("linear", NONE, 1, -1, 0, 0, linear_p, NULL, mg_merge_linear),
+    ROW("task_arithmetic", REQ, 0, -1, 0, 0, task_arithmetic_p, NULL, mg_run_gta),
+    ROW("ties", REQ, 0, -1, 0, 1, ties_p, NULL, mg_run_gta),
+    ROW("dare_ties", REQ, 0, -1, 1, 1, dare_p, NULL, mg_run_gta),
+    ROW("dare_linear", REQ, 0, -1, 1, 1, dare_p, NULL, mg_run_gta),
+    ROW("breadcrumbs", REQ, 0, -1, 0, 1, breadcrumbs_p, NULL, mg_run_gta),
+    ROW("breadcrumbs_ties", REQ, 0, -1, 0, 1, breadcrumbs_p, NULL, mg_run_gta),
+    ROW("della", REQ, 0, -1, 1, 1, della_p, della_check, mg_run_gta),
+    ROW("della_linear", REQ, 0, -1, 1, 1, della_linear_p, della_check, mg_run_gta),
+    ROW("sce", REQ, 0, -1, 0, 0, sce_p, NULL, mg_run_sce),
+    {{"varm", REQ, 0, -1, 0, 0, 0, NULL, NULL}, mg_run_varm},
+    ROW("slerp", REQ, 1, 1, 0, 0, slerp_p, NULL, mg_merge_slerp),
+    ROW("nuslerp", OPT, 2, 2, 0, 0, nuslerp_p, NULL, mg_merge_nuslerp),
+    ROW("multislerp", OPT, 1, -1, 0, 0, multislerp_p, NULL, mg_merge_multislerp),
+    ROW("karcher", NONE, 1, -1, 0, 0, karcher_p, NULL, mg_merge_karcher),
+    ROW("model_stock", REQ, 2, -1, 0, 0, model_stock_p, NULL, mg_merge_model_stock),
+    ROW("nearswap", REQ, 1, 1, 0, 0, slerp_p, NULL, mg_merge_nearswap),
+    ROW("passthrough", NONE, 1, 1, 0, 0, passthrough_p, NULL, mg_merge_passthrough),
+    ROW("ram", REQ, 0, -1, 0, 0, ram_p, NULL, mg_merge_ram),
+    ROW("ramplus_tl", REQ, 0, -1, 0, 0, ramplus_tl_p, NULL, mg_merge_ram),
 };
 
 const fc_merge_method_info *fc_merge_method_info_of(fc_merge_method m) {
-    return (unsigned)m < FC_MERGE_METHOD_COUNT ? &table[m] : NULL;
+    return (unsigned)m < FC_MERGE_METHOD_COUNT ? &table[m].info : NULL;
 }
 
 int fc_merge_method_from_name(const char *name) {
     for (int i = 0; name && i < FC_MERGE_METHOD_COUNT; i++)
-        if (strcmp(name, table[i].name) == 0) return i;
+        if (strcmp(name, table[i].info.name) == 0) return i;
     return -1;
 }
 
 const char *fc_merge_method_name(fc_merge_method m) {
-    return (unsigned)m < FC_MERGE_METHOD_COUNT ? table[m].name : NULL;
+    return (unsigned)m < FC_MERGE_METHOD_COUNT ? table[m].info.name : NULL;
+}
+
+mg_kernel_fn mg_method_kernel(fc_merge_method m) {
+    return (unsigned)m < FC_MERGE_METHOD_COUNT ? table[m].kernel : NULL;
 }
 
 const fc_merge_param_info *fc_merge_param_find(const fc_merge_method_info *mi, const char *name,
@@ -154,8 +166,8 @@ static void set_default(const fc_merge_param_info *pi, void *s) {
 void fc_merge_model_params_init(fc_merge_model_params *mp) {
     memset(mp, 0, sizeof *mp);
     for (int m = 0; m < FC_MERGE_METHOD_COUNT; m++)
-        for (int i = 0; i < table[m].nparams; i++)
-            if (table[m].params[i].per_model) set_default(&table[m].params[i], mp);
+        for (int i = 0; i < table[m].info.nparams; i++)
+            if (table[m].info.params[i].per_model) set_default(&table[m].info.params[i], mp);
 }
 
 void fc_merge_params_init(fc_merge_params *p, fc_merge_method m) {
