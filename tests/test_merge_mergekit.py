@@ -11,7 +11,7 @@ mergekit = pytest.importorskip("mergekit")
 import safetensors.numpy  # noqa: E402
 
 from fusechat.merge import METHODS, run  # noqa: E402
-from tests.merge_models import make_family  # noqa: E402
+from tests.merge_models import hand_adapter, make_family  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +101,13 @@ def _load(folder):
     return out
 
 
-def _run_mergekit(cfg, out):
+def _run_mergekit(cfg, out, **options):
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
     run_merge(MergeConfiguration.model_validate(cfg), out,
-              MergeOptions(copy_tokenizer=False, quiet=True))
+              MergeOptions(copy_tokenizer=False, quiet=True, **options))
 
 
 @pytest.mark.parametrize("case", sorted(configs("b", ["t0", "t1", "t2"])))
@@ -202,5 +202,28 @@ def test_tokenizer_source_matches_mergekit(tmp_path, source):
         assert got[name].shape == w.shape, name
         if w.shape[0] == 120:  # the mergekit row of each fusechat token
             w = w[[ids[0].token_to_id(ids[1].id_to_token(i)) for i in range(120)]]
+        rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
+        assert rel < 1e-5, (name, rel)
+
+
+def test_lora_matches_mergekit(family, tmp_path):
+    """A LoRA input (base+adapter, rank_pattern and alpha_pattern) in a TIES merge: mergekit
+    merges the adapter with PEFT into a cached model first; fusechat tensor by tensor."""
+    pytest.importorskip("peft")
+    base, ts = family
+    adapter = hand_adapter(str(tmp_path / "ad"), _load(base), np.random.default_rng(8))
+    name = os.path.join(adapter, "adapter_model.safetensors")  # deltas of the targets' size
+    t = safetensors.numpy.load_file(name)
+    safetensors.numpy.save_file({k: v * 0.05 for k, v in t.items()}, name)
+    cfg = {"merge_method": "ties", "base_model": base, "dtype": "float32",
+           "out_dtype": "float32",
+           "models": [{"model": f"{base}+{adapter}", "parameters": {"weight": 0.6,
+                                                                     "density": 0.5}},
+                      {"model": ts[0], "parameters": {"weight": 0.4, "density": 0.7}}]}
+    _run_mergekit(cfg, str(tmp_path / "mk"), lora_merge_cache=str(tmp_path / "cache"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    assert sorted(want) == sorted(got)
+    for name, w in want.items():
         rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
         assert rel < 1e-5, (name, rel)

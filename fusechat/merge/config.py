@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from .lora import LoraRef, read_adapter_config
 from .methods import KNOWN_PARAMS, REQUIRED, check_value, get_method
 
 LOG = logging.getLogger(__name__)
@@ -203,8 +204,13 @@ def _model_path(ref, where):
         ref = ref.get("model")
     if not isinstance(ref, str) or not ref:
         raise ConfigError(f"{where}: model must be a path string, got {ref!r}")
-    if "+" in ref and not os.path.exists(ref):
-        raise ConfigError(f"{where}: {ref!r}: LoRA references (model+lora) are not supported")
+    if "+" in ref and not os.path.exists(os.path.expanduser(ref)):
+        # mergekit's base+adapter: the adapter merged into the base (lora.py)
+        folder, _, adapter = ref.partition("+")
+        folder = _model_path(folder, where)
+        adapter = _model_path(adapter, f"{where} (LoRA adapter)")
+        read_adapter_config(adapter)
+        return LoraRef(folder, adapter)
     path = os.path.expanduser(ref)
     if os.path.isdir(path) or path.endswith(".safetensors"):
         return os.path.abspath(path)

@@ -30,6 +30,7 @@ from .._C import merge_tensor as merge_kernel
 from .. import safetensors as st
 from ..progress import tqdm
 from .config import load_config
+from .lora import folder_of, open_model
 from .plan import roles, plan
 
 LOG = logging.getLogger(__name__)
@@ -113,11 +114,11 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
         from .config import _dtype
         dtype = _dtype(dtype, "dtype")
     shard_bytes = parse_shard_size(out_shard_size)
-    files = {p: st.open(p) for p in cfg.model_paths()}
+    files = {p: open_model(p) for p in cfg.model_paths()}
     entries = cfg.models or [e for sl in cfg.slices for e in sl.sources]
     base_entry, inputs = roles(cfg, entries)
     base_path = base_entry.path if base_entry else None
-    donor = cfg.base or entries[0].path
+    donor = folder_of(cfg.base or entries[0].path)
     vocab = None
     if cfg.tokenizer_source:
         from .vocab import VocabPlan
@@ -246,12 +247,12 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
         shutil.copyfile(gen, os.path.join(tmp, "generation_config.json"))
     resolved = dict(cfg.raw)
     if cfg.base:
-        resolved["base_model"] = cfg.base
+        resolved["base_model"] = str(cfg.base)
     if "models" in resolved:
-        resolved["models"] = [dict(m, model=e.path) for m, e in zip(resolved["models"], cfg.models)]
+        resolved["models"] = [dict(m, model=str(e.path)) for m, e in zip(resolved["models"], cfg.models)]
     if "slices" in resolved:
         resolved["slices"] = [
-            dict(raw, sources=[dict(r, model=e.path) for r, e in zip(raw["sources"], sl.sources)])
+            dict(raw, sources=[dict(r, model=str(e.path)) for r, e in zip(raw["sources"], sl.sources)])
             for raw, sl in zip(resolved["slices"], cfg.slices)]
     text = yaml.safe_dump(resolved, sort_keys=False)
     with open(os.path.join(tmp, "mergekit_config.yml"), "w", encoding="utf-8") as f:

@@ -23,12 +23,15 @@ import os
 import numpy as np
 
 from ..errors import ConfigError
+from .lora import folder_of
 
 LOG = logging.getLogger(__name__)
 
 
 def read_vocab(folder):
-    """token -> id from folder/tokenizer.json, limited to config.json's vocab_size."""
+    """token -> id from folder/tokenizer.json, limited to config.json's vocab_size (a LoRA
+    reference reads its base folder's)."""
+    folder = folder_of(folder)
     path = os.path.join(folder, "tokenizer.json")
     if not os.path.isfile(path):
         raise ConfigError(f"tokenizer_source needs {path} (a Hugging Face fast tokenizer) to "
@@ -90,7 +93,7 @@ class VocabPlan:
         for p in paths:
             v = self.vocabs[p]
             self.perm[p] = np.array([v.get(t, -1) for t in out], dtype=np.int64)
-        self.donor = donor
+        self.donor = folder_of(donor)
 
     def identity_for(self, path, rows):
         perm = self.perm[path]
