@@ -1,6 +1,7 @@
 """fusechat merge against mergekit (the oracle) on tiny random Llama checkpoints in float32,
 for every deterministic method both implement: max |fusechat - mergekit| / max |mergekit|
 below 1e-5 for every tensor. Skipped only when mergekit is not importable."""
+import json
 import os
 
 import numpy as np
@@ -225,5 +226,44 @@ def test_lora_matches_mergekit(family, tmp_path):
     want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
     assert sorted(want) == sorted(got)
     for name, w in want.items():
+        rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
+        assert rel < 1e-5, (name, rel)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_tokenizer_block_matches_mergekit(tmp_path, method):
+    """tokenizer: {source: union, tokens, pad_to_multiple_of}: overrides of tokens all models
+    have (ignored unless forced), of tokens some lack (their default row: a model's row, a
+    model_token by id, zero), forced ones, and padding rows (the mean of each model's rows
+    before the merge: TIES sees them), against mergekit row by token."""
+    tokenizers = pytest.importorskip("tokenizers")
+    base, (same, big) = make_family(str(tmp_path / "f"), 2, "float32", target_vocab=[100, 120],
+                                    seed=5)
+    tokens = {"w5": {"source": big}, "w110": {"source": {"kind": "zero"}},
+              "w6": {"source": {"kind": "model_token", "model": same, "token": "w7"}},
+              "w8": {"source": base, "force": True}, "w105": {"source": big},
+              "w111": {"source": {"kind": "model_token", "model": base, "token_id": 3},
+                       "force": True}}
+    cfg = {"merge_method": method, "base_model": base, "dtype": "float32",
+           "out_dtype": "float32",
+           "tokenizer": {"source": "union", "tokens": tokens, "pad_to_multiple_of": 64},
+           "models": [{"model": p, "parameters": {"weight": 0.5, "density": 0.5}}
+                      for p in (same, big)]}
+    if method == "task_arithmetic":
+        for m in cfg["models"]:
+            del m["parameters"]["density"]
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    ids = [tokenizers.Tokenizer.from_file(str(tmp_path / o / "tokenizer.json"))
+           for o in ("mk", "fc")]
+    for o in ("mk", "fc"):
+        with open(tmp_path / o / "config.json") as f:
+            assert json.load(f)["vocab_size"] == 128
+    for name, w in want.items():
+        assert got[name].shape == w.shape, name
+        if w.shape[0] == 128:  # the mergekit row of each fusechat token, then the padding
+            w = w[[ids[0].token_to_id(ids[1].id_to_token(i)) for i in range(120)]
+                  + list(range(120, 128))]
         rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
         assert rel < 1e-5, (name, rel)

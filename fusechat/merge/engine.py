@@ -123,7 +123,8 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
     if cfg.tokenizer_source:
         from .vocab import VocabPlan
         vocab = VocabPlan(cfg.tokenizer_source, base_path, list(dict.fromkeys(
-            ([base_path] if base_path else []) + [e.path for e in inputs])))
+            ([base_path] if base_path else []) + [e.path for e in inputs])),
+            cfg.tokens, cfg.pad_to_multiple_of)
     jobs = plan(cfg, files, dtype, vocab)
     parent = os.path.dirname(out_path)
     os.makedirs(parent, exist_ok=True)
@@ -228,7 +229,7 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
             # older versions read "torch_dtype": both name the merged dtype
             model_cfg["dtype"] = model_cfg["torch_dtype"] = TORCH_DTYPES[out_dtypes.pop()]
         if vocab:
-            model_cfg["vocab_size"] = len(vocab.tokens)
+            model_cfg["vocab_size"] = vocab.rows
         if cfg.slices and "num_hidden_layers" in model_cfg:
             model_cfg["num_hidden_layers"] = sum(
                 sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0] for sl in cfg.slices)
@@ -242,6 +243,8 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
             shutil.copyfile(src, os.path.join(tmp, name))
     if vocab:
         vocab.write_tokenizer(tmp)
+    if cfg.chat_template is not None:
+        _write_chat_template(tmp, cfg.chat_template)
     gen = os.path.join(donor, "generation_config.json")
     if os.path.isfile(gen):
         shutil.copyfile(gen, os.path.join(tmp, "generation_config.json"))
@@ -259,6 +262,24 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
         f.write(text)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
         f.write(_model_card(cfg, text, seed))
+
+
+def _write_chat_template(tmp, template):
+    """chat_template.jinja (read first by transformers, written there by mergekit); a
+    template the copied tokenizer files carry is removed so that only this one is read."""
+    with open(os.path.join(tmp, "chat_template.jinja"), "w", encoding="utf-8") as f:
+        f.write(template)
+    old = os.path.join(tmp, "chat_template.json")
+    if os.path.exists(old):
+        os.remove(old)
+    tc_path = os.path.join(tmp, "tokenizer_config.json")
+    if os.path.isfile(tc_path):
+        with open(tc_path, encoding="utf-8") as f:
+            tc = json.load(f)
+        if tc.pop("chat_template", None) is not None:
+            with open(tc_path, "w", encoding="utf-8") as f:
+                json.dump(tc, f, indent=2, ensure_ascii=False)
+                f.write("\n")
 
 
 def _model_card(cfg, text, seed):
