@@ -127,6 +127,7 @@ fc_status mg_merge_nuslerp(const mg_tensor *t);
 fc_status mg_merge_multislerp(const mg_tensor *t);/* merge_sphere.c */
 fc_status mg_merge_karcher(const mg_tensor *t);
 fc_status mg_merge_ram(const mg_tensor *t);       /* merge_ram.c: ram, ramplus_tl */
+fc_status mg_merge_arcee_fusion(const mg_tensor *t); /* merge_arcee.c */
 
 /* The hot kernels of one build: portable (merge.c), AVX2 or AVX-512 (merge_avx2.c,
  * merge_avx512.c; x86-64 only). merge.c picks one per call (fc_merge_ctx_set_isa). */
