@@ -8,6 +8,7 @@ static const char *const method_names[FC_MERGE_METHOD_COUNT] = {
     "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
     "breadcrumbs_ties", "della", "della_linear", "sce", "varm", "slerp", "nuslerp",
     "multislerp", "karcher", "model_stock", "nearswap", "passthrough", "ram", "ramplus_tl",
+    "arcee_fusion",
 };
 
 int fc_merge_method_from_name(const char *name) {
@@ -88,6 +89,7 @@ static void method_arity(fc_merge_method m, int *base, int *lo, int *hi) {
     case FC_MERGE_MULTISLERP: *base = 2, *lo = 1; break;
     case FC_MERGE_MODEL_STOCK: *lo = 2; break;
     case FC_MERGE_NEARSWAP: *lo = 1, *hi = 1; break;
+    case FC_MERGE_ARCEE_FUSION: *lo = 1, *hi = 1; break;
     default: break;
     }
 }
@@ -203,6 +205,7 @@ fc_status fc_merge_tensor(fc_merge_ctx *ctx, const fc_merge_params *p, const voi
     case FC_MERGE_PASSTHROUGH: st = mg_merge_passthrough(&t); break;
     case FC_MERGE_RAM:
     case FC_MERGE_RAMPLUS_TL: st = mg_merge_ram(&t); break;
+    case FC_MERGE_ARCEE_FUSION: st = mg_merge_arcee_fusion(&t); break;
     default: st = k->gta(&t); break;
     }
     if (st != FC_OK && err->code == FC_OK)

@@ -391,7 +391,7 @@ def _check_roles(cfg, where):
     if m.base == "required" and not cfg.base:
         raise ConfigError(f"{where}: {m.name} needs base_model")
     others = [p for p in paths if p != cfg.base]
-    if m.name in ("slerp", "nearswap") and len(others) != 1:
+    if m.name in ("slerp", "nearswap", "arcee_fusion") and len(others) != 1:
         raise ConfigError(f"{where}: {m.name} needs exactly two models: base_model and one "
                           f"other (got {len(others)} besides the base)")
     if m.name == "nuslerp" and len(others) != 2:

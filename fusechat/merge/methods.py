@@ -86,6 +86,7 @@ METHODS = {m.name: m for m in [
     Method("passthrough", "none", {"scale": 1.0}),
     Method("ram", "required", {}, {"epsilon": 1e-5}),
     Method("ramplus_tl", "required", {}, {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}),
+    Method("arcee_fusion", "required"),
 ]}
 
 
