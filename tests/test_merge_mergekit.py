@@ -267,3 +267,32 @@ def test_tokenizer_block_matches_mergekit(tmp_path, method):
                   + list(range(120, 128))]
         rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
         assert rel < 1e-5, (name, rel)
+
+
+def test_arcee_fusion_matches_mergekit(family, tmp_path):
+    """arcee_fusion: every element is the base's or the model's in both, and the fused sets
+    agree but for a few elements at the fence. fusechat computes each row's KL divergence
+    in float64; mergekit in float32, where the divergence of two near-equal rows is partly
+    rounding, so elements whose importance lies within that rounding of the fence can fall
+    either way (0.07% of the elements of these models)."""
+    base, ts = family
+    cfg = {"merge_method": "arcee_fusion", "base_model": base, "dtype": "float32",
+           "out_dtype": "float32", "models": [{"model": ts[0]}]}
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    b, x = _load(base), _load(ts[0])
+    assert sorted(want) == sorted(got)
+    differ = total = 0
+    for name, w in want.items():
+        g = got[name]
+        fused_w, fused_g = w != b[name], g != b[name]
+        assert np.array_equal(w[fused_w], (b[name] + (x[name] - b[name]))[fused_w]), name
+        assert np.array_equal(g[fused_g], (b[name] + (x[name] - b[name]))[fused_g]), name
+        if w.size >= 1000:  # a Gaussian delta: about 5-8% beyond the fence
+            assert 0.02 < fused_g.mean() < 0.12, (name, fused_g.mean())
+        differ += int((fused_w != fused_g).sum())
+        total += w.size
+        assert (fused_w != fused_g).sum() <= max(4, 0.02 * fused_w.sum()), name
+    print(f"arcee_fusion: {differ} of {total} elements decided differently")
+    assert differ <= 0.002 * total
