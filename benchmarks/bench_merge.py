@@ -2,7 +2,7 @@
 bf16 checkpoints (issue 3).
 
 Merges: TIES, DARE-TIES, task_arithmetic, DARE-linear with rescale_norm l2 and RAM on a base
-+ 2 models; SCE on a base + 5 targets (like FuseChat-7B-v2.0). For each: wall time and peak
++ 2 models; arcee_fusion on a base + 1; SCE on a base + 5 targets (like FuseChat-7B-v2.0). For each: wall time and peak
 memory of fusechat and of mergekit (separate processes, page cache warm), and the I/O floor:
 reading every input once and writing one output of the same size. Peak memory is reported
 as the peak anonymous RSS (RssAnon: what the process allocates, on top of the page cache its
@@ -54,6 +54,8 @@ MERGES = [  # name, method, number of non-base models, per-model params, global 
     # work), and ram (two inputs' active deltas averaged)
     ("dare_linear_l2", "dare_linear", 2, {"weight": 0.5, "density": 0.6}, {"rescale_norm": "l2"}),
     ("ram", "ram", 2, {}, {"epsilon": 1e-5}),
+    # arcee_fusion (base + one model): row divergences, six order statistics, the output
+    ("arcee_fusion", "arcee_fusion", 1, {}, {}),
 ]
 
 

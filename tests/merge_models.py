@@ -1,6 +1,7 @@
 """Tiny random Llama checkpoints for the merge tests: real Hugging Face folders
 (config.json, model.safetensors written by the safetensors package, a word-level
-tokenizer.json, generation_config.json) that transformers and mergekit can load."""
+tokenizer.json, generation_config.json) that transformers and mergekit can load, and PEFT
+LoRA adapter folders for them."""
 import json
 import os
 
@@ -71,3 +72,40 @@ def make_family(root, n_targets, dtype=np.float32, vocab=100, seed=0, target_voc
         write_llama(p, t, v, dname)
         paths.append(p)
     return base_path, paths
+
+
+LORA_PREFIX = "base_model.model."
+
+
+def write_adapter(folder, tensors, **config):
+    """A PEFT LoRA adapter folder: adapter_config.json (defaults overridden by config) and,
+    unless tensors is None, adapter_model.safetensors."""
+    import safetensors.numpy
+
+    os.makedirs(folder, exist_ok=True)
+    cfg = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "fan_in_fan_out": False,
+           "use_rslora": False, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}}
+    cfg.update(config)
+    with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+        json.dump(cfg, f)
+    if tensors is not None:
+        safetensors.numpy.save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
+    return folder
+
+
+def hand_adapter(folder, base_tensors, rng, fan_in_fan_out=False):
+    """q_proj of layer 0 (r 4) and down_proj of layer 1 (rank_pattern 2), stored
+    transposed when fan_in_fan_out."""
+    q = base_tensors["model.layers.0.self_attn.q_proj.weight"].shape
+    d = base_tensors["model.layers.1.mlp.down_proj.weight"].shape
+    if fan_in_fan_out:
+        q, d = q[::-1], d[::-1]
+    t = {}
+    for mod, (out, inp), r in (("model.layers.0.self_attn.q_proj", q, 4),
+                               ("model.layers.1.mlp.down_proj", d, 2)):
+        t[f"{LORA_PREFIX}{mod}.lora_A.weight"] = rng.standard_normal((r, inp)).astype(np.float32)
+        t[f"{LORA_PREFIX}{mod}.lora_B.weight"] = rng.standard_normal((out, r)).astype(np.float32)
+    return write_adapter(folder, t, r=4, lora_alpha=6, target_modules=["q_proj", "down_proj"],
+                         rank_pattern={"down_proj": 2},
+                         alpha_pattern={"layers.1.mlp.down_proj": 5},
+                         fan_in_fan_out=fan_in_fan_out)

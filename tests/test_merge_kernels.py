@@ -50,6 +50,7 @@ CASES = {
     "ram": (dict(epsilon=0.004), 3, True),
     "ramplus_tl": (dict(epsilon=0.004), 3, True),
     "ramplus_tl_r": (dict(r=0.5, alpha=2.0, epsilon=0.01), 2, True),
+    "arcee_fusion": (dict(), 1, True),
 }
 
 
@@ -87,6 +88,8 @@ def reference(method, base, xs, params, seed=0, name=""):
     if method in ("ram", "ramplus_tl"):
         return ref.ram(base, xs, p.get("epsilon", 1e-5), method == "ramplus_tl",
                        p.get("r", 0.1), p.get("alpha", 0.2))
+    if method == "arcee_fusion":
+        return ref.arcee_fusion(base, xs[0])[0]
     if method == "slerp":
         return ref.slerp(p["t"], base, xs[0])
     if method == "nuslerp":
@@ -384,3 +387,28 @@ def test_sce_with_nonfinite_deltas_matches_the_twin(special, where):
     assert np.array_equal(np.isinf(got), np.isinf(want))
     fin = np.isfinite(want)
     np.testing.assert_allclose(got[fin], want[fin], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(257, 1000), (3, 70000), (200000,)], ids=str)
+def test_arcee_fusion_threads_and_mask(shape):
+    """arcee_fusion on tensors of many blocks (one long row included): the same bytes at 1
+    and 3 threads, every element the base's or the model's (b + d), and the twin's mask
+    (about 5-8% of a Gaussian delta lies beyond Tukey's fence)."""
+    base, (x,) = make_inputs(shape, 1, np.float32, seed=5, spread=0.02)
+    one = merge_tensors("arcee_fusion", base, [x], threads=1)
+    three = merge_tensors("arcee_fusion", base, [x], threads=3)
+    assert one.tobytes() == three.tobytes()
+    want, mask = ref.arcee_fusion(base, x)
+    assert np.array_equal(one, want.astype(np.float32))
+    fused = one != base
+    assert np.array_equal(fused, mask & (x != base))
+    assert np.array_equal(one[mask], (base + (x - base))[mask])
+    assert 0.02 < mask.mean() < 0.12, mask.mean()
+
+
+def test_arcee_fusion_takes_base_and_one_model():
+    base, xs = make_inputs((8, 8), 2, np.float32)
+    with pytest.raises(ValueError, match="arcee_fusion needs exactly 1 model besides the base"):
+        merge_tensors("arcee_fusion", base, xs)
+    with pytest.raises(ValueError, match="arcee_fusion needs a base model"):
+        merge_tensors("arcee_fusion", None, xs[:1])

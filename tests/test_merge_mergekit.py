@@ -1,6 +1,7 @@
 """fusechat merge against mergekit (the oracle) on tiny random Llama checkpoints in float32,
 for every deterministic method both implement: max |fusechat - mergekit| / max |mergekit|
 below 1e-5 for every tensor. Skipped only when mergekit is not importable."""
+import json
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ mergekit = pytest.importorskip("mergekit")
 import safetensors.numpy  # noqa: E402
 
 from fusechat.merge import METHODS, run  # noqa: E402
-from tests.merge_models import make_family  # noqa: E402
+from tests.merge_models import hand_adapter, make_family  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +102,13 @@ def _load(folder):
     return out
 
 
-def _run_mergekit(cfg, out):
+def _run_mergekit(cfg, out, **options):
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
     run_merge(MergeConfiguration.model_validate(cfg), out,
-              MergeOptions(copy_tokenizer=False, quiet=True))
+              MergeOptions(copy_tokenizer=False, quiet=True, **options))
 
 
 @pytest.mark.parametrize("case", sorted(configs("b", ["t0", "t1", "t2"])))
@@ -204,3 +205,94 @@ def test_tokenizer_source_matches_mergekit(tmp_path, source):
             w = w[[ids[0].token_to_id(ids[1].id_to_token(i)) for i in range(120)]]
         rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
         assert rel < 1e-5, (name, rel)
+
+
+def test_lora_matches_mergekit(family, tmp_path):
+    """A LoRA input (base+adapter, rank_pattern and alpha_pattern) in a TIES merge: mergekit
+    merges the adapter with PEFT into a cached model first; fusechat tensor by tensor."""
+    pytest.importorskip("peft")
+    base, ts = family
+    adapter = hand_adapter(str(tmp_path / "ad"), _load(base), np.random.default_rng(8))
+    name = os.path.join(adapter, "adapter_model.safetensors")  # deltas of the targets' size
+    t = safetensors.numpy.load_file(name)
+    safetensors.numpy.save_file({k: v * 0.05 for k, v in t.items()}, name)
+    cfg = {"merge_method": "ties", "base_model": base, "dtype": "float32",
+           "out_dtype": "float32",
+           "models": [{"model": f"{base}+{adapter}", "parameters": {"weight": 0.6,
+                                                                     "density": 0.5}},
+                      {"model": ts[0], "parameters": {"weight": 0.4, "density": 0.7}}]}
+    _run_mergekit(cfg, str(tmp_path / "mk"), lora_merge_cache=str(tmp_path / "cache"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    assert sorted(want) == sorted(got)
+    for name, w in want.items():
+        rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
+        assert rel < 1e-5, (name, rel)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_tokenizer_block_matches_mergekit(tmp_path, method):
+    """tokenizer: {source: union, tokens, pad_to_multiple_of}: overrides of tokens all models
+    have (ignored unless forced), of tokens some lack (their default row: a model's row, a
+    model_token by id, zero), forced ones, and padding rows (the mean of each model's rows
+    before the merge: TIES sees them), against mergekit row by token."""
+    tokenizers = pytest.importorskip("tokenizers")
+    base, (same, big) = make_family(str(tmp_path / "f"), 2, "float32", target_vocab=[100, 120],
+                                    seed=5)
+    tokens = {"w5": {"source": big}, "w110": {"source": {"kind": "zero"}},
+              "w6": {"source": {"kind": "model_token", "model": same, "token": "w7"}},
+              "w8": {"source": base, "force": True}, "w105": {"source": big},
+              "w111": {"source": {"kind": "model_token", "model": base, "token_id": 3},
+                       "force": True}}
+    cfg = {"merge_method": method, "base_model": base, "dtype": "float32",
+           "out_dtype": "float32",
+           "tokenizer": {"source": "union", "tokens": tokens, "pad_to_multiple_of": 64},
+           "models": [{"model": p, "parameters": {"weight": 0.5, "density": 0.5}}
+                      for p in (same, big)]}
+    if method == "task_arithmetic":
+        for m in cfg["models"]:
+            del m["parameters"]["density"]
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    ids = [tokenizers.Tokenizer.from_file(str(tmp_path / o / "tokenizer.json"))
+           for o in ("mk", "fc")]
+    for o in ("mk", "fc"):
+        with open(tmp_path / o / "config.json") as f:
+            assert json.load(f)["vocab_size"] == 128
+    for name, w in want.items():
+        assert got[name].shape == w.shape, name
+        if w.shape[0] == 128:  # the mergekit row of each fusechat token, then the padding
+            w = w[[ids[0].token_to_id(ids[1].id_to_token(i)) for i in range(120)]
+                  + list(range(120, 128))]
+        rel = float(np.max(np.abs(got[name].astype(np.float64) - w)) / np.max(np.abs(w)))
+        assert rel < 1e-5, (name, rel)
+
+
+def test_arcee_fusion_matches_mergekit(family, tmp_path):
+    """arcee_fusion: every element is the base's or the model's in both, and the fused sets
+    agree but for a few elements at the fence. fusechat computes each row's KL divergence
+    in float64; mergekit in float32, where the divergence of two near-equal rows is partly
+    rounding, so elements whose importance lies within that rounding of the fence can fall
+    either way (0.07% of the elements of these models)."""
+    base, ts = family
+    cfg = {"merge_method": "arcee_fusion", "base_model": base, "dtype": "float32",
+           "out_dtype": "float32", "models": [{"model": ts[0]}]}
+    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run(cfg, tmp_path / "fc", quiet=True)
+    want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
+    b, x = _load(base), _load(ts[0])
+    assert sorted(want) == sorted(got)
+    differ = total = 0
+    for name, w in want.items():
+        g = got[name]
+        fused_w, fused_g = w != b[name], g != b[name]
+        assert np.array_equal(w[fused_w], (b[name] + (x[name] - b[name]))[fused_w]), name
+        assert np.array_equal(g[fused_g], (b[name] + (x[name] - b[name]))[fused_g]), name
+        if w.size >= 1000:  # a Gaussian delta: about 5-8% beyond the fence
+            assert 0.02 < fused_g.mean() < 0.12, (name, fused_g.mean())
+        differ += int((fused_w != fused_g).sum())
+        total += w.size
+        assert (fused_w != fused_g).sum() <= max(4, 0.02 * fused_w.sum()), name
+    print(f"arcee_fusion: {differ} of {total} elements decided differently")
+    assert differ <= 0.002 * total

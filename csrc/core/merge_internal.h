@@ -127,6 +127,7 @@ fc_status mg_merge_nuslerp(const mg_tensor *t);
 fc_status mg_merge_multislerp(const mg_tensor *t);/* merge_sphere.c */
 fc_status mg_merge_karcher(const mg_tensor *t);
 fc_status mg_merge_ram(const mg_tensor *t);       /* merge_ram.c: ram, ramplus_tl */
+fc_status mg_merge_arcee_fusion(const mg_tensor *t); /* merge_arcee.c */
 
 /* A method's kernel, named by its row in the method table (merge_methods.c), which
  * fc_merge_tensor runs after the checks. */

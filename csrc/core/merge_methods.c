@@ -117,6 +117,7 @@ static const method_row table[FC_MERGE_METHOD_COUNT] = {
     ROW("passthrough", NONE, 1, 1, 0, 0, passthrough_p, NULL, mg_merge_passthrough),
     ROW("ram", REQ, 0, -1, 0, 0, ram_p, NULL, mg_merge_ram),
     ROW("ramplus_tl", REQ, 0, -1, 0, 0, ramplus_tl_p, NULL, mg_merge_ram),
+    {{"arcee_fusion", REQ, 1, 1, 0, 0, 0, NULL, NULL}, mg_merge_arcee_fusion},
 };
 
 const fc_merge_method_info *fc_merge_method_info_of(fc_merge_method m) {

@@ -49,6 +49,7 @@ typedef enum fc_merge_method {
     FC_MERGE_PASSTHROUGH,
     FC_MERGE_RAM,
     FC_MERGE_RAMPLUS_TL,
+    FC_MERGE_ARCEE_FUSION,
     FC_MERGE_METHOD_COUNT
 } fc_merge_method;
 

@@ -3,11 +3,12 @@
 Accepted (mergekit's ``MergeConfiguration``, docs/merging.md "Config"): ``merge_method``,
 ``models: [{model, parameters}]`` or ``slices: [{sources: [{model, layer_range,
 parameters}], parameters}]``, ``base_model``, ``parameters``, ``dtype``, ``out_dtype``,
-``tokenizer_source`` (``base``, ``union`` or a model path). Unlike mergekit, unknown keys,
-parameter names no method knows (typos), parameters of the wrong scope and out-of-range values
-are refused with a :class:`fusechat.errors.ConfigError` that lists the valid names; a
-parameter another method uses (``weight`` on slerp models, as mergekit's own tests write) is
-ignored with one warning, as mergekit ignores it.
+``tokenizer_source`` (``base``, ``union`` or a model path), ``tokenizer`` (``source``,
+per-token ``tokens`` overrides, ``pad_to_multiple_of``), ``chat_template``. Unlike mergekit,
+unknown keys, parameter names no method knows (typos), parameters of the wrong scope and
+out-of-range values are refused with a :class:`fusechat.errors.ConfigError` that lists the
+valid names; a parameter another method uses (``weight`` on slerp models, as mergekit's own
+tests write) is ignored with one warning, as mergekit ignores it.
 
 Parameter values: a scalar; a gradient ``[v0, ..., vk]`` interpolated linearly over the
 layers (``t = layer / (L - 1)``; tensors outside the layers use ``t = 0``); or a list of
@@ -24,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from .lora import LoraRef, read_adapter_config
+from .templates import chat_template
 from .methods import KNOWN_PARAMS, REQUIRED, check_value, get_method
 
 LOG = logging.getLogger(__name__)
@@ -47,6 +50,21 @@ class SliceSpec:
 
 
 @dataclass
+class TokenSource:
+    kind: str                       # "model" (a row of a model) or "zero"
+    model: str = None
+    token: str = None               # the row of this token in model ...
+    token_id: int = None            # ... or of this id
+
+
+@dataclass
+class TokenOverride:
+    source: TokenSource
+    force: bool
+    where: str                      # the config key, for errors
+
+
+@dataclass
 class MergeConfig:
     method: object                  # methods.Method
     models: list                    # ModelEntry, config order (the base included if listed)
@@ -57,6 +75,9 @@ class MergeConfig:
     tokenizer_source: str = None
     slices: list = None             # SliceSpec list, or None
     raw: dict = None
+    tokens: dict = field(default_factory=dict)  # token -> TokenOverride (tokenizer.tokens)
+    pad_to_multiple_of: int = None  # tokenizer.pad_to_multiple_of
+    chat_template: str = None       # the Jinja text written to chat_template.jinja
 
     def model_paths(self):
         paths = [m.path for m in self.models]
@@ -203,8 +224,13 @@ def _model_path(ref, where):
         ref = ref.get("model")
     if not isinstance(ref, str) or not ref:
         raise ConfigError(f"{where}: model must be a path string, got {ref!r}")
-    if "+" in ref and not os.path.exists(ref):
-        raise ConfigError(f"{where}: {ref!r}: LoRA references (model+lora) are not supported")
+    if "+" in ref and not os.path.exists(os.path.expanduser(ref)):
+        # mergekit's base+adapter: the adapter merged into the base (lora.py)
+        folder, _, adapter = ref.partition("+")
+        folder = _model_path(folder, where)
+        adapter = _model_path(adapter, f"{where} (LoRA adapter)")
+        read_adapter_config(adapter)
+        return LoraRef(folder, adapter)
     path = os.path.expanduser(ref)
     if os.path.isdir(path) or path.endswith(".safetensors"):
         return os.path.abspath(path)
@@ -242,9 +268,8 @@ def load_config(config):
     if "merge_method" not in raw:
         raise ConfigError(f"{where}: merge_method is missing")
     method = get_method(raw["merge_method"], ConfigError)
-    for key in ("modules", "tokenizer", "chat_template"):
-        if raw.get(key) is not None:
-            raise ConfigError(f"{where}: {key} is not supported by fusechat merge")
+    if raw.get("modules") is not None:
+        raise ConfigError(f"{where}: modules is not supported by fusechat merge")
     if ("models" in raw) == ("slices" in raw):
         raise ConfigError(f"{where}: give exactly one of models or slices")
     unused = {}
@@ -255,10 +280,14 @@ def load_config(config):
                       out_dtype=_dtype(raw.get("out_dtype"), "out_dtype"), raw=raw)
     ts = raw.get("tokenizer_source")
     if ts is not None:
-        if not isinstance(ts, str):
-            raise ConfigError(f"{where}: tokenizer_source must be base, union or a model path")
-        cfg.tokenizer_source = ts if ts in ("base", "union") else _model_path(
-            ts, f"{where}: tokenizer_source")
+        if raw.get("tokenizer") is not None:
+            raise ConfigError(f"{where}: give tokenizer_source or tokenizer, not both "
+                              "(tokenizer_source: X is tokenizer: {source: X})")
+        cfg.tokenizer_source = _tokenizer_source(ts, f"{where}: tokenizer_source")
+    if raw.get("tokenizer") is not None:
+        _load_tokenizer(cfg, raw["tokenizer"], f"{where}: tokenizer")
+    if raw.get("chat_template") is not None:
+        cfg.chat_template = chat_template(raw["chat_template"], f"{where}: chat_template")
     if "models" in raw:
         if not isinstance(raw["models"], list) or not raw["models"]:
             raise ConfigError(f"{where}: models must be a non-empty list")
@@ -273,6 +302,55 @@ def load_config(config):
     _check_roles(cfg, where)
     _warn_unused(method, unused)
     return cfg
+
+
+def _tokenizer_source(ts, where):
+    if not isinstance(ts, str):
+        raise ConfigError(f"{where} must be base, union or a model path, got {ts!r}")
+    return ts if ts in ("base", "union") else _model_path(ts, where)
+
+
+def _load_tokenizer(cfg, tok, where):
+    """tokenizer: {source (union by default, as mergekit), tokens, pad_to_multiple_of}."""
+    _check_keys(tok, ("source", "tokens", "pad_to_multiple_of"), where)
+    cfg.tokenizer_source = _tokenizer_source(tok.get("source", "union"), f"{where}.source")
+    pad = tok.get("pad_to_multiple_of")
+    if pad is not None:
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad <= 0:
+            raise ConfigError(f"{where}.pad_to_multiple_of must be a positive integer, got "
+                              f"{pad!r}")
+        cfg.pad_to_multiple_of = pad
+    tokens = tok.get("tokens") or {}
+    if not isinstance(tokens, dict):
+        raise ConfigError(f"{where}.tokens must be a mapping of token to {{source, force}}")
+    for token, spec in tokens.items():
+        w = f"{where}.tokens[{token!r}]"
+        _check_keys(spec, ("source", "force"), w)
+        force = spec.get("force", False)
+        if not isinstance(force, bool):
+            raise ConfigError(f"{w}.force must be true or false, got {force!r}")
+        src = spec.get("source")
+        if src is None:
+            continue  # mergekit's default: no override
+        if isinstance(src, str):
+            src = TokenSource("model", _model_path(src, f"{w}.source"), str(token))
+        elif isinstance(src, dict) and src.get("kind") == "zero":
+            _check_keys(src, ("kind",), f"{w}.source")
+            src = TokenSource("zero")
+        elif isinstance(src, dict) and src.get("kind") == "model_token":
+            _check_keys(src, ("kind", "model", "token", "token_id"), f"{w}.source")
+            if ("token" in src) == ("token_id" in src):
+                raise ConfigError(f"{w}.source: give exactly one of token or token_id")
+            tid = src.get("token_id")
+            if "token_id" in src and (not isinstance(tid, int) or isinstance(tid, bool)
+                                      or tid < 0):
+                raise ConfigError(f"{w}.source.token_id must be a non-negative integer")
+            src = TokenSource("model", _model_path(src.get("model"), f"{w}.source.model"),
+                              src.get("token"), tid)
+        else:
+            raise ConfigError(f"{w}.source must be a model path, {{kind: zero}} or {{kind: "
+                              f"model_token, model, token | token_id}}, got {src!r}")
+        cfg.tokens[str(token)] = TokenOverride(src, force, w)
 
 
 def _load_slices(slices, method, where, unused):

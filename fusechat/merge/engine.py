@@ -30,6 +30,7 @@ from .._C import merge_tensor as merge_kernel
 from .. import safetensors as st
 from ..progress import tqdm
 from .config import load_config
+from .lora import folder_of, open_model
 from .plan import roles, plan
 
 LOG = logging.getLogger(__name__)
@@ -113,16 +114,17 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
         from .config import _dtype
         dtype = _dtype(dtype, "dtype")
     shard_bytes = parse_shard_size(out_shard_size)
-    files = {p: st.open(p) for p in cfg.model_paths()}
+    files = {p: open_model(p) for p in cfg.model_paths()}
     entries = cfg.models or [e for sl in cfg.slices for e in sl.sources]
     base_entry, inputs = roles(cfg, entries)
     base_path = base_entry.path if base_entry else None
-    donor = cfg.base or entries[0].path
+    donor = folder_of(cfg.base or entries[0].path)
     vocab = None
     if cfg.tokenizer_source:
         from .vocab import VocabPlan
         vocab = VocabPlan(cfg.tokenizer_source, base_path, list(dict.fromkeys(
-            ([base_path] if base_path else []) + [e.path for e in inputs])))
+            ([base_path] if base_path else []) + [e.path for e in inputs])),
+            cfg.tokens, cfg.pad_to_multiple_of)
     jobs = plan(cfg, files, dtype, vocab)
     parent = os.path.dirname(out_path)
     os.makedirs(parent, exist_ok=True)
@@ -227,7 +229,7 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
             # older versions read "torch_dtype": both name the merged dtype
             model_cfg["dtype"] = model_cfg["torch_dtype"] = TORCH_DTYPES[out_dtypes.pop()]
         if vocab:
-            model_cfg["vocab_size"] = len(vocab.tokens)
+            model_cfg["vocab_size"] = vocab.rows
         if cfg.slices and "num_hidden_layers" in model_cfg:
             model_cfg["num_hidden_layers"] = sum(
                 sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0] for sl in cfg.slices)
@@ -241,23 +243,43 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
             shutil.copyfile(src, os.path.join(tmp, name))
     if vocab:
         vocab.write_tokenizer(tmp)
+    if cfg.chat_template is not None:
+        _write_chat_template(tmp, cfg.chat_template)
     gen = os.path.join(donor, "generation_config.json")
     if os.path.isfile(gen):
         shutil.copyfile(gen, os.path.join(tmp, "generation_config.json"))
     resolved = dict(cfg.raw)
     if cfg.base:
-        resolved["base_model"] = cfg.base
+        resolved["base_model"] = str(cfg.base)
     if "models" in resolved:
-        resolved["models"] = [dict(m, model=e.path) for m, e in zip(resolved["models"], cfg.models)]
+        resolved["models"] = [dict(m, model=str(e.path)) for m, e in zip(resolved["models"], cfg.models)]
     if "slices" in resolved:
         resolved["slices"] = [
-            dict(raw, sources=[dict(r, model=e.path) for r, e in zip(raw["sources"], sl.sources)])
+            dict(raw, sources=[dict(r, model=str(e.path)) for r, e in zip(raw["sources"], sl.sources)])
             for raw, sl in zip(resolved["slices"], cfg.slices)]
     text = yaml.safe_dump(resolved, sort_keys=False)
     with open(os.path.join(tmp, "mergekit_config.yml"), "w", encoding="utf-8") as f:
         f.write(text)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
         f.write(_model_card(cfg, text, seed))
+
+
+def _write_chat_template(tmp, template):
+    """chat_template.jinja (read first by transformers, written there by mergekit); a
+    template the copied tokenizer files carry is removed so that only this one is read."""
+    with open(os.path.join(tmp, "chat_template.jinja"), "w", encoding="utf-8") as f:
+        f.write(template)
+    old = os.path.join(tmp, "chat_template.json")
+    if os.path.exists(old):
+        os.remove(old)
+    tc_path = os.path.join(tmp, "tokenizer_config.json")
+    if os.path.isfile(tc_path):
+        with open(tc_path, encoding="utf-8") as f:
+            tc = json.load(f)
+        if tc.pop("chat_template", None) is not None:
+            with open(tc_path, "w", encoding="utf-8") as f:
+                json.dump(tc, f, indent=2, ensure_ascii=False)
+                f.write("\n")
 
 
 def _model_card(cfg, text, seed):

@@ -89,7 +89,7 @@ class _Planner:
         if permute:
             if len({sh[1] for sh in shapes.values()}) > 1:
                 raise ConfigError(f"tensor {out_name!r}: hidden sizes differ between models")
-            out_shape = (len(vocab.tokens), out_shape[1])
+            out_shape = (vocab.rows, out_shape[1])
         elif len(set(shapes.values())) > 1:
             detail = ", ".join(f"{p}: {list(sh)}" for p, sh in shapes.items())
             if is_embed(out_name, out_shape):

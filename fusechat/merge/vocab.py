@@ -23,12 +23,15 @@ import os
 import numpy as np
 
 from ..errors import ConfigError
+from .lora import folder_of
 
 LOG = logging.getLogger(__name__)
 
 
 def read_vocab(folder):
-    """token -> id from folder/tokenizer.json, limited to config.json's vocab_size."""
+    """token -> id from folder/tokenizer.json, limited to config.json's vocab_size (a LoRA
+    reference reads its base folder's)."""
+    folder = folder_of(folder)
     path = os.path.join(folder, "tokenizer.json")
     if not os.path.isfile(path):
         raise ConfigError(f"tokenizer_source needs {path} (a Hugging Face fast tokenizer) to "
@@ -61,7 +64,7 @@ def _vocab_size(folder):
 class VocabPlan:
     """The output vocabulary and each model's permutation."""
 
-    def __init__(self, source, base, paths):
+    def __init__(self, source, base, paths, tokens=None, pad_to_multiple_of=None):
         self.vocabs = {p: read_vocab(p) for p in paths}
         ref = base or paths[0]
         if source in ("base", "union"):
@@ -90,11 +93,49 @@ class VocabPlan:
         for p in paths:
             v = self.vocabs[p]
             self.perm[p] = np.array([v.get(t, -1) for t in out], dtype=np.int64)
-        self.donor = donor
+        self.donor = folder_of(donor)
+        self.rows = len(out)
+        if pad_to_multiple_of:
+            self.rows = -(-len(out) // pad_to_multiple_of) * pad_to_multiple_of
+        self.overrides = self._overrides(tokens or {})
+
+    def _overrides(self, tokens):
+        """[(output row, model path or None for zero, its row, force)] of tokenizer.tokens,
+        every token and source row checked."""
+        index = {t: i for i, t in enumerate(self.tokens)}
+        out = []
+        for token, ov in tokens.items():
+            if token not in index:
+                raise ConfigError(f"{ov.where}: token {token!r} is not in the output vocabulary "
+                                  f"({len(self.tokens)} tokens of {self.donor}"
+                                  f"{' and the union' if self.added else ''}); a per-token "
+                                  "override names a token the merged tokenizer has")
+            src = ov.source
+            if src.kind == "zero":
+                out.append((index[token], None, -1, ov.force))
+                continue
+            if src.model not in self.vocabs:
+                raise ConfigError(f"{ov.where}: model {src.model} is not one of the models of "
+                                  f"this merge ({', '.join(self.paths)}); a token's source must "
+                                  "be one of them")
+            vocab = self.vocabs[src.model]
+            if src.token_id is not None:
+                row = src.token_id
+                if row >= max(vocab.values(), default=-1) + 1:
+                    raise ConfigError(f"{ov.where}: token_id {row} is outside the vocabulary of "
+                                      f"{src.model} ({len(vocab)} tokens)")
+            elif src.token in vocab:
+                row = vocab[src.token]
+            else:
+                raise ConfigError(f"{ov.where}: model {src.model} has no token {src.token!r} "
+                                  "(the source of a token must have it)")
+            out.append((index[token], src.model, row, ov.force))
+        return out
 
     def identity_for(self, path, rows):
         perm = self.perm[path]
-        return len(perm) == rows and np.array_equal(perm, np.arange(rows))
+        return (len(perm) == rows == self.rows and not self.overrides
+                and np.array_equal(perm, np.arange(rows)))
 
     def permute(self, name, arrays):
         """arrays: model path -> its [rows, hidden] matrix. Returns path -> float32 matrix in
@@ -119,6 +160,20 @@ class VocabPlan:
             b = self.perm[self.base]
             ok = b >= 0
             default[ok] = np.asarray(arrays[self.base], np.float32)[b[ok]]
+        emb = {}
+        for i, p, row, force in self.overrides:
+            if p is None:
+                emb[i] = np.zeros(hidden, np.float32)
+            else:
+                src = arrays[p] if p in arrays else None
+                if src is None or row >= src.shape[0]:
+                    raise ConfigError(f"tensor {name!r}: the override of token "
+                                      f"{self.tokens[i]!r} reads row {row} of model {p}, which "
+                                      "has no such row")
+                emb[i] = np.asarray(src[row], np.float32)
+            if not force:  # the row of the models that lack the token
+                default[i] = emb[i]
+                count[i] = max(count[i], 1)
         if (count == 0).any():
             missing = [self.tokens[i] for i in np.flatnonzero(count == 0)[:5]]
             LOG.warning("tensor %s: %d output tokens are in no model (e.g. %s); their rows are "
@@ -129,6 +184,12 @@ class VocabPlan:
             ok = rows >= 0
             m = default.copy()
             m[ok] = np.asarray(arrays[p], np.float32)[rows[ok]]
+            for i, _, _, force in self.overrides:
+                if force:  # every model's row: the merge of equal rows gives it back
+                    m[i] = emb[i]
+            if self.rows > n_out:  # padding rows: the mean of the model's rows, as mergekit
+                m = np.concatenate([m, np.broadcast_to(m.mean(0, dtype=np.float32),
+                                                       (self.rows - n_out, hidden))])
             out[p] = m
         return out
 

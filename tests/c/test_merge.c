@@ -120,7 +120,8 @@ static void test_kernels(void) {
             p.filter_wise = 1;
             p.nuslerp_flatten = 0;
             p.nuslerp_row_wise = si & 1;
-            int n = m == FC_MERGE_SLERP || m == FC_MERGE_NEARSWAP || m == FC_MERGE_PASSTHROUGH ? 1
+            int n = m == FC_MERGE_SLERP || m == FC_MERGE_NEARSWAP || m == FC_MERGE_PASSTHROUGH ||
+                    m == FC_MERGE_ARCEE_FUSION ? 1
                     : m == FC_MERGE_NUSLERP ? 2 : 5;
             int nobase = m == FC_MERGE_LINEAR || m == FC_MERGE_KARCHER || m == FC_MERGE_PASSTHROUGH;
             fc_error err;

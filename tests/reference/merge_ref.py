@@ -340,3 +340,29 @@ def ram(base, xs, epsilon=1e-5, plus=False, r=0.1, alpha=0.2):
             lam = 1.0 + r * min(max(shared / max(unique, epsilon), 0.0), alpha)
         out += np.where(a & (c == 1), lam * t, 0.0) + np.where(a & (c > 1), t / np.maximum(c, 1), 0.0)
     return out
+
+
+def arcee_fusion(base, x, fence=1.5):
+    """Arcee Fusion: per row (last dimension), KL(softmax(x_r) || softmax(b_r)) in float64;
+    importance |d| * |KL_r| in float32; Tukey's fence median + 1.5 IQR over the tensor's
+    importances (linear-interpolation quantiles); the deltas above it are added to the base.
+    Returns (out in float64 from float32 arithmetic, mask)."""
+    b32 = np.asarray(base, np.float32)
+    x32 = np.asarray(x, np.float32)
+    shape = b32.shape
+    cols = shape[-1] if b32.ndim >= 2 else max(b32.size, 1)
+    b2, x2 = b32.reshape(-1, cols), x32.reshape(-1, cols)
+    b64, x64 = b2.astype(np.float64), x2.astype(np.float64)
+
+    def lse(v):
+        m = v.max(axis=1, keepdims=True)
+        return m + np.log(np.exp(v - m).sum(axis=1, keepdims=True))
+
+    lx, lb = lse(x64), lse(b64)
+    kl = (np.exp(x64 - lx) * ((x64 - b64) - (lx - lb))).sum(axis=1, keepdims=True)
+    d32 = x2 - b2
+    imp = np.abs(d32) * np.abs(kl).astype(np.float32)            # float32 product
+    q1, med, q3 = np.quantile(imp.astype(np.float64).ravel(), [0.25, 0.5, 0.75])
+    mask = imp.astype(np.float64) > med + fence * (q3 - q1)
+    out = b2 + np.where(mask, d32, np.float32(0))               # float32 sum
+    return out.astype(np.float64).reshape(shape), mask.reshape(shape)
