@@ -120,10 +120,10 @@ static void test_kernels(void) {
             p.filter_wise = 1;
             p.nuslerp_flatten = 0;
             p.nuslerp_row_wise = si & 1;
-            int n = m == FC_MERGE_SLERP || m == FC_MERGE_NEARSWAP || m == FC_MERGE_PASSTHROUGH ||
-                    m == FC_MERGE_ARCEE_FUSION ? 1
-                    : m == FC_MERGE_NUSLERP ? 2 : 5;
-            int nobase = m == FC_MERGE_LINEAR || m == FC_MERGE_KARCHER || m == FC_MERGE_PASSTHROUGH;
+            /* inputs from the method table: its most, at most 5 */
+            const fc_merge_method_info *mi = fc_merge_method_info_of((fc_merge_method)m);
+            int n = mi->max_models < 0 || mi->max_models > 5 ? 5 : mi->max_models;
+            int nobase = mi->base == FC_MERGE_BASE_NONE;
             fc_error err;
             fc_status a = fc_merge_tensor(NULL, &p, nobase ? NULL : x[0], FC_BF16, in, dts, n, ndims[si],
                                           sh, o1, FC_F32, 1, &err);
