@@ -1,7 +1,7 @@
 """Tiny random Llama checkpoints for the merge tests: real Hugging Face folders
 (config.json, model.safetensors written by the safetensors package, a word-level
-tokenizer.json, generation_config.json) that transformers and mergekit can load, and PEFT
-LoRA adapter folders for them."""
+tokenizer.json, generation_config.json) that transformers and mergekit can load, PEFT
+LoRA adapter folders for them, and a runner for mergekit (the oracle) on them."""
 import json
 import os
 
@@ -109,3 +109,14 @@ def hand_adapter(folder, base_tensors, rng, fan_in_fan_out=False):
                          rank_pattern={"down_proj": 2},
                          alpha_pattern={"layers.1.mlp.down_proj": 5},
                          fan_in_fan_out=fan_in_fan_out)
+
+
+def run_mergekit(cfg, out, **options):
+    """mergekit 0.1.5's merge of a config dict into folder out (options: MergeOptions'
+    fields; the tokenizer is not copied unless copy_tokenizer=True)."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    run_merge(MergeConfiguration.model_validate(cfg), str(out),
+              MergeOptions(**{"copy_tokenizer": False, "quiet": True, **options}))
