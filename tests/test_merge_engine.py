@@ -17,7 +17,7 @@ import yaml
 from fusechat.errors import ConfigError
 from fusechat.merge import run
 from tests.merge_models import (EOT, HAND_ADAPTER_SCALES, LORA_PREFIX, OPENCHAT_TEMPLATE, PIVOT,
-                                 V1, V2, make_family, make_zoo, write_llama, llama_shapes)
+                                 V2, make_family, make_zoo, write_llama, llama_shapes)
 from tests.reference import merge_ref as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
