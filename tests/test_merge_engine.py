@@ -16,30 +16,20 @@ import yaml
 
 from fusechat.errors import ConfigError
 from fusechat.merge import run
-from tests.merge_models import make_family, write_llama, llama_shapes
+from tests.merge_models import (EOT, HAND_ADAPTER_SCALES, LORA_PREFIX, OPENCHAT_TEMPLATE, PIVOT,
+                                 V2, make_family, make_zoo, write_llama, llama_shapes)
 from tests.reference import merge_ref as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples", "merge")
-V2 = ["OpenChat-3.5-7B-Mixtral-v2.0", "OpenChat-3.5-7B-InternLM-v2.0",
-      "OpenChat-3.5-7B-Qwen-v2.0", "OpenChat-3.5-7B-Starling-v2.0", "OpenChat-3.5-7B-SOLAR-v2.0"]
-V1 = ["OpenChat-3.5-7B-Mixtral", "OpenChat-3.5-7B-Solar"]
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    """./models/ with the pivot and the v1 and v2 targets, bf16, under one root."""
-    root = tmp_path_factory.mktemp("zoo")
-    base, targets = make_family(str(root / "fam"), 5, "bfloat16", seed=3)
-    models = root / "models"
-    models.mkdir()
-    os.symlink(base, models / "openchat_3.5")
-    for name, t in zip(V2, targets):
-        os.symlink(t, models / name)
-    for name, t in zip(V1, targets[:2]):
-        os.symlink(t, models / name)
-    return root
+    """./models/ with the pivot and the v1 and v2 targets, bf16, and ./adapters/ with a
+    LoRA adapter of the pivot, under one root."""
+    return make_zoo(tmp_path_factory.mktemp("zoo"), "bfloat16", seed=3)
 
 
 def load(folder):
@@ -73,10 +63,12 @@ def expected(example, base, xs, seed=0, name=""):
         "fusechat-ta.yml": ("task_arithmetic", dict(weight=0.3, density=1.0, normalize=False,
                                                     rescale=False)),
         "fusechat-ties.yml": ("ties", dict(weight=0.2, density=0.6, normalize=True, rescale=False)),
+        "fusechat-lora-ties.yml": ("ties", dict(weight=[0.4, 0.3, 0.3], density=0.6,
+                                                normalize=True, rescale=False)),
         "fusechat-dare.yml": ("dare_linear", dict(weight=0.2, density=0.6, normalize=True,
                                                   rescale=True)),
     }[example]
-    q = {"weight": [p["weight"]] * n, "density": [p["density"]] * n, "gamma": [0.01] * n,
+    q = {"weight": p["weight"] if isinstance(p["weight"], list) else [p["weight"]] * n, "density": [p["density"]] * n, "gamma": [0.01] * n,
          "epsilon": [0.15] * n, "normalize": p["normalize"], "rescale": p["rescale"],
          "lambda": 1.0}
     return ref.gta(method, base, xs, q, seed, name)
@@ -87,9 +79,7 @@ def test_example_configs_run_unchanged(zoo, tmp_path, monkeypatch, example):
     monkeypatch.chdir(zoo)
     out = run(os.path.join(EXAMPLES, example), tmp_path / "out", quiet=True, seed=0)
     cfg = yaml.safe_load(open(os.path.join(EXAMPLES, example)))
-    paths = [os.path.join(zoo, m["model"]) for m in cfg["models"]]
-    base = load(os.path.join(zoo, "models", "openchat_3.5"))
-    inputs = [load(p) for p in paths]
+    base, inputs = example_inputs(zoo, cfg)
     got = load(out)
     assert sorted(got) == sorted(base)
     for name, b in base.items():
@@ -104,8 +94,50 @@ def test_example_configs_run_unchanged(zoo, tmp_path, monkeypatch, example):
     assert {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
             "mergekit_config.yml", "README.md", "model.safetensors"} <= files
     with open(os.path.join(out, "config.json")) as f:
-        assert json.load(f)["torch_dtype"] == cfg["dtype"]
+        c = json.load(f)
+    assert c["torch_dtype"] == cfg["dtype"]
+    assert c["vocab_size"] == len(base["lm_head.weight"])
+    if cfg.get("chat_template") == "auto":  # every model carries OpenChat's
+        with open(os.path.join(out, "chat_template.jinja")) as f:
+            assert f.read() == OPENCHAT_TEMPLATE
     assert not [f for f in os.listdir(tmp_path) if "fusechat-tmp" in f]
+
+
+def example_inputs(zoo, cfg):
+    """The base and the models of an example as the merge sees them, from the twins: a
+    `pivot+adapter` model is the pivot with W + (alpha/r)·B@A on each adapted module,
+    rounded once to the pivot's dtype; under a tokenizer block (the examples keep the
+    pivot's vocabulary, `source: base`), the embedding and output matrices of every model
+    are float32 with each forced token's row taken from its source, then padded with the
+    mean row to `pad_to_multiple_of`."""
+    def model(ref_):
+        folder, _, adapter = ref_.partition("+")
+        t = load(os.path.join(zoo, folder))
+        if adapter:
+            lt = safetensors.numpy.load_file(os.path.join(zoo, adapter,
+                                                          "adapter_model.safetensors"))
+            for mod, scale in HAND_ADAPTER_SCALES.items():
+                w = ref.lora(t[mod + ".weight"], lt[f"{LORA_PREFIX}{mod}.lora_A.weight"],
+                             lt[f"{LORA_PREFIX}{mod}.lora_B.weight"], scale)
+                t[mod + ".weight"] = w.astype(t[mod + ".weight"].dtype)
+        return t
+
+    base = model(cfg.get("base_model", os.path.join("models", PIVOT)))  # linear: no base
+    inputs = [model(m["model"]) for m in cfg["models"]]
+    tok = cfg.get("tokenizer")
+    if tok:
+        assert tok["source"] == "base" and cfg["base_model"].endswith(PIVOT)
+        vocab = json.load(open(os.path.join(zoo, "models", PIVOT, "tokenizer.json")))
+        ids = vocab["model"]["vocab"]
+        assert ids[EOT] == len(ids) - 1 and set(tok["tokens"]) == {EOT}
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            for t in [base] + inputs:
+                m = t[name].astype(np.float32)
+                for token, spec in tok["tokens"].items():
+                    assert spec["force"]
+                    m[ids[token]] = model(spec["source"])[name][ids[token]]
+                t[name] = ref.pad_rows(m, tok["pad_to_multiple_of"])
+    return base, inputs
 
 
 def test_output_loads_in_transformers(zoo, tmp_path, monkeypatch):

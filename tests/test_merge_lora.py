@@ -10,7 +10,9 @@ import safetensors.numpy
 
 from fusechat.errors import ConfigError
 from fusechat.merge import run
-from tests.merge_models import LORA_PREFIX as PRE, hand_adapter, make_family, write_adapter
+from tests.merge_models import (HAND_ADAPTER_SCALES, LORA_PREFIX as PRE, hand_adapter,
+                                 make_family, write_adapter)
+from tests.reference import merge_ref as ref
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
@@ -65,11 +67,9 @@ def test_formula_twin(family, tmp_path, fan_in_fan_out):
     adapter = hand_adapter(str(tmp_path / "ad"), bt, np.random.default_rng(3), fan_in_fan_out)
     lt = safetensors.numpy.load_file(os.path.join(adapter, "adapter_model.safetensors"))
     want = {k: v.astype(np.float64) for k, v in bt.items()}
-    for mod, scale in (("model.layers.0.self_attn.q_proj", 6 / 4),
-                       ("model.layers.1.mlp.down_proj", 5 / 2)):
-        delta = lt[f"{PRE}{mod}.lora_B.weight"].astype(np.float64) @ \
-            lt[f"{PRE}{mod}.lora_A.weight"].astype(np.float64)
-        want[mod + ".weight"] += scale * (delta.T if fan_in_fan_out else delta)
+    for mod, scale in HAND_ADAPTER_SCALES.items():
+        want[mod + ".weight"] = ref.lora(bt[mod + ".weight"], lt[f"{PRE}{mod}.lora_A.weight"],
+                                         lt[f"{PRE}{mod}.lora_B.weight"], scale, fan_in_fan_out)
     ot = _load(other)
     cfg = {"merge_method": "linear", "dtype": "float32",
            "models": [{"model": f"{base}+{adapter}", "parameters": {"weight": 0.25}},

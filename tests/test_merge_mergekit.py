@@ -12,7 +12,8 @@ mergekit = pytest.importorskip("mergekit")
 import safetensors.numpy  # noqa: E402
 
 from fusechat.merge import METHODS, run  # noqa: E402
-from tests.merge_models import hand_adapter, make_family  # noqa: E402
+from tests.merge_models import (PIVOT, hand_adapter, make_family, make_zoo,  # noqa: E402
+                                 run_mergekit)
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +103,6 @@ def _load(folder):
     return out
 
 
-def _run_mergekit(cfg, out, **options):
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    run_merge(MergeConfiguration.model_validate(cfg), out,
-              MergeOptions(copy_tokenizer=False, quiet=True, **options))
-
-
 @pytest.mark.parametrize("case", sorted(configs("b", ["t0", "t1", "t2"])))
 def test_matches_mergekit(family, tmp_path, case):
     base, ts = family
@@ -119,7 +111,7 @@ def test_matches_mergekit(family, tmp_path, case):
                               key=len)
     cfg["dtype"] = "float32"
     cfg["out_dtype"] = "float32"
-    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run_mergekit(cfg, str(tmp_path / "mk"))
     run(cfg, tmp_path / "fc", quiet=True)
     want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
     assert sorted(want) == sorted(got)
@@ -136,22 +128,14 @@ def test_matches_mergekit(family, tmp_path, case):
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "examples", "merge")
-V2 = ["OpenChat-3.5-7B-Mixtral-v2.0", "OpenChat-3.5-7B-InternLM-v2.0",
-      "OpenChat-3.5-7B-Qwen-v2.0", "OpenChat-3.5-7B-Starling-v2.0", "OpenChat-3.5-7B-SOLAR-v2.0"]
 
 
 @pytest.fixture(scope="module")
 def zoo32(tmp_path_factory):
-    """./models/ as the examples name them: the pivot and five float32 targets."""
+    """./models/ and ./adapters/ as the examples name them, float32."""
     import yaml  # noqa: F401
 
-    root = tmp_path_factory.mktemp("zoo32")
-    base, targets = make_family(str(root / "fam"), 5, "float32", seed=7)
-    (root / "models").mkdir()
-    os.symlink(base, root / "models" / "openchat_3.5")
-    for name, t in zip(V2, targets):
-        os.symlink(t, root / "models" / name)
-    return root
+    return make_zoo(tmp_path_factory.mktemp("zoo32"), "float32", seed=7)
 
 
 @pytest.mark.parametrize("example", sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".yml")
@@ -166,10 +150,12 @@ def test_example_configs_match_mergekit(zoo32, tmp_path, monkeypatch, example):
     with open(os.path.join(EXAMPLES, example)) as f:
         cfg = yaml.safe_load(f)
     cfg["dtype"] = cfg["out_dtype"] = "float32"
-    _run_mergekit(cfg, str(tmp_path / "mk"))
+    if "+" in str(cfg["models"]):
+        pytest.importorskip("peft")  # mergekit merges LoRA adapters with PEFT
+    run_mergekit(cfg, str(tmp_path / "mk"), lora_merge_cache=str(tmp_path / "cache"))
     run(cfg, tmp_path / "fc", quiet=True)
     want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
-    base = _load(os.path.join(zoo32, "models", "openchat_3.5"))
+    base = _load(os.path.join(zoo32, "models", PIVOT))
     assert sorted(want) == sorted(got)
     for name, w in want.items():
         g = got[name].astype(np.float64)
@@ -193,7 +179,7 @@ def test_tokenizer_source_matches_mergekit(tmp_path, source):
     cfg = {"merge_method": "task_arithmetic", "base_model": base, "dtype": "float32",
            "out_dtype": "float32", "tokenizer_source": big if source == "model" else source,
            "models": [{"model": p, "parameters": {"weight": 0.5}} for p in (same, big)]}
-    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run_mergekit(cfg, str(tmp_path / "mk"))
     run(cfg, tmp_path / "fc", quiet=True)
     want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
     assert sorted(want) == sorted(got)
@@ -221,7 +207,7 @@ def test_lora_matches_mergekit(family, tmp_path):
            "models": [{"model": f"{base}+{adapter}", "parameters": {"weight": 0.6,
                                                                      "density": 0.5}},
                       {"model": ts[0], "parameters": {"weight": 0.4, "density": 0.7}}]}
-    _run_mergekit(cfg, str(tmp_path / "mk"), lora_merge_cache=str(tmp_path / "cache"))
+    run_mergekit(cfg, str(tmp_path / "mk"), lora_merge_cache=str(tmp_path / "cache"))
     run(cfg, tmp_path / "fc", quiet=True)
     want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
     assert sorted(want) == sorted(got)
@@ -252,7 +238,7 @@ def test_tokenizer_block_matches_mergekit(tmp_path, method):
     if method == "task_arithmetic":
         for m in cfg["models"]:
             del m["parameters"]["density"]
-    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run_mergekit(cfg, str(tmp_path / "mk"))
     run(cfg, tmp_path / "fc", quiet=True)
     want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
     ids = [tokenizers.Tokenizer.from_file(str(tmp_path / o / "tokenizer.json"))
@@ -278,7 +264,7 @@ def test_arcee_fusion_matches_mergekit(family, tmp_path):
     base, ts = family
     cfg = {"merge_method": "arcee_fusion", "base_model": base, "dtype": "float32",
            "out_dtype": "float32", "models": [{"model": ts[0]}]}
-    _run_mergekit(cfg, str(tmp_path / "mk"))
+    run_mergekit(cfg, str(tmp_path / "mk"))
     run(cfg, tmp_path / "fc", quiet=True)
     want, got = _load(tmp_path / "mk"), _load(tmp_path / "fc")
     b, x = _load(base), _load(ts[0])

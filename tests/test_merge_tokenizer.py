@@ -1,6 +1,6 @@
-"""The tokenizer: block and chat_template of a merge config: output files and rows on tiny
-models, and the errors (unknown tokens, sources that lack the token, bad values). The rows
-against mergekit are in tests/test_merge_mergekit.py."""
+"""The tokenizer: block of a merge config: output files and rows on tiny models, and the
+errors (unknown tokens, sources that lack the token, bad values). The rows against mergekit
+are in tests/test_merge_mergekit.py; chat_template in tests/test_merge_templates.py."""
 import json
 import os
 
@@ -10,7 +10,6 @@ import safetensors.numpy
 
 from fusechat.errors import ConfigError
 from fusechat.merge import run
-from fusechat.merge.templates import CHATML
 from tests.merge_models import make_family
 
 
@@ -57,36 +56,6 @@ def test_source_base_padding_and_forced_rows(family, tmp_path):
         assert len(json.load(f)["model"]["vocab"]) == 100
 
 
-def test_chat_template_written(family, tmp_path):
-    """A name or a Jinja string lands in chat_template.jinja, the only template the output
-    carries; transformers renders it."""
-    transformers = pytest.importorskip("transformers")
-    base = family[0]
-    with open(os.path.join(base, "tokenizer_config.json")) as f:
-        tc = json.load(f)
-    donor = tmp_path / "donor"
-    os.makedirs(donor)
-    for name in os.listdir(base):
-        with open(os.path.join(base, name), "rb") as f, open(donor / name, "wb") as g:
-            g.write(f.read())
-    with open(donor / "tokenizer_config.json", "w") as f:
-        json.dump(dict(tc, chat_template="OLD {{ messages }}"), f)
-    msgs = [{"role": "user", "content": "hi"}]
-    for value, want in (("chatml", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
-                        ("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}"
-                         "{% endfor %}", "[user]hi")):
-        out = tmp_path / "o"
-        run({"merge_method": "linear", "dtype": "float32", "chat_template": value,
-             "models": [{"model": str(donor), "parameters": {"weight": 1.0}}]}, out,
-            overwrite=True, quiet=True)
-        with open(out / "chat_template.jinja") as f:
-            assert f.read() == (CHATML if value == "chatml" else value)
-        with open(out / "tokenizer_config.json") as f:
-            assert "chat_template" not in json.load(f)
-        tok = transformers.AutoTokenizer.from_pretrained(str(out))
-        assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == want
-
-
 @pytest.mark.parametrize("tokenizer, match", [
     ({"tokens": {"w999": {"source": {"kind": "zero"}}}},
      r"tokenizer.tokens\['w999'\]: token 'w999' is not in the output vocabulary"),
@@ -116,15 +85,10 @@ def test_tokenizer_errors(family, tmp_path, tokenizer, match):
     assert not (tmp_path / "o").exists()
 
 
-def test_tokenizer_and_template_errors(family, tmp_path):
+def test_tokenizer_key_errors(family, tmp_path):
     with pytest.raises(ConfigError, match="give tokenizer_source or tokenizer, not both"):
         run(_cfg(family, tokenizer_source="union", tokenizer={"source": "base"}),
             tmp_path / "o", quiet=True)
-    with pytest.raises(ConfigError, match="'llama3' is neither a template name fusechat "
-                                          r"knows \(chatml\) nor a Jinja template"):
-        run(_cfg(family, chat_template="llama3"), tmp_path / "o", quiet=True)
-    with pytest.raises(ConfigError, match="chat_template: not a valid Jinja template"):
-        run(_cfg(family, chat_template="{% for m in messages %}"), tmp_path / "o", quiet=True)
     other = make_family(str(tmp_path / "x"), 1, "float32", seed=1)[1][0]
     with pytest.raises(ConfigError, match=r"model .*x/target0 is not one of the models of "
                                           "this merge"):

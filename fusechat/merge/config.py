@@ -77,7 +77,7 @@ class MergeConfig:
     raw: dict = None
     tokens: dict = field(default_factory=dict)  # token -> TokenOverride (tokenizer.tokens)
     pad_to_multiple_of: int = None  # tokenizer.pad_to_multiple_of
-    chat_template: str = None       # the Jinja text written to chat_template.jinja
+    chat_template: str = None       # Jinja text for chat_template.jinja, or templates.AUTO
 
     def model_paths(self):
         paths = [m.path for m in self.models]

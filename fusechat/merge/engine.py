@@ -32,6 +32,7 @@ from ..progress import tqdm
 from .config import load_config
 from .lora import folder_of, open_model
 from .plan import roles, plan
+from .templates import resolve as resolve_template
 
 LOG = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
     base_entry, inputs = roles(cfg, entries)
     base_path = base_entry.path if base_entry else None
     donor = folder_of(cfg.base or entries[0].path)
+    template = resolve_template(cfg.chat_template, cfg.model_paths(), cfg.base)
     vocab = None
     if cfg.tokenizer_source:
         from .vocab import VocabPlan
@@ -170,7 +172,7 @@ def run(config, out_path, *, overwrite=False, out_shard_size="5GB", threads=0, s
         if fell_back:
             LOG.info("streaming top-k: %d tensors in one pass, %d fell back to the exact passes",
                      streamed, fell_back)
-        _write_side_files(tmp, cfg, donor, jobs, seed, vocab)
+        _write_side_files(tmp, cfg, donor, jobs, seed, vocab, template)
         _move_into_place(tmp, out_path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -216,7 +218,7 @@ def _move_into_place(tmp, out_path, overwrite):
         os.rename(tmp, out_path)
 
 
-def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
+def _write_side_files(tmp, cfg, donor, jobs, seed, vocab, template):
     import yaml
 
     out_dtypes = {j.out_dtype for j in jobs if not j.copy_from}
@@ -243,8 +245,8 @@ def _write_side_files(tmp, cfg, donor, jobs, seed, vocab):
             shutil.copyfile(src, os.path.join(tmp, name))
     if vocab:
         vocab.write_tokenizer(tmp)
-    if cfg.chat_template is not None:
-        _write_chat_template(tmp, cfg.chat_template)
+    if template is not None:
+        _write_chat_template(tmp, template)
     gen = os.path.join(donor, "generation_config.json")
     if os.path.isfile(gen):
         shutil.copyfile(gen, os.path.join(tmp, "generation_config.json"))

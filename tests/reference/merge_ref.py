@@ -366,3 +366,19 @@ def arcee_fusion(base, x, fence=1.5):
     mask = imp.astype(np.float64) > med + fence * (q3 - q1)
     out = b2 + np.where(mask, d32, np.float32(0))               # float32 sum
     return out.astype(np.float64).reshape(shape), mask.reshape(shape)
+
+
+def lora(w, a, b, scale, fan_in_fan_out=False):
+    """A LoRA target merged into its base weight: W + scale · B @ A (transposed when the
+    adapter stores fan_in_fan_out), float64."""
+    delta = np.asarray(b, np.float64) @ np.asarray(a, np.float64)
+    return np.asarray(w, np.float64) + scale * (delta.T if fan_in_fan_out else delta)
+
+
+def pad_rows(m, multiple):
+    """tokenizer.pad_to_multiple_of: the rows padded to a multiple of `multiple` with the mean
+    of the matrix's rows."""
+    m = np.asarray(m)
+    extra = -len(m) % multiple
+    return np.concatenate([m, np.broadcast_to(m.mean(0, dtype=np.float64).astype(m.dtype),
+                                              (extra, m.shape[1]))])
