@@ -32,9 +32,13 @@ sysdeps:
 	python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
 	  || need="$$need python3-dev"; \
 	[ -z "$$need" ] || { echo "installing:$$need"; $(APT_INSTALL) $$need; }
+# numpy first, for its headers (the build runs without isolation); not --upgrade: a numpy that
+# the extras' pins accept (mistral-common's < 2.4) stays, where an upgrade would be undone by
+# the next step, with a resolver error printed in between
 .venv/.deps-stamp: pyproject.toml | sysdeps
 	@test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel "numpy>=2.0"
+	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel
+	$(PY) -m pip install -q "numpy>=2.0"
 	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	@touch $@
 
