@@ -337,7 +337,8 @@ def measure_fc_and_floors(args, paths, cfg, env, load):
 
 
 def run_cell(date, load):
-    return f"{date}, load {min(load):.0f}-{max(load):.0f}"
+    lo, hi = f"{min(load):.0f}", f"{max(load):.0f}"
+    return f"{date}, load {lo}" + (f"-{hi}" if hi != lo else "")
 
 
 def gib(b):
@@ -584,9 +585,10 @@ def _others_text(main, machine_text):
     cores = int(cores.group(1)) if cores else os.cpu_count()
     loaded, quiet, names = [], [], []
     for name, c in main.items():
-        m = re.search(r"load (\d+)-(\d+)", c[1])
-        (loaded if m and int(m.group(2)) > cores else quiet).append(c)
-        if m and int(m.group(2)) > cores:
+        m = re.search(r"load (\d+)(?:-(\d+))?", c[1])
+        high = int(m.group(2) or m.group(1)) if m else 0
+        (loaded if high > cores else quiet).append(c)
+        if high > cores:
             names.append(f"`{name}`")
     if loaded and quiet:
         floors = lambda cs: f"{min(_num(c[4]) for c in cs):.0f}-{max(_num(c[4]) for c in cs):.0f} s"  # noqa: E731
