@@ -8,7 +8,28 @@
 
 #include "align_internal.h"
 
-typedef struct entry { int32_t id; double mass; } entry;
+/* A log-probability built from terms (docs/alignment.md, "Arithmetic"): one term is its own
+ * value, so most entries need no exp or log; several terms are summed as probabilities, in
+ * the order they come. v is the term while n == 1, the running sum of exp(term) once n >= 2. */
+typedef struct lsum { int32_t n; double v; } lsum;
+
+static inline void lsum_add(lsum *a, double x) {
+    if (a->n == 0) a->v = x;
+    else if (a->n == 1) a->v = exp(a->v) + exp(x);
+    else a->v += exp(x);
+    a->n++;
+}
+
+static inline double lsum_value(const lsum *a) {
+    return a->n == 0 ? -INFINITY : a->n == 1 ? a->v : log(a->v);
+}
+
+typedef struct entry { int32_t id; lsum m; } entry;
+
+/* An entry as the output orders it: its log-probability as written (float32, largest
+ * first) in the high half, its id (lowest first) in the low half, so that one unsigned
+ * comparison orders two entries. */
+typedef uint64_t sort_key;
 
 /* a slot of the entries' table: taken when gen is the position's generation */
 typedef struct ent_slot { uint32_t gen; int32_t e; } ent_slot;
@@ -30,13 +51,16 @@ typedef struct seq {
     entry         *ent;         /* the position's masses */
     int64_t        n_ent, cap_ent;
     ent_slot      *slot;        /* 2 * cap_ent: see add() */
+    sort_key      *sorted;      /* cap_ent: the output's order */
     uint32_t       gen;         /* the position's generation (0 before the first) */
     int64_t        pf_next;     /* the next source position to prefetch */
+    int64_t        t_next;      /* first source token ending after the last start (monotone) */
 } seq;
 
-static double prob(float lp) {
-    double q = exp((double)lp);
-    return q > 1.0 ? 1.0 : q;
+/* a stored log-probability, at most 0 (probability at most 1) */
+static inline double clamp_lp(float lp) {
+    double x = lp;
+    return x < 0 ? x : 0.0;
 }
 
 static const unsigned char *src_bytes(const seq *q, int64_t id, int64_t *len) {
@@ -45,7 +69,7 @@ static const unsigned char *src_bytes(const seq *q, int64_t id, int64_t *len) {
     return fc_src_tok_bytes(q->c->src, t);
 }
 
-#define PREFETCH_AHEAD 4 /* source positions */
+#define PREFETCH_AHEAD 16 /* source positions */
 
 /* The records of the candidates of the source positions up to i + PREFETCH_AHEAD, requested
  * ahead of use: top-K ids are scattered over the vocabulary. */
@@ -56,7 +80,7 @@ static void prefetch_candidates(seq *q, int64_t i) {
     for (; q->pf_next <= until; q->pf_next++) {
         const int64_t *ids = q->tk_ids + q->pf_next * q->k;
         for (int64_t r = 0; r < q->k; r++)
-            if (ids[r] >= 0) __builtin_prefetch(&q->c->src_tok[ids[r]]);
+            __builtin_prefetch(&q->c->src_tok[ids[r] > 0 ? ids[r] : 0]);
     }
 #else
     (void)q, (void)i;
@@ -67,25 +91,25 @@ static int64_t piv_len(const seq *q, int64_t id) {
     return q->c->pivot->can_off[id + 1] - q->c->pivot->can_off[id];
 }
 
-/* P_true(i): the given log-probability, else the top-K entry, else an estimate */
-static double true_prob(const seq *q, int64_t i, int64_t true_id) {
-    if (q->true_lp && !isnan(q->true_lp[i])) return prob(q->true_lp[i]);
+/* log P_true(i): the given log-probability, else the top-K entry, else an estimate */
+static double true_logprob(const seq *q, int64_t i, int64_t true_id) {
+    if (q->true_lp && !isnan(q->true_lp[i])) return clamp_lp(q->true_lp[i]);
     const int64_t *ids = q->tk_ids + i * q->k;
     const float *lp = q->tk_lp + i * q->k;
+    for (int64_t t = 0; t < q->k; t++)
+        if (ids[t] == true_id) return clamp_lp(lp[t]);
     double sum = 0, low = 0;
     int any = 0;
     for (int64_t t = 0; t < q->k; t++) {
         if (ids[t] < 0) continue;
-        double p = prob(lp[t]);
+        double p = exp(clamp_lp(lp[t]));
         sum += p;
         if (!any || p < low) low = p;
         any = 1;
     }
-    for (int64_t t = 0; t < q->k; t++)
-        if (ids[t] == true_id) return prob(lp[t]);
-    if (!any) return 1.0;
+    if (!any) return 0.0;
     double rest = 1.0 - sum > 0 ? 1.0 - sum : 0.0;
-    return low < rest ? low : rest;
+    return log(low < rest ? low : rest);
 }
 
 /* Mass w for pivot id `id`. Entries are found through the open-addressing table `slot`
@@ -114,6 +138,9 @@ static int grow_entries(seq *q) {
     entry *e = realloc(q->ent, (size_t)cap * sizeof *e);
     if (!e) return -1;
     q->ent = e;
+    sort_key *o = realloc(q->sorted, (size_t)cap * sizeof *o);
+    if (!o) return -1;
+    q->sorted = o;
     ent_slot *t = malloc((size_t)(2 * cap) * sizeof *t);
     if (!t) return -1;
     free(q->slot);
@@ -128,11 +155,12 @@ static int grow_entries(seq *q) {
     return 0;
 }
 
-static inline int add(seq *q, int64_t id, double w) {
+/* a term of log-probability x for pivot id `id` */
+static inline int add(seq *q, int64_t id, double x) {
     uint64_t mask = (uint64_t)q->cap_ent * 2 - 1, h = slot_of(id, mask);
     for (; q->slot[h].gen == q->gen; h = (h + 1) & mask) {
         entry *e = &q->ent[q->slot[h].e];
-        if (e->id == id) { e->mass += w; return 0; }
+        if (e->id == id) { lsum_add(&e->m, x); return 0; }
     }
     if (q->n_ent == q->cap_ent) {
         if (grow_entries(q)) return -1;
@@ -140,7 +168,7 @@ static inline int add(seq *q, int64_t id, double w) {
         for (h = slot_of(id, mask); q->slot[h].gen == q->gen; h = (h + 1) & mask) {}
     }
     q->slot[h] = (ent_slot){q->gen, (int32_t)q->n_ent};
-    q->ent[q->n_ent++] = (entry){(int32_t)id, w};
+    q->ent[q->n_ent++] = (entry){(int32_t)id, {1, x}};
     return 0;
 }
 
@@ -204,27 +232,29 @@ static int special_position(seq *q, int64_t j, double *gold_out) {
     }
     if (u <= 0) return POS_FALLBACK;
     int64_t i = u - 1;
-    double gold = true_prob(q, i, q->src[u]);
+    lsum gold = {0, 0};
+    lsum_add(&gold, true_logprob(q, i, q->src[u]));
     const int64_t *ids = q->tk_ids + i * q->k;
     const float *lp = q->tk_lp + i * q->k;
     for (int64_t t = 0; t < q->k; t++) {
         int64_t v = ids[t];
         if (v < 0 || v == q->src[u]) continue;
-        double w = prob(lp[t]);
+        double x = clamp_lp(lp[t]);
         int64_t len;
         src_bytes(q, v, &len);
         if (!len) {
             int64_t pv = q->c->role_map[v];
-            if (pv == g) gold += w;
-            else if (pv >= 0 && add(q, pv, w)) return POS_NOMEM;
+            if (pv == g) lsum_add(&gold, x);
+            else if (pv >= 0 && add(q, pv, x)) return POS_NOMEM;
         } else {
             int64_t L = q->c->src_tok[v].piece;
-            if (L >= 0 && add(q, L, w)) return POS_NOMEM;
+            if (L >= 0 && add(q, L, x)) return POS_NOMEM;
         }
     }
-    if (!(gold > 0)) return POS_FALLBACK;
-    if (add(q, g, gold)) return POS_NOMEM;
-    *gold_out = gold;
+    double gv = lsum_value(&gold);
+    if (!(gv > -INFINITY)) return POS_FALLBACK;
+    if (add(q, g, gv)) return POS_NOMEM;
+    *gold_out = gv;
     return FC_PROJ_EXACT;
 }
 
@@ -244,25 +274,31 @@ static int project_position(seq *q, int64_t j, double *gold_out) {
     if (q->sdiff[d] - q->sdiff[c]) return POS_FALLBACK;
     const unsigned char *X = q->P + gb;
     int64_t nx = first - gb, ny = d - c;
+    /* the source token holding byte c: starts never move back, so a pointer walks forward */
     const int64_t *E = q->B + 1;
-    int64_t t = first_above(E, q->n, c);
+    while (q->t_next < q->n && E[q->t_next] <= c) q->t_next++;
+    int64_t t = q->t_next;
     if (t >= q->n || t == 0) return POS_FALLBACK;
     int64_t i = t - 1, s = c - q->B[t];
     prefetch_candidates(q, i);
-    double D = 1.0;
+    double logD = 0.0;
     if (s > 0) { /* the conditional prefix mass of the start inside token t */
-        D = true_prob(q, i, q->src[t]);
+        lsum D = {0, 0};
+        lsum_add(&D, true_logprob(q, i, q->src[t]));
         const int64_t *ids = q->tk_ids + i * q->k;
         const float *lp = q->tk_lp + i * q->k;
         for (int64_t r = 0; r < q->k; r++) {
             if (ids[r] < 0 || ids[r] == q->src[t]) continue;
             int64_t len;
             const unsigned char *b = src_bytes(q, ids[r], &len);
-            if (len > s && memcmp(b, q->S + q->B[t], (size_t)s) == 0) D += prob(lp[r]);
+            if (len > s && memcmp(b, q->S + q->B[t], (size_t)s) == 0)
+                lsum_add(&D, clamp_lp(lp[r]));
         }
-        if (!(D > 0)) return POS_FALLBACK;
+        logD = lsum_value(&D);
+        if (!(logD > -INFINITY)) return POS_FALLBACK;
     }
-    double w = 1.0, gold = 0.0;
+    double lw = 0.0; /* log of the true path's mass so far */
+    lsum gold = {0, 0};
     int64_t z = c;
     int first_step = 1, at_boundary = s == 0, kind;
     const fc_project_ctx_t *pc = q->c;
@@ -271,7 +307,7 @@ static int project_position(seq *q, int64_t j, double *gold_out) {
     for (;;) {
         int64_t u = i + 1, true_u = q->src[u];
         if (q->sdiff[q->B[u + 1]] - q->sdiff[q->B[u]]) return POS_FALLBACK;
-        double scale = first_step ? w / D : w;
+        double L = first_step ? lw - logD : lw; /* every term of the step is scaled by it */
         fc_trie_walk base[2];
         int have_base[2] = {0, 0};
         const int64_t *ids = q->tk_ids + i * q->k;
@@ -286,9 +322,9 @@ static int project_position(seq *q, int64_t j, double *gold_out) {
             if (!len) {
                 if (first_step && at_boundary) {
                     int64_t pv = pc->role_map[v];
-                    double m = prob(lp[r]) * scale;
-                    if (pv == g) gold += m;
-                    else if (pv >= 0 && add(q, pv, m)) return POS_NOMEM;
+                    double x = clamp_lp(lp[r]) + L;
+                    if (pv == g) lsum_add(&gold, x);
+                    else if (pv >= 0 && add(q, pv, x)) return POS_NOMEM;
                 }
                 continue;
             }
@@ -302,7 +338,7 @@ static int project_position(seq *q, int64_t j, double *gold_out) {
             int64_t e = zc + common_prefix(b, len, T->len <= FC_TOK_HEAD || len >= 8, S + z,
                                            room < len ? room : len);
             if (e == nw) { /* agrees with the text over all of its length */
-                if (nw >= ny) gold += prob(lp[r]) * scale;
+                if (nw >= ny) lsum_add(&gold, clamp_lp(lp[r]) + L);
                 continue;
             }
             /* leaves the text at e: the pivot piece that spells the longest prefix of
@@ -322,50 +358,60 @@ static int project_position(seq *q, int64_t j, double *gold_out) {
                 fc_trie_walk_feed(pc, &t, b, len);
             }
             if (t.best >= 0 && t.best_len > e + (prepend ? nx : 0)) {
-                if (add(q, t.best, prob(lp[r]) * scale)) return POS_NOMEM;
+                if (add(q, t.best, clamp_lp(lp[r]) + L)) return POS_NOMEM;
             } else if (e >= ny) {
-                gold += prob(lp[r]) * scale;
+                lsum_add(&gold, clamp_lp(lp[r]) + L);
             }
         }
-        double pt = true_prob(q, i, true_u) * scale;
+        double pt = true_logprob(q, i, true_u) + L;
         int64_t z2 = q->B[u + 1];
         if (z2 >= d) {
-            gold += pt;
+            lsum_add(&gold, pt);
             kind = at_boundary && z2 == d ? FC_PROJ_EXACT : FC_PROJ_PREFIX;
             break;
         }
-        w = pt, z = z2, i = u, s = 0, first_step = 0;
+        lw = pt, z = z2, i = u, s = 0, first_step = 0;
     }
-    if (!(gold > 0)) return POS_FALLBACK;
-    if (add(q, g, gold)) return POS_NOMEM;
-    *gold_out = gold;
+    double gv = lsum_value(&gold);
+    if (!(gv > -INFINITY)) return POS_FALLBACK;
+    if (add(q, g, gv)) return POS_NOMEM;
+    *gold_out = gv;
     return kind;
 }
 
-/* largest mass first, ties: lower id (no branch: ties are common) */
-static int before(entry x, entry y) {
-    return (x.mass > y.mass) | ((x.mass == y.mass) & (x.id < y.id));
+/* the key of (float32 log-probability lp, not NaN, id >= 0); -0 counts as +0 */
+static inline sort_key key_of(float lp, int32_t id) {
+    uint32_t u;
+    lp += 0.0f;
+    memcpy(&u, &lp, 4);
+    uint32_t desc = u >> 31 ? u : ~u & 0x7fffffffu; /* larger values, smaller keys */
+    return (sort_key)desc << 32 | (uint32_t)id;
 }
 
-/* The position's entries with positive mass, largest first (ties: lower id), at most out_k
- * of them, as ids and log-probabilities at out_ids / out_lp; returns how many. An insertion
- * sort: a position has few entries, and top-K lists come mostly in order. The gold's log is
- * computed once. */
-static int64_t write_entries(entry *e, int64_t n, int64_t out_k, int64_t g, double gold,
-                             float gold_lp, int32_t *out_ids, float *out_lp) {
-    for (int64_t a = 1; a < n; a++) {
-        entry x = e[a];
-        int64_t b = a;
-        for (; b > 0 && before(x, e[b - 1]); b--) e[b] = e[b - 1];
-        e[b] = x;
-    }
+static inline float lp_of(sort_key k) {
+    uint32_t desc = (uint32_t)(k >> 32), u = desc >> 31 ? desc : ~desc & 0x7fffffffu;
+    float lp;
+    memcpy(&lp, &u, 4);
+    return lp;
+}
+
+/* The position's entries with positive mass, largest log-probability first (ties: lower id),
+ * at most out_k of them, as ids and log-probabilities at out_ids / out_lp; returns how many.
+ * An insertion sort: a position has few entries, and top-K lists come mostly in order. */
+static int64_t write_entries(const entry *e, int64_t n, int64_t out_k, sort_key *buf,
+                             int32_t *out_ids, float *out_lp) {
     int64_t kept = 0;
-    for (int64_t a = 0; a < n && kept < out_k; a++) {
-        if (!(e[a].mass > 0)) continue;
-        out_ids[kept] = e[a].id;
-        out_lp[kept] = e[a].id == g && e[a].mass == gold ? gold_lp : (float)log(e[a].mass);
+    for (int64_t a = 0; a < n; a++) {
+        float lp = (float)lsum_value(&e[a].m);
+        if (!(lp > -INFINITY)) continue;
+        sort_key x = key_of(lp, e[a].id);
+        int64_t b = kept;
+        for (; b > 0 && x < buf[b - 1]; b--) buf[b] = buf[b - 1];
+        buf[b] = x;
         kept++;
     }
+    if (kept > out_k) kept = out_k;
+    for (int64_t a = 0; a < kept; a++) out_ids[a] = (int32_t)(uint32_t)buf[a], out_lp[a] = lp_of(buf[a]);
     return kept;
 }
 
@@ -379,6 +425,16 @@ static fc_status check_inputs(const fc_project_ctx_t *c, const int64_t *src_ids,
     if (out_k < 1 || k < 0)
         return fc_error_set(err, FC_ERR_VALUE, "k must be >= 1 (got %lld) and the top-K width "
                             ">= 0 (got %lld)", (long long)out_k, (long long)k);
+    /* one pass without branches finds whether anything is wrong; a second names it */
+    int bad = 0;
+    for (int64_t x = 0; x < n * k; x++) {
+        int64_t v = topk_ids[x];
+        float lp = topk_lp[x];
+        bad |= ((uint64_t)v + 1 > (uint64_t)c->src->V) | ((v >= 0) & !(lp <= 0.1f));
+    }
+    if (true_lp)
+        for (int64_t i = 0; i < n; i++) bad |= true_lp[i] > 0.1f;
+    if (!bad) return FC_OK;
     for (int64_t i = 0; i < n; i++) {
         for (int64_t t = 0; t < k; t++) {
             int64_t v = topk_ids[i * k + t];
@@ -408,7 +464,7 @@ static fc_status check_inputs(const fc_project_ctx_t *c, const int64_t *src_ids,
 static void free_seq(seq *q) {
     free((void *)q->S); free((void *)q->P); free(q->B); free(q->PB); free(q->ss); free(q->ps);
     free(q->to_src); free(q->sdiff); free(q->next_match); free(q->cut); free(q->ent);
-    free(q->slot);
+    free(q->slot); free(q->sorted);
 }
 
 /* byte streams, token offsets, byte states and the per-offset tables */
@@ -436,7 +492,8 @@ static int prepare(seq *q) {
     q->cap_ent = 32;
     q->ent = malloc((size_t)q->cap_ent * sizeof *q->ent);
     q->slot = malloc((size_t)(2 * q->cap_ent) * sizeof *q->slot);
-    if (!q->ent || !q->slot) return -1;
+    q->sorted = malloc((size_t)q->cap_ent * sizeof *q->sorted);
+    if (!q->ent || !q->slot || !q->sorted) return -1;
     clear_slots(q->slot, 2 * q->cap_ent);
     if (!S || !P || !q->ss || !q->ps || !q->to_src || !q->sdiff || !q->next_match || !q->cut)
         return -1;
@@ -482,7 +539,7 @@ fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, in
             continue;
         }
         next_position(&q);
-        double gold = 0;
+        double gold = -INFINITY;
         int kind = project_position(&q, j, &gold);
         if (kind == POS_NOMEM) goto nomem;
         if (kind == POS_FALLBACK) {
@@ -491,9 +548,8 @@ fc_status fc_align_project(const fc_project_ctx_t *c, const int64_t *src_ids, in
             continue;
         }
         resolution[j] = (uint8_t)kind;
-        gold_logprob[j] = (float)log(gold);
-        out_offsets[j + 1] = at + write_entries(q.ent, q.n_ent, out_k, pivot_ids[j + 1], gold,
-                                                gold_logprob[j], out_ids + at,
+        gold_logprob[j] = (float)gold;
+        out_offsets[j + 1] = at + write_entries(q.ent, q.n_ent, out_k, q.sorted, out_ids + at,
                                                 out_logprobs + at);
     }
     free_seq(&q);

@@ -93,8 +93,11 @@ fc_status fc_project_ctx_new(const fc_vocab_t *src, const fc_vocab_t *pivot,
     }
     /* every source token's record, with its lookup on its own (the most frequent by far) */
     /* one record more: a word read from the last head stays inside (align_project.c) */
-    c->src_tok = calloc((size_t)src->V + 1, sizeof *c->src_tok);
+    /* on 64-byte boundaries: a record is then never split over two cache lines */
+    size_t tok_bytes = ((size_t)src->V + 1) * sizeof *c->src_tok;
+    c->src_tok = aligned_alloc(64, (tok_bytes + 63) / 64 * 64);
     if (!c->src_tok) goto nomem;
+    memset(c->src_tok, 0, tok_bytes);
     for (int64_t id = 0; id < src->V; id++) {
         fc_src_tok *t = &c->src_tok[id];
         const unsigned char *b = (const unsigned char *)src->canonical.data + src->can_off[id];

@@ -2,6 +2,7 @@
 pivot tokens"), written from that text. Vocabularies come in as lists: canonical bytes per
 id, which pivot ids are lookup pieces, and the source-special -> pivot-special role map."""
 import math
+import struct
 
 WS = b" \t\n\r"
 EXACT, PREFIX, FALLBACK, LAST = 0, 1, 2, 3
@@ -124,16 +125,39 @@ class Lookup:
 
 # -- projection ----------------------------------------------------------------------------
 
-def _true_prob(i, true_id, tk_ids, tk_lp, true_lp):
+def _clamp(lp):
+    """A stored log-probability, at most 0."""
+    lp = float(lp)
+    return lp if lp < 0 else 0.0
+
+
+def _f32(x):
+    """x rounded to float32, as the output stores it."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _log_sum(terms):
+    """The log-probability of a list of terms: one term is itself, several are summed as
+    probabilities in order (no terms: -inf)."""
+    if not terms:
+        return -math.inf
+    if len(terms) == 1:
+        return terms[0]
+    total = sum(math.exp(t) for t in terms)
+    return math.log(total) if total > 0 else -math.inf
+
+
+def _true_lp(i, true_id, tk_ids, tk_lp, true_lp):
     if true_lp is not None and not math.isnan(true_lp[i]):
-        return min(1.0, math.exp(true_lp[i]))
-    probs = [min(1.0, math.exp(lp)) for v, lp in zip(tk_ids[i], tk_lp[i]) if v >= 0]
+        return _clamp(true_lp[i])
     for v, lp in zip(tk_ids[i], tk_lp[i]):
         if v == true_id:
-            return min(1.0, math.exp(lp))
+            return _clamp(lp)
+    probs = [math.exp(_clamp(lp)) for v, lp in zip(tk_ids[i], tk_lp[i]) if v >= 0]
     if not probs:
-        return 1.0
-    return min(min(probs), max(0.0, 1.0 - sum(probs)))
+        return 0.0
+    low = min(min(probs), max(0.0, 1.0 - sum(probs)))
+    return math.log(low) if low > 0 else -math.inf
 
 
 def _common_prefix(a, b):
@@ -182,25 +206,28 @@ def project(src_ids, piv_ids, tk_ids, tk_lp, true_lp, src_can, piv_can, piv_spec
             gold_lp.append(float("nan"))
             res.append(FALLBACK)
             continue
-        mass, gold, kind = out
-        entries = sorted(((-w, pid) for pid, w in mass.items() if w > 0))
-        lists.append([(pid, math.log(-w)) for w, pid in entries[:k_out]])
-        gold_lp.append(math.log(gold))
+        terms, gold, kind = out
+        # ordered as written: float32 log-probability, largest first, ties by lower id
+        entries = sorted((-v, pid) for pid, v in ((pid, _f32(_log_sum(t)))
+                                                  for pid, t in terms.items()) if v > -math.inf)
+        lists.append([(pid, -v) for v, pid in entries[:k_out]])
+        gold_lp.append(gold)
         res.append(kind)
     return lists, gold_lp, res
 
 
 def _position(j, src_ids, piv_ids, tk_ids, tk_lp, true_lp, src_can, piv_can, role_map, look,
               S, P, ss, ps, to_src, B, E, PB, PE, cut):
-    """(mass by pivot id, gold mass, resolution) or None for a fallback."""
+    """(log-probability terms by pivot id, gold log-probability, resolution) or None for a
+    fallback."""
     n = len(src_ids)
     g = piv_ids[j + 1]
     gb = range(PB[j + 1], PE[j + 1])
     c, d = cut[j], cut[j + 1]
-    mass = {}
+    terms = {}
 
-    def add(pid, w):
-        mass[pid] = mass.get(pid, 0.0) + w
+    def add(pid, x):
+        terms.setdefault(pid, []).append(x)
 
     if len(gb) == 0:  # a special pivot token
         k, jj = 0, j  # g is the k-th of a run of pivot tokens without bytes
@@ -215,26 +242,27 @@ def _position(j, src_ids, piv_ids, tk_ids, tk_lp, true_lp, src_can, piv_can, rol
         if u == 0:
             return None
         i = u - 1
-        gold = _true_prob(i, src_ids[u], tk_ids, tk_lp, true_lp)
+        gold = [_true_lp(i, src_ids[u], tk_ids, tk_lp, true_lp)]
         for v, lp in zip(tk_ids[i], tk_lp[i]):
             if v < 0 or v == src_ids[u]:
                 continue
-            q = min(1.0, math.exp(lp))
+            x = _clamp(lp)
             b = src_can[v]
             if not b:
                 pv = role_map.get(v, -1)
                 if pv == g:
-                    gold += q
+                    gold.append(x)
                 elif pv >= 0:
-                    add(pv, q)
+                    add(pv, x)
             else:
                 L = look(b)
                 if L >= 0:
-                    add(L, q)
-        if gold <= 0:
+                    add(L, x)
+        gv = _log_sum(gold)
+        if not gv > -math.inf:
             return None
-        add(g, gold)
-        return mass, gold, EXACT
+        add(g, gv)
+        return terms, gv, EXACT
 
     if any(ps[y] == DIFFERING for y in gb) or all(ps[y] != MATCHED for y in gb):
         return None
@@ -249,34 +277,35 @@ def _position(j, src_ids, piv_ids, tk_ids, tk_lp, true_lp, src_can, piv_can, rol
     if t is None or t == 0:
         return None
     i, s = t - 1, c - B[t]
-    D = 1.0
+    log_d = 0.0
     if s > 0:
         ctx = S[B[t]:c]
-        D = _true_prob(i, src_ids[t], tk_ids, tk_lp, true_lp)
+        d_terms = [_true_lp(i, src_ids[t], tk_ids, tk_lp, true_lp)]
         for v, lp in zip(tk_ids[i], tk_lp[i]):
             if v < 0 or v == src_ids[t]:
                 continue
             b = src_can[v]
             if len(b) > s and b[:s] == ctx:
-                D += min(1.0, math.exp(lp))
-        if D <= 0:
+                d_terms.append(_clamp(lp))
+        log_d = _log_sum(d_terms)
+        if not log_d > -math.inf:
             return None
-    w, z, gold, first_step, start_at_boundary = 1.0, c, 0.0, True, s == 0
+    lw, z, gold, first_step, start_at_boundary = 0.0, c, [], True, s == 0
     while True:
         u = i + 1
         if any(ss[x] == DIFFERING for x in range(B[u], E[u])):
             return None
-        scale = w / D if first_step else w
+        scale = lw - log_d if first_step else lw
         for v, lp in zip(tk_ids[i], tk_lp[i]):
             if v < 0 or v == src_ids[u]:
                 continue
-            q = min(1.0, math.exp(lp)) * scale
+            q = _clamp(lp) + scale
             b = src_can[v]
             if not b:
                 if first_step and start_at_boundary:
                     pv = role_map.get(v, -1)
                     if pv == g:
-                        gold += q
+                        gold.append(q)
                     elif pv >= 0:
                         add(pv, q)
                 continue
@@ -288,22 +317,23 @@ def _position(j, src_ids, piv_ids, tk_ids, tk_lp, true_lp, src_can, piv_can, rol
             e = _common_prefix(W, S[c:c + len(W)])
             if e == len(W):
                 if len(W) >= len(Y):
-                    gold += q
+                    gold.append(q)
                 continue
             key = W if W.startswith(X) else X + W
             L = look(key)
             if L >= 0 and len(piv_can[L]) > e + (len(key) - len(W)):
                 add(L, q)
             elif e >= len(Y):
-                gold += q
-        pt = _true_prob(i, src_ids[u], tk_ids, tk_lp, true_lp) * scale
+                gold.append(q)
+        pt = _true_lp(i, src_ids[u], tk_ids, tk_lp, true_lp) + scale
         z2 = E[u]
         if z2 >= d:
-            gold += pt
+            gold.append(pt)
             kind = EXACT if start_at_boundary and z2 == d else PREFIX
             break
-        w, z, i, s, first_step = pt, z2, u, 0, False
-    if gold <= 0:
+        lw, z, i, s, first_step = pt, z2, u, 0, False
+    gv = _log_sum(gold)
+    if not gv > -math.inf:
         return None
-    add(g, gold)
-    return mass, gold, kind
+    add(g, gv)
+    return terms, gv, kind
