@@ -86,6 +86,13 @@ int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, i
             int64_t i2 = i, j2 = j;
             while (i2 < ns && is_ws(S[i2])) i2++;
             while (j2 < np && is_ws(P[j2])) j2++;
+            if (i2 - i == j2 - j && memcmp(S + i, P + j, (size_t)(i2 - i)) == 0) {
+                for (; i < i2; i++, j++) { /* equal runs, the common case: byte for byte */
+                    s_state[i] = p_state[j] = FC_BYTE_MATCHED;
+                    to_src[j] = i;
+                }
+                continue;
+            }
             size_t need = (size_t)((i2 - i) > (j2 - j) ? (i2 - i) : (j2 - j)) + 1;
             if (need > cap) {
                 free(ma); free(mb);
