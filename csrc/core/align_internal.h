@@ -89,24 +89,29 @@ static inline const unsigned char *fc_src_tok_bytes(const fc_vocab_t *src, const
     return t->len <= FC_TOK_HEAD ? t->head : (const unsigned char *)src->canonical.data + t->off;
 }
 
-/* The pivot lookup is a byte trie over the pieces' canonical bytes: node 0 is the root (its
- * children in root_child), the child of (node, byte) is found in an open-addressing table of
- * (key, child) pairs, piece[node] is the piece spelled by the path to it (-1 if none). */
-typedef struct fc_trie_edge {
-    uint32_t key;   /* (node << 8 | byte) + 1, 0 = empty slot */
-    int32_t  child;
-} fc_trie_edge;
+/* The pivot lookup is a byte trie over the pieces' canonical bytes, laid out as a double
+ * array: one 16-byte record per node, node 0 the root. The child of (node, byte b) is record
+ * base + b of the node's base if that record's check is the node, else there is none; a
+ * record also carries the piece spelled by the path to it (-1 if none), so a step down reads
+ * one record (the parent's is already in cache). Free records and the root have check -1;
+ * the array runs 256 records past the largest base, so base + b is always inside it. */
+typedef struct fc_trie_node {
+    int32_t base, check, piece, pad;
+} fc_trie_node;
 
 struct fc_project_ctx {
     const fc_vocab_t *src, *pivot;
-    fc_trie_edge     *edge;
-    uint64_t          edge_mask;      /* table size - 1 (a power of two) */
-    int32_t           root_child[256];
-    int32_t          *piece;          /* per node */
-    int64_t           n_nodes;
+    fc_trie_node     *trie;      /* the double array, 64-byte aligned */
+    int64_t           trie_size; /* records */
     int32_t          *role_map;  /* source id without bytes -> pivot special of its role, -1 */
     fc_src_tok       *src_tok;   /* per source id */
 };
+
+/* the child of (node, b), or -1 */
+static inline int64_t fc_trie_child(const fc_trie_node *t, int64_t node, unsigned char b) {
+    int64_t idx = (int64_t)t[node].base + b;
+    return t[idx].check == node ? idx : -1;
+}
 
 /* A walk down the trie: feed byte strings in order; best / best_len = the longest piece
  * that is a prefix of everything fed so far (-1 / 0 if none). */
@@ -114,9 +119,22 @@ typedef struct fc_trie_walk {
     int64_t node, depth, best, best_len;
 } fc_trie_walk;
 
-void fc_trie_walk_start(fc_trie_walk *w);
+static inline void fc_trie_walk_start(fc_trie_walk *w) { *w = (fc_trie_walk){0, 0, -1, 0}; }
+
 /* 0 once no piece continues with the bytes fed (then further feeding changes nothing). */
-int  fc_trie_walk_feed(const fc_project_ctx_t *c, fc_trie_walk *w, const unsigned char *s,
-                       int64_t len);
+static inline int fc_trie_walk_feed(const fc_project_ctx_t *c, fc_trie_walk *w,
+                                    const unsigned char *s, int64_t len) {
+    if (w->node < 0) return 0;
+    const fc_trie_node *t = c->trie;
+    int64_t node = w->node, depth = w->depth;
+    for (int64_t k = 0; k < len; k++) {
+        node = fc_trie_child(t, node, s[k]);
+        if (node < 0) break;
+        depth++;
+        if (t[node].piece >= 0) w->best = t[node].piece, w->best_len = depth;
+    }
+    w->node = node, w->depth = depth;
+    return node >= 0;
+}
 
 #endif

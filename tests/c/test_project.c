@@ -1,12 +1,14 @@
 /* test_project.c - the byte projection of the C core (fc_align_project) on small hand-made
  * tokenizers: the worked chain-rule case of docs/alignment.md, bad input, and random input
- * that must never crash (run under ASan + UBSan). */
+ * that must never crash (run under ASan + UBSan); its pivot lookup (the double-array trie)
+ * against a search over every piece. */
 #include <math.h>
 #include <stdint.h>
 
 #include "ctest.h"
 #include "fusechat.h"
 #include "align_fixture.h"
+#include "../../csrc/core/align_internal.h"
 
 /* byte-level BPE source: "Ġ" is a space; <|im_end|> is special and the eos */
 static const char *SOURCE =
@@ -124,6 +126,100 @@ static void test_random(const fc_project_ctx_t *c) {
     CHECK(bad == 0);
 }
 
+/* A pivot of 256 byte pieces (ids 3-258: before the real pieces, so that the tie rule is
+ * what makes a real piece win) and a random half of the strings of 2-5 symbols over a, b, ▁,
+ * é (multi-byte symbols: branching inside them), with every symbol and "ab" (the merge). */
+static fc_vocab_t *lookup_pivot(void) {
+    static const char *sym[] = {"a", "b", "\xe2\x96\x81", "\xc3\xa9"};
+    size_t cap = 1 << 16, at = 0;
+    char *js = malloc(cap);
+    if (!js) return NULL;
+    at += (size_t)snprintf(js + at, cap - at, "{\"model\": {\"type\": \"BPE\", \"byte_fallback\": "
+                           "true, \"merges\": [\"a b\"], \"vocab\": {\"<unk>\": 0, \"<s>\": 1, "
+                           "\"</s>\": 2");
+    int id = 3;
+    for (int b = 0; b < 256; b++)
+        at += (size_t)snprintf(js + at, cap - at, ", \"<0x%02X>\": %d", b, id++);
+    for (int len = 1; len <= 5; len++) {
+        int count = 1 << (2 * len);
+        for (int code = 0; code < count; code++) {
+            int kept = len == 1 || (len == 2 && code == 4); /* a, b, ▁, é and "ab" */
+            if (!kept && next_rand() % 2) continue;
+            at += (size_t)snprintf(js + at, cap - at, ", \"");
+            for (int k = 0, x = code; k < len; k++, x >>= 2)
+                at += (size_t)snprintf(js + at, cap - at, "%s", sym[x & 3]);
+            at += (size_t)snprintf(js + at, cap - at, "\": %d", id++);
+        }
+    }
+    at += (size_t)snprintf(js + at, cap - at, "}}, \"added_tokens\": [{\"id\": 0, \"content\": "
+                           "\"<unk>\", \"special\": true}, {\"id\": 1, \"content\": \"<s>\", "
+                           "\"special\": true}, {\"id\": 2, \"content\": \"</s>\", \"special\": "
+                           "true}], \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\":"
+                           " \"\xe2\x96\x81\", \"prepend_scheme\": \"first\", \"split\": false}}");
+    CHECK(at < cap);
+    fc_vocab_t *v = parse(js, METASPACE_CONFIG);
+    free(js);
+    return v;
+}
+
+/* The longest piece that is a prefix of s (ties: a real piece before a byte piece, then the
+ * lowest id) and whether s is a prefix of some piece, by a search over every piece. */
+static void lookup_by_search(const fc_vocab_t *v, const unsigned char *s, int64_t n,
+                             int64_t *best, int64_t *best_len, int *continues) {
+    *best = -1, *best_len = 0, *continues = n == 0;
+    for (int64_t id = 0; id < v->V; id++) {
+        int64_t len = v->can_off[id + 1] - v->can_off[id];
+        const unsigned char *b = (const unsigned char *)v->canonical.data + v->can_off[id];
+        if (!len || (v->flags[id] & (FC_TOKEN_SPECIAL | FC_TOKEN_MISSING))) continue;
+        if (len >= n && memcmp(b, s, (size_t)n) == 0) *continues = 1;
+        if (len > n || memcmp(b, s, (size_t)len) != 0 || len < *best_len) continue;
+        int better = len > *best_len || *best < 0
+                  || ((v->flags[*best] & FC_TOKEN_BYTE) && !(v->flags[id] & FC_TOKEN_BYTE));
+        if (better) *best = id, *best_len = len; /* ids ascending: the lowest id stays */
+    }
+}
+
+/* every piece with a random tail, and random strings, fed in random pieces */
+static void test_lookup(void) {
+    fc_vocab_t *src = parse(SOURCE, SOURCE_CONFIG), *piv = lookup_pivot();
+    fc_project_ctx_t *c = NULL;
+    fc_error err;
+    fc_error_clear(&err);
+    fc_status st = src && piv ? fc_project_ctx_new(src, piv, &c, &err) : FC_ERR_VALUE;
+    CHECK_MSG(st == FC_OK, "%s", err.msg);
+    static const unsigned char alphabet[] = {'a', 'b', 'z', ' ', 0xe2, 0x96, 0x81, 0xc3, 0xa9};
+    int bad = 0, real_over_byte = 0;
+    for (int64_t probe = 0; c && probe < piv->V + 2000; probe++) {
+        unsigned char s[24];
+        int64_t n = 0;
+        if (probe < piv->V) {
+            int64_t len = piv->can_off[probe + 1] - piv->can_off[probe];
+            memcpy(s, piv->canonical.data + piv->can_off[probe], (size_t)len);
+            n = len;
+        }
+        for (int64_t tail = (int64_t)(next_rand() % (probe < piv->V ? 4 : 13)); tail > 0; tail--)
+            s[n++] = alphabet[next_rand() % sizeof alphabet];
+        fc_trie_walk w;
+        fc_trie_walk_start(&w);
+        for (int64_t fed = 0; fed < n;) {
+            int64_t part = 1 + (int64_t)(next_rand() % (uint64_t)(n - fed));
+            int on = fc_trie_walk_feed(c, &w, s + fed, part);
+            fed += part;
+            int64_t best, best_len;
+            int continues;
+            lookup_by_search(piv, s, fed, &best, &best_len, &continues);
+            bad += on != continues || w.best != best || w.best_len != best_len;
+            real_over_byte += best_len == 1 && best > 258;
+        }
+    }
+    CHECK(bad == 0);
+    CHECK(real_over_byte > 0); /* the tie rule was met: a one-byte real piece beat <0xNN> */
+    CHECK(c && c->trie_size >= 256 && c->trie_size < 2 * (piv->can_off[piv->V] + 256));
+    fc_project_ctx_free(c);
+    fc_vocab_free(src);
+    fc_vocab_free(piv);
+}
+
 int main(void) {
     fc_vocab_t *src = parse(SOURCE, SOURCE_CONFIG), *piv = parse(PIVOT, METASPACE_CONFIG);
     fc_project_ctx_t *c = NULL;
@@ -136,6 +232,7 @@ int main(void) {
         test_bad_input(c);
         test_random(c);
     }
+    test_lookup();
     fc_project_ctx_free(c);
     fc_vocab_free(src);
     fc_vocab_free(piv);
