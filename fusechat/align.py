@@ -69,7 +69,7 @@ def _ids(x, name):
     a = np.asarray(x)
     if a.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {a.shape}")
-    if a.size and not np.issubdtype(a.dtype, np.integer):
+    if a.size and a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer token ids, got dtype {a.dtype}")
     return np.ascontiguousarray(a, dtype=np.int64)
 
@@ -441,7 +441,7 @@ def _project_args(src_ids, pivot_ids, topk_ids, topk_logprobs, true_logprobs):
     if tid.ndim != 2 or tid.shape != tlp.shape or tid.shape[0] != len(src):
         raise ValueError(f"src_topk_ids and src_topk_logprobs must both be [len(src_ids)="
                          f"{len(src)}, K], got {tid.shape} and {tlp.shape}")
-    if tid.size and not np.issubdtype(tid.dtype, np.integer):
+    if tid.size and tid.dtype.kind not in "iu":
         raise TypeError(f"src_topk_ids must hold integer ids, got dtype {tid.dtype}")
     tru = None
     if true_logprobs is not None:
