@@ -14,7 +14,9 @@
 #define RESYNC_ANCHOR   4  /* bytes that must agree to resynchronise */
 #define WS_LCS_MAX      4096
 
-static int is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static const uint8_t WS_BYTE[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
+
+static int is_ws(unsigned char c) { return WS_BYTE[c]; }
 
 int fc_match_ws(const unsigned char *a, int64_t na, const unsigned char *b, int64_t nb,
                 uint8_t *ma, uint8_t *mb) {
@@ -81,6 +83,12 @@ int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, i
     size_t cap = 0;
     int64_t i = 0, j = 0;
     while (i < ns || j < np) {
+        /* the common case first: equal bytes that are not whitespace */
+        while (i < ns && j < np && S[i] == P[j] && !WS_BYTE[S[i]]) {
+            s_state[i] = p_state[j] = FC_BYTE_MATCHED;
+            to_src[j++] = i++;
+        }
+        if (i >= ns && j >= np) break;
         int wa = i < ns && is_ws(S[i]), wb = j < np && is_ws(P[j]);
         if (wa || wb) {
             int64_t i2 = i, j2 = j;

@@ -425,13 +425,15 @@ static fc_status check_inputs(const fc_project_ctx_t *c, const int64_t *src_ids,
     if (out_k < 1 || k < 0)
         return fc_error_set(err, FC_ERR_VALUE, "k must be >= 1 (got %lld) and the top-K width "
                             ">= 0 (got %lld)", (long long)out_k, (long long)k);
-    /* one pass without branches finds whether anything is wrong; a second names it */
-    int bad = 0;
+    /* Passes without branches find whether anything may be wrong (a pad's log-probability
+     * is not checked, so one above 0.1 only costs the second pass); the second names it. */
+    uint64_t top = 0, v1 = (uint64_t)c->src->V;
     for (int64_t x = 0; x < n * k; x++) {
-        int64_t v = topk_ids[x];
-        float lp = topk_lp[x];
-        bad |= ((uint64_t)v + 1 > (uint64_t)c->src->V) | ((v >= 0) & !(lp <= 0.1f));
+        uint64_t v = (uint64_t)topk_ids[x] + 1; /* -1 pads: 0 */
+        top = v > top ? v : top;
     }
+    int bad = top > v1;
+    for (int64_t x = 0; x < n * k; x++) bad |= !(topk_lp[x] <= 0.1f);
     if (true_lp)
         for (int64_t i = 0; i < n; i++) bad |= true_lp[i] > 0.1f;
     if (!bad) return FC_OK;
@@ -481,7 +483,8 @@ static int prepare(seq *q) {
         q->PB[j + 1] = q->PB[j] + pv->can_off[q->piv[j] + 1] - pv->can_off[q->piv[j]];
     q->PB[q->m + 1] = q->PB[q->m];
     q->ns = q->B[q->n], q->np = q->PB[q->m];
-    unsigned char *S = calloc((size_t)q->ns + 8, 1), *P = malloc((size_t)q->np + 1);
+    unsigned char *S = malloc((size_t)q->ns + 8), *P = malloc((size_t)q->np + 1);
+    if (S) memset(S + q->ns, 0, 8); /* a word read at the end stays inside, on zeros */
     q->S = S, q->P = P;
     q->ss = malloc((size_t)q->ns + 1);
     q->ps = malloc((size_t)q->np + 1);
