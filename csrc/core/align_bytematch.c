@@ -16,7 +16,7 @@
 
 static const uint8_t WS_BYTE[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
 
-static int is_ws(unsigned char c) { return WS_BYTE[c]; }
+static inline int is_ws(unsigned char c) { return WS_BYTE[c]; }
 
 int fc_match_ws(const unsigned char *a, int64_t na, const unsigned char *b, int64_t nb,
                 uint8_t *ma, uint8_t *mb) {
@@ -84,7 +84,7 @@ int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, i
     int64_t i = 0, j = 0;
     while (i < ns || j < np) {
         /* the common case first: equal bytes that are not whitespace */
-        while (i < ns && j < np && S[i] == P[j] && !WS_BYTE[S[i]]) {
+        while (i < ns && j < np && S[i] == P[j] && !is_ws(S[i])) {
             s_state[i] = p_state[j] = FC_BYTE_MATCHED;
             to_src[j++] = i++;
         }
@@ -123,11 +123,7 @@ int fc_bytes_match(const unsigned char *S, int64_t ns, const unsigned char *P, i
             i = i2, j = j2;
             continue;
         }
-        if (i < ns && j < np && S[i] == P[j]) {
-            s_state[i] = p_state[j] = FC_BYTE_MATCHED;
-            to_src[j++] = i++;
-            continue;
-        }
+        /* here the bytes differ (equal ones were taken above) */
         int64_t a, b;
         if (!resync(S, ns, P, np, i, j, &a, &b)) a = ns - i, b = np - j;
         memset(s_state + i, FC_BYTE_DIFFERING, (size_t)a);

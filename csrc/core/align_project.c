@@ -69,7 +69,7 @@ static const unsigned char *src_bytes(const seq *q, int64_t id, int64_t *len) {
     return fc_src_tok_bytes(q->c->src, t);
 }
 
-#define PREFETCH_AHEAD 16 /* source positions */
+#define PREFETCH_AHEAD 4 /* source positions */
 
 /* The records of the candidates of the source positions up to i + PREFETCH_AHEAD, requested
  * ahead of use: top-K ids are scattered over the vocabulary. */
